@@ -1,0 +1,428 @@
+//! AMQP short strings (at most 255 bytes) and long strings.
+
+use bytes::Bytes;
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+/// Bytes a [`ShortString`] keeps inline, without a heap allocation.
+const INLINE_CAP: usize = 38;
+
+/// An AMQP `shortstr`: at most 255 bytes, not necessarily UTF-8.
+///
+/// The length is checked when the value is built, so every `ShortString`
+/// serializes. A short string owns its bytes: it never keeps a read buffer
+/// alive (a 20-byte routing key does not pin a 128 KiB frame). Strings of up
+/// to 38 bytes, which covers almost every exchange, queue, routing key and
+/// consumer tag seen in practice, are stored inline without allocating;
+/// longer ones share one reference-counted allocation, so cloning is cheap
+/// either way.
+///
+/// ```
+/// use amqp_types::ShortString;
+/// let key = ShortString::try_from("orders.eu.created").unwrap();
+/// assert_eq!(key.as_str(), Some("orders.eu.created"));
+/// assert!(ShortString::try_from(vec![b'x'; 256]).is_err());
+/// ```
+#[derive(Clone)]
+pub struct ShortString(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE_CAP] },
+    Shared(Bytes),
+}
+
+/// The error for a short string longer than 255 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("short string of {0} bytes exceeds the 255-byte limit")]
+pub struct ShortStringTooLong(pub usize);
+
+impl ShortString {
+    /// The longest short string, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// The empty short string.
+    pub const EMPTY: ShortString = ShortString(Repr::Inline {
+        len: 0,
+        buf: [0; INLINE_CAP],
+    });
+
+    /// Copies `bytes` into a new short string, or fails if it is longer than
+    /// 255 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ShortStringTooLong> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(ShortStringTooLong(bytes.len()));
+        }
+        Ok(Self::copy_unchecked(bytes))
+    }
+
+    /// Builds a short string from a static string without copying it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `s` is longer than 255 bytes; meant for constants.
+    pub fn from_static(s: &'static str) -> Self {
+        assert!(
+            s.len() <= Self::MAX_LEN,
+            "short string longer than 255 bytes"
+        );
+        if s.len() <= INLINE_CAP {
+            Self::copy_unchecked(s.as_bytes())
+        } else {
+            ShortString(Repr::Shared(Bytes::from_static(s.as_bytes())))
+        }
+    }
+
+    fn copy_unchecked(bytes: &[u8]) -> Self {
+        debug_assert!(bytes.len() <= Self::MAX_LEN);
+        if bytes.len() <= INLINE_CAP {
+            let mut buf = [0u8; INLINE_CAP];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            ShortString(Repr::Inline {
+                len: bytes.len() as u8,
+                buf,
+            })
+        } else {
+            ShortString(Repr::Shared(Bytes::copy_from_slice(bytes)))
+        }
+    }
+
+    /// The bytes of the string.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..*len as usize],
+            Repr::Shared(b) => b,
+        }
+    }
+
+    /// The string as UTF-8, if it is valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.as_bytes()).ok()
+    }
+
+    /// The string with invalid UTF-8 sequences replaced by U+FFFD.
+    pub fn to_string_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+
+    /// The length in bytes (0 to 255).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the string is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for ShortString {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl Deref for ShortString {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for ShortString {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Borrow<[u8]> for ShortString {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for ShortString {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for ShortString {}
+
+impl PartialOrd for ShortString {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ShortString {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl Hash for ShortString {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq<str> for ShortString {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl PartialEq<&str> for ShortString {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl PartialEq<[u8]> for ShortString {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl fmt::Debug for ShortString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => write!(f, "{:?}", Bytes::copy_from_slice(self.as_bytes())),
+        }
+    }
+}
+
+impl fmt::Display for ShortString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+impl TryFrom<&[u8]> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(v: &[u8]) -> Result<Self, Self::Error> {
+        Self::from_bytes(v)
+    }
+}
+impl TryFrom<&str> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(v: &str) -> Result<Self, Self::Error> {
+        Self::from_bytes(v.as_bytes())
+    }
+}
+impl TryFrom<String> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        Self::from_bytes(v.as_bytes())
+    }
+}
+impl TryFrom<&String> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(v: &String) -> Result<Self, Self::Error> {
+        Self::from_bytes(v.as_bytes())
+    }
+}
+impl TryFrom<Vec<u8>> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(v: Vec<u8>) -> Result<Self, Self::Error> {
+        if v.len() > Self::MAX_LEN {
+            return Err(ShortStringTooLong(v.len()));
+        }
+        if v.len() <= INLINE_CAP {
+            Ok(Self::copy_unchecked(&v))
+        } else {
+            Ok(ShortString(Repr::Shared(Bytes::from(v))))
+        }
+    }
+}
+impl TryFrom<Bytes> for ShortString {
+    type Error = ShortStringTooLong;
+    /// Takes the bytes; a slice of a larger buffer is copied so that it
+    /// does not keep that buffer alive.
+    fn try_from(v: Bytes) -> Result<Self, Self::Error> {
+        Self::from_bytes(&v)
+    }
+}
+
+impl std::str::FromStr for ShortString {
+    type Err = ShortStringTooLong;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(s.as_bytes())
+    }
+}
+
+/// An AMQP `longstr` (and the `S` and `x` field values): up to 2³²−1 bytes,
+/// not necessarily UTF-8, held as [`Bytes`].
+///
+/// Parsers may hand out a long string that shares the frame it came from
+/// (zero copy); see `amqp-wire` for when they copy instead.
+///
+/// ```
+/// use amqp_types::LongString;
+/// let s = LongString::from("PLAIN AMQPLAIN");
+/// assert_eq!(s.as_str(), Some("PLAIN AMQPLAIN"));
+/// assert_eq!(s.len(), 14);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LongString(Bytes);
+
+impl LongString {
+    /// Wraps bytes as a long string.
+    pub const fn new(bytes: Bytes) -> Self {
+        LongString(bytes)
+    }
+
+    /// A long string from a static string, without copying.
+    pub const fn from_static(s: &'static str) -> Self {
+        LongString(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The bytes of the string.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying [`Bytes`].
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Unwraps the underlying [`Bytes`].
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The string as UTF-8, if it is valid UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The string with invalid UTF-8 sequences replaced by U+FFFD.
+    pub fn to_string_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the string is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Deref for LongString {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for LongString {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LongString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => fmt::Debug::fmt(&self.0, f),
+        }
+    }
+}
+
+impl fmt::Display for LongString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+impl From<Bytes> for LongString {
+    fn from(v: Bytes) -> Self {
+        LongString(v)
+    }
+}
+impl From<Vec<u8>> for LongString {
+    fn from(v: Vec<u8>) -> Self {
+        LongString(Bytes::from(v))
+    }
+}
+impl From<String> for LongString {
+    fn from(v: String) -> Self {
+        LongString(Bytes::from(v))
+    }
+}
+impl From<&str> for LongString {
+    fn from(v: &str) -> Self {
+        LongString(Bytes::copy_from_slice(v.as_bytes()))
+    }
+}
+impl From<&[u8]> for LongString {
+    fn from(v: &[u8]) -> Self {
+        LongString(Bytes::copy_from_slice(v))
+    }
+}
+impl From<ShortString> for LongString {
+    fn from(v: ShortString) -> Self {
+        LongString(Bytes::copy_from_slice(v.as_bytes()))
+    }
+}
+impl PartialEq<str> for LongString {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+impl PartialEq<&str> for LongString {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_string_limits() {
+        assert!(ShortString::from_bytes(&[b'a'; 255]).is_ok());
+        assert_eq!(
+            ShortString::from_bytes(&[b'a'; 256]),
+            Err(ShortStringTooLong(256))
+        );
+        assert_eq!(
+            ShortString::try_from(vec![0u8; 300]).unwrap_err(),
+            ShortStringTooLong(300)
+        );
+    }
+
+    #[test]
+    fn inline_and_shared_compare_equal() {
+        let long = "x".repeat(100);
+        let a = ShortString::try_from(long.as_str()).unwrap();
+        let b = ShortString::try_from(long.clone().into_bytes()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 100);
+        let short = ShortString::from_static("amq.direct");
+        assert_eq!(short, "amq.direct");
+        assert_eq!(ShortString::from_static(""), ShortString::EMPTY);
+        assert!(std::mem::size_of::<ShortString>() <= 40);
+    }
+
+    #[test]
+    fn short_string_does_not_pin_its_source() {
+        let big = Bytes::from(vec![7u8; 128 * 1024]);
+        let s = ShortString::try_from(big.slice(10..200)).unwrap();
+        drop(big);
+        assert_eq!(s.as_bytes(), &[7u8; 190][..]);
+    }
+}
