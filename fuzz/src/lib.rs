@@ -1,0 +1,2 @@
+//! The checks behind the fuzz targets, one public function per target, so
+//! that `cargo test -p amqp-fuzz` replays every committed corpus input.
