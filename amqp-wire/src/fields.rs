@@ -1,0 +1,626 @@
+//! Reading, measuring and writing the primitive types, field values and
+//! tables, and (from the protocol table) every method and the basic
+//! properties.
+//!
+//! Every primitive implements [`Arg`] once; the method and property code is
+//! generated from `amqp_types::for_each_method!` and
+//! `amqp_types::for_each_basic_property!`, so nothing here is written per
+//! method.
+
+use amqp_types::method::{self as m};
+use amqp_types::{
+    BasicProperties, Decimal, FieldArray, FieldTable, FieldValue, LongString, MAX_NESTING_DEPTH,
+    Method, ShortString,
+};
+use bytes::{BufMut, Bytes};
+
+/// Long strings at least this long are handed out as slices of the input
+/// (zero copy); shorter ones are copied so that a small value does not keep
+/// a large read buffer alive.
+pub const ZERO_COPY_MIN: usize = 128;
+
+/// Why a payload failed to decode (internal and `Copy`, so the hot path
+/// returns small results; turned into a `ProtocolError` at the boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fail {
+    Truncated(&'static str),
+    Overrun {
+        what: &'static str,
+        len: u64,
+        available: usize,
+    },
+    UnknownType(u8),
+    TooDeep,
+}
+
+/// A cursor over one frame payload.
+pub(crate) struct Reader<'a> {
+    buf: &'a Bytes,
+    pub(crate) pos: usize,
+    end: usize,
+    /// Mask of the next bit to read in `bits`; 0 when no octet is open.
+    bit_mask: u16,
+    bits: u8,
+    depth: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a Bytes, start: usize, end: usize) -> Self {
+        Reader {
+            buf,
+            pos: start,
+            end,
+            bit_mask: 0,
+            bits: 0,
+            depth: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Fail> {
+        if self.remaining() < n {
+            return Err(Fail::Truncated(what));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        self.bit_mask = 0;
+        Ok(s)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], Fail> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self) -> Result<u8, Fail> {
+        Ok(self.array::<1>("octet")?[0])
+    }
+    #[inline]
+    pub(crate) fn u16(&mut self) -> Result<u16, Fail> {
+        Ok(u16::from_be_bytes(self.array("short")?))
+    }
+    #[inline]
+    pub(crate) fn u32(&mut self) -> Result<u32, Fail> {
+        Ok(u32::from_be_bytes(self.array("long")?))
+    }
+    #[inline]
+    pub(crate) fn u64(&mut self) -> Result<u64, Fail> {
+        Ok(u64::from_be_bytes(self.array("longlong")?))
+    }
+
+    #[inline]
+    fn bit(&mut self) -> Result<bool, Fail> {
+        if self.bit_mask == 0 || self.bit_mask == 0x100 {
+            let pos = self.pos;
+            if pos >= self.end {
+                return Err(Fail::Truncated("bit"));
+            }
+            self.bits = self.buf[pos];
+            self.pos += 1;
+            self.bit_mask = 1;
+        }
+        let v = self.bits as u16 & self.bit_mask != 0;
+        self.bit_mask <<= 1;
+        Ok(v)
+    }
+
+    /// A length-prefixed slice whose length is checked against what is left.
+    #[inline]
+    fn sized(&mut self, len: usize, what: &'static str) -> Result<usize, Fail> {
+        if len > self.remaining() {
+            return Err(Fail::Overrun {
+                what,
+                len: len as u64,
+                available: self.remaining(),
+            });
+        }
+        let start = self.pos;
+        self.pos += len;
+        self.bit_mask = 0;
+        Ok(start)
+    }
+
+    #[inline]
+    fn short_string(&mut self) -> Result<ShortString, Fail> {
+        let len = self.u8()? as usize;
+        let start = self.sized(len, "short string")?;
+        Ok(ShortString::from_bytes(&self.buf[start..start + len]).expect("at most 255 bytes"))
+    }
+
+    #[inline]
+    fn long_bytes(&mut self, what: &'static str) -> Result<LongString, Fail> {
+        let len = self.u32()? as usize;
+        let start = self.sized(len, what)?;
+        let range = start..start + len;
+        Ok(LongString::new(if len >= ZERO_COPY_MIN {
+            self.buf.slice(range)
+        } else {
+            Bytes::copy_from_slice(&self.buf[range])
+        }))
+    }
+
+    /// Runs `f` over the next `len`-prefixed region, with nesting depth
+    /// checked and the region's end enforced.
+    #[inline]
+    fn nested<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Self, usize) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        let len = self.u32()? as usize;
+        if self.depth >= MAX_NESTING_DEPTH {
+            return Err(Fail::TooDeep);
+        }
+        let start = self.sized(len, what)?;
+        let end = start + len;
+        let saved_end = std::mem::replace(&mut self.end, end);
+        self.pos = start;
+        self.depth += 1;
+        let r = f(self, end);
+        self.depth -= 1;
+        self.end = saved_end;
+        r
+    }
+
+    pub(crate) fn table(&mut self) -> Result<FieldTable, Fail> {
+        self.nested("field table", |r, end| {
+            let mut t = FieldTable::new();
+            while r.pos < end {
+                let k = r.short_string()?;
+                let v = r.value()?;
+                t.push(k, v);
+            }
+            Ok(t)
+        })
+    }
+
+    fn array_value(&mut self) -> Result<FieldArray, Fail> {
+        self.nested("field array", |r, end| {
+            let mut a = Vec::new();
+            while r.pos < end {
+                a.push(r.value()?);
+            }
+            Ok(FieldArray::from(a))
+        })
+    }
+
+    fn value(&mut self) -> Result<FieldValue, Fail> {
+        let letter = self.u8()?;
+        Ok(match letter {
+            b't' => FieldValue::Bool(self.u8()? != 0),
+            b'b' => FieldValue::I8(self.u8()? as i8),
+            b'B' => FieldValue::U8(self.u8()?),
+            b's' => FieldValue::I16(self.u16()? as i16),
+            b'u' => FieldValue::U16(self.u16()?),
+            b'I' => FieldValue::I32(self.u32()? as i32),
+            b'i' => FieldValue::U32(self.u32()?),
+            b'l' => FieldValue::I64(self.u64()? as i64),
+            b'f' => FieldValue::F32(f32::from_bits(self.u32()?)),
+            b'd' => FieldValue::F64(f64::from_bits(self.u64()?)),
+            b'D' => FieldValue::Decimal(Decimal {
+                scale: self.u8()?,
+                value: self.u32()?,
+            }),
+            b'S' => FieldValue::LongString(self.long_bytes("long string")?),
+            b'A' => FieldValue::Array(self.array_value()?),
+            b'T' => FieldValue::Timestamp(self.u64()?),
+            b'F' => FieldValue::Table(self.table()?),
+            b'V' => FieldValue::Void,
+            b'x' => FieldValue::ByteArray(self.long_bytes("byte array")?),
+            other => return Err(Fail::UnknownType(other)),
+        })
+    }
+}
+
+/// Why a value cannot be serialized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Field tables or arrays nest deeper than [`MAX_NESTING_DEPTH`].
+    #[error("field tables nested deeper than {MAX_NESTING_DEPTH} levels")]
+    NestingTooDeep,
+    /// A long string, table or frame is longer than its 32-bit length field
+    /// can say.
+    #[error("{what} of {len} bytes does not fit a 32-bit length")]
+    TooLong {
+        /// What was too long.
+        what: &'static str,
+        /// Its length.
+        len: u64,
+    },
+    /// A field value this version of the encoder does not know.
+    #[error("field value type {letter} is not supported by this encoder")]
+    Unsupported {
+        /// The value's type letter.
+        letter: u8,
+    },
+    /// The destination buffer cannot grow to hold the frame.
+    #[error("buffer has room for {available} bytes, the frame needs {needed}")]
+    BufferTooSmall {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes the buffer can take.
+        available: usize,
+    },
+}
+
+/// Measures an encoding before it is written, so that errors are found
+/// before any byte goes out.
+pub(crate) struct Sizer {
+    pub(crate) len: usize,
+    nbits: u8,
+    depth: usize,
+}
+
+impl Sizer {
+    pub(crate) fn new() -> Self {
+        Sizer {
+            len: 0,
+            nbits: 0,
+            depth: 0,
+        }
+    }
+    #[inline]
+    fn fixed(&mut self, n: usize) {
+        self.nbits = 0;
+        self.len += n;
+    }
+    #[inline]
+    fn bit(&mut self) {
+        if self.nbits == 0 || self.nbits == 8 {
+            self.len += 1;
+            self.nbits = 0;
+        }
+        self.nbits += 1;
+    }
+    fn long(&mut self, n: usize, what: &'static str) -> Result<(), EncodeError> {
+        if n > u32::MAX as usize {
+            return Err(EncodeError::TooLong {
+                what,
+                len: n as u64,
+            });
+        }
+        self.fixed(4 + n);
+        Ok(())
+    }
+
+    pub(crate) fn table(&mut self, t: &FieldTable) -> Result<(), EncodeError> {
+        self.container(|s| {
+            for (k, v) in t {
+                s.fixed(1 + k.len());
+                s.value(v)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn container(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        if self.depth >= MAX_NESTING_DEPTH {
+            return Err(EncodeError::NestingTooDeep);
+        }
+        self.fixed(4);
+        let before = self.len;
+        self.depth += 1;
+        f(self)?;
+        self.depth -= 1;
+        let inner = self.len - before;
+        if inner > u32::MAX as usize {
+            return Err(EncodeError::TooLong {
+                what: "field table",
+                len: inner as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, v: &FieldValue) -> Result<(), EncodeError> {
+        self.fixed(1);
+        match v {
+            FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => self.fixed(1),
+            FieldValue::I16(_) | FieldValue::U16(_) => self.fixed(2),
+            FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => self.fixed(4),
+            FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => self.fixed(8),
+            FieldValue::Decimal(_) => self.fixed(5),
+            FieldValue::LongString(s) => self.long(s.len(), "long string")?,
+            FieldValue::ByteArray(s) => self.long(s.len(), "byte array")?,
+            FieldValue::Array(a) => self.container(|s| a.iter().try_for_each(|v| s.value(v)))?,
+            FieldValue::Table(t) => self.table(t)?,
+            FieldValue::Void => {}
+            _ => return Err(EncodeError::Unsupported { letter: v.letter() }),
+        }
+        Ok(())
+    }
+}
+
+/// Writes an encoding measured by [`Sizer`]; infallible.
+pub(crate) struct Writer<'a, B: BufMut> {
+    pub(crate) buf: &'a mut B,
+    bits: u8,
+    nbits: u8,
+}
+
+impl<'a, B: BufMut> Writer<'a, B> {
+    pub(crate) fn new(buf: &'a mut B) -> Self {
+        Writer {
+            buf,
+            bits: 0,
+            nbits: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn flush_bits(&mut self) {
+        if self.nbits > 0 {
+            self.buf.put_u8(self.bits);
+            self.bits = 0;
+            self.nbits = 0;
+        }
+    }
+
+    #[inline]
+    fn bit(&mut self, v: bool) {
+        if self.nbits == 8 {
+            self.flush_bits();
+        }
+        self.bits |= (v as u8) << self.nbits;
+        self.nbits += 1;
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.flush_bits();
+        self.buf.put_u8(v);
+    }
+    #[inline]
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.flush_bits();
+        self.buf.put_u16(v);
+    }
+    #[inline]
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.flush_bits();
+        self.buf.put_u32(v);
+    }
+    #[inline]
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.flush_bits();
+        self.buf.put_u64(v);
+    }
+    #[inline]
+    fn short_string(&mut self, s: &ShortString) {
+        self.u8(s.len() as u8);
+        self.buf.put_slice(s);
+    }
+    #[inline]
+    fn long_bytes(&mut self, s: &[u8]) {
+        self.u32(s.len() as u32);
+        self.buf.put_slice(s);
+    }
+
+    pub(crate) fn table(&mut self, t: &FieldTable) {
+        self.u32(table_len(t) as u32);
+        for (k, v) in t {
+            self.short_string(k);
+            self.value(v);
+        }
+    }
+
+    fn value(&mut self, v: &FieldValue) {
+        self.u8(v.letter());
+        match v {
+            FieldValue::Bool(b) => self.u8(*b as u8),
+            FieldValue::I8(x) => self.u8(*x as u8),
+            FieldValue::U8(x) => self.u8(*x),
+            FieldValue::I16(x) => self.u16(*x as u16),
+            FieldValue::U16(x) => self.u16(*x),
+            FieldValue::I32(x) => self.u32(*x as u32),
+            FieldValue::U32(x) => self.u32(*x),
+            FieldValue::I64(x) => self.u64(*x as u64),
+            FieldValue::F32(x) => self.u32(x.to_bits()),
+            FieldValue::F64(x) => self.u64(x.to_bits()),
+            FieldValue::Decimal(d) => {
+                self.u8(d.scale);
+                self.u32(d.value);
+            }
+            FieldValue::LongString(s) | FieldValue::ByteArray(s) => self.long_bytes(s),
+            FieldValue::Array(a) => {
+                self.u32(array_len(a) as u32);
+                for v in a {
+                    self.value(v);
+                }
+            }
+            FieldValue::Timestamp(x) => self.u64(*x),
+            FieldValue::Table(t) => self.table(t),
+            // Refused by `Sizer` before anything is written.
+            _ => {}
+        }
+    }
+}
+
+/// The encoded size of a table's entries (without its 4-byte length),
+/// assuming the table was validated by [`Sizer`].
+fn table_len(t: &FieldTable) -> usize {
+    t.iter().map(|(k, v)| 1 + k.len() + value_len(v)).sum()
+}
+
+fn array_len(a: &FieldArray) -> usize {
+    a.iter().map(value_len).sum()
+}
+
+fn value_len(v: &FieldValue) -> usize {
+    1 + match v {
+        FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
+        FieldValue::I16(_) | FieldValue::U16(_) => 2,
+        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
+        FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
+        FieldValue::Decimal(_) => 5,
+        FieldValue::LongString(s) | FieldValue::ByteArray(s) => 4 + s.len(),
+        FieldValue::Array(a) => 4 + array_len(a),
+        FieldValue::Table(t) => 4 + table_len(t),
+        _ => 0,
+    }
+}
+
+/// One argument type: how to read, measure and write it. Implemented once
+/// per primitive; methods and properties are sequences of these.
+pub(crate) trait Arg: Sized {
+    fn read(r: &mut Reader<'_>) -> Result<Self, Fail>;
+    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError>;
+    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>);
+}
+
+macro_rules! int_arg {
+    ($($t:ty => $n:literal, $f:ident);* $(;)?) => {$(
+        impl Arg for $t {
+            #[inline]
+            fn read(r: &mut Reader<'_>) -> Result<Self, Fail> { r.$f() }
+            #[inline]
+            fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> { s.fixed($n); Ok(()) }
+            #[inline]
+            fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) { w.$f(*self) }
+        }
+    )*};
+}
+int_arg! { u8 => 1, u8; u16 => 2, u16; u32 => 4, u32; u64 => 8, u64 }
+
+impl Arg for bool {
+    #[inline]
+    fn read(r: &mut Reader<'_>) -> Result<Self, Fail> {
+        r.bit()
+    }
+    #[inline]
+    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
+        s.bit();
+        Ok(())
+    }
+    #[inline]
+    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+        w.bit(*self)
+    }
+}
+
+impl Arg for ShortString {
+    #[inline]
+    fn read(r: &mut Reader<'_>) -> Result<Self, Fail> {
+        r.short_string()
+    }
+    #[inline]
+    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
+        s.fixed(1 + self.len());
+        Ok(())
+    }
+    #[inline]
+    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+        w.short_string(self)
+    }
+}
+
+impl Arg for LongString {
+    #[inline]
+    fn read(r: &mut Reader<'_>) -> Result<Self, Fail> {
+        r.long_bytes("long string")
+    }
+    #[inline]
+    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
+        s.long(self.len(), "long string")
+    }
+    #[inline]
+    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+        w.long_bytes(self)
+    }
+}
+
+impl Arg for FieldTable {
+    #[inline]
+    fn read(r: &mut Reader<'_>) -> Result<Self, Fail> {
+        r.table()
+    }
+    #[inline]
+    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
+        s.table(self)
+    }
+    #[inline]
+    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+        w.table(self)
+    }
+}
+
+macro_rules! gen_methods {
+    ($(
+        $Name:ident ( $cid:literal, $mid:literal, $($head:tt)* )
+        { $( $f:ident : $ty:ident = $fname:literal ),* $(,)? }
+    )*) => {
+        /// Decodes a method's arguments; `None` for unknown ids.
+        #[inline]
+        pub(crate) fn read_method(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Option<Method>, Fail> {
+            Ok(Some(match (class_id, method_id) {
+                $( ($cid, $mid) => Method::$Name(m::$Name { $( $f: <$ty as Arg>::read(r)?, )* }), )*
+                _ => return Ok(None),
+            }))
+        }
+
+        /// Measures a method's arguments (without the class and method ids).
+        #[inline]
+        pub(crate) fn size_method(method: &Method, s: &mut Sizer) -> Result<(), EncodeError> {
+            match method {
+                $(
+                    #[allow(unused_variables)]
+                    Method::$Name(x) => { $( Arg::size(&x.$f, s)?; )* }
+                )*
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+            Ok(())
+        }
+
+        /// Writes a method's arguments (without the class and method ids).
+        #[inline]
+        pub(crate) fn write_method<B: BufMut>(method: &Method, w: &mut Writer<'_, B>) {
+            match method {
+                $(
+                    #[allow(unused_variables)]
+                    Method::$Name(x) => { $( Arg::write(&x.$f, w); )* }
+                )*
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+            w.flush_bits();
+        }
+    };
+}
+amqp_types::for_each_method!(gen_methods);
+
+macro_rules! gen_properties {
+    ($( $f:ident : $ty:ident = $name:literal @ $bit:literal ),* $(,)?) => {
+        #[inline]
+        pub(crate) fn read_properties(flags: u16, r: &mut Reader<'_>) -> Result<BasicProperties, Fail> {
+            Ok(BasicProperties {
+                $( $f: if flags & (1 << $bit) != 0 { Some(<$ty as Arg>::read(r)?) } else { None }, )*
+            })
+        }
+
+        #[inline]
+        pub(crate) fn size_properties(p: &BasicProperties, s: &mut Sizer) -> Result<(), EncodeError> {
+            $( if let Some(v) = &p.$f { Arg::size(v, s)?; } )*
+            Ok(())
+        }
+
+        #[inline]
+        pub(crate) fn write_properties<B: BufMut>(p: &BasicProperties, w: &mut Writer<'_, B>) {
+            $( if let Some(v) = &p.$f { Arg::write(v, w); } )*
+        }
+    };
+}
+amqp_types::for_each_basic_property!(gen_properties);
