@@ -365,8 +365,43 @@ impl FieldTable {
     }
 
     /// Unwraps the entries.
-    pub fn into_inner(self) -> Vec<(ShortString, FieldValue)> {
-        self.0
+    pub fn into_inner(mut self) -> Vec<(ShortString, FieldValue)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl FieldValue {
+    fn is_container(&self) -> bool {
+        matches!(self, FieldValue::Table(_) | FieldValue::Array(_))
+    }
+}
+
+/// Drops nested containers with an explicit stack instead of recursion, so
+/// that a value nested arbitrarily deep (built by hand; the parser stops at
+/// [`MAX_NESTING_DEPTH`]) cannot overflow the stack when it is dropped.
+fn drop_iteratively(mut stack: Vec<FieldValue>) {
+    while let Some(v) = stack.pop() {
+        match v {
+            FieldValue::Table(mut t) => stack.extend(t.0.drain(..).map(|(_, v)| v)),
+            FieldValue::Array(mut a) => stack.extend(a.0.drain(..)),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for FieldTable {
+    fn drop(&mut self) {
+        if self.0.iter().any(|(_, v)| v.is_container()) {
+            drop_iteratively(self.0.drain(..).map(|(_, v)| v).collect());
+        }
+    }
+}
+
+impl Drop for FieldArray {
+    fn drop(&mut self) {
+        if self.0.iter().any(FieldValue::is_container) {
+            drop_iteratively(self.0.drain(..).collect());
+        }
     }
 }
 
@@ -402,7 +437,7 @@ impl IntoIterator for FieldTable {
     type Item = (ShortString, FieldValue);
     type IntoIter = std::vec::IntoIter<(ShortString, FieldValue)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.into_inner().into_iter()
     }
 }
 
@@ -447,8 +482,8 @@ impl FieldArray {
     }
 
     /// Unwraps the values.
-    pub fn into_inner(self) -> Vec<FieldValue> {
-        self.0
+    pub fn into_inner(mut self) -> Vec<FieldValue> {
+        std::mem::take(&mut self.0)
     }
 }
 
@@ -559,6 +594,22 @@ mod tests {
         assert_eq!(t.get("b"), Some(&FieldValue::I32(1)));
         assert_eq!(t.remove("b"), Some(FieldValue::I32(1)));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn deep_tables_drop_without_recursion() {
+        let mut v = FieldValue::Void;
+        for i in 0..200_000 {
+            if i % 2 == 0 {
+                let mut t = FieldTable::new();
+                t.insert("a", v);
+                v = FieldValue::Table(t);
+            } else {
+                v = FieldValue::Array(FieldArray::from(vec![v, FieldValue::I8(1)]));
+            }
+        }
+        assert!(v.depth() > MAX_NESTING_DEPTH);
+        drop(v);
     }
 
     #[test]

@@ -216,7 +216,11 @@ impl<'a> Reader<'a> {
             b'F' => FieldValue::Table(self.table()?),
             b'V' => FieldValue::Void,
             b'x' => FieldValue::ByteArray(self.long_bytes("byte array")?),
-            other => return Err(Fail::UnknownType(other)),
+            other => {
+                // Point the error at the type octet itself.
+                self.pos -= 1;
+                return Err(Fail::UnknownType(other));
+            }
         })
     }
 }
