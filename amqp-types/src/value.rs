@@ -383,7 +383,7 @@ fn drop_iteratively(mut stack: Vec<FieldValue>) {
     while let Some(v) = stack.pop() {
         match v {
             FieldValue::Table(mut t) => stack.extend(t.0.drain(..).map(|(_, v)| v)),
-            FieldValue::Array(mut a) => stack.extend(a.0.drain(..)),
+            FieldValue::Array(mut a) => stack.append(&mut a.0),
             _ => {}
         }
     }
@@ -400,7 +400,7 @@ impl Drop for FieldTable {
 impl Drop for FieldArray {
     fn drop(&mut self) {
         if self.0.iter().any(FieldValue::is_container) {
-            drop_iteratively(self.0.drain(..).collect());
+            drop_iteratively(std::mem::take(&mut self.0));
         }
     }
 }
