@@ -10,6 +10,8 @@ use std::fmt;
 
 /// Who may send a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Sender {
     /// Only the client.
     Client,
@@ -33,6 +35,8 @@ impl Sender {
 /// The wire type of a method argument (a spec "domain" resolved to its
 /// primitive type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Domain {
     /// `octet`: `u8`.
     Octet,

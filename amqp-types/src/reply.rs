@@ -22,6 +22,7 @@ pub struct ReplyCode(pub u16);
 
 /// What a reply code means for the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum ReplyClass {
     /// 200: success.
@@ -136,6 +137,8 @@ impl From<ReplyCode> for u16 {
 
 /// What an error closes: one channel or the whole connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Scope {
     /// A soft error: `channel.close` on the channel.
     Channel,

@@ -102,6 +102,7 @@ pub struct ContentHeader {
 
 /// The 8-byte protocol header a client opens with: `AMQP` and four octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ProtocolHeader {
     /// The four octets after `AMQP` (`0 0 9 1` for AMQP 0-9-1).
     pub version: [u8; 4],

@@ -83,6 +83,7 @@ pub enum Parsed<T> {
 
 /// Limits checked while parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FrameLimits {
     /// The largest frame accepted, in bytes including the 8 bytes of header
     /// and end octet; 0 means no limit. A frame whose header announces a
