@@ -1,4 +1,3 @@
+//! Fuzz target `parse_frames`: the check is [`amqp_fuzz::wire::parse_frames`].
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data; // filled in by the target's owner
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::wire::parse_frames(data));

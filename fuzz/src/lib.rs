@@ -1,2 +1,4 @@
 //! The checks behind the fuzz targets, one public function per target, so
 //! that `cargo test -p amqp-fuzz` replays every committed corpus input.
+
+pub mod wire;
