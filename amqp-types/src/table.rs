@@ -1,7 +1,8 @@
 //! The protocol table: every AMQP 0-9-1 method and basic property, written
 //! down once.
 //!
-//! [`for_each_method!`] and [`for_each_basic_property!`] hand their rows to a
+//! [`for_each_method!`](crate::for_each_method) and
+//! [`for_each_basic_property!`](crate::for_each_basic_property) hand their rows to a
 //! caller's macro, in the spirit of wasmparser's `for_each_operator!`. This
 //! crate generates the method structs, the [`Method`](crate::Method) and
 //! [`MethodKind`](crate::MethodKind) enums, ids, names, protocol metadata and
