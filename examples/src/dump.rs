@@ -135,6 +135,8 @@ pub enum Event {
     },
     /// A malformed frame or header; the stream is not decoded further.
     Error {
+        /// Byte offset in the stream where the faulty frame starts.
+        frame_offset: u64,
         /// The fault, with its offset counted from the start of the stream.
         error: ProtocolError,
     },
@@ -193,8 +195,11 @@ impl Event {
                     hex_dump(p, raw, out);
                 }
             }
-            Event::Error { error } => {
-                let _ = write!(out, "{p}{:>8}  ", error.offset().unwrap_or(0));
+            Event::Error {
+                frame_offset,
+                error,
+            } => {
+                let _ = write!(out, "{p}{frame_offset:>8}  ");
                 describe_error(error, out);
                 out.push('\n');
             }
@@ -325,7 +330,10 @@ impl Decoder {
                 Err(error) => {
                     let error = error.offset_by(offset);
                     self.error = Some(error.clone());
-                    events.push(Event::Error { error });
+                    events.push(Event::Error {
+                        frame_offset: offset,
+                        error,
+                    });
                     self.state = State::Failed;
                     self.base += input.len() as u64;
                     self.wait_for = 0;
@@ -552,6 +560,7 @@ const QUIET: &[&str] = &[
     "insist",
     "known-hosts",
     "channel-id",
+    "cluster-id",
 ];
 
 /// Long strings that carry credentials: only their length is summarised.
@@ -768,7 +777,12 @@ pub fn quote(bytes: &[u8], max: usize, out: &mut String) {
                     out.push('…');
                     break;
                 }
-                out.extend(c.escape_debug());
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.extend(c.escape_default()),
+                    c => out.push(c),
+                }
             }
         }
         Err(_) => {
@@ -1114,9 +1128,14 @@ mod tests {
         data[end] = 0;
         let o = Options::default();
         let events = decode_all(&data, &o);
-        let Some(Event::Error { error }) = events.last() else {
+        let Some(Event::Error {
+            frame_offset,
+            error,
+        }) = events.last()
+        else {
             panic!("{events:?}");
         };
+        assert_eq!(*frame_offset, first as u64);
         assert_eq!(error.offset(), Some(end as u64));
         assert_eq!(error.code(), ReplyCode::FRAME_ERROR);
         assert_eq!(events.len(), 3);
@@ -1158,7 +1177,7 @@ mod tests {
     fn garbage_first_byte_is_an_unknown_frame_type() {
         let o = Options::default();
         let events = decode_all(b"GET / HTTP/1.1\r\n\r\n", &o);
-        let [Event::Error { error }] = &events[..] else {
+        let [Event::Error { error, .. }] = &events[..] else {
             panic!("{events:?}")
         };
         assert_eq!(error.code(), ReplyCode::FRAME_ERROR);
@@ -1179,7 +1198,7 @@ mod tests {
             ..Options::default()
         };
         let events = decode_all(&data, &strict);
-        let Some(Event::Error { error }) = events.last() else {
+        let Some(Event::Error { error, .. }) = events.last() else {
             panic!()
         };
         assert_eq!(error.code(), ReplyCode::FRAME_ERROR);
@@ -1206,6 +1225,7 @@ mod tests {
         quote(b"a\"b\n", 10, &mut s);
         quote(b"\xff\x00z", 10, &mut s);
         quote(b"abcdef", 3, &mut s);
-        assert_eq!(s, r#""a\"b\n""\xff\x00z""abc…""#);
+        quote("it's é\u{1}".as_bytes(), 10, &mut s);
+        assert_eq!(s, r#""a\"b\n""\xff\x00z""abc…""it's é\u{1}""#);
     }
 }
