@@ -110,6 +110,9 @@ impl Default for Options {
 }
 
 /// Something the decoder found in the stream.
+// Events live only until they are printed; boxing the frame would cost an
+// allocation per frame for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -594,10 +597,10 @@ fn summary(
                     _ => None,
                 })
             };
-            if let (Some(c), Some(mid)) = (id("class-id"), id("method-id")) {
-                if let Some(k) = MethodKind::from_ids(c, mid) {
-                    let _ = write!(out, " ({})", k.name());
-                }
+            if let (Some(c), Some(mid)) = (id("class-id"), id("method-id"))
+                && let Some(k) = MethodKind::from_ids(c, mid)
+            {
+                let _ = write!(out, " ({})", k.name());
             }
             if let Some(d) = direction {
                 let sender = m.info().sender;

@@ -360,11 +360,11 @@ async fn pump(
             break;
         }
         total += n as u64;
-        if let Some(f) = &mut recorder {
-            if let Err(e) = f.write_all(chunk).await {
-                emit(&format!("[conn {id} {label}] recording stopped: {e}\n"));
-                recorder = None;
-            }
+        if let Some(f) = &mut recorder
+            && let Err(e) = f.write_all(chunk).await
+        {
+            emit(&format!("[conn {id} {label}] recording stopped: {e}\n"));
+            recorder = None;
         }
         let was_failed = decoder.error().is_some();
         let mut text = String::new();
