@@ -1,0 +1,1658 @@
+//! The Sans-IO connection state machine, client and server roles.
+
+use crate::sasl::Credentials;
+use crate::stream::{Decoded, FrameDecoder, FrameEncoder, check_frame_max};
+use crate::model::*;
+use amqp_types::method::*;
+use amqp_types::{
+    BasicProperties, ErrorKind, FieldTable, FieldValue, LongString, Method, MethodKind,
+    ProtocolError, ReplyCode, ShortString,
+};
+use amqp_wire::{ContentHeader, Frame, FramePayload, PROTOCOL_HEADER, ProtocolHeader};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant};
+
+/// A hasher for channel numbers (u16 keys need no SipHash).
+#[derive(Default, Clone, Copy)]
+struct ChannelHasher(u64);
+impl Hasher for ChannelHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n);
+    }
+}
+type ChannelMap = HashMap<u16, Box<Channel>, BuildHasherDefault<ChannelHasher>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    // client
+    AwaitStart,
+    AwaitTune,
+    AwaitOpenOk,
+    // server
+    AwaitHeader,
+    AwaitStartOk,
+    Authenticating,
+    AwaitSecureOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    OpeningVhost,
+    // both
+    Open,
+    Closing,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChState {
+    Opening,
+    Open,
+    Closing,
+}
+
+#[derive(Debug, Default)]
+enum Assembly {
+    #[default]
+    Idle,
+    AwaitHeader {
+        method: Method,
+        seqno: Option<u64>,
+    },
+    AwaitBody {
+        method: Method,
+        properties: BasicProperties,
+        body_size: u64,
+        received: u64,
+        parts: Vec<Bytes>,
+        seqno: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+struct Channel {
+    state: ChState,
+    /// Our synchronous requests awaiting the peer's reply.
+    pending_out: VecDeque<MethodKind>,
+    /// The peer's synchronous requests awaiting our reply.
+    pending_in: VecDeque<MethodKind>,
+    content: Assembly,
+    /// Bytes of `content` counted against the connection budget.
+    held: usize,
+    /// The last method received (class, method), for error attribution.
+    last_in: (u16, u16),
+    /// Confirm mode.
+    confirm: bool,
+    /// Client: next publish sequence number; server: last issued.
+    seqno: u64,
+    /// Client role: outstanding publish sequence numbers.
+    unconfirmed: BTreeSet<u64>,
+    /// Highest delivery tag received (client) or issued (server).
+    delivery_tag: u64,
+    consumers: Vec<ShortString>,
+    flow_active: bool,
+    close_reason: Option<CloseReason>,
+}
+
+impl Channel {
+    fn new(state: ChState) -> Box<Self> {
+        Box::new(Channel {
+            state,
+            pending_out: VecDeque::new(),
+            pending_in: VecDeque::new(),
+            content: Assembly::Idle,
+            held: 0,
+            last_in: (0, 0),
+            confirm: false,
+            seqno: 0,
+            unconfirmed: BTreeSet::new(),
+            delivery_tag: 0,
+            consumers: Vec::new(),
+            flow_active: true,
+            close_reason: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heartbeat {
+    half: Duration,
+    next_check: Instant,
+    silent_checks: u32,
+}
+
+#[derive(Debug)]
+enum PendingDecision {
+    Authenticate { mechanism: ShortString },
+    OpenVhost,
+    Challenge,
+}
+
+#[derive(Debug)]
+enum RoleConfig {
+    Client(Box<ClientConfig>),
+    Server(Box<ServerConfig>),
+}
+
+fn conn_err(code: ReplyCode, text: String) -> ProtocolError {
+    ProtocolError::connection(code, ErrorKind::Refused(text))
+}
+
+fn unexpected(what: String) -> ProtocolError {
+    ProtocolError::connection(ReplyCode::UNEXPECTED_FRAME, ErrorKind::UnexpectedFrame { what })
+}
+
+/// One AMQP 0-9-1 connection, client or server side, without I/O.
+///
+/// Drive it with [`handle_input`](Self::handle_input) (bytes from the
+/// peer), [`handle_timeout`](Self::handle_timeout) (when
+/// [`poll_timeout`](Self::poll_timeout) has passed) and commands; after
+/// each, drain [`poll_transmit`](Self::poll_transmit) to the peer and
+/// [`poll_event`](Self::poll_event) to the application. See the crate
+/// documentation for a complete example.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: RoleConfig,
+    limits: Limits,
+    phase: Phase,
+    decoder: FrameDecoder,
+    encoder: FrameEncoder,
+    events: VecDeque<Event>,
+    channels: ChannelMap,
+    tuning: Tuning,
+    peer_caps: Capabilities,
+    peer_properties: FieldTable,
+    now: Instant,
+    handshake_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    heartbeat: Option<Heartbeat>,
+    sent_activity: bool,
+    recv_activity: bool,
+    held: usize,
+    decision: Option<(u64, PendingDecision)>,
+    next_decision: u64,
+    username: Option<String>,
+    decision_mechanism: Option<ShortString>,
+    close_reason: Option<CloseReason>,
+    blocked: bool,
+}
+
+impl Connection {
+    fn new(role: Role, config: RoleConfig, limits: Limits, now: Instant) -> Self {
+        Connection {
+            role,
+            config,
+            phase: if role == Role::Client {
+                Phase::AwaitStart
+            } else {
+                Phase::AwaitHeader
+            },
+            decoder: if role == Role::Client {
+                FrameDecoder::new()
+            } else {
+                FrameDecoder::expecting_protocol_header()
+            },
+            encoder: FrameEncoder::new(),
+            events: VecDeque::new(),
+            channels: ChannelMap::default(),
+            tuning: Tuning {
+                channel_max: 0,
+                frame_max: amqp_wire::FRAME_MIN_SIZE,
+                heartbeat: 0,
+            },
+            peer_caps: Capabilities::NONE,
+            peer_properties: FieldTable::new(),
+            now,
+            handshake_deadline: Some(now + limits.handshake_timeout),
+            close_deadline: None,
+            heartbeat: None,
+            sent_activity: false,
+            recv_activity: false,
+            held: 0,
+            decision: None,
+            next_decision: 0,
+            username: None,
+            decision_mechanism: None,
+            close_reason: None,
+            blocked: false,
+            limits,
+        }
+    }
+
+    /// A client connection; the protocol header is queued at once.
+    pub fn client(config: ClientConfig, now: Instant) -> Self {
+        let limits = config.limits.clone();
+        let mut c = Self::new(Role::Client, RoleConfig::Client(Box::new(config)), limits, now);
+        c.encoder.push_raw(&PROTOCOL_HEADER);
+        c.sent_activity = true;
+        c
+    }
+
+    /// A server connection, waiting for the client's protocol header.
+    pub fn server(config: ServerConfig, now: Instant) -> Self {
+        let limits = config.limits.clone();
+        Self::new(Role::Server, RoleConfig::Server(Box::new(config)), limits, now)
+    }
+
+    // ----- observers -------------------------------------------------
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the handshake finished and no close has started.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Whether the connection is over (flush transmits, then drop the
+    /// transport).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The negotiated values (the pre-tune defaults until tune-ok).
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The capabilities the peer announced.
+    pub fn peer_capabilities(&self) -> Capabilities {
+        self.peer_caps
+    }
+
+    /// The peer's properties table.
+    pub fn peer_properties(&self) -> &FieldTable {
+        &self.peer_properties
+    }
+
+    /// Client role: whether the server has sent `connection.blocked`.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Whether `channel` is open (not opening, not closing).
+    pub fn is_channel_open(&self, channel: u16) -> bool {
+        self.channels
+            .get(&channel)
+            .is_some_and(|c| c.state == ChState::Open)
+    }
+
+    /// Channels in use (opening, open or closing).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether the peer allows publishing on `channel` (channel.flow).
+    pub fn is_flow_active(&self, channel: u16) -> bool {
+        self.channels.get(&channel).is_some_and(|c| c.flow_active)
+    }
+
+    /// Client role: publish sequence numbers not yet confirmed on `channel`.
+    pub fn unconfirmed(&self, channel: u16) -> usize {
+        self.channels.get(&channel).map_or(0, |c| c.unconfirmed.len())
+    }
+
+    /// Consumer tags active on `channel` (consume-ok seen, not cancelled).
+    pub fn consumer_tags(&self, channel: u16) -> &[ShortString] {
+        self.channels
+            .get(&channel)
+            .map_or(&[][..], |c| &c.consumers[..])
+    }
+
+    /// Bytes of incomplete message bodies held (counted against the
+    /// connection budget).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes queued for sending: apply backpressure on the application
+    /// when this grows.
+    pub fn bytes_queued(&self) -> usize {
+        self.encoder.queued()
+    }
+
+    // ----- outputs ---------------------------------------------------
+
+    /// The next segment of bytes to send to the peer, if any. Segments are
+    /// in order; body bytes are slices of the bodies given to
+    /// [`publish`](Self::publish) (gather several for a vectored write).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.encoder.poll_transmit()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called;
+    /// `None` when no timer runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        [
+            self.handshake_deadline,
+            self.close_deadline,
+            self.heartbeat.map(|h| h.next_check),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // ----- inputs ----------------------------------------------------
+
+    /// Feeds bytes received from the peer (any chunking).
+    pub fn handle_input(&mut self, data: Bytes) {
+        if self.phase == Phase::Closed || data.is_empty() {
+            return;
+        }
+        self.recv_activity = true;
+        self.decoder.push(data);
+        while self.phase != Phase::Closed {
+            match self.decoder.decode() {
+                Ok(None) => break,
+                Ok(Some(Decoded::ProtocolHeader(h))) => self.on_protocol_header(h),
+                Ok(Some(Decoded::Frame(f))) => {
+                    if let Err(e) = self.on_frame(f) {
+                        self.fail(e);
+                    }
+                }
+                Err(e) => {
+                    self.on_decode_error(e);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The peer closed its end of the transport.
+    pub fn handle_eof(&mut self) {
+        if self.phase != Phase::Closed {
+            self.finish(CloseCause::TransportClosed);
+        }
+    }
+
+    /// Advances timers to `now`: heartbeats, handshake and close-ok
+    /// timeouts. Call it when [`poll_timeout`](Self::poll_timeout) has
+    /// passed (more often is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.handshake_deadline.is_some_and(|d| now >= d) {
+            self.finish(CloseCause::Timeout(TimeoutKind::Handshake));
+            return;
+        }
+        if self.close_deadline.is_some_and(|d| now >= d) {
+            self.finish(CloseCause::Timeout(TimeoutKind::CloseOk));
+            return;
+        }
+        let Some(mut hb) = self.heartbeat else {
+            return;
+        };
+        if now < hb.next_check {
+            return;
+        }
+        // One check per half interval, as RabbitMQ's heartbeater does:
+        // send if nothing went out since the last check; the peer is dead
+        // after two intervals (four checks) with nothing received.
+        if self.recv_activity {
+            hb.silent_checks = 0;
+        } else {
+            hb.silent_checks += 1;
+        }
+        self.recv_activity = false;
+        if hb.silent_checks >= 4 {
+            self.heartbeat = None;
+            self.finish(CloseCause::Timeout(TimeoutKind::Heartbeat));
+            return;
+        }
+        if !self.sent_activity {
+            let _ = self.encoder.push_frame(&Frame::heartbeat());
+        }
+        self.sent_activity = false;
+        hb.next_check += hb.half;
+        if hb.next_check <= now {
+            hb.next_check = now + hb.half;
+        }
+        self.heartbeat = Some(hb);
+    }
+
+    // ----- commands --------------------------------------------------
+
+    /// Answers a pending [`Decision`].
+    pub fn decide(&mut self, id: DecisionId, answer: Answer) -> Result<(), CommandError> {
+        let Some((pending_id, _)) = &self.decision else {
+            return Err(CommandError::BadDecision);
+        };
+        if *pending_id != id.0 {
+            return Err(CommandError::BadDecision);
+        }
+        let Some((_, pending)) = self.decision.take() else {
+            return Err(CommandError::BadDecision);
+        };
+        match (pending, answer) {
+            (PendingDecision::Authenticate { .. }, Answer::Accept) => {
+                let RoleConfig::Server(cfg) = &self.config else {
+                    return Err(CommandError::BadDecision);
+                };
+                let tune = ConnectionTune {
+                    channel_max: cfg.channel_max,
+                    frame_max: cfg.frame_max,
+                    heartbeat: cfg.heartbeat,
+                };
+                self.put(&Frame::method(0, tune));
+                self.phase = Phase::AwaitTuneOk;
+            }
+            (PendingDecision::Authenticate { mechanism }, Answer::Challenge(c)) => {
+                self.put(&Frame::method(0, ConnectionSecure { challenge: LongString::new(c) }));
+                self.phase = Phase::AwaitSecureOk;
+                self.decision_mechanism = Some(mechanism);
+            }
+            (PendingDecision::Authenticate { .. }, Answer::Refuse { code, text }) => {
+                if self.peer_caps.authentication_failure_close {
+                    self.send_connection_close(CloseReason::new(code, &text));
+                } else {
+                    self.finish(CloseCause::Failed(conn_err(code, text)));
+                }
+            }
+            (PendingDecision::OpenVhost, Answer::Accept) => {
+                let RoleConfig::Server(cfg) = &self.config else {
+                    return Err(CommandError::BadDecision);
+                };
+                let ok = ConnectionOpenOk { known_hosts: cfg.known_hosts.clone() };
+                self.put(&Frame::method(0, ok));
+                self.set_open();
+            }
+            (PendingDecision::OpenVhost, Answer::Refuse { code, text }) => {
+                let mut r = CloseReason::new(code, &text);
+                r.class_id = ConnectionOpen::CLASS_ID;
+                r.method_id = ConnectionOpen::METHOD_ID;
+                self.send_connection_close(r);
+            }
+            (PendingDecision::Challenge, Answer::Response(r)) => {
+                self.put(&Frame::method(0, ConnectionSecureOk { response: LongString::new(r) }));
+            }
+            (PendingDecision::Challenge, Answer::Refuse { code, text }) => {
+                self.send_connection_close(CloseReason::new(code, &text));
+            }
+            (p, _) => {
+                self.decision = Some((id.0, p));
+                return Err(CommandError::BadDecision);
+            }
+        }
+        Ok(())
+    }
+
+    /// Client role: opens the lowest free channel number; the channel is
+    /// usable after [`Event::ChannelOpened`].
+    pub fn open_channel(&mut self) -> Result<u16, CommandError> {
+        let max = self.channel_limit();
+        let id = (1..=max)
+            .find(|n| !self.channels.contains_key(n))
+            .ok_or(CommandError::ChannelLimit(max))?;
+        self.open_channel_with(id)?;
+        Ok(id)
+    }
+
+    /// Client role: opens channel `id`.
+    pub fn open_channel_with(&mut self, id: u16) -> Result<(), CommandError> {
+        self.check_open()?;
+        if self.role != Role::Client {
+            return Err(CommandError::WrongRole(MethodKind::ChannelOpen));
+        }
+        if id == 0 || self.channels.contains_key(&id) {
+            return Err(CommandError::ChannelInUse(id));
+        }
+        let max = self.channel_limit();
+        if self.channels.len() >= usize::from(max) {
+            return Err(CommandError::ChannelLimit(max));
+        }
+        self.put(&Frame::method(id, ChannelOpen::default()));
+        self.channels.insert(id, Channel::new(ChState::Opening));
+        Ok(())
+    }
+
+    /// Closes a channel (channel.close; [`Event::ChannelClosed`] follows
+    /// close-ok). Until then every incoming frame on it but close and
+    /// close-ok is dropped.
+    pub fn close_channel(&mut self, channel: u16, code: ReplyCode, text: &str) -> Result<(), CommandError> {
+        self.check_open()?;
+        match self.channels.get(&channel) {
+            Some(c) if c.state != ChState::Closing => {}
+            _ => return Err(CommandError::ChannelNotOpen(channel)),
+        }
+        self.start_channel_close(channel, CloseReason::new(code, text));
+        Ok(())
+    }
+
+    /// Closes the connection (connection.close; [`Event::Closed`] follows
+    /// close-ok or the close timeout).
+    pub fn close(&mut self, code: ReplyCode, text: &str) -> Result<(), CommandError> {
+        match self.phase {
+            Phase::Closing | Phase::Closed => Err(CommandError::NotOpen),
+            Phase::AwaitHeader => {
+                self.finish(CloseCause::Closed {
+                    initiator: Initiator::Local,
+                    reason: CloseReason::new(code, text),
+                });
+                Ok(())
+            }
+            _ => {
+                self.send_connection_close(CloseReason::new(code, text));
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses the last method received on `channel` (or answers a policy
+    /// question about it) with `code`: a soft code closes the channel, a
+    /// hard code (or channel 0) the connection, naming that method's class
+    /// and method ids, as RabbitMQ does.
+    pub fn refuse(&mut self, channel: u16, code: ReplyCode, text: &str) -> Result<(), CommandError> {
+        self.check_open()?;
+        let last = if channel == 0 {
+            (0, 0)
+        } else {
+            self.channels
+                .get(&channel)
+                .ok_or(CommandError::ChannelNotOpen(channel))?
+                .last_in
+        };
+        let mut reason = CloseReason::new(code, text);
+        reason.class_id = last.0;
+        reason.method_id = last.1;
+        if channel == 0 || code.is_hard() {
+            self.send_connection_close(reason);
+        } else {
+            self.start_channel_close(channel, reason);
+        }
+        Ok(())
+    }
+
+    /// Sends a method without content on `channel` (0 for connection-class
+    /// methods such as `connection.blocked` or `update-secret`).
+    ///
+    /// Checks the role, the channel state, the reply discipline (a reply
+    /// must answer the peer's oldest unanswered request on the channel),
+    /// capabilities (`basic.cancel` from a server, `connection.blocked`),
+    /// delivery tags, and that the frame fits frame_max.
+    pub fn send_method(&mut self, channel: u16, method: impl Into<Method>) -> Result<(), CommandError> {
+        let m = method.into();
+        self.check_open()?;
+        let kind = m.kind();
+        let info = kind.info();
+        let allowed = match self.role {
+            Role::Client => info.sender.client(),
+            Role::Server => info.sender.server(),
+        };
+        if !allowed {
+            return Err(CommandError::WrongRole(kind));
+        }
+        if info.has_content {
+            return Err(CommandError::UseCommand(kind));
+        }
+        use MethodKind as K;
+        match kind {
+            K::ConnectionStart | K::ConnectionStartOk | K::ConnectionSecure | K::ConnectionSecureOk
+            | K::ConnectionTune | K::ConnectionTuneOk | K::ConnectionOpen | K::ConnectionOpenOk
+            | K::ConnectionClose | K::ConnectionCloseOk | K::ChannelOpen | K::ChannelOpenOk
+            | K::ChannelClose | K::ChannelCloseOk => return Err(CommandError::UseCommand(kind)),
+            _ => {}
+        }
+        let frame = Frame::method(channel, m);
+        self.encoder.check_fits(&frame)?;
+        let FramePayload::Method(m) = &frame.payload else {
+            return Err(CommandError::UseCommand(kind));
+        };
+        if channel == 0 {
+            if info.class_id != 10 {
+                return Err(CommandError::ChannelNotOpen(0));
+            }
+            if kind == K::ConnectionBlocked && !self.peer_caps.connection_blocked {
+                return Err(CommandError::PeerLacksCapability("connection.blocked"));
+            }
+            if kind == K::ConnectionUnblocked && !self.peer_caps.connection_blocked {
+                return Err(CommandError::PeerLacksCapability("connection.blocked"));
+            }
+            self.put(&frame);
+            return Ok(());
+        }
+        if info.class_id == 10 {
+            return Err(CommandError::UseCommand(kind));
+        }
+        let role = self.role;
+        let peer_caps = self.peer_caps;
+        let ch = self
+            .channels
+            .get_mut(&channel)
+            .filter(|c| c.state == ChState::Open)
+            .ok_or(CommandError::ChannelNotOpen(channel))?;
+        if kind.is_reply() {
+            match ch.pending_in.front() {
+                Some(req) if req.is_answered_by(kind) => {}
+                _ => return Err(CommandError::NotAReply(kind)),
+            }
+        }
+        match m {
+            Method::BasicAck(BasicAck { delivery_tag: t, .. })
+            | Method::BasicNack(BasicNack { delivery_tag: t, .. })
+            | Method::BasicReject(BasicReject { delivery_tag: t, .. }) => {
+                let issued = match role {
+                    Role::Client => ch.delivery_tag,
+                    Role::Server => ch.seqno,
+                };
+                if *t > issued {
+                    return Err(CommandError::UnknownDeliveryTag(*t));
+                }
+            }
+            Method::BasicCancel(_) if role == Role::Server && !peer_caps.consumer_cancel_notify => {
+                return Err(CommandError::PeerLacksCapability("consumer_cancel_notify"));
+            }
+            _ => {}
+        }
+        // Committed: update the bookkeeping.
+        if kind.is_reply() {
+            ch.pending_in.pop_front();
+        }
+        if m.expects_reply() {
+            ch.pending_out.push_back(kind);
+        }
+        match m {
+            Method::ConfirmSelect(_) if role == Role::Client => {
+                if !ch.confirm {
+                    ch.confirm = true;
+                    ch.seqno = 1;
+                }
+            }
+            Method::BasicConsumeOk(ok) => ch.consumers.push(ok.consumer_tag.clone()),
+            Method::BasicCancel(c) if role == Role::Server => {
+                ch.consumers.retain(|t| *t != c.consumer_tag)
+            }
+            Method::BasicCancelOk(ok) => ch.consumers.retain(|t| *t != ok.consumer_tag),
+            Method::ChannelFlowOk(ok) if role == Role::Server => ch.flow_active = ok.active,
+            _ => {}
+        }
+        self.put(&frame);
+        Ok(())
+    }
+
+    /// Client role: `basic.publish` with content; the body is split by
+    /// frame_max and sent without copying. Returns the publish sequence
+    /// number when the channel is in confirm mode.
+    pub fn publish(
+        &mut self,
+        channel: u16,
+        publish: BasicPublish,
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Result<Option<u64>, CommandError> {
+        self.send_content(channel, Method::BasicPublish(publish), properties, body)
+    }
+
+    /// Sends a content method (`basic.publish` from a client; `deliver`,
+    /// `return`, `get-ok` from a server) with its header and body frames.
+    ///
+    /// Server role: a `basic.deliver` or `basic.get-ok` with delivery tag 0
+    /// gets the channel's next delivery tag; `get-ok` must answer a
+    /// pending `basic.get`. Returns the publish sequence number (client,
+    /// confirm mode) or the delivery tag used (server).
+    pub fn send_content(
+        &mut self,
+        channel: u16,
+        mut method: Method,
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Result<Option<u64>, CommandError> {
+        self.check_open()?;
+        let kind = method.kind();
+        let info = kind.info();
+        let allowed = match self.role {
+            Role::Client => info.sender.client(),
+            Role::Server => info.sender.server(),
+        };
+        if !allowed {
+            return Err(CommandError::WrongRole(kind));
+        }
+        if !info.has_content {
+            return Err(CommandError::UseCommand(kind));
+        }
+        let ch = self
+            .channels
+            .get_mut(&channel)
+            .filter(|c| c.state == ChState::Open)
+            .ok_or(CommandError::ChannelNotOpen(channel))?;
+        if kind == MethodKind::BasicGetOk
+            && !ch.pending_in.front().is_some_and(|r| r.is_answered_by(kind))
+        {
+            return Err(CommandError::NotAReply(kind));
+        }
+        let mut result = None;
+        let mut assigned = None;
+        match &mut method {
+            Method::BasicDeliver(BasicDeliver { delivery_tag, .. })
+            | Method::BasicGetOk(BasicGetOk { delivery_tag, .. }) => {
+                if *delivery_tag == 0 {
+                    *delivery_tag = ch.delivery_tag + 1;
+                }
+                assigned = Some(*delivery_tag);
+            }
+            Method::BasicPublish(_) if ch.confirm => result = Some(ch.seqno),
+            _ => {}
+        }
+        self.encoder
+            .push_content(channel, &method, properties, &body)
+            .map_err(CommandError::Send)?;
+        self.sent_activity = true;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(None);
+        };
+        if let Some(t) = assigned {
+            ch.delivery_tag = ch.delivery_tag.max(t);
+            result = Some(t);
+        }
+        if kind == MethodKind::BasicGetOk {
+            ch.pending_in.pop_front();
+        }
+        if let Some(s) = result.filter(|_| kind == MethodKind::BasicPublish) {
+            ch.unconfirmed.insert(s);
+            ch.seqno += 1;
+        }
+        Ok(result)
+    }
+
+    /// Acknowledges: a client acks deliveries, a server confirms publishes
+    /// (channel in confirm mode). `multiple` settles everything up to `tag`.
+    pub fn ack(&mut self, channel: u16, delivery_tag: u64, multiple: bool) -> Result<(), CommandError> {
+        self.send_method(channel, BasicAck { delivery_tag, multiple })
+    }
+
+    /// Negative acknowledgement (basic.nack).
+    pub fn nack(&mut self, channel: u16, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<(), CommandError> {
+        self.send_method(channel, BasicNack { delivery_tag, multiple, requeue })
+    }
+
+    /// Server role: `connection.blocked` (only to clients that announced the
+    /// capability).
+    pub fn block(&mut self, reason: &str) -> Result<(), CommandError> {
+        self.send_method(0, ConnectionBlocked { reason: short(reason) })
+    }
+
+    /// Server role: `connection.unblocked`.
+    pub fn unblock(&mut self) -> Result<(), CommandError> {
+        self.send_method(0, ConnectionUnblocked {})
+    }
+
+    /// Queues a heartbeat frame now (timers send them on their own).
+    pub fn send_heartbeat(&mut self) {
+        if self.phase != Phase::Closed {
+            self.put(&Frame::heartbeat());
+        }
+    }
+
+    // ----- internals -------------------------------------------------
+
+    fn check_open(&self) -> Result<(), CommandError> {
+        if self.phase == Phase::Open {
+            Ok(())
+        } else {
+            Err(CommandError::NotOpen)
+        }
+    }
+
+    fn channel_limit(&self) -> u16 {
+        if self.tuning.channel_max == 0 {
+            u16::MAX
+        } else {
+            self.tuning.channel_max
+        }
+    }
+
+    /// Queues a frame the machine itself built (it fits: handshake and
+    /// close frames are small; a failure only drops the frame).
+    fn put(&mut self, frame: &Frame) {
+        if self.encoder.push_frame(frame).is_ok() {
+            self.sent_activity = true;
+        }
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.events.push_back(e);
+    }
+
+    fn finish(&mut self, cause: CloseCause) {
+        self.phase = Phase::Closed;
+        self.handshake_deadline = None;
+        self.close_deadline = None;
+        self.heartbeat = None;
+        self.channels.clear();
+        self.held = 0;
+        self.decision = None;
+        self.emit(Event::Closed { cause });
+    }
+
+    fn send_connection_close(&mut self, reason: CloseReason) {
+        let close = ConnectionClose {
+            reply_code: reason.code.0,
+            reply_text: reason.text.clone(),
+            class_id: reason.class_id,
+            method_id: reason.method_id,
+        };
+        self.put(&Frame::method(0, close));
+        self.phase = Phase::Closing;
+        self.handshake_deadline = None;
+        self.decision = None;
+        self.close_deadline = Some(self.now + self.limits.close_timeout);
+        self.close_reason = Some(reason);
+        for (_, ch) in self.channels.iter_mut() {
+            ch.content = Assembly::Idle;
+        }
+        self.held = 0;
+    }
+
+    fn start_channel_close(&mut self, channel: u16, reason: CloseReason) {
+        let close = ChannelClose {
+            reply_code: reason.code.0,
+            reply_text: reason.text.clone(),
+            class_id: reason.class_id,
+            method_id: reason.method_id,
+        };
+        self.put(&Frame::method(channel, close));
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.state = ChState::Closing;
+            ch.content = Assembly::Idle;
+            self.held -= ch.held;
+            ch.held = 0;
+            ch.pending_in.clear();
+            ch.pending_out.clear();
+            ch.close_reason = Some(reason);
+        }
+    }
+
+    /// Answers a fault found in the peer's input.
+    fn fail(&mut self, e: ProtocolError) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.emit(Event::ProtocolError(e.clone()));
+        let reason = CloseReason::from_error(&e);
+        let ch = e.channel_id();
+        if e.scope() == amqp_types::Scope::Channel
+            && ch != 0
+            && !e.code().is_hard()
+            && self.phase == Phase::Open
+            && self.channels.contains_key(&ch)
+        {
+            self.start_channel_close(ch, reason);
+            return;
+        }
+        match self.phase {
+            Phase::Closing => {}
+            Phase::AwaitHeader | Phase::AwaitStart => self.finish(CloseCause::Failed(e)),
+            _ => self.send_connection_close(reason),
+        }
+    }
+
+    fn on_decode_error(&mut self, e: ProtocolError) {
+        match self.phase {
+            Phase::AwaitHeader => {
+                // A wrong header: answer with ours and close, as RabbitMQ.
+                self.encoder.push_raw(&PROTOCOL_HEADER);
+                self.finish(CloseCause::Failed(e));
+            }
+            Phase::AwaitStart | Phase::Closing => self.finish(CloseCause::Failed(e)),
+            _ => {
+                // The stream cannot be resynchronised: send the close that
+                // names the fault and end without waiting for close-ok.
+                self.fail(e.clone());
+                if self.phase != Phase::Closed {
+                    self.finish(CloseCause::Failed(e));
+                }
+            }
+        }
+    }
+
+    fn on_protocol_header(&mut self, h: ProtocolHeader) {
+        if !h.is_0_9_1() {
+            self.encoder.push_raw(&PROTOCOL_HEADER);
+            self.finish(CloseCause::Failed(ProtocolError::connection(
+                ReplyCode::FRAME_ERROR,
+                ErrorKind::BadProtocolHeader {
+                    header: h.to_bytes().to_vec(),
+                },
+            )));
+            return;
+        }
+        let RoleConfig::Server(cfg) = &self.config else {
+            return;
+        };
+        let mut props = cfg.properties.clone();
+        if !props.contains_key("capabilities") {
+            props.push(
+                ShortString::from_static("capabilities"),
+                FieldValue::Table(cfg.capabilities.to_table()),
+            );
+        }
+        let start = ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: cfg.mechanisms.clone(),
+            locales: cfg.locales.clone(),
+        };
+        let frame = Frame::method(0, start);
+        self.put(&frame);
+        self.phase = Phase::AwaitStartOk;
+    }
+
+    fn new_decision(&mut self, pending: PendingDecision, decision: Decision) {
+        self.next_decision += 1;
+        let id = self.next_decision;
+        self.decision = Some((id, pending));
+        self.emit(Event::Decision {
+            id: DecisionId(id),
+            decision,
+        });
+    }
+
+    fn set_open(&mut self) {
+        self.phase = Phase::Open;
+        self.handshake_deadline = None;
+        self.emit(Event::Connected {
+            tuning: self.tuning,
+            peer_properties: self.peer_properties.clone(),
+            peer_capabilities: self.peer_caps,
+        });
+    }
+
+    fn apply_tuning(&mut self, t: Tuning) {
+        self.tuning = t;
+        self.decoder.set_frame_max(t.frame_max);
+        self.encoder.set_frame_max(t.frame_max);
+        self.heartbeat = (t.heartbeat > 0).then(|| {
+            let half = Duration::from_millis(u64::from(t.heartbeat) * 500);
+            Heartbeat {
+                half,
+                next_check: self.now + half,
+                silent_checks: 0,
+            }
+        });
+        self.recv_activity = false;
+    }
+
+    fn on_frame(&mut self, f: Frame) -> Result<(), ProtocolError> {
+        if let FramePayload::Heartbeat = f.payload {
+            if f.channel != 0 {
+                return Err(unexpected(format!("heartbeat frame on channel {}", f.channel))
+                    .on_channel(f.channel));
+            }
+            return Ok(());
+        }
+        match self.phase {
+            Phase::Open => self.on_frame_open(f),
+            Phase::Closing => self.on_frame_closing(f),
+            Phase::Closed => Ok(()),
+            _ => self.on_handshake_frame(f),
+        }
+    }
+
+    fn on_frame_closing(&mut self, f: Frame) -> Result<(), ProtocolError> {
+        if f.channel != 0 {
+            return Ok(());
+        }
+        match f.payload {
+            FramePayload::Method(Method::ConnectionClose(_)) => {
+                self.put(&Frame::method(0, ConnectionCloseOk {}));
+            }
+            FramePayload::Method(Method::ConnectionCloseOk(_)) => {
+                let reason = self
+                    .close_reason
+                    .take()
+                    .unwrap_or_else(|| CloseReason::new(ReplyCode::REPLY_SUCCESS, ""));
+                self.finish(CloseCause::Closed {
+                    initiator: Initiator::Local,
+                    reason,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn peer_close(&mut self, c: ConnectionClose) {
+        self.put(&Frame::method(0, ConnectionCloseOk {}));
+        self.finish(CloseCause::Closed {
+            initiator: Initiator::Peer,
+            reason: CloseReason {
+                code: ReplyCode(c.reply_code),
+                text: c.reply_text,
+                class_id: c.class_id,
+                method_id: c.method_id,
+            },
+        });
+    }
+
+    fn on_handshake_frame(&mut self, f: Frame) -> Result<(), ProtocolError> {
+        let m = match f.payload {
+            FramePayload::Method(m) if f.channel == 0 => m,
+            FramePayload::Method(m) => {
+                return Err(ProtocolError::connection(
+                    ReplyCode::CHANNEL_ERROR,
+                    ErrorKind::UnexpectedFrame {
+                        what: format!("{} on channel {} before the connection is open", m.name(), f.channel),
+                    },
+                )
+                .on_channel(f.channel)
+                .with_method(m.class_id(), m.method_id()));
+            }
+            _ => {
+                return Err(unexpected("content frame before the connection is open".into())
+                    .on_channel(f.channel));
+            }
+        };
+        let ids = (m.class_id(), m.method_id());
+        let name = m.name();
+        match (self.phase, m) {
+            (_, Method::ConnectionClose(c)) => {
+                self.peer_close(c);
+                Ok(())
+            }
+            (Phase::AwaitStart, Method::ConnectionStart(s)) => self.client_on_start(s),
+            (Phase::AwaitTune, Method::ConnectionSecure(s)) => {
+                self.new_decision(
+                    PendingDecision::Challenge,
+                    Decision::Challenge {
+                        challenge: s.challenge.into_bytes(),
+                    },
+                );
+                Ok(())
+            }
+            (Phase::AwaitTune, Method::ConnectionTune(t)) => self.client_on_tune(t),
+            (Phase::AwaitOpenOk, Method::ConnectionOpenOk(_)) => {
+                self.set_open();
+                Ok(())
+            }
+            (Phase::AwaitStartOk, Method::ConnectionStartOk(s)) => self.server_on_start_ok(s),
+            (Phase::AwaitSecureOk, Method::ConnectionSecureOk(s)) => {
+                let mechanism = self.decision_mechanism.take().unwrap_or_default();
+                let response = s.response.into_bytes();
+                let credentials = Credentials::parse(mechanism.as_bytes(), &response);
+                self.phase = Phase::Authenticating;
+                self.new_decision(
+                    PendingDecision::Authenticate { mechanism: mechanism.clone() },
+                    Decision::Authenticate { mechanism, credentials, response },
+                );
+                Ok(())
+            }
+            (Phase::AwaitTuneOk, Method::ConnectionTuneOk(t)) => self.server_on_tune_ok(t),
+            (Phase::AwaitOpen, Method::ConnectionOpen(o)) => {
+                self.phase = Phase::OpeningVhost;
+                let username = self.username.clone();
+                self.new_decision(
+                    PendingDecision::OpenVhost,
+                    Decision::OpenVhost { virtual_host: o.virtual_host, username },
+                );
+                Ok(())
+            }
+            _ => Err(ProtocolError::connection(
+                ReplyCode::COMMAND_INVALID,
+                ErrorKind::UnexpectedFrame {
+                    what: format!("{name} during the handshake"),
+                },
+            )
+            .with_method(ids.0, ids.1)),
+        }
+    }
+
+    fn client_on_start(&mut self, s: ConnectionStart) -> Result<(), ProtocolError> {
+        let RoleConfig::Client(cfg) = &self.config else {
+            return Ok(());
+        };
+        let mech = cfg.credentials.mechanism();
+        let offered = s
+            .mechanisms
+            .as_bytes()
+            .split(|b| *b == b' ')
+            .any(|m| m == mech.as_bytes());
+        if (s.version_major, s.version_minor) != (0, 9) || !offered {
+            let e = conn_err(
+                ReplyCode::NOT_ALLOWED,
+                format!("server version {}-{} or mechanisms {} do not fit {}", s.version_major, s.version_minor, s.mechanisms, mech),
+            );
+            self.finish(CloseCause::Failed(e));
+            return Ok(());
+        }
+        let mut props = cfg.properties.clone();
+        if !props.contains_key("capabilities") {
+            props.push(
+                ShortString::from_static("capabilities"),
+                FieldValue::Table(cfg.capabilities.to_table()),
+            );
+        }
+        let start_ok = ConnectionStartOk {
+            client_properties: props,
+            mechanism: mech,
+            response: cfg.credentials.response(),
+            locale: cfg.locale.clone(),
+        };
+        self.peer_caps = Capabilities::from_properties(&s.server_properties);
+        self.peer_properties = s.server_properties;
+        self.put(&Frame::method(0, start_ok));
+        self.phase = Phase::AwaitTune;
+        Ok(())
+    }
+
+    fn client_on_tune(&mut self, t: ConnectionTune) -> Result<(), ProtocolError> {
+        let RoleConfig::Client(cfg) = &self.config else {
+            return Ok(());
+        };
+        check_frame_max(t.frame_max).map_err(|e| e.with_method(10, 30))?;
+        fn lower_nonzero<T: Ord + Default + Copy>(a: T, b: T) -> T {
+            let zero = T::default();
+            match (a == zero, b == zero) {
+                (true, _) => b,
+                (_, true) => a,
+                _ => a.min(b),
+            }
+        }
+        let heartbeat = match cfg.heartbeat {
+            None => t.heartbeat,
+            Some(0) => 0,
+            Some(n) => lower_nonzero(n, t.heartbeat),
+        };
+        let tuning = Tuning {
+            channel_max: lower_nonzero(cfg.channel_max, t.channel_max),
+            frame_max: lower_nonzero(cfg.frame_max.max(if cfg.frame_max == 0 { 0 } else { amqp_wire::FRAME_MIN_SIZE }), t.frame_max),
+            heartbeat,
+        };
+        let open = ConnectionOpen {
+            virtual_host: cfg.virtual_host.clone(),
+            capabilities: cfg.open_capabilities.clone(),
+            insist: cfg.insist,
+        };
+        self.put(&Frame::method(
+            0,
+            ConnectionTuneOk {
+                channel_max: tuning.channel_max,
+                frame_max: tuning.frame_max,
+                heartbeat: tuning.heartbeat,
+            },
+        ));
+        self.apply_tuning(tuning);
+        self.put(&Frame::method(0, open));
+        self.phase = Phase::AwaitOpenOk;
+        Ok(())
+    }
+
+    fn server_on_start_ok(&mut self, s: ConnectionStartOk) -> Result<(), ProtocolError> {
+        let RoleConfig::Server(cfg) = &self.config else {
+            return Ok(());
+        };
+        self.peer_caps = Capabilities::from_properties(&s.client_properties);
+        self.peer_properties = s.client_properties;
+        let offered = cfg
+            .mechanisms
+            .as_bytes()
+            .split(|b| *b == b' ')
+            .any(|m| m == s.mechanism.as_bytes());
+        if !offered {
+            return Err(conn_err(
+                ReplyCode::COMMAND_INVALID,
+                format!("unknown authentication mechanism '{}'", s.mechanism),
+            )
+            .with_method(10, 11));
+        }
+        let response = s.response.into_bytes();
+        let credentials = Credentials::parse(s.mechanism.as_bytes(), &response);
+        self.username = credentials.username().map(str::to_owned);
+        self.phase = Phase::Authenticating;
+        self.new_decision(
+            PendingDecision::Authenticate { mechanism: s.mechanism.clone() },
+            Decision::Authenticate { mechanism: s.mechanism, credentials, response },
+        );
+        Ok(())
+    }
+
+    fn server_on_tune_ok(&mut self, t: ConnectionTuneOk) -> Result<(), ProtocolError> {
+        let RoleConfig::Server(cfg) = &self.config else {
+            return Ok(());
+        };
+        let refuse = |what: &str, v: u64, max: u64| {
+            Err(conn_err(
+                ReplyCode::NOT_ALLOWED,
+                format!("negotiated {what} = {v} is higher than the maximum allowed value ({max})"),
+            )
+            .with_method(10, 31))
+        };
+        if cfg.channel_max != 0 && (t.channel_max == 0 || t.channel_max > cfg.channel_max) {
+            return refuse("channel_max", t.channel_max.into(), cfg.channel_max.into());
+        }
+        if cfg.frame_max != 0 && (t.frame_max == 0 || t.frame_max > cfg.frame_max) {
+            return refuse("frame_max", t.frame_max.into(), cfg.frame_max.into());
+        }
+        check_frame_max(t.frame_max).map_err(|e| e.with_method(10, 31))?;
+        self.apply_tuning(Tuning {
+            channel_max: t.channel_max,
+            frame_max: t.frame_max,
+            heartbeat: t.heartbeat,
+        });
+        self.phase = Phase::AwaitOpen;
+        Ok(())
+    }
+
+    fn on_frame_open(&mut self, f: Frame) -> Result<(), ProtocolError> {
+        let channel = f.channel;
+        if channel == 0 {
+            let FramePayload::Method(m) = f.payload else {
+                return Err(unexpected("content frame on channel 0".into()));
+            };
+            return self.on_connection_method(m);
+        }
+        let Some(mut ch) = self.channels.remove(&channel) else {
+            return self.on_unknown_channel(channel, f.payload);
+        };
+        let r = self.on_channel_frame(channel, &mut ch, f.payload);
+        if !matches!(r, Ok(true)) {
+            self.channels.insert(channel, ch);
+        }
+        r.map(|_| ())
+    }
+
+    fn on_unknown_channel(&mut self, channel: u16, payload: FramePayload) -> Result<(), ProtocolError> {
+        match payload {
+            FramePayload::Method(Method::ChannelOpen(_)) if self.role == Role::Server => {
+                let max = self.channel_limit();
+                if self.channels.len() >= usize::from(max) {
+                    return Err(conn_err(
+                        ReplyCode::NOT_ALLOWED,
+                        format!("number of channels opened ({}) has reached the negotiated channel_max ({max})", self.channels.len()),
+                    )
+                    .on_channel(channel)
+                    .with_method(20, 10));
+                }
+                self.channels.insert(channel, Channel::new(ChState::Open));
+                self.put(&Frame::method(channel, ChannelOpenOk::default()));
+                self.emit(Event::ChannelOpened { channel });
+                Ok(())
+            }
+            FramePayload::Method(m) => Err(ProtocolError::connection(
+                ReplyCode::CHANNEL_ERROR,
+                ErrorKind::UnexpectedFrame {
+                    what: format!("expected 'channel.open', got {} on channel {channel}", m.name()),
+                },
+            )
+            .on_channel(channel)
+            .with_method(m.class_id(), m.method_id())),
+            _ => Err(unexpected(format!("content frame on channel {channel}, which is not open"))
+                .on_channel(channel)),
+        }
+    }
+
+    /// Returns `Ok(true)` when the channel is gone.
+    fn on_channel_frame(&mut self, channel: u16, ch: &mut Channel, payload: FramePayload) -> Result<bool, ProtocolError> {
+        match ch.state {
+            ChState::Closing => {
+                match payload {
+                    FramePayload::Method(Method::ChannelClose(_)) => {
+                        self.put(&Frame::method(channel, ChannelCloseOk {}));
+                    }
+                    FramePayload::Method(Method::ChannelCloseOk(_)) => {
+                        let reason = ch
+                            .close_reason
+                            .take()
+                            .unwrap_or_else(|| CloseReason::new(ReplyCode::REPLY_SUCCESS, ""));
+                        self.emit(Event::ChannelClosed { channel, initiator: Initiator::Local, reason });
+                        return Ok(true);
+                    }
+                    _ => {}
+                }
+                return Ok(false);
+            }
+            ChState::Opening => {
+                return match payload {
+                    FramePayload::Method(Method::ChannelOpenOk(_)) => {
+                        ch.state = ChState::Open;
+                        self.emit(Event::ChannelOpened { channel });
+                        Ok(false)
+                    }
+                    FramePayload::Method(Method::ChannelClose(c)) => {
+                        self.peer_channel_close(channel, c);
+                        Ok(true)
+                    }
+                    FramePayload::Method(m) => Err(unexpected(format!(
+                        "{} on channel {channel} before channel.open-ok",
+                        m.name()
+                    ))
+                    .on_channel(channel)
+                    .with_method(m.class_id(), m.method_id())),
+                    _ => Err(unexpected(format!("content frame on channel {channel} before channel.open-ok"))
+                        .on_channel(channel)),
+                };
+            }
+            ChState::Open => {}
+        }
+        match payload {
+            FramePayload::Method(m) => self.on_channel_method(channel, ch, m),
+            FramePayload::Header(h) => self.on_header(channel, ch, h).map(|_| false),
+            FramePayload::Body(b) => self.on_body(channel, ch, b).map(|_| false),
+            FramePayload::Heartbeat => Ok(false),
+            _ => Ok(false),
+        }
+    }
+
+    fn peer_channel_close(&mut self, channel: u16, c: ChannelClose) {
+        self.put(&Frame::method(channel, ChannelCloseOk {}));
+        self.emit(Event::ChannelClosed {
+            channel,
+            initiator: Initiator::Peer,
+            reason: CloseReason {
+                code: ReplyCode(c.reply_code),
+                text: c.reply_text,
+                class_id: c.class_id,
+                method_id: c.method_id,
+            },
+        });
+    }
+
+    fn on_channel_method(&mut self, channel: u16, ch: &mut Channel, m: Method) -> Result<bool, ProtocolError> {
+        let kind = m.kind();
+        let info = kind.info();
+        let ids = (info.class_id, info.method_id);
+        if !matches!(ch.content, Assembly::Idle) {
+            return Err(unexpected(format!(
+                "{} on channel {channel} while a message's content is incomplete",
+                info.name
+            ))
+            .on_channel(channel)
+            .with_method(ids.0, ids.1));
+        }
+        let from_peer_ok = match self.role {
+            Role::Client => info.sender.server(),
+            Role::Server => info.sender.client(),
+        };
+        if !from_peer_ok || info.class_id == 10 {
+            return Err(conn_err(
+                ReplyCode::COMMAND_INVALID,
+                format!("{} is not valid from this peer on channel {channel}", info.name),
+            )
+            .on_channel(channel)
+            .with_method(ids.0, ids.1));
+        }
+        ch.last_in = ids;
+        match m {
+            Method::ChannelOpen(_) => {
+                return Err(ProtocolError::connection(
+                    ReplyCode::CHANNEL_ERROR,
+                    ErrorKind::UnexpectedFrame {
+                        what: format!("second 'channel.open' seen on channel {channel}"),
+                    },
+                )
+                .on_channel(channel)
+                .with_method(ids.0, ids.1));
+            }
+            Method::ChannelClose(c) => {
+                self.held -= ch.held;
+                self.peer_channel_close(channel, c);
+                return Ok(true);
+            }
+            Method::ChannelCloseOk(_) | Method::ChannelOpenOk(_) => {
+                return Err(unexpected(format!("{} on channel {channel}", info.name))
+                    .on_channel(channel)
+                    .with_method(ids.0, ids.1));
+            }
+            _ => {}
+        }
+        if kind.is_reply() {
+            match ch.pending_out.front() {
+                Some(req) if req.is_answered_by(kind) => {
+                    ch.pending_out.pop_front();
+                }
+                _ => {
+                    return Err(unexpected(format!(
+                        "{} on channel {channel} answers no request",
+                        info.name
+                    ))
+                    .on_channel(channel)
+                    .with_method(ids.0, ids.1));
+                }
+            }
+        }
+        if m.expects_reply() && !(self.role == Role::Client && kind == MethodKind::ChannelFlow) {
+            if ch.pending_in.len() >= self.limits.max_pending_requests {
+                return Err(conn_err(
+                    ReplyCode::RESOURCE_ERROR,
+                    format!("more than {} unanswered requests on channel {channel}", self.limits.max_pending_requests),
+                )
+                .on_channel(channel)
+                .with_method(ids.0, ids.1));
+            }
+            ch.pending_in.push_back(kind);
+        }
+        if info.has_content {
+            let seqno = if self.role == Role::Server && ch.confirm && kind == MethodKind::BasicPublish {
+                ch.seqno += 1;
+                Some(ch.seqno)
+            } else {
+                None
+            };
+            match &m {
+                Method::BasicDeliver(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
+                Method::BasicGetOk(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
+                _ => {}
+            }
+            ch.content = Assembly::AwaitHeader { method: m, seqno };
+            return Ok(false);
+        }
+        match (self.role, m) {
+            (Role::Client, Method::ChannelFlow(f)) => {
+                ch.flow_active = f.active;
+                self.put(&Frame::method(channel, ChannelFlowOk { active: f.active }));
+                self.emit(Event::Flow { channel, active: f.active });
+            }
+            (Role::Client, Method::BasicAck(a)) if ch.confirm => {
+                let settled = settle(ch, a.delivery_tag, a.multiple);
+                self.emit(Event::Confirm { channel, delivery_tag: a.delivery_tag, multiple: a.multiple, ack: true, settled });
+            }
+            (Role::Client, Method::BasicNack(a)) if ch.confirm => {
+                let settled = settle(ch, a.delivery_tag, a.multiple);
+                self.emit(Event::Confirm { channel, delivery_tag: a.delivery_tag, multiple: a.multiple, ack: false, settled });
+            }
+            (Role::Client, Method::BasicCancel(c)) => {
+                ch.consumers.retain(|t| *t != c.consumer_tag);
+                if !c.nowait {
+                    ch.pending_in.pop_back();
+                    self.put(&Frame::method(
+                        channel,
+                        BasicCancelOk { consumer_tag: c.consumer_tag.clone() },
+                    ));
+                }
+                self.emit(Event::Method { channel, method: Method::BasicCancel(c) });
+            }
+            (role, m) => {
+                match &m {
+                    Method::BasicConsumeOk(ok) if role == Role::Client => ch.consumers.push(ok.consumer_tag.clone()),
+                    Method::BasicCancelOk(ok) if role == Role::Client => ch.consumers.retain(|t| *t != ok.consumer_tag),
+                    Method::ConfirmSelect(_) if role == Role::Server => ch.confirm = true,
+                    Method::ChannelFlowOk(ok) if role == Role::Client => ch.flow_active = ok.active,
+                    Method::BasicConsume(_) | Method::BasicCancel(_) | Method::BasicQos(_) => {}
+                    _ => {}
+                }
+                self.emit(Event::Method { channel, method: m });
+            }
+        }
+        Ok(false)
+    }
+
+    fn on_header(&mut self, channel: u16, ch: &mut Channel, h: ContentHeader) -> Result<(), ProtocolError> {
+        let (method, seqno) = match std::mem::take(&mut ch.content) {
+            Assembly::AwaitHeader { method, seqno } => (method, seqno),
+            other => {
+                let what = if matches!(other, Assembly::Idle) {
+                    format!("content header on channel {channel} without a content method before it")
+                } else {
+                    format!("second content header on channel {channel}")
+                };
+                ch.content = other;
+                return Err(unexpected(what).on_channel(channel).with_method(60, 0));
+            }
+        };
+        let ids = (method.class_id(), method.method_id());
+        if h.body_size > self.limits.max_message_size {
+            return Err(ProtocolError::channel(
+                channel,
+                ReplyCode::PRECONDITION_FAILED,
+                ErrorKind::Refused(format!(
+                    "message size {} is larger than configured max size {}",
+                    h.body_size, self.limits.max_message_size
+                )),
+            )
+            .with_method(ids.0, ids.1));
+        }
+        if self.limits.body_chunks {
+            self.emit(Event::ContentStart {
+                channel,
+                method: method.clone(),
+                properties: h.properties.clone(),
+                body_size: h.body_size,
+                seqno,
+            });
+            if h.body_size == 0 {
+                self.emit(Event::BodyChunk { channel, data: Bytes::new(), last: true });
+                return Ok(());
+            }
+        } else if h.body_size == 0 {
+            self.emit(Event::Message {
+                channel,
+                message: Message { method, properties: h.properties, body: Bytes::new() },
+                seqno,
+            });
+            return Ok(());
+        }
+        ch.content = Assembly::AwaitBody {
+            method,
+            properties: h.properties,
+            body_size: h.body_size,
+            received: 0,
+            parts: Vec::new(),
+            seqno,
+        };
+        Ok(())
+    }
+
+    fn on_body(&mut self, channel: u16, ch: &mut Channel, b: Bytes) -> Result<(), ProtocolError> {
+        let Assembly::AwaitBody { body_size, received, parts, method, .. } = &mut ch.content else {
+            let what = if matches!(ch.content, Assembly::Idle) {
+                format!("body frame on channel {channel} without a content method")
+            } else {
+                format!("body frame on channel {channel} before the content header")
+            };
+            return Err(unexpected(what).on_channel(channel).with_method(60, 0));
+        };
+        let len = b.len() as u64;
+        let total = *received + len;
+        if total > *body_size {
+            return Err(ProtocolError::frame_error(ErrorKind::Refused(format!(
+                "body of {total}+ bytes is longer than the content header's body-size {body_size}"
+            )))
+            .on_channel(channel)
+            .with_method(method.class_id(), method.method_id()));
+        }
+        *received = total;
+        let last = total == *body_size;
+        if self.limits.body_chunks {
+            if last {
+                ch.content = Assembly::Idle;
+            }
+            self.emit(Event::BodyChunk { channel, data: b, last });
+            return Ok(());
+        }
+        if !last {
+            if self.held + b.len() > self.limits.connection_budget {
+                return Err(conn_err(
+                    ReplyCode::RESOURCE_ERROR,
+                    format!("incomplete messages exceed the connection budget of {} bytes", self.limits.connection_budget),
+                )
+                .on_channel(channel));
+            }
+            self.held += b.len();
+            ch.held += b.len();
+            parts.push(b);
+            return Ok(());
+        }
+        let Assembly::AwaitBody { method, properties, parts, seqno, .. } = std::mem::take(&mut ch.content) else {
+            return Ok(());
+        };
+        self.held -= ch.held;
+        ch.held = 0;
+        let body = if parts.is_empty() {
+            b
+        } else {
+            let mut all = BytesMut::with_capacity(usize::try_from(total).unwrap_or(0));
+            for p in &parts {
+                all.extend_from_slice(p);
+            }
+            all.extend_from_slice(&b);
+            all.freeze()
+        };
+        self.emit(Event::Message { channel, message: Message { method, properties, body }, seqno });
+        Ok(())
+    }
+
+    fn on_connection_method(&mut self, m: Method) -> Result<(), ProtocolError> {
+        match (self.role, m) {
+            (_, Method::ConnectionClose(c)) => {
+                self.peer_close(c);
+                Ok(())
+            }
+            (Role::Client, Method::ConnectionBlocked(b)) => {
+                self.blocked = true;
+                self.emit(Event::Blocked { reason: b.reason });
+                Ok(())
+            }
+            (Role::Client, Method::ConnectionUnblocked(_)) => {
+                self.blocked = false;
+                self.emit(Event::Unblocked);
+                Ok(())
+            }
+            (Role::Server, m @ Method::ConnectionUpdateSecret(_))
+            | (Role::Client, m @ Method::ConnectionUpdateSecretOk(_)) => {
+                self.emit(Event::Method { channel: 0, method: m });
+                Ok(())
+            }
+            (_, m) => Err(conn_err(
+                ReplyCode::COMMAND_INVALID,
+                format!("{} on channel 0 of an open connection", m.name()),
+            )
+            .with_method(m.class_id(), m.method_id())),
+        }
+    }
+}
+
+/// Client role: settles publish sequence numbers for an ack/nack.
+fn settle(ch: &mut Channel, tag: u64, multiple: bool) -> Vec<u64> {
+    if multiple {
+        let rest = ch.unconfirmed.split_off(&(tag.saturating_add(1)));
+        let done = std::mem::replace(&mut ch.unconfirmed, rest);
+        done.into_iter().collect()
+    } else if ch.unconfirmed.remove(&tag) {
+        vec![tag]
+    } else {
+        Vec::new()
+    }
+}

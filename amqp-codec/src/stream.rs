@@ -1,0 +1,550 @@
+//! The frame stream: an incremental decoder over owned input chunks and an
+//! output queue that splits content by frame_max without copying bodies.
+
+use amqp_types::{BasicProperties, ErrorKind, Method, ProtocolError, ReplyCode};
+use amqp_wire::{
+    EncodeError, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, FrameLimits, Parsed,
+    ProtocolHeader, parse_frame, parse_protocol_header, write_body_frame_header,
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+
+/// What the decoder produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// The 8-byte protocol header (only when the decoder expects one).
+    ProtocolHeader(ProtocolHeader),
+    /// One frame.
+    Frame(Frame),
+}
+
+/// An incremental frame decoder.
+///
+/// Input is handed over as owned [`Bytes`] chunks of any size (down to one
+/// byte); frames come out in order. Frames that lie wholly inside a chunk
+/// are parsed in place (bodies are slices of the chunk); only a frame that
+/// straddles chunks is copied, and only that frame's bytes. What the decoder
+/// holds is bounded: the unconsumed chunks the caller handed over, plus at
+/// most one incomplete frame of at most `frame_max` + 8 bytes (the frame
+/// size is checked from the 7-byte header before the rest is waited for).
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    /// Bytes of one incomplete frame, gathered across chunks.
+    partial: BytesMut,
+    /// Input not looked at yet.
+    rest: VecDeque<Bytes>,
+    frame_max: u32,
+    expect_header: bool,
+    /// Stream offset of the first byte of `partial` (or of `rest` when
+    /// `partial` is empty).
+    offset: u64,
+    failed: bool,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder for frames (the client side, or a server after the
+    /// protocol header), with the pre-tune frame_max of 4096.
+    pub fn new() -> Self {
+        FrameDecoder {
+            partial: BytesMut::new(),
+            rest: VecDeque::new(),
+            frame_max: FRAME_MIN_SIZE,
+            expect_header: false,
+            offset: 0,
+            failed: false,
+        }
+    }
+
+    /// A decoder that first expects the 8-byte protocol header (the server
+    /// side of a connection).
+    pub fn expecting_protocol_header() -> Self {
+        FrameDecoder {
+            expect_header: true,
+            ..Self::new()
+        }
+    }
+
+    /// The frame_max in force for incoming frames (0 = no limit).
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
+    /// Sets the frame_max in force (after `connection.tune-ok`).
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+    }
+
+    /// Hands over a chunk of input.
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    /// Bytes handed over and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.partial.len() + self.rest.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// The stream offset of the next byte to decode.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the decoder stopped at an error (it stays stopped).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Decodes the next frame, `Ok(None)` when more input is needed.
+    ///
+    /// After an error the decoder is stopped: every later call returns
+    /// `Ok(None)`; the stream cannot be resynchronised.
+    pub fn decode(&mut self) -> Result<Option<Decoded>, ProtocolError> {
+        if self.failed {
+            return Ok(None);
+        }
+        let r = self.decode_inner();
+        if let Err(e) = &r {
+            self.failed = true;
+            let _ = e;
+        }
+        r
+    }
+
+    fn decode_inner(&mut self) -> Result<Option<Decoded>, ProtocolError> {
+        if self.expect_header {
+            return self.decode_header();
+        }
+        let limits = FrameLimits::new(self.frame_max);
+        loop {
+            if self.partial.is_empty() {
+                let Some(front) = self.rest.front_mut() else {
+                    return Ok(None);
+                };
+                match parse_frame(front, limits).map_err(|e| e.offset_by(self.offset))? {
+                    Parsed::Complete { frame, consumed } => {
+                        front.advance(consumed);
+                        if front.is_empty() {
+                            self.rest.pop_front();
+                        }
+                        self.offset += consumed as u64;
+                        return Ok(Some(Decoded::Frame(frame)));
+                    }
+                    Parsed::Incomplete { .. } => {
+                        // Move the incomplete frame's bytes aside (at most
+                        // frame_max + 8, checked above when the header was
+                        // there; otherwise fewer than 7 bytes).
+                        let front = self.rest.pop_front().unwrap_or_default();
+                        self.partial.extend_from_slice(&front);
+                    }
+                }
+            } else {
+                let frozen = self.partial.split().freeze();
+                match parse_frame(&frozen, limits).map_err(|e| e.offset_by(self.offset))? {
+                    Parsed::Complete { frame, consumed } => {
+                        // `partial` never holds more than one frame.
+                        debug_assert_eq!(consumed, frozen.len());
+                        self.offset += consumed as u64;
+                        return Ok(Some(Decoded::Frame(frame)));
+                    }
+                    Parsed::Incomplete { needed } => {
+                        self.partial = BytesMut::from(frozen);
+                        let Some(front) = self.rest.front_mut() else {
+                            return Ok(None);
+                        };
+                        let take = needed.get().min(front.len());
+                        self.partial.extend_from_slice(&front[..take]);
+                        front.advance(take);
+                        if front.is_empty() {
+                            self.rest.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_header(&mut self) -> Result<Option<Decoded>, ProtocolError> {
+        while self.partial.len() < 8 {
+            let Some(front) = self.rest.front_mut() else {
+                break;
+            };
+            let take = (8 - self.partial.len()).min(front.len());
+            self.partial.extend_from_slice(&front[..take]);
+            front.advance(take);
+            if front.is_empty() {
+                self.rest.pop_front();
+            }
+        }
+        match parse_protocol_header(&self.partial)? {
+            Parsed::Complete { frame, consumed } => {
+                self.partial.advance(consumed);
+                self.offset += consumed as u64;
+                self.expect_header = false;
+                Ok(Some(Decoded::ProtocolHeader(frame)))
+            }
+            Parsed::Incomplete { .. } => Ok(None),
+        }
+    }
+}
+
+/// Why something could not be queued for sending.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The frame would exceed the peer's frame_max.
+    #[error("frame of {len} bytes exceeds frame_max {frame_max}")]
+    FrameTooLarge {
+        /// The encoded frame size.
+        len: usize,
+        /// The frame_max in force.
+        frame_max: u32,
+    },
+    /// The value cannot be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Bodies shorter than this are copied into the coalescing buffer rather
+/// than queued as their own segment.
+const COPY_BODY_BELOW: usize = 512;
+
+/// The output queue: encoded frames waiting to be written, as a list of
+/// [`Bytes`] segments suitable for vectored writes. Small frames are
+/// coalesced into one segment; body bytes of content go out as slices of
+/// the caller's body, never copied (except tiny ones).
+#[derive(Debug, Default, Clone)]
+pub struct FrameEncoder {
+    segments: VecDeque<Bytes>,
+    scratch: BytesMut,
+    queued: usize,
+    frame_max: u32,
+}
+
+impl FrameEncoder {
+    /// An encoder with the pre-tune frame_max of 4096.
+    pub fn new() -> Self {
+        FrameEncoder {
+            frame_max: FRAME_MIN_SIZE,
+            ..Default::default()
+        }
+    }
+
+    /// The frame_max frames are split and checked against (0 = no limit).
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
+    /// Sets the frame_max (after tune).
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+    }
+
+    /// Bytes queued and not yet taken by [`FrameEncoder::poll_transmit`]:
+    /// the number to watch for backpressure.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    fn limit(&self) -> usize {
+        if self.frame_max == 0 {
+            u32::MAX as usize
+        } else {
+            self.frame_max as usize
+        }
+    }
+
+    /// Queues raw bytes (the protocol header).
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.scratch.extend_from_slice(bytes);
+        self.queued += bytes.len();
+    }
+
+    /// Encodes one frame (checked against frame_max) and queues it.
+    pub fn push_frame(&mut self, frame: &Frame) -> Result<usize, SendError> {
+        let len = frame.encoded_len()?;
+        if len > self.limit() {
+            return Err(SendError::FrameTooLarge {
+                len,
+                frame_max: self.frame_max,
+            });
+        }
+        self.scratch.reserve(len);
+        let n = frame.encode(&mut self.scratch)?;
+        self.queued += n;
+        Ok(n)
+    }
+
+    /// Checks that a method frame (and a content header) would fit,
+    /// without queuing anything.
+    pub fn check_fits(&self, frame: &Frame) -> Result<(), SendError> {
+        let len = frame.encoded_len()?;
+        if len > self.limit() {
+            return Err(SendError::FrameTooLarge {
+                len,
+                frame_max: self.frame_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a content method, its header and the body split into body
+    /// frames of at most frame_max bytes each. Nothing is queued on error.
+    pub fn push_content(
+        &mut self,
+        channel: u16,
+        method: &Method,
+        properties: &BasicProperties,
+        body: &Bytes,
+    ) -> Result<usize, SendError> {
+        let m = Frame {
+            channel,
+            payload: amqp_wire::FramePayload::Method(method.clone()),
+        };
+        let h = Frame::header(channel, body.len() as u64, properties.clone());
+        self.check_fits(&m)?;
+        self.check_fits(&h)?;
+        let mut n = self.push_frame(&m)?;
+        n += self.push_frame(&h)?;
+        let max_body = self.limit().saturating_sub(FRAME_OVERHEAD).max(1);
+        let mut off = 0;
+        while off < body.len() {
+            let end = body.len().min(off + max_body);
+            let piece = body.slice(off..end);
+            n += self.push_body(channel, piece);
+            off = end;
+        }
+        Ok(n)
+    }
+
+    /// Queues one body frame whose bytes are `piece` (the caller keeps it
+    /// within frame_max − 8).
+    pub fn push_body(&mut self, channel: u16, piece: Bytes) -> usize {
+        let len = piece.len();
+        write_body_frame_header(&mut self.scratch, channel, len as u32);
+        if len < COPY_BODY_BELOW {
+            self.scratch.put_slice(&piece);
+        } else {
+            let head = self.scratch.split().freeze();
+            self.segments.push_back(head);
+            self.segments.push_back(piece);
+        }
+        self.scratch.put_u8(FRAME_END);
+        self.queued += len + FRAME_OVERHEAD;
+        len + FRAME_OVERHEAD
+    }
+
+    /// Takes the next segment of bytes to write, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        let b = match self.segments.pop_front() {
+            Some(b) => b,
+            None if !self.scratch.is_empty() => self.scratch.split().freeze(),
+            None => return None,
+        };
+        self.queued -= b.len();
+        Some(b)
+    }
+
+    /// Takes everything queued as one list of segments (for a vectored
+    /// write).
+    pub fn drain(&mut self) -> Vec<Bytes> {
+        let mut v = Vec::with_capacity(self.segments.len() + 1);
+        while let Some(b) = self.poll_transmit() {
+            v.push(b);
+        }
+        v
+    }
+}
+
+/// Checks a frame_max a peer proposes or answers: 0 (no limit) or at least
+/// 4096. A smaller value is refused with 530 NOT_ALLOWED (rabbitmq-c's
+/// advisory: a frame_max below 4096 must not be accepted).
+pub fn check_frame_max(frame_max: u32) -> Result<(), ProtocolError> {
+    if frame_max != 0 && frame_max < FRAME_MIN_SIZE {
+        return Err(ProtocolError::connection(
+            ReplyCode::NOT_ALLOWED,
+            ErrorKind::Refused(format!(
+                "frame_max={frame_max} < {FRAME_MIN_SIZE} min_size"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amqp_types::method::{BasicAck, BasicPublish, QueueDeclare};
+    use amqp_wire::FramePayload;
+
+    fn frames_bytes() -> (Vec<Frame>, Bytes) {
+        let mut enc = FrameEncoder::new();
+        enc.set_frame_max(4096);
+        let mut frames = vec![];
+        for i in 0..5u64 {
+            let f = Frame::method(1, BasicAck { delivery_tag: i, multiple: false });
+            enc.push_frame(&f).unwrap();
+            frames.push(f);
+        }
+        let body = Bytes::from(vec![7u8; 10_000]);
+        let publish = Method::from(BasicPublish::default());
+        enc.push_content(2, &publish, &BasicProperties::default(), &body)
+            .unwrap();
+        frames.push(Frame::method(2, BasicPublish::default()));
+        frames.push(Frame::header(2, 10_000, BasicProperties::default()));
+        frames.push(Frame::body(2, body.slice(0..4088)));
+        frames.push(Frame::body(2, body.slice(4088..8176)));
+        frames.push(Frame::body(2, body.slice(8176..)));
+        frames.push(Frame::heartbeat());
+        enc.push_frame(&Frame::heartbeat()).unwrap();
+        let mut all = BytesMut::new();
+        let q = enc.queued();
+        for s in enc.drain() {
+            all.extend_from_slice(&s);
+        }
+        assert_eq!(q, all.len());
+        assert_eq!(enc.queued(), 0);
+        (frames, all.freeze())
+    }
+
+    fn decode_all(dec: &mut FrameDecoder) -> Vec<Frame> {
+        let mut out = vec![];
+        while let Some(d) = dec.decode().unwrap() {
+            match d {
+                Decoded::Frame(f) => out.push(f),
+                Decoded::ProtocolHeader(_) => panic!(),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_frames() {
+        let (frames, all) = frames_bytes();
+        for chunk in [1usize, 2, 3, 7, 8, 100, 4095, 4096, 4097, all.len()] {
+            let mut dec = FrameDecoder::new();
+            let mut out = vec![];
+            let mut off = 0;
+            while off < all.len() {
+                let end = all.len().min(off + chunk);
+                dec.push(all.slice(off..end));
+                out.extend(decode_all(&mut dec));
+                assert!(dec.buffered() <= 4096 + 8, "buffered {}", dec.buffered());
+                off = end;
+            }
+            assert_eq!(out, frames, "chunk {chunk}");
+            assert_eq!(dec.offset(), all.len() as u64);
+        }
+    }
+
+    #[test]
+    fn frames_inside_a_chunk_are_zero_copy() {
+        let (_, all) = frames_bytes();
+        let mut dec = FrameDecoder::new();
+        dec.push(all.clone());
+        let range = all.as_ptr() as usize..all.as_ptr() as usize + all.len();
+        for f in decode_all(&mut dec) {
+            if let FramePayload::Body(b) = f.payload {
+                assert!(range.contains(&(b.as_ptr() as usize)));
+            }
+        }
+    }
+
+    #[test]
+    fn split_bodies_are_sent_without_copy_and_within_frame_max() {
+        let mut enc = FrameEncoder::new();
+        enc.set_frame_max(4096);
+        let body = Bytes::from(vec![1u8; 3 * 4088 + 1]);
+        enc.push_content(1, &BasicPublish::default().into(), &Default::default(), &body)
+            .unwrap();
+        let segs = enc.drain();
+        let inside = segs
+            .iter()
+            .filter(|s| s.as_ptr() >= body.as_ptr() && s.len() == 4088)
+            .count();
+        assert_eq!(inside, 3);
+    }
+
+    #[test]
+    fn frame_max_is_checked_from_the_header() {
+        // A 7-byte header announcing 5000 bytes at frame_max 4096: refused
+        // before the payload arrives.
+        let mut dec = FrameDecoder::new();
+        dec.push(Bytes::from_static(&[3, 0, 1, 0, 0, 0x13, 0x88]));
+        let e = dec.decode().unwrap_err();
+        assert_eq!(e.code(), ReplyCode::FRAME_ERROR);
+        // Exactly frame_max of payload is RabbitMQ's slack: accepted.
+        let mut dec = FrameDecoder::new();
+        let mut b = vec![3, 0, 1, 0, 0, 0x10, 0x00];
+        b.extend(vec![0u8; 4096]);
+        b.push(0xCE);
+        dec.push(Bytes::from(b));
+        assert!(matches!(dec.decode().unwrap(), Some(Decoded::Frame(_))));
+    }
+
+    #[test]
+    fn frame_size_overflow_is_refused_not_wrapped() {
+        // rabbitmq-c advisory: size 0xFFFFFFFF must not overflow the
+        // computation of the frame length.
+        for frame_max in [0, 4096, u32::MAX] {
+            let mut dec = FrameDecoder::new();
+            dec.set_frame_max(frame_max);
+            dec.push(Bytes::from_static(&[1, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]));
+            match dec.decode() {
+                Err(e) => assert_eq!(e.code(), ReplyCode::FRAME_ERROR),
+                Ok(None) => {
+                    // Unlimited: waits for the bytes; holds only what it got.
+                    assert!(dec.buffered() <= 16);
+                }
+                Ok(Some(_)) => panic!("decoded a frame from 9 bytes"),
+            }
+        }
+    }
+
+    #[test]
+    fn frame_max_below_4096_is_refused() {
+        assert_eq!(
+            check_frame_max(4095).unwrap_err().code(),
+            ReplyCode::NOT_ALLOWED
+        );
+        assert_eq!(check_frame_max(1).unwrap_err().code(), ReplyCode::NOT_ALLOWED);
+        check_frame_max(0).unwrap();
+        check_frame_max(4096).unwrap();
+    }
+
+    #[test]
+    fn too_large_frames_are_not_sent() {
+        let mut enc = FrameEncoder::new();
+        let mut args = amqp_types::FieldTable::new();
+        args.insert("big", amqp_types::LongString::from(vec![0u8; 5000]));
+        let f = Frame::method(1, QueueDeclare { arguments: args, ..Default::default() });
+        assert!(matches!(
+            enc.push_frame(&f),
+            Err(SendError::FrameTooLarge { .. })
+        ));
+        assert_eq!(enc.queued(), 0);
+    }
+
+    #[test]
+    fn protocol_header_then_frames() {
+        let mut dec = FrameDecoder::expecting_protocol_header();
+        for b in b"AMQP\x00\x00\x09\x01" {
+            dec.push(Bytes::copy_from_slice(&[*b]));
+        }
+        assert!(matches!(
+            dec.decode().unwrap(),
+            Some(Decoded::ProtocolHeader(h)) if h.is_0_9_1()
+        ));
+        let mut dec = FrameDecoder::expecting_protocol_header();
+        dec.push(Bytes::from_static(b"GET / HTTP/1.1\r\n"));
+        assert!(dec.decode().is_err());
+        assert_eq!(dec.decode().unwrap(), None);
+    }
+}
