@@ -1,4 +1,3 @@
+//! Fuzz target `router_ops`: the check is [`amqp_fuzz::router::router_ops`].
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data; // filled in by the target's owner
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::router::router_ops(data));
