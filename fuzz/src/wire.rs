@@ -203,14 +203,21 @@ fn parse_chunked(
     loop {
         let rest = stream.len() - pos;
         let mut window = first_window.min(rest);
-        // Whether the previous round was an `Incomplete` with the frame
-        // header already in the window: the feed that followed must finish
-        // the frame.
-        let mut header_was_in = false;
+        // Whether the last round was an `Incomplete` with the frame header
+        // in the window and exactly `needed` was fed: this round must
+        // finish the frame.
+        let mut must_finish = false;
+        // The smallest window the last `Incomplete` allows a frame in.
+        let mut complete_from = 0usize;
         loop {
             let buf = stream.slice(pos..pos + window);
             match parse_frame(&buf, limits) {
                 Ok(Parsed::Complete { frame, consumed }) => {
+                    assert!(
+                        window >= complete_from,
+                        "Incomplete asked for a window of {complete_from} bytes at stream \
+                         offset {pos}, but {window} gave a complete frame"
+                    );
                     check_frame(&frame, consumed, &buf, limits);
                     steps.push((pos, Step::Frame(frame, consumed)));
                     pos += consumed;
@@ -223,31 +230,38 @@ fn parse_chunked(
                 }
                 Ok(Parsed::Incomplete { needed }) => {
                     assert!(
-                        !header_was_in,
+                        !must_finish,
                         "fed exactly the {window} bytes the frame header announced at stream \
                          offset {pos}, still Incomplete"
                     );
                     let needed = needed.get();
                     check_incomplete(&buf, needed);
-                    if needed > rest - window {
-                        // The stream does not have the bytes: it ends here.
+                    if window == rest {
                         steps.push((pos, Step::End));
                         return steps;
                     }
-                    if needed > 1 {
-                        // `needed` is a lower bound: one byte fewer cannot
-                        // give a complete frame.
-                        let shorter = stream.slice(pos..pos + window + needed - 1);
-                        let r = parse_frame(&shorter, limits);
-                        assert!(
-                            !matches!(r, Ok(Parsed::Complete { .. })),
-                            "Incomplete asked for {needed} more bytes with {window} in hand at \
-                             stream offset {pos}, but {} more gave a complete frame",
-                            needed - 1
-                        );
+                    complete_from = window.saturating_add(needed);
+                    if needed > rest - window {
+                        // The stream lacks the bytes: feed what it has (it
+                        // may still reveal an error, never a frame).
+                        window = rest;
+                        must_finish = false;
+                    } else {
+                        if needed > 1 {
+                            // `needed` is a lower bound: one byte fewer
+                            // cannot give a complete frame.
+                            let shorter = stream.slice(pos..pos + window + needed - 1);
+                            let r = parse_frame(&shorter, limits);
+                            assert!(
+                                !matches!(r, Ok(Parsed::Complete { .. })),
+                                "Incomplete asked for {needed} more bytes with {window} in \
+                                 hand at stream offset {pos}, but {} more gave a frame",
+                                needed - 1
+                            );
+                        }
+                        must_finish = window >= FRAME_HEADER_SIZE;
+                        window += needed;
                     }
-                    header_was_in = window >= FRAME_HEADER_SIZE;
-                    window += needed;
                 }
             }
         }
@@ -356,7 +370,12 @@ fn check_frame(frame: &Frame, consumed: usize, buf: &Bytes, limits: FrameLimits)
             frame: again,
             consumed: n,
         }) => {
-            assert_eq!(n, encoding.len(), "re-parse consumed {n} of {}", encoding.len());
+            assert_eq!(
+                n,
+                encoding.len(),
+                "re-parse consumed {n} of {}",
+                encoding.len()
+            );
             assert_eq!(&again, frame, "parse(encode(frame)) != frame");
             assert_eq!(
                 encode_frame(&again),
@@ -571,6 +590,11 @@ fn encode_table(table: &FieldTable) -> Bytes {
     let mut out = BytesMut::new();
     let n = encode_field_table(table, &mut out)
         .unwrap_or_else(|e| panic!("table does not encode ({e}): {table:?}"));
-    assert_eq!(n, out.len(), "encode_field_table returned {n}, wrote {}", out.len());
+    assert_eq!(
+        n,
+        out.len(),
+        "encode_field_table returned {n}, wrote {}",
+        out.len()
+    );
     out.freeze()
 }
