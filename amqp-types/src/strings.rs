@@ -34,6 +34,36 @@ enum Repr {
     Shared(Bytes),
 }
 
+/// Copies at most [`INLINE_CAP`] bytes into a zeroed inline buffer with a
+/// few fixed-size (overlapping) moves instead of a variable-length `memcpy`
+/// call: short strings are built for every key and name a parser reads.
+#[inline(always)]
+fn inline_copy(src: &[u8]) -> [u8; INLINE_CAP] {
+    let mut buf = [0u8; INLINE_CAP];
+    let n = src.len();
+    if n > INLINE_CAP {
+        return buf; // not reached: callers check the length
+    }
+    if n >= 16 {
+        buf[..16].copy_from_slice(&src[..16]);
+        if n > 32 {
+            buf[16..32].copy_from_slice(&src[16..32]);
+        }
+        buf[n - 16..n].copy_from_slice(&src[n - 16..]);
+    } else if n >= 8 {
+        buf[..8].copy_from_slice(&src[..8]);
+        buf[n - 8..n].copy_from_slice(&src[n - 8..]);
+    } else if n >= 4 {
+        buf[..4].copy_from_slice(&src[..4]);
+        buf[n - 4..n].copy_from_slice(&src[n - 4..]);
+    } else if n > 0 {
+        buf[0] = src[0];
+        buf[n / 2] = src[n / 2];
+        buf[n - 1] = src[n - 1];
+    }
+    buf
+}
+
 /// The error for a short string longer than 255 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("short string of {0} bytes exceeds the 255-byte limit")]
@@ -51,6 +81,7 @@ impl ShortString {
 
     /// Copies `bytes` into a new short string, or fails if it is longer than
     /// 255 bytes.
+    #[inline]
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ShortStringTooLong> {
         if bytes.len() > Self::MAX_LEN {
             return Err(ShortStringTooLong(bytes.len()));
@@ -75,14 +106,13 @@ impl ShortString {
         }
     }
 
+    #[inline]
     fn copy_unchecked(bytes: &[u8]) -> Self {
         debug_assert!(bytes.len() <= Self::MAX_LEN);
         if bytes.len() <= INLINE_CAP {
-            let mut buf = [0u8; INLINE_CAP];
-            buf[..bytes.len()].copy_from_slice(bytes);
             ShortString(Repr::Inline {
                 len: bytes.len() as u8,
-                buf,
+                buf: inline_copy(bytes),
             })
         } else {
             ShortString(Repr::Shared(Bytes::copy_from_slice(bytes)))
@@ -129,24 +159,28 @@ impl Default for ShortString {
 
 impl Deref for ShortString {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
 impl AsRef<[u8]> for ShortString {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
 impl Borrow<[u8]> for ShortString {
+    #[inline]
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
 impl PartialEq for ShortString {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         self.as_bytes() == other.as_bytes()
     }
@@ -287,6 +321,7 @@ impl LongString {
     }
 
     /// The underlying [`Bytes`].
+    #[inline]
     pub fn bytes(&self) -> &Bytes {
         &self.0
     }
@@ -321,12 +356,14 @@ impl LongString {
 
 impl Deref for LongString {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         &self.0
     }
 }
 
 impl AsRef<[u8]> for LongString {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
@@ -416,6 +453,24 @@ mod tests {
         assert_eq!(short, "amq.direct");
         assert_eq!(ShortString::from_static(""), ShortString::EMPTY);
         assert!(std::mem::size_of::<ShortString>() <= 40);
+    }
+
+    #[test]
+    fn inline_copy_every_length() {
+        let src: Vec<u8> = (1..=255u8).collect();
+        for n in 0..=ShortString::MAX_LEN {
+            let s = ShortString::from_bytes(&src[..n]).unwrap();
+            assert_eq!(s.as_bytes(), &src[..n], "length {n}");
+            if n <= INLINE_CAP {
+                let Repr::Inline { buf, .. } = &s.0 else {
+                    panic!("length {n} should be inline")
+                };
+                assert!(
+                    buf[n..].iter().all(|&b| b == 0),
+                    "length {n}: tail not zero"
+                );
+            }
+        }
     }
 
     #[test]
