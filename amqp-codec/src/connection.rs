@@ -1,8 +1,8 @@
 //! The Sans-IO connection state machine, client and server roles.
 
+use crate::model::*;
 use crate::sasl::Credentials;
 use crate::stream::{Decoded, FrameDecoder, FrameEncoder, check_frame_max};
-use crate::model::*;
 use amqp_types::method::*;
 use amqp_types::{
     BasicProperties, ErrorKind, FieldTable, FieldValue, LongString, Method, MethodKind,
@@ -59,6 +59,9 @@ enum ChState {
     Closing,
 }
 
+// Content is in flight on few channels at a time; boxing the method would
+// cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 enum Assembly {
     #[default]
@@ -147,7 +150,10 @@ fn conn_err(code: ReplyCode, text: String) -> ProtocolError {
 }
 
 fn unexpected(what: String) -> ProtocolError {
-    ProtocolError::connection(ReplyCode::UNEXPECTED_FRAME, ErrorKind::UnexpectedFrame { what })
+    ProtocolError::connection(
+        ReplyCode::UNEXPECTED_FRAME,
+        ErrorKind::UnexpectedFrame { what },
+    )
 }
 
 /// One AMQP 0-9-1 connection, client or server side, without I/O.
@@ -231,7 +237,12 @@ impl Connection {
     /// A client connection; the protocol header is queued at once.
     pub fn client(config: ClientConfig, now: Instant) -> Self {
         let limits = config.limits.clone();
-        let mut c = Self::new(Role::Client, RoleConfig::Client(Box::new(config)), limits, now);
+        let mut c = Self::new(
+            Role::Client,
+            RoleConfig::Client(Box::new(config)),
+            limits,
+            now,
+        );
         c.encoder.push_raw(&PROTOCOL_HEADER);
         c.sent_activity = true;
         c
@@ -240,7 +251,12 @@ impl Connection {
     /// A server connection, waiting for the client's protocol header.
     pub fn server(config: ServerConfig, now: Instant) -> Self {
         let limits = config.limits.clone();
-        Self::new(Role::Server, RoleConfig::Server(Box::new(config)), limits, now)
+        Self::new(
+            Role::Server,
+            RoleConfig::Server(Box::new(config)),
+            limits,
+            now,
+        )
     }
 
     // ----- observers -------------------------------------------------
@@ -300,7 +316,9 @@ impl Connection {
 
     /// Client role: publish sequence numbers not yet confirmed on `channel`.
     pub fn unconfirmed(&self, channel: u16) -> usize {
-        self.channels.get(&channel).map_or(0, |c| c.unconfirmed.len())
+        self.channels
+            .get(&channel)
+            .map_or(0, |c| c.unconfirmed.len())
     }
 
     /// Consumer tags active on `channel` (consume-ok seen, not cancelled).
@@ -361,7 +379,14 @@ impl Connection {
         }
         self.recv_activity = true;
         self.decoder.push(data);
-        while self.phase != Phase::Closed {
+        self.process_input();
+    }
+
+    /// Decodes and handles buffered input; pauses while a decision is
+    /// pending (input after it waits in the decoder, bounded by the
+    /// handshake's 4096-byte frame_max per frame).
+    fn process_input(&mut self) {
+        while self.phase != Phase::Closed && self.decision.is_none() {
             match self.decoder.decode() {
                 Ok(None) => break,
                 Ok(Some(Decoded::ProtocolHeader(h))) => self.on_protocol_header(h),
@@ -461,7 +486,12 @@ impl Connection {
                 self.phase = Phase::AwaitTuneOk;
             }
             (PendingDecision::Authenticate { mechanism }, Answer::Challenge(c)) => {
-                self.put(&Frame::method(0, ConnectionSecure { challenge: LongString::new(c) }));
+                self.put(&Frame::method(
+                    0,
+                    ConnectionSecure {
+                        challenge: LongString::new(c),
+                    },
+                ));
                 self.phase = Phase::AwaitSecureOk;
                 self.decision_mechanism = Some(mechanism);
             }
@@ -476,7 +506,9 @@ impl Connection {
                 let RoleConfig::Server(cfg) = &self.config else {
                     return Err(CommandError::BadDecision);
                 };
-                let ok = ConnectionOpenOk { known_hosts: cfg.known_hosts.clone() };
+                let ok = ConnectionOpenOk {
+                    known_hosts: cfg.known_hosts.clone(),
+                };
                 self.put(&Frame::method(0, ok));
                 self.set_open();
             }
@@ -487,7 +519,12 @@ impl Connection {
                 self.send_connection_close(r);
             }
             (PendingDecision::Challenge, Answer::Response(r)) => {
-                self.put(&Frame::method(0, ConnectionSecureOk { response: LongString::new(r) }));
+                self.put(&Frame::method(
+                    0,
+                    ConnectionSecureOk {
+                        response: LongString::new(r),
+                    },
+                ));
             }
             (PendingDecision::Challenge, Answer::Refuse { code, text }) => {
                 self.send_connection_close(CloseReason::new(code, &text));
@@ -497,6 +534,7 @@ impl Connection {
                 return Err(CommandError::BadDecision);
             }
         }
+        self.process_input();
         Ok(())
     }
 
@@ -532,7 +570,12 @@ impl Connection {
     /// Closes a channel (channel.close; [`Event::ChannelClosed`] follows
     /// close-ok). Until then every incoming frame on it but close and
     /// close-ok is dropped.
-    pub fn close_channel(&mut self, channel: u16, code: ReplyCode, text: &str) -> Result<(), CommandError> {
+    pub fn close_channel(
+        &mut self,
+        channel: u16,
+        code: ReplyCode,
+        text: &str,
+    ) -> Result<(), CommandError> {
         self.check_open()?;
         match self.channels.get(&channel) {
             Some(c) if c.state != ChState::Closing => {}
@@ -565,7 +608,12 @@ impl Connection {
     /// question about it) with `code`: a soft code closes the channel, a
     /// hard code (or channel 0) the connection, naming that method's class
     /// and method ids, as RabbitMQ does.
-    pub fn refuse(&mut self, channel: u16, code: ReplyCode, text: &str) -> Result<(), CommandError> {
+    pub fn refuse(
+        &mut self,
+        channel: u16,
+        code: ReplyCode,
+        text: &str,
+    ) -> Result<(), CommandError> {
         self.check_open()?;
         let last = if channel == 0 {
             (0, 0)
@@ -593,7 +641,11 @@ impl Connection {
     /// must answer the peer's oldest unanswered request on the channel),
     /// capabilities (`basic.cancel` from a server, `connection.blocked`),
     /// delivery tags, and that the frame fits frame_max.
-    pub fn send_method(&mut self, channel: u16, method: impl Into<Method>) -> Result<(), CommandError> {
+    pub fn send_method(
+        &mut self,
+        channel: u16,
+        method: impl Into<Method>,
+    ) -> Result<(), CommandError> {
         let m = method.into();
         self.check_open()?;
         let kind = m.kind();
@@ -610,10 +662,20 @@ impl Connection {
         }
         use MethodKind as K;
         match kind {
-            K::ConnectionStart | K::ConnectionStartOk | K::ConnectionSecure | K::ConnectionSecureOk
-            | K::ConnectionTune | K::ConnectionTuneOk | K::ConnectionOpen | K::ConnectionOpenOk
-            | K::ConnectionClose | K::ConnectionCloseOk | K::ChannelOpen | K::ChannelOpenOk
-            | K::ChannelClose | K::ChannelCloseOk => return Err(CommandError::UseCommand(kind)),
+            K::ConnectionStart
+            | K::ConnectionStartOk
+            | K::ConnectionSecure
+            | K::ConnectionSecureOk
+            | K::ConnectionTune
+            | K::ConnectionTuneOk
+            | K::ConnectionOpen
+            | K::ConnectionOpenOk
+            | K::ConnectionClose
+            | K::ConnectionCloseOk
+            | K::ChannelOpen
+            | K::ChannelOpenOk
+            | K::ChannelClose
+            | K::ChannelCloseOk => return Err(CommandError::UseCommand(kind)),
             _ => {}
         }
         let frame = Frame::method(channel, m);
@@ -642,7 +704,7 @@ impl Connection {
         let ch = self
             .channels
             .get_mut(&channel)
-            .filter(|c| c.state == ChState::Open)
+            .filter(|c| c.state != ChState::Closing)
             .ok_or(CommandError::ChannelNotOpen(channel))?;
         if kind.is_reply() {
             match ch.pending_in.front() {
@@ -651,9 +713,15 @@ impl Connection {
             }
         }
         match m {
-            Method::BasicAck(BasicAck { delivery_tag: t, .. })
-            | Method::BasicNack(BasicNack { delivery_tag: t, .. })
-            | Method::BasicReject(BasicReject { delivery_tag: t, .. }) => {
+            Method::BasicAck(BasicAck {
+                delivery_tag: t, ..
+            })
+            | Method::BasicNack(BasicNack {
+                delivery_tag: t, ..
+            })
+            | Method::BasicReject(BasicReject {
+                delivery_tag: t, ..
+            }) => {
                 let issued = match role {
                     Role::Client => ch.delivery_tag,
                     Role::Server => ch.seqno,
@@ -675,11 +743,9 @@ impl Connection {
             ch.pending_out.push_back(kind);
         }
         match m {
-            Method::ConfirmSelect(_) if role == Role::Client => {
-                if !ch.confirm {
-                    ch.confirm = true;
-                    ch.seqno = 1;
-                }
+            Method::ConfirmSelect(_) if role == Role::Client && !ch.confirm => {
+                ch.confirm = true;
+                ch.seqno = 1;
             }
             Method::BasicConsumeOk(ok) => ch.consumers.push(ok.consumer_tag.clone()),
             Method::BasicCancel(c) if role == Role::Server => {
@@ -736,10 +802,13 @@ impl Connection {
         let ch = self
             .channels
             .get_mut(&channel)
-            .filter(|c| c.state == ChState::Open)
+            .filter(|c| c.state != ChState::Closing)
             .ok_or(CommandError::ChannelNotOpen(channel))?;
         if kind == MethodKind::BasicGetOk
-            && !ch.pending_in.front().is_some_and(|r| r.is_answered_by(kind))
+            && !ch
+                .pending_in
+                .front()
+                .is_some_and(|r| r.is_answered_by(kind))
         {
             return Err(CommandError::NotAReply(kind));
         }
@@ -779,19 +848,48 @@ impl Connection {
 
     /// Acknowledges: a client acks deliveries, a server confirms publishes
     /// (channel in confirm mode). `multiple` settles everything up to `tag`.
-    pub fn ack(&mut self, channel: u16, delivery_tag: u64, multiple: bool) -> Result<(), CommandError> {
-        self.send_method(channel, BasicAck { delivery_tag, multiple })
+    pub fn ack(
+        &mut self,
+        channel: u16,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<(), CommandError> {
+        self.send_method(
+            channel,
+            BasicAck {
+                delivery_tag,
+                multiple,
+            },
+        )
     }
 
     /// Negative acknowledgement (basic.nack).
-    pub fn nack(&mut self, channel: u16, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<(), CommandError> {
-        self.send_method(channel, BasicNack { delivery_tag, multiple, requeue })
+    pub fn nack(
+        &mut self,
+        channel: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), CommandError> {
+        self.send_method(
+            channel,
+            BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            },
+        )
     }
 
     /// Server role: `connection.blocked` (only to clients that announced the
     /// capability).
     pub fn block(&mut self, reason: &str) -> Result<(), CommandError> {
-        self.send_method(0, ConnectionBlocked { reason: short(reason) })
+        self.send_method(
+            0,
+            ConnectionBlocked {
+                reason: short(reason),
+            },
+        )
     }
 
     /// Server role: `connection.unblocked`.
@@ -809,7 +907,9 @@ impl Connection {
     // ----- internals -------------------------------------------------
 
     fn check_open(&self) -> Result<(), CommandError> {
-        if self.phase == Phase::Open {
+        // A client may pipeline after tune-ok, before open-ok (as RabbitMQ
+        // allows).
+        if self.phase == Phase::Open || self.phase == Phase::AwaitOpenOk {
             Ok(())
         } else {
             Err(CommandError::NotOpen)
@@ -999,8 +1099,10 @@ impl Connection {
     fn on_frame(&mut self, f: Frame) -> Result<(), ProtocolError> {
         if let FramePayload::Heartbeat = f.payload {
             if f.channel != 0 {
-                return Err(unexpected(format!("heartbeat frame on channel {}", f.channel))
-                    .on_channel(f.channel));
+                return Err(
+                    unexpected(format!("heartbeat frame on channel {}", f.channel))
+                        .on_channel(f.channel),
+                );
             }
             return Ok(());
         }
@@ -1055,15 +1157,21 @@ impl Connection {
                 return Err(ProtocolError::connection(
                     ReplyCode::CHANNEL_ERROR,
                     ErrorKind::UnexpectedFrame {
-                        what: format!("{} on channel {} before the connection is open", m.name(), f.channel),
+                        what: format!(
+                            "{} on channel {} before the connection is open",
+                            m.name(),
+                            f.channel
+                        ),
                     },
                 )
                 .on_channel(f.channel)
                 .with_method(m.class_id(), m.method_id()));
             }
             _ => {
-                return Err(unexpected("content frame before the connection is open".into())
-                    .on_channel(f.channel));
+                return Err(
+                    unexpected("content frame before the connection is open".into())
+                        .on_channel(f.channel),
+                );
             }
         };
         let ids = (m.class_id(), m.method_id());
@@ -1095,8 +1203,14 @@ impl Connection {
                 let credentials = Credentials::parse(mechanism.as_bytes(), &response);
                 self.phase = Phase::Authenticating;
                 self.new_decision(
-                    PendingDecision::Authenticate { mechanism: mechanism.clone() },
-                    Decision::Authenticate { mechanism, credentials, response },
+                    PendingDecision::Authenticate {
+                        mechanism: mechanism.clone(),
+                    },
+                    Decision::Authenticate {
+                        mechanism,
+                        credentials,
+                        response,
+                    },
                 );
                 Ok(())
             }
@@ -1106,7 +1220,10 @@ impl Connection {
                 let username = self.username.clone();
                 self.new_decision(
                     PendingDecision::OpenVhost,
-                    Decision::OpenVhost { virtual_host: o.virtual_host, username },
+                    Decision::OpenVhost {
+                        virtual_host: o.virtual_host,
+                        username,
+                    },
                 );
                 Ok(())
             }
@@ -1133,7 +1250,10 @@ impl Connection {
         if (s.version_major, s.version_minor) != (0, 9) || !offered {
             let e = conn_err(
                 ReplyCode::NOT_ALLOWED,
-                format!("server version {}-{} or mechanisms {} do not fit {}", s.version_major, s.version_minor, s.mechanisms, mech),
+                format!(
+                    "server version {}-{} or mechanisms {} do not fit {}",
+                    s.version_major, s.version_minor, s.mechanisms, mech
+                ),
             );
             self.finish(CloseCause::Failed(e));
             return Ok(());
@@ -1178,7 +1298,14 @@ impl Connection {
         };
         let tuning = Tuning {
             channel_max: lower_nonzero(cfg.channel_max, t.channel_max),
-            frame_max: lower_nonzero(cfg.frame_max.max(if cfg.frame_max == 0 { 0 } else { amqp_wire::FRAME_MIN_SIZE }), t.frame_max),
+            frame_max: lower_nonzero(
+                cfg.frame_max.max(if cfg.frame_max == 0 {
+                    0
+                } else {
+                    amqp_wire::FRAME_MIN_SIZE
+                }),
+                t.frame_max,
+            ),
             heartbeat,
         };
         let open = ConnectionOpen {
@@ -1223,8 +1350,14 @@ impl Connection {
         self.username = credentials.username().map(str::to_owned);
         self.phase = Phase::Authenticating;
         self.new_decision(
-            PendingDecision::Authenticate { mechanism: s.mechanism.clone() },
-            Decision::Authenticate { mechanism: s.mechanism, credentials, response },
+            PendingDecision::Authenticate {
+                mechanism: s.mechanism.clone(),
+            },
+            Decision::Authenticate {
+                mechanism: s.mechanism,
+                credentials,
+                response,
+            },
         );
         Ok(())
     }
@@ -1274,7 +1407,11 @@ impl Connection {
         r.map(|_| ())
     }
 
-    fn on_unknown_channel(&mut self, channel: u16, payload: FramePayload) -> Result<(), ProtocolError> {
+    fn on_unknown_channel(
+        &mut self,
+        channel: u16,
+        payload: FramePayload,
+    ) -> Result<(), ProtocolError> {
         match payload {
             FramePayload::Method(Method::ChannelOpen(_)) if self.role == Role::Server => {
                 let max = self.channel_limit();
@@ -1294,18 +1431,28 @@ impl Connection {
             FramePayload::Method(m) => Err(ProtocolError::connection(
                 ReplyCode::CHANNEL_ERROR,
                 ErrorKind::UnexpectedFrame {
-                    what: format!("expected 'channel.open', got {} on channel {channel}", m.name()),
+                    what: format!(
+                        "expected 'channel.open', got {} on channel {channel}",
+                        m.name()
+                    ),
                 },
             )
             .on_channel(channel)
             .with_method(m.class_id(), m.method_id())),
-            _ => Err(unexpected(format!("content frame on channel {channel}, which is not open"))
-                .on_channel(channel)),
+            _ => Err(unexpected(format!(
+                "content frame on channel {channel}, which is not open"
+            ))
+            .on_channel(channel)),
         }
     }
 
     /// Returns `Ok(true)` when the channel is gone.
-    fn on_channel_frame(&mut self, channel: u16, ch: &mut Channel, payload: FramePayload) -> Result<bool, ProtocolError> {
+    fn on_channel_frame(
+        &mut self,
+        channel: u16,
+        ch: &mut Channel,
+        payload: FramePayload,
+    ) -> Result<bool, ProtocolError> {
         match ch.state {
             ChState::Closing => {
                 match payload {
@@ -1317,7 +1464,11 @@ impl Connection {
                             .close_reason
                             .take()
                             .unwrap_or_else(|| CloseReason::new(ReplyCode::REPLY_SUCCESS, ""));
-                        self.emit(Event::ChannelClosed { channel, initiator: Initiator::Local, reason });
+                        self.emit(Event::ChannelClosed {
+                            channel,
+                            initiator: Initiator::Local,
+                            reason,
+                        });
                         return Ok(true);
                     }
                     _ => {}
@@ -1341,8 +1492,10 @@ impl Connection {
                     ))
                     .on_channel(channel)
                     .with_method(m.class_id(), m.method_id())),
-                    _ => Err(unexpected(format!("content frame on channel {channel} before channel.open-ok"))
-                        .on_channel(channel)),
+                    _ => Err(unexpected(format!(
+                        "content frame on channel {channel} before channel.open-ok"
+                    ))
+                    .on_channel(channel)),
                 };
             }
             ChState::Open => {}
@@ -1370,7 +1523,12 @@ impl Connection {
         });
     }
 
-    fn on_channel_method(&mut self, channel: u16, ch: &mut Channel, m: Method) -> Result<bool, ProtocolError> {
+    fn on_channel_method(
+        &mut self,
+        channel: u16,
+        ch: &mut Channel,
+        m: Method,
+    ) -> Result<bool, ProtocolError> {
         let kind = m.kind();
         let info = kind.info();
         let ids = (info.class_id, info.method_id);
@@ -1389,7 +1547,10 @@ impl Connection {
         if !from_peer_ok || info.class_id == 10 {
             return Err(conn_err(
                 ReplyCode::COMMAND_INVALID,
-                format!("{} is not valid from this peer on channel {channel}", info.name),
+                format!(
+                    "{} is not valid from this peer on channel {channel}",
+                    info.name
+                ),
             )
             .on_channel(channel)
             .with_method(ids.0, ids.1));
@@ -1437,7 +1598,10 @@ impl Connection {
             if ch.pending_in.len() >= self.limits.max_pending_requests {
                 return Err(conn_err(
                     ReplyCode::RESOURCE_ERROR,
-                    format!("more than {} unanswered requests on channel {channel}", self.limits.max_pending_requests),
+                    format!(
+                        "more than {} unanswered requests on channel {channel}",
+                        self.limits.max_pending_requests
+                    ),
                 )
                 .on_channel(channel)
                 .with_method(ids.0, ids.1));
@@ -1445,12 +1609,13 @@ impl Connection {
             ch.pending_in.push_back(kind);
         }
         if info.has_content {
-            let seqno = if self.role == Role::Server && ch.confirm && kind == MethodKind::BasicPublish {
-                ch.seqno += 1;
-                Some(ch.seqno)
-            } else {
-                None
-            };
+            let seqno =
+                if self.role == Role::Server && ch.confirm && kind == MethodKind::BasicPublish {
+                    ch.seqno += 1;
+                    Some(ch.seqno)
+                } else {
+                    None
+                };
             match &m {
                 Method::BasicDeliver(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
                 Method::BasicGetOk(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
@@ -1463,15 +1628,30 @@ impl Connection {
             (Role::Client, Method::ChannelFlow(f)) => {
                 ch.flow_active = f.active;
                 self.put(&Frame::method(channel, ChannelFlowOk { active: f.active }));
-                self.emit(Event::Flow { channel, active: f.active });
+                self.emit(Event::Flow {
+                    channel,
+                    active: f.active,
+                });
             }
             (Role::Client, Method::BasicAck(a)) if ch.confirm => {
                 let settled = settle(ch, a.delivery_tag, a.multiple);
-                self.emit(Event::Confirm { channel, delivery_tag: a.delivery_tag, multiple: a.multiple, ack: true, settled });
+                self.emit(Event::Confirm {
+                    channel,
+                    delivery_tag: a.delivery_tag,
+                    multiple: a.multiple,
+                    ack: true,
+                    settled,
+                });
             }
             (Role::Client, Method::BasicNack(a)) if ch.confirm => {
                 let settled = settle(ch, a.delivery_tag, a.multiple);
-                self.emit(Event::Confirm { channel, delivery_tag: a.delivery_tag, multiple: a.multiple, ack: false, settled });
+                self.emit(Event::Confirm {
+                    channel,
+                    delivery_tag: a.delivery_tag,
+                    multiple: a.multiple,
+                    ack: false,
+                    settled,
+                });
             }
             (Role::Client, Method::BasicCancel(c)) => {
                 ch.consumers.retain(|t| *t != c.consumer_tag);
@@ -1479,15 +1659,24 @@ impl Connection {
                     ch.pending_in.pop_back();
                     self.put(&Frame::method(
                         channel,
-                        BasicCancelOk { consumer_tag: c.consumer_tag.clone() },
+                        BasicCancelOk {
+                            consumer_tag: c.consumer_tag.clone(),
+                        },
                     ));
                 }
-                self.emit(Event::Method { channel, method: Method::BasicCancel(c) });
+                self.emit(Event::Method {
+                    channel,
+                    method: Method::BasicCancel(c),
+                });
             }
             (role, m) => {
                 match &m {
-                    Method::BasicConsumeOk(ok) if role == Role::Client => ch.consumers.push(ok.consumer_tag.clone()),
-                    Method::BasicCancelOk(ok) if role == Role::Client => ch.consumers.retain(|t| *t != ok.consumer_tag),
+                    Method::BasicConsumeOk(ok) if role == Role::Client => {
+                        ch.consumers.push(ok.consumer_tag.clone())
+                    }
+                    Method::BasicCancelOk(ok) if role == Role::Client => {
+                        ch.consumers.retain(|t| *t != ok.consumer_tag)
+                    }
                     Method::ConfirmSelect(_) if role == Role::Server => ch.confirm = true,
                     Method::ChannelFlowOk(ok) if role == Role::Client => ch.flow_active = ok.active,
                     Method::BasicConsume(_) | Method::BasicCancel(_) | Method::BasicQos(_) => {}
@@ -1499,17 +1688,26 @@ impl Connection {
         Ok(false)
     }
 
-    fn on_header(&mut self, channel: u16, ch: &mut Channel, h: ContentHeader) -> Result<(), ProtocolError> {
+    fn on_header(
+        &mut self,
+        channel: u16,
+        ch: &mut Channel,
+        h: ContentHeader,
+    ) -> Result<(), ProtocolError> {
         let (method, seqno) = match std::mem::take(&mut ch.content) {
             Assembly::AwaitHeader { method, seqno } => (method, seqno),
             other => {
-                let what = if matches!(other, Assembly::Idle) {
-                    format!("content header on channel {channel} without a content method before it")
-                } else {
-                    format!("second content header on channel {channel}")
+                let e = match &other {
+                    Assembly::AwaitBody { method, .. } => unexpected(format!(
+                        "expected content body, got a second content header on channel {channel}"
+                    ))
+                    .with_method(method.class_id(), method.method_id()),
+                    _ => unexpected(format!(
+                        "expected method frame, got a content header on channel {channel}"
+                    )),
                 };
                 ch.content = other;
-                return Err(unexpected(what).on_channel(channel).with_method(60, 0));
+                return Err(e.on_channel(channel));
             }
         };
         let ids = (method.class_id(), method.method_id());
@@ -1533,13 +1731,21 @@ impl Connection {
                 seqno,
             });
             if h.body_size == 0 {
-                self.emit(Event::BodyChunk { channel, data: Bytes::new(), last: true });
+                self.emit(Event::BodyChunk {
+                    channel,
+                    data: Bytes::new(),
+                    last: true,
+                });
                 return Ok(());
             }
         } else if h.body_size == 0 {
             self.emit(Event::Message {
                 channel,
-                message: Message { method, properties: h.properties, body: Bytes::new() },
+                message: Message {
+                    method,
+                    properties: h.properties,
+                    body: Bytes::new(),
+                },
                 seqno,
             });
             return Ok(());
@@ -1556,13 +1762,24 @@ impl Connection {
     }
 
     fn on_body(&mut self, channel: u16, ch: &mut Channel, b: Bytes) -> Result<(), ProtocolError> {
-        let Assembly::AwaitBody { body_size, received, parts, method, .. } = &mut ch.content else {
-            let what = if matches!(ch.content, Assembly::Idle) {
-                format!("body frame on channel {channel} without a content method")
-            } else {
-                format!("body frame on channel {channel} before the content header")
-            };
-            return Err(unexpected(what).on_channel(channel).with_method(60, 0));
+        let Assembly::AwaitBody {
+            body_size,
+            received,
+            parts,
+            method,
+            ..
+        } = &mut ch.content
+        else {
+            return Err(match &ch.content {
+                Assembly::AwaitHeader { method, .. } => unexpected(format!(
+                    "expected content header for class 60, got a body frame on channel {channel}"
+                ))
+                .with_method(method.class_id(), method.method_id()),
+                _ => unexpected(format!(
+                    "body frame on channel {channel} without a content method"
+                )),
+            }
+            .on_channel(channel));
         };
         let len = b.len() as u64;
         let total = *received + len;
@@ -1579,14 +1796,21 @@ impl Connection {
             if last {
                 ch.content = Assembly::Idle;
             }
-            self.emit(Event::BodyChunk { channel, data: b, last });
+            self.emit(Event::BodyChunk {
+                channel,
+                data: b,
+                last,
+            });
             return Ok(());
         }
         if !last {
             if self.held + b.len() > self.limits.connection_budget {
                 return Err(conn_err(
                     ReplyCode::RESOURCE_ERROR,
-                    format!("incomplete messages exceed the connection budget of {} bytes", self.limits.connection_budget),
+                    format!(
+                        "incomplete messages exceed the connection budget of {} bytes",
+                        self.limits.connection_budget
+                    ),
                 )
                 .on_channel(channel));
             }
@@ -1595,7 +1819,14 @@ impl Connection {
             parts.push(b);
             return Ok(());
         }
-        let Assembly::AwaitBody { method, properties, parts, seqno, .. } = std::mem::take(&mut ch.content) else {
+        let Assembly::AwaitBody {
+            method,
+            properties,
+            parts,
+            seqno,
+            ..
+        } = std::mem::take(&mut ch.content)
+        else {
             return Ok(());
         };
         self.held -= ch.held;
@@ -1610,7 +1841,15 @@ impl Connection {
             all.extend_from_slice(&b);
             all.freeze()
         };
-        self.emit(Event::Message { channel, message: Message { method, properties, body }, seqno });
+        self.emit(Event::Message {
+            channel,
+            message: Message {
+                method,
+                properties,
+                body,
+            },
+            seqno,
+        });
         Ok(())
     }
 
@@ -1632,7 +1871,10 @@ impl Connection {
             }
             (Role::Server, m @ Method::ConnectionUpdateSecret(_))
             | (Role::Client, m @ Method::ConnectionUpdateSecretOk(_)) => {
-                self.emit(Event::Method { channel: 0, method: m });
+                self.emit(Event::Method {
+                    channel: 0,
+                    method: m,
+                });
                 Ok(())
             }
             (_, m) => Err(conn_err(

@@ -80,17 +80,17 @@
 #![warn(missing_docs)]
 
 mod connection;
+mod model;
 pub mod sasl;
 pub mod stream;
-mod model;
 
 #[cfg(feature = "tokio-util")]
 pub mod codec;
 
 pub use connection::Connection;
+pub use model::*;
 pub use sasl::Credentials;
 pub use stream::{Decoded, FrameDecoder, FrameEncoder, SendError};
-pub use model::*;
 
 /// The frame layer this crate builds on.
 pub use amqp_wire as wire;

@@ -44,10 +44,16 @@ impl std::fmt::Debug for Credentials {
                 write!(f, "Plain {{ username: {username:?}, password: <hidden> }}")
             }
             Credentials::AmqPlain { username, .. } => {
-                write!(f, "AmqPlain {{ username: {username:?}, password: <hidden> }}")
+                write!(
+                    f,
+                    "AmqPlain {{ username: {username:?}, password: <hidden> }}"
+                )
             }
             Credentials::External { identity } => write!(f, "External {{ {identity:?} }}"),
-            Credentials::Other { mechanism, response } => {
+            Credentials::Other {
+                mechanism,
+                response,
+            } => {
                 write!(f, "Other {{ {mechanism:?}, {} bytes }}", response.len())
             }
         }
@@ -107,9 +113,18 @@ impl Credentials {
             }
             Credentials::AmqPlain { username, password } => {
                 let mut t = FieldTable::new();
-                if let (Ok(k1), Ok(k2)) = (ShortString::try_from("LOGIN"), ShortString::try_from("PASSWORD")) {
-                    t.push(k1, FieldValue::LongString(LongString::from(username.as_str())));
-                    t.push(k2, FieldValue::LongString(LongString::from(password.as_str())));
+                if let (Ok(k1), Ok(k2)) = (
+                    ShortString::try_from("LOGIN"),
+                    ShortString::try_from("PASSWORD"),
+                ) {
+                    t.push(
+                        k1,
+                        FieldValue::LongString(LongString::from(username.as_str())),
+                    );
+                    t.push(
+                        k2,
+                        FieldValue::LongString(LongString::from(password.as_str())),
+                    );
                 }
                 let mut b = BytesMut::new();
                 // Encoding two short strings cannot fail.
@@ -155,7 +170,9 @@ impl Credentials {
                     _ => None,
                 };
                 match (s("LOGIN"), s("PASSWORD")) {
-                    (Some(username), Some(password)) => Credentials::AmqPlain { username, password },
+                    (Some(username), Some(password)) => {
+                        Credentials::AmqPlain { username, password }
+                    }
                     _ => other(),
                 }
             }

@@ -10,6 +10,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 
 /// What the decoder produced.
+// Frames are the common case; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     /// The 8-byte protocol header (only when the decoder expects one).
@@ -370,9 +372,7 @@ pub fn check_frame_max(frame_max: u32) -> Result<(), ProtocolError> {
     if frame_max != 0 && frame_max < FRAME_MIN_SIZE {
         return Err(ProtocolError::connection(
             ReplyCode::NOT_ALLOWED,
-            ErrorKind::Refused(format!(
-                "frame_max={frame_max} < {FRAME_MIN_SIZE} min_size"
-            )),
+            ErrorKind::Refused(format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min_size")),
         ));
     }
     Ok(())
@@ -389,7 +389,13 @@ mod tests {
         enc.set_frame_max(4096);
         let mut frames = vec![];
         for i in 0..5u64 {
-            let f = Frame::method(1, BasicAck { delivery_tag: i, multiple: false });
+            let f = Frame::method(
+                1,
+                BasicAck {
+                    delivery_tag: i,
+                    multiple: false,
+                },
+            );
             enc.push_frame(&f).unwrap();
             frames.push(f);
         }
@@ -462,8 +468,13 @@ mod tests {
         let mut enc = FrameEncoder::new();
         enc.set_frame_max(4096);
         let body = Bytes::from(vec![1u8; 3 * 4088 + 1]);
-        enc.push_content(1, &BasicPublish::default().into(), &Default::default(), &body)
-            .unwrap();
+        enc.push_content(
+            1,
+            &BasicPublish::default().into(),
+            &Default::default(),
+            &body,
+        )
+        .unwrap();
         let segs = enc.drain();
         let inside = segs
             .iter()
@@ -514,7 +525,10 @@ mod tests {
             check_frame_max(4095).unwrap_err().code(),
             ReplyCode::NOT_ALLOWED
         );
-        assert_eq!(check_frame_max(1).unwrap_err().code(), ReplyCode::NOT_ALLOWED);
+        assert_eq!(
+            check_frame_max(1).unwrap_err().code(),
+            ReplyCode::NOT_ALLOWED
+        );
         check_frame_max(0).unwrap();
         check_frame_max(4096).unwrap();
     }
@@ -524,7 +538,13 @@ mod tests {
         let mut enc = FrameEncoder::new();
         let mut args = amqp_types::FieldTable::new();
         args.insert("big", amqp_types::LongString::from(vec![0u8; 5000]));
-        let f = Frame::method(1, QueueDeclare { arguments: args, ..Default::default() });
+        let f = Frame::method(
+            1,
+            QueueDeclare {
+                arguments: args,
+                ..Default::default()
+            },
+        );
         assert!(matches!(
             enc.push_frame(&f),
             Err(SendError::FrameTooLarge { .. })

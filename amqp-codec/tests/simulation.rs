@@ -10,7 +10,7 @@ mod common;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{BasicProperties, Method, ReplyCode};
 use amqp_codec::{
-    CloseCause, ClientConfig, Connection, Event, Initiator, ServerConfig, TimeoutKind,
+    ClientConfig, CloseCause, Connection, Event, Initiator, ServerConfig, TimeoutKind,
 };
 use bytes::Bytes;
 use common::{MiniBroker, Rng};
@@ -78,11 +78,14 @@ impl Pair {
             // Deliver a few chunks each way, in random order.
             for _ in 0..self.rng.range(1, 64) {
                 if self.rng.chance(50) {
-                    if let Some(c) = Self::take_chunk(&mut self.rng, &mut self.c2s, self.max_chunk) {
+                    if let Some(c) = Self::take_chunk(&mut self.rng, &mut self.c2s, self.max_chunk)
+                    {
                         self.server.handle_input(c);
                         moved = true;
                     }
-                } else if let Some(c) = Self::take_chunk(&mut self.rng, &mut self.s2c, self.max_chunk) {
+                } else if let Some(c) =
+                    Self::take_chunk(&mut self.rng, &mut self.s2c, self.max_chunk)
+                {
                     self.client.handle_input(c);
                     moved = true;
                 }
@@ -94,7 +97,11 @@ impl Pair {
             }
             let pending = !self.c2s.is_empty() || !self.s2c.is_empty();
             any |= moved;
-            if !moved && !pending && self.client.bytes_queued() == 0 && self.server.bytes_queued() == 0 {
+            if !moved
+                && !pending
+                && self.client.bytes_queued() == 0
+                && self.server.bytes_queued() == 0
+            {
                 return any;
             }
         }
@@ -162,13 +169,36 @@ fn run_seed(seed: u64) {
     assert_eq!(opened, chans.len(), "seed {seed}");
     for &ch in &chans {
         let q = format!("q{ch}");
-        p.client.send_method(ch, ConfirmSelect { nowait: false }).unwrap();
         p.client
-            .send_method(ch, QueueDeclare { queue: q.as_str().try_into().unwrap(), durable: true, ..Default::default() })
+            .send_method(ch, ConfirmSelect { nowait: false })
             .unwrap();
-        p.client.send_method(ch, BasicQos { prefetch_count: 1, ..Default::default() }).unwrap();
         p.client
-            .send_method(ch, BasicConsume { queue: q.as_str().try_into().unwrap(), ..Default::default() })
+            .send_method(
+                ch,
+                QueueDeclare {
+                    queue: q.as_str().try_into().unwrap(),
+                    durable: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        p.client
+            .send_method(
+                ch,
+                BasicQos {
+                    prefetch_count: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        p.client
+            .send_method(
+                ch,
+                BasicConsume {
+                    queue: q.as_str().try_into().unwrap(),
+                    ..Default::default()
+                },
+            )
             .unwrap();
     }
     p.drive();
@@ -187,17 +217,29 @@ fn run_seed(seed: u64) {
                 2 if p.max_chunk > 1 => 4088,
                 3 if p.max_chunk > 1 => 4089,
                 2 | 3 => 100,
-                _ => rng.range(0, [300, 3_000, 40_000][(p.max_chunk >= 10) as usize + (p.max_chunk >= 1000) as usize]),
+                _ => rng.range(
+                    0,
+                    [300, 3_000, 40_000]
+                        [(p.max_chunk >= 10) as usize + (p.max_chunk >= 1000) as usize],
+                ),
             } as usize;
-            let body: Bytes = (0..len).map(|k| (k ^ i ^ ch as usize) as u8).collect::<Vec<u8>>().into();
-            let mut props = BasicProperties::default();
-            props.message_id = Some(format!("{ch}-{i}").as_str().try_into().unwrap());
-            props.delivery_mode = Some(2);
+            let body: Bytes = (0..len)
+                .map(|k| (k ^ i ^ ch as usize) as u8)
+                .collect::<Vec<u8>>()
+                .into();
+            let props = BasicProperties {
+                message_id: Some(format!("{ch}-{i}").as_str().try_into().unwrap()),
+                delivery_mode: Some(2),
+                ..Default::default()
+            };
             let seq = p
                 .client
                 .publish(
                     ch,
-                    BasicPublish { routing_key: format!("q{ch}").as_str().try_into().unwrap(), ..Default::default() },
+                    BasicPublish {
+                        routing_key: format!("q{ch}").as_str().try_into().unwrap(),
+                        ..Default::default()
+                    },
                     &props,
                     body.clone(),
                 )
@@ -215,8 +257,12 @@ fn run_seed(seed: u64) {
     let mut last_tag: BTreeMap<u16, u64> = BTreeMap::new();
     for e in p.take_client_events() {
         match e {
-            Event::Message { channel, message, .. } => {
-                let Method::BasicDeliver(d) = &message.method else { panic!() };
+            Event::Message {
+                channel, message, ..
+            } => {
+                let Method::BasicDeliver(d) = &message.method else {
+                    panic!()
+                };
                 let id = message.properties.message_id.as_ref().unwrap().to_string();
                 let (c, i) = id.split_once('-').unwrap();
                 let key = (c.parse::<u16>().unwrap(), i.parse::<usize>().unwrap());
@@ -225,7 +271,9 @@ fn run_seed(seed: u64) {
                 last_tag.insert(channel, d.delivery_tag);
                 got += 1;
             }
-            Event::Confirm { ack: true, settled, .. } => confirmed += settled.len(),
+            Event::Confirm {
+                ack: true, settled, ..
+            } => confirmed += settled.len(),
             Event::ProtocolError(e) => panic!("seed {seed}: {e}"),
             _ => {}
         }
@@ -242,23 +290,39 @@ fn run_seed(seed: u64) {
                 p.client.ack(ch, t, false).unwrap();
             }
         }
-        assert!(p.client.ack(ch, tag + 1, false).is_err(), "unknown tag accepted");
+        assert!(
+            p.client.ack(ch, tag + 1, false).is_err(),
+            "unknown tag accepted"
+        );
     }
     p.drive();
 
     // Idle with heartbeats: the connection must stay up.
     p.advance(Duration::from_secs(rng.range(0, 8)));
-    assert!(p.client.is_open() && p.server.is_open(), "seed {seed}: idle killed it");
+    assert!(
+        p.client.is_open() && p.server.is_open(),
+        "seed {seed}: idle killed it"
+    );
 
     // Close some channels from either side.
     for &ch in &chans {
         match rng.range(0, 2) {
-            0 => p.client.close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye").unwrap(),
-            1 => p.server.close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye").unwrap(),
+            0 => p
+                .client
+                .close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye")
+                .unwrap(),
+            1 => p
+                .server
+                .close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye")
+                .unwrap(),
             _ => {
                 // both at once
-                p.client.close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye").unwrap();
-                p.server.close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye").unwrap();
+                p.client
+                    .close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye")
+                    .unwrap();
+                p.server
+                    .close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye")
+                    .unwrap();
             }
         }
     }
@@ -275,7 +339,10 @@ fn run_seed(seed: u64) {
     // Close the connection: client, server or both at once.
     match rng.range(0, 3) {
         0 => p.client.close(ReplyCode::REPLY_SUCCESS, "bye").unwrap(),
-        1 => p.server.close(ReplyCode::CONNECTION_FORCED, "forced").unwrap(),
+        1 => p
+            .server
+            .close(ReplyCode::CONNECTION_FORCED, "forced")
+            .unwrap(),
         2 => {
             p.client.close(ReplyCode::REPLY_SUCCESS, "bye").unwrap();
             p.server.close(ReplyCode::REPLY_SUCCESS, "bye").unwrap();
@@ -293,7 +360,11 @@ fn run_seed(seed: u64) {
                 Event::Closed { cause } => Some(cause.clone()),
                 _ => None,
             });
-            let want = if heartbeat == 0 { TimeoutKind::CloseOk } else { TimeoutKind::Heartbeat };
+            let want = if heartbeat == 0 {
+                TimeoutKind::CloseOk
+            } else {
+                TimeoutKind::Heartbeat
+            };
             assert_eq!(cause, Some(CloseCause::Timeout(want)), "seed {seed}");
             return;
         }
@@ -306,7 +377,13 @@ fn run_seed(seed: u64) {
         _ => None,
     });
     assert!(
-        matches!(cause, Some(CloseCause::Closed { initiator: Initiator::Local | Initiator::Peer, .. })),
+        matches!(
+            cause,
+            Some(CloseCause::Closed {
+                initiator: Initiator::Local | Initiator::Peer,
+                ..
+            })
+        ),
         "seed {seed}: {cause:?}"
     );
 }
@@ -315,7 +392,10 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("AMQP_SIM_SEED") {
         return vec![s.parse().expect("AMQP_SIM_SEED")];
     }
-    let n = std::env::var("AMQP_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let n = std::env::var("AMQP_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     (0..n).collect()
 }
 
@@ -335,7 +415,10 @@ fn simulation_many_seeds() {
 /// before.
 #[test]
 fn silent_peer_times_out_after_two_intervals() {
-    let ccfg = ClientConfig { heartbeat: Some(2), ..Default::default() };
+    let ccfg = ClientConfig {
+        heartbeat: Some(2),
+        ..Default::default()
+    };
     let mut p = Pair::new(7, ccfg, ServerConfig::default());
     p.drive();
     assert!(p.client.is_open());
@@ -349,10 +432,13 @@ fn silent_peer_times_out_after_two_intervals() {
         }
     }
     let died = died.expect("never timed out");
-    assert!(died >= Duration::from_secs(4) && died <= Duration::from_secs(6), "{died:?}");
-    assert!(p
-        .take_client_events()
-        .contains(&Event::Closed { cause: CloseCause::Timeout(TimeoutKind::Heartbeat) }));
+    assert!(
+        died >= Duration::from_secs(4) && died <= Duration::from_secs(6),
+        "{died:?}"
+    );
+    assert!(p.take_client_events().contains(&Event::Closed {
+        cause: CloseCause::Timeout(TimeoutKind::Heartbeat)
+    }));
 }
 
 /// Heartbeats go out when nothing else does: a client with heartbeat 1
@@ -360,13 +446,23 @@ fn silent_peer_times_out_after_two_intervals() {
 #[test]
 fn heartbeats_are_sent_when_idle() {
     let now = Instant::now();
-    let mut c = Connection::client(ClientConfig { heartbeat: Some(1), ..Default::default() }, now);
+    let mut c = Connection::client(
+        ClientConfig {
+            heartbeat: Some(1),
+            ..Default::default()
+        },
+        now,
+    );
     let mut s = Connection::server(ServerConfig::default(), now);
     let mut b = MiniBroker::default();
     for _ in 0..10 {
-        while let Some(x) = c.poll_transmit() { s.handle_input(x); }
+        while let Some(x) = c.poll_transmit() {
+            s.handle_input(x);
+        }
         b.handle(&mut s);
-        while let Some(x) = s.poll_transmit() { c.handle_input(x); }
+        while let Some(x) = s.poll_transmit() {
+            c.handle_input(x);
+        }
     }
     assert!(c.is_open());
     while c.poll_event().is_some() {}
@@ -384,7 +480,10 @@ fn heartbeats_are_sent_when_idle() {
             c.handle_input(Bytes::from_static(&[8, 0, 0, 0, 0, 0, 0, 0xCE]));
         }
     }
-    assert!((6..=8).contains(&heartbeats), "{heartbeats} heartbeats in 4 s");
+    assert!(
+        (6..=8).contains(&heartbeats),
+        "{heartbeats} heartbeats in 4 s"
+    );
     assert!(c.is_open());
 }
 
@@ -398,6 +497,8 @@ fn handshake_timeout() {
     assert!(c.is_closed());
     assert_eq!(
         c.poll_event(),
-        Some(Event::Closed { cause: CloseCause::Timeout(TimeoutKind::Handshake) })
+        Some(Event::Closed {
+            cause: CloseCause::Timeout(TimeoutKind::Handshake)
+        })
     );
 }

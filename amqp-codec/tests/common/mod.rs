@@ -54,7 +54,10 @@ impl MiniBroker {
                             {
                                 Answer::Accept
                             } else {
-                                Answer::refuse(ReplyCode::ACCESS_REFUSED, "ACCESS_REFUSED - Login was refused")
+                                Answer::refuse(
+                                    ReplyCode::ACCESS_REFUSED,
+                                    "ACCESS_REFUSED - Login was refused",
+                                )
                             }
                         }
                         _ => Answer::Accept,
@@ -62,12 +65,18 @@ impl MiniBroker {
                     s.decide(*id, answer).unwrap();
                 }
                 Event::Method { channel, method } => self.on_method(s, *channel, method),
-                Event::Message { channel, message, seqno } => {
+                Event::Message {
+                    channel,
+                    message,
+                    seqno,
+                } => {
                     self.published += 1;
                     if let Some(n) = seqno {
                         s.ack(*channel, *n, false).unwrap();
                     }
-                    let Method::BasicPublish(p) = &message.method else { panic!() };
+                    let Method::BasicPublish(p) = &message.method else {
+                        panic!()
+                    };
                     self.parked.push((p.routing_key.clone(), message.clone()));
                     self.flush(s);
                 }
@@ -87,7 +96,9 @@ impl MiniBroker {
                 keep.push((q, m));
                 continue;
             };
-            let Method::BasicPublish(p) = &m.method else { panic!() };
+            let Method::BasicPublish(p) = &m.method else {
+                panic!()
+            };
             let d = BasicDeliver {
                 consumer_tag: tag,
                 delivery_tag: 0,
@@ -95,7 +106,8 @@ impl MiniBroker {
                 exchange: p.exchange.clone(),
                 routing_key: p.routing_key.clone(),
             };
-            s.send_content(ch, d.into(), &m.properties, m.body.clone()).unwrap();
+            s.send_content(ch, d.into(), &m.properties, m.body.clone())
+                .unwrap();
         }
         self.parked = keep;
     }
@@ -103,11 +115,23 @@ impl MiniBroker {
     fn on_method(&mut self, s: &mut Connection, ch: u16, m: &Method) {
         match m {
             Method::QueueDeclare(q) if !q.nowait => s
-                .send_method(ch, QueueDeclareOk { queue: q.queue.clone(), message_count: 0, consumer_count: 0 })
+                .send_method(
+                    ch,
+                    QueueDeclareOk {
+                        queue: q.queue.clone(),
+                        message_count: 0,
+                        consumer_count: 0,
+                    },
+                )
                 .unwrap(),
             Method::BasicQos(q) => {
                 if q.prefetch_size != 0 {
-                    s.refuse(ch, ReplyCode::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - prefetch_size!=0").unwrap();
+                    s.refuse(
+                        ch,
+                        ReplyCode::NOT_IMPLEMENTED,
+                        "NOT_IMPLEMENTED - prefetch_size!=0",
+                    )
+                    .unwrap();
                 } else {
                     s.send_method(ch, BasicQosOk {}).unwrap()
                 }
@@ -120,16 +144,24 @@ impl MiniBroker {
                 } else {
                     c.consumer_tag.clone()
                 };
-                self.consumers.push((c.queue.clone(), ch, tag.clone(), c.no_ack));
+                self.consumers
+                    .push((c.queue.clone(), ch, tag.clone(), c.no_ack));
                 if !c.nowait {
-                    s.send_method(ch, BasicConsumeOk { consumer_tag: tag }).unwrap();
+                    s.send_method(ch, BasicConsumeOk { consumer_tag: tag })
+                        .unwrap();
                 }
                 self.flush(s);
             }
             Method::BasicCancel(c) => {
                 self.consumers.retain(|x| x.2 != c.consumer_tag);
                 if !c.nowait {
-                    s.send_method(ch, BasicCancelOk { consumer_tag: c.consumer_tag.clone() }).unwrap();
+                    s.send_method(
+                        ch,
+                        BasicCancelOk {
+                            consumer_tag: c.consumer_tag.clone(),
+                        },
+                    )
+                    .unwrap();
                 }
             }
             Method::BasicAck(_) => self.acks_received += 1,
@@ -137,15 +169,24 @@ impl MiniBroker {
                 if f.active {
                     s.send_method(ch, ChannelFlowOk { active: true }).unwrap()
                 } else {
-                    s.refuse(ch, ReplyCode::NOT_IMPLEMENTED, "NOT_IMPLEMENTED - active=false").unwrap()
+                    s.refuse(
+                        ch,
+                        ReplyCode::NOT_IMPLEMENTED,
+                        "NOT_IMPLEMENTED - active=false",
+                    )
+                    .unwrap()
                 }
             }
-            Method::QueueDelete(q) if !q.nowait => {
-                s.send_method(ch, QueueDeleteOk { message_count: 0 }).unwrap()
+            Method::QueueDelete(q) if !q.nowait => s
+                .send_method(ch, QueueDeleteOk { message_count: 0 })
+                .unwrap(),
+            Method::ExchangeDeclare(e) if !e.nowait => {
+                s.send_method(ch, ExchangeDeclareOk {}).unwrap()
             }
-            Method::ExchangeDeclare(e) if !e.nowait => s.send_method(ch, ExchangeDeclareOk {}).unwrap(),
             Method::QueueBind(b) if !b.nowait => s.send_method(ch, QueueBindOk {}).unwrap(),
-            Method::ConnectionUpdateSecret(_) => s.send_method(0, ConnectionUpdateSecretOk {}).unwrap(),
+            Method::ConnectionUpdateSecret(_) => {
+                s.send_method(0, ConnectionUpdateSecretOk {}).unwrap()
+            }
             _ => {}
         }
     }
