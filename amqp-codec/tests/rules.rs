@@ -1,0 +1,336 @@
+//! Targeted protocol rules: each malformed or out-of-order input gets the
+//! reply code DESIGN.md states; limits hold.
+
+mod common;
+
+use amqp_codec::types::method::*;
+use amqp_codec::types::{BasicProperties, Method, ReplyCode};
+use amqp_codec::wire::Frame;
+use amqp_codec::{ClientConfig, CloseCause, Connection, Event, Initiator, Limits, ServerConfig};
+use bytes::{Bytes, BytesMut};
+use common::MiniBroker;
+use std::time::Instant;
+
+fn enc(frames: &[Frame]) -> Bytes {
+    let mut b = BytesMut::new();
+    for f in frames {
+        f.encode(&mut b).unwrap();
+    }
+    b.freeze()
+}
+
+/// A server with a hand-driven client: header, start-ok, tune-ok, open.
+fn open_server(cfg: ServerConfig, tune_ok: ConnectionTuneOk) -> (Connection, MiniBroker) {
+    let mut s = Connection::server(cfg, Instant::now());
+    let mut b = MiniBroker::default();
+    s.handle_input(Bytes::from_static(b"AMQP\x00\x00\x09\x01"));
+    s.handle_input(enc(&[Frame::method(
+        0,
+        ConnectionStartOk {
+            mechanism: "PLAIN".try_into().unwrap(),
+            response: "\0guest\0guest".into(),
+            ..Default::default()
+        },
+    )]));
+    b.handle(&mut s);
+    s.handle_input(enc(&[
+        Frame::method(0, tune_ok),
+        Frame::method(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".try_into().unwrap(),
+                ..Default::default()
+            },
+        ),
+    ]));
+    b.handle(&mut s);
+    (s, b)
+}
+
+fn tune(channel_max: u16, frame_max: u32) -> ConnectionTuneOk {
+    ConnectionTuneOk {
+        channel_max,
+        frame_max,
+        heartbeat: 0,
+    }
+}
+
+/// The close the server sent last: (channel, code, class, method).
+fn last_close(s: &mut Connection) -> Option<(u16, u16, u16, u16)> {
+    let mut out = BytesMut::new();
+    while let Some(b) = s.poll_transmit() {
+        out.extend_from_slice(&b);
+    }
+    let mut dec = amqp_codec::FrameDecoder::new();
+    dec.set_frame_max(0);
+    let mut out = out.freeze();
+    if out.starts_with(b"AMQP") {
+        out = out.slice(8..);
+    }
+    dec.push(out);
+    let mut last = None;
+    while let Ok(Some(amqp_codec::Decoded::Frame(f))) = dec.decode() {
+        match f.payload {
+            amqp_codec::wire::FramePayload::Method(Method::ConnectionClose(c)) => {
+                last = Some((0, c.reply_code, c.class_id, c.method_id))
+            }
+            amqp_codec::wire::FramePayload::Method(Method::ChannelClose(c)) => {
+                last = Some((f.channel, c.reply_code, c.class_id, c.method_id))
+            }
+            _ => {}
+        }
+    }
+    last
+}
+
+fn with_channel(cfg: ServerConfig) -> (Connection, MiniBroker) {
+    let (mut s, b) = open_server(cfg, tune(2047, 131_072));
+    assert!(s.is_open());
+    while s.poll_transmit().is_some() {}
+    s.handle_input(enc(&[Frame::method(1, ChannelOpen::default())]));
+    assert!(s.is_channel_open(1));
+    (s, b)
+}
+
+#[test]
+fn tune_ok_frame_max_below_4096_is_530() {
+    let (mut s, _) = open_server(ServerConfig::default(), tune(2047, 4095));
+    assert_eq!(last_close(&mut s), Some((0, 530, 10, 31)));
+    let (mut s, _) = open_server(ServerConfig::default(), tune(0, 131_072));
+    assert_eq!(
+        last_close(&mut s),
+        Some((0, 530, 10, 31)),
+        "channel_max 0 where a limit was offered"
+    );
+    let (mut s, _) = open_server(ServerConfig::default(), tune(2047, 0));
+    assert_eq!(
+        last_close(&mut s),
+        Some((0, 530, 10, 31)),
+        "frame_max 0 where a limit was offered"
+    );
+}
+
+#[test]
+fn channel_max_counts_open_channels() {
+    let (mut s, _) = open_server(ServerConfig::default(), tune(2, 131_072));
+    while s.poll_transmit().is_some() {}
+    s.handle_input(enc(&[
+        Frame::method(7, ChannelOpen::default()),
+        Frame::method(9, ChannelOpen::default()),
+    ]));
+    assert_eq!(s.channel_count(), 2);
+    s.handle_input(enc(&[Frame::method(9, ChannelClose::default())]));
+    s.handle_input(enc(&[Frame::method(3, ChannelOpen::default())]));
+    assert_eq!(s.channel_count(), 2, "a closed channel frees a slot");
+    s.handle_input(enc(&[Frame::method(4, ChannelOpen::default())]));
+    assert_eq!(last_close(&mut s), Some((0, 530, 20, 10)));
+}
+
+#[test]
+fn channel_faults_are_504() {
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[Frame::method(1, ChannelOpen::default())]));
+    assert_eq!(last_close(&mut s), Some((0, 504, 20, 10)));
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[Frame::method(5, QueueDeclare::default())]));
+    assert_eq!(last_close(&mut s), Some((0, 504, 50, 10)));
+}
+
+#[test]
+fn content_sequence_faults_are_505() {
+    let publish = Frame::method(1, BasicPublish::default());
+    let header = Frame::header(1, 10, BasicProperties::default());
+    let body = Frame::body(1, Bytes::from_static(b"0123456789"));
+    let cases: Vec<(Vec<Frame>, (u16, u16, u16, u16))> = vec![
+        (vec![header.clone()], (0, 505, 0, 0)),
+        (vec![publish.clone(), body.clone()], (0, 505, 60, 40)),
+        (
+            vec![publish.clone(), Frame::method(1, QueueDeclare::default())],
+            (0, 505, 50, 10),
+        ),
+        (
+            vec![
+                publish.clone(),
+                header.clone(),
+                Frame::method(1, BasicQos::default()),
+            ],
+            (0, 505, 60, 10),
+        ),
+        (
+            vec![Frame {
+                channel: 1,
+                payload: amqp_codec::wire::FramePayload::Heartbeat,
+            }],
+            (0, 505, 0, 0),
+        ),
+        (
+            vec![Frame::header(0, 1, BasicProperties::default())],
+            (0, 505, 0, 0),
+        ),
+    ];
+    for (frames, want) in cases {
+        let (mut s, _) = with_channel(ServerConfig::default());
+        s.handle_input(enc(&frames));
+        assert_eq!(last_close(&mut s), Some(want), "{frames:?}");
+    }
+}
+
+#[test]
+fn body_longer_than_header_is_501_at_once() {
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[
+        Frame::method(1, BasicPublish::default()),
+        Frame::header(1, 4, BasicProperties::default()),
+        Frame::body(1, Bytes::from_static(b"0123456789")),
+    ]));
+    assert_eq!(last_close(&mut s), Some((0, 501, 60, 40)));
+}
+
+#[test]
+fn oversized_message_is_406_on_the_channel_before_allocating() {
+    let limits = Limits {
+        max_message_size: 1000,
+        ..Default::default()
+    };
+    let (mut s, _) = with_channel(ServerConfig {
+        limits,
+        ..Default::default()
+    });
+    // A header announcing u64::MAX bytes: refused from the header alone.
+    s.handle_input(enc(&[
+        Frame::method(1, BasicPublish::default()),
+        Frame::header(1, u64::MAX, BasicProperties::default()),
+    ]));
+    assert_eq!(last_close(&mut s), Some((1, 406, 60, 40)));
+    assert_eq!(s.held_bytes(), 0);
+    // The channel is closing: body frames that follow are dropped, and the
+    // connection stays open.
+    s.handle_input(enc(&[Frame::body(1, Bytes::from_static(b"x"))]));
+    assert!(s.is_open());
+    s.handle_input(enc(&[Frame::method(1, ChannelCloseOk {})]));
+    assert!(!s.is_channel_open(1));
+}
+
+#[test]
+fn one_budget_per_connection() {
+    let limits = Limits {
+        connection_budget: 10_000,
+        ..Default::default()
+    };
+    let (mut s, _) = open_server(
+        ServerConfig {
+            limits,
+            ..Default::default()
+        },
+        tune(2047, 131_072),
+    );
+    let mut frames = vec![];
+    for ch in 1..=3u16 {
+        frames.push(Frame::method(ch, ChannelOpen::default()));
+        frames.push(Frame::method(ch, BasicPublish::default()));
+        frames.push(Frame::header(ch, 1_000_000, BasicProperties::default()));
+        frames.push(Frame::body(ch, Bytes::from(vec![0u8; 4000])));
+    }
+    s.handle_input(enc(&frames));
+    assert_eq!(last_close(&mut s), Some((0, 506, 0, 0)));
+}
+
+#[test]
+fn soft_error_closes_the_channel_and_drops_until_close_ok() {
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[Frame::method(
+        1,
+        BasicAck {
+            delivery_tag: 42,
+            multiple: false,
+        },
+    )]));
+    while s.poll_event().is_some() {}
+    s.refuse(
+        1,
+        ReplyCode::PRECONDITION_FAILED,
+        "PRECONDITION_FAILED - unknown delivery tag 42",
+    )
+    .unwrap();
+    assert_eq!(last_close(&mut s), Some((1, 406, 60, 80)));
+    // Dropped while closing; a close from the peer is still answered.
+    s.handle_input(enc(&[
+        Frame::method(1, QueueDeclare::default()),
+        Frame::method(1, ChannelClose::default()),
+    ]));
+    assert!(s.poll_event().is_none());
+    assert!(s.poll_transmit().is_some(), "close-ok answered");
+    s.handle_input(enc(&[Frame::method(1, ChannelCloseOk {})]));
+    assert!(matches!(
+        s.poll_event(),
+        Some(Event::ChannelClosed {
+            channel: 1,
+            initiator: Initiator::Local,
+            ..
+        })
+    ));
+    assert!(s.is_open());
+}
+
+#[test]
+fn bad_protocol_header_is_answered_with_ours() {
+    let mut s = Connection::server(ServerConfig::default(), Instant::now());
+    s.handle_input(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(&s.poll_transmit().unwrap()[..], b"AMQP\x00\x00\x09\x01");
+    assert!(s.is_closed());
+}
+
+#[test]
+fn auth_failure_close_only_with_the_capability() {
+    for cap in [true, false] {
+        let mut s = Connection::server(ServerConfig::default(), Instant::now());
+        let mut b = MiniBroker::default();
+        let mut props = amqp_codec::types::FieldTable::new();
+        let caps = amqp_codec::Capabilities {
+            authentication_failure_close: cap,
+            ..Default::default()
+        };
+        props.insert("capabilities", caps.to_table());
+        s.handle_input(Bytes::from_static(b"AMQP\x00\x00\x09\x01"));
+        s.handle_input(enc(&[Frame::method(
+            0,
+            ConnectionStartOk {
+                client_properties: props,
+                mechanism: "PLAIN".try_into().unwrap(),
+                response: "\0guest\0wrong".into(),
+                ..Default::default()
+            },
+        )]));
+        while s.poll_transmit().is_some() {}
+        b.handle(&mut s);
+        if cap {
+            assert_eq!(last_close(&mut s), Some((0, 403, 0, 0)));
+        } else {
+            assert_eq!(last_close(&mut s), None);
+            assert!(s.is_closed());
+        }
+    }
+}
+
+#[test]
+fn client_refuses_a_server_frame_max_below_4096() {
+    let mut c = Connection::client(ClientConfig::default(), Instant::now());
+    c.handle_input(enc(&[Frame::method(
+        0,
+        ConnectionStart {
+            version_minor: 9,
+            mechanisms: "PLAIN".into(),
+            ..Default::default()
+        },
+    )]));
+    c.handle_input(enc(&[Frame::method(
+        0,
+        ConnectionTune {
+            channel_max: 0,
+            frame_max: 512,
+            heartbeat: 0,
+        },
+    )]));
+    assert_eq!(last_close(&mut c), Some((0, 530, 10, 30)));
+    let _ = CloseCause::TransportClosed;
+}
