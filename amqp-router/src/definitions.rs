@@ -222,9 +222,15 @@ pub fn json_to_value(v: &Value) -> FieldValue {
         let top = stack.last_mut().expect("non-empty");
         let next: Option<(Option<ShortString>, &Value)> = match top {
             Frame::Array(it, _) => it.next().map(|v| (None, v)),
-            Frame::Table(it, _, _) => it
-                .next()
-                .map(|(k, v)| (Some(ShortString::from_bytes(&k.as_bytes()[..k.len().min(255)]).unwrap_or_default()), v)),
+            Frame::Table(it, _, _) => it.next().map(|(k, v)| {
+                (
+                    Some(
+                        ShortString::from_bytes(&k.as_bytes()[..k.len().min(255)])
+                            .unwrap_or_default(),
+                    ),
+                    v,
+                )
+            }),
         };
         let done: FieldValue = match next {
             Some((key, child)) => {
@@ -265,8 +271,12 @@ pub fn value_to_json(v: &FieldValue) -> Value {
         FieldValue::Bool(b) => Value::Bool(*b),
         FieldValue::F32(f) => num(f64::from(*f)),
         FieldValue::F64(f) => num(*f),
-        FieldValue::Decimal(Decimal { scale, value }) => num(f64::from(*value) / 10f64.powi(i32::from(*scale))),
-        FieldValue::LongString(s) | FieldValue::ByteArray(s) => Value::String(s.to_string_lossy().into_owned()),
+        FieldValue::Decimal(Decimal { scale, value }) => {
+            num(f64::from(*value) / 10f64.powi(i32::from(*scale)))
+        }
+        FieldValue::LongString(s) | FieldValue::ByteArray(s) => {
+            Value::String(s.to_string_lossy().into_owned())
+        }
         FieldValue::Void => Value::Null,
         FieldValue::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
         FieldValue::Table(t) => Value::Object(table_to_json(t)),
@@ -300,7 +310,8 @@ fn in_vhost(item: &Option<String>, vhost: &str) -> bool {
 }
 
 fn name(s: &str, what: &str) -> Result<ShortString, DefinitionsError> {
-    ShortString::try_from(s).map_err(|_| invalid(format!("{what} name longer than 255 bytes: {s:?}")))
+    ShortString::try_from(s)
+        .map_err(|_| invalid(format!("{what} name longer than 255 bytes: {s:?}")))
 }
 
 impl Topology {
@@ -334,7 +345,11 @@ impl Topology {
     /// gives each queue its handle. Existing exchanges (the built-ins) are
     /// kept as they are; policies with `alternate-exchange` are applied to
     /// the exchanges they match (highest priority wins, as RabbitMQ).
-    pub fn to_router<Q>(&self, vhost: &str, make: impl FnMut(&ShortString) -> Q) -> Result<Router<Q>, DefinitionsError> {
+    pub fn to_router<Q>(
+        &self,
+        vhost: &str,
+        make: impl FnMut(&ShortString) -> Q,
+    ) -> Result<Router<Q>, DefinitionsError> {
         Ok(self.load(vhost, make)?.router)
     }
 
@@ -342,7 +357,11 @@ impl Topology {
     /// out because an end is missing. RabbitMQ's own export leaves internal
     /// exchanges out but keeps the bindings that lead to them, so a real
     /// export can have such dangling bindings.
-    pub fn load<Q>(&self, vhost: &str, mut make: impl FnMut(&ShortString) -> Q) -> Result<Loaded<Q>, DefinitionsError> {
+    pub fn load<Q>(
+        &self,
+        vhost: &str,
+        mut make: impl FnMut(&ShortString) -> Q,
+    ) -> Result<Loaded<Q>, DefinitionsError> {
         let mut skipped = Vec::new();
         let mut r = Router::new(vhost);
         for x in self.exchanges.iter().filter(|x| in_vhost(&x.vhost, vhost)) {
@@ -350,10 +369,20 @@ impl Topology {
             if n.is_empty() || r.exchange(&n).is_some() {
                 continue;
             }
-            let kind = r
-                .kind(x.kind.as_bytes())
-                .ok_or_else(|| invalid(format!("exchange '{}' has unknown type '{}'", x.name, x.kind)))?;
-            r.insert_exchange(n, kind, x.durable, x.auto_delete, x.internal, json_to_table(&x.arguments));
+            let kind = r.kind(x.kind.as_bytes()).ok_or_else(|| {
+                invalid(format!(
+                    "exchange '{}' has unknown type '{}'",
+                    x.name, x.kind
+                ))
+            })?;
+            r.insert_exchange(
+                n,
+                kind,
+                x.durable,
+                x.auto_delete,
+                x.internal,
+                json_to_table(&x.arguments),
+            );
         }
         for q in self.queues.iter().filter(|q| in_vhost(&q.vhost, vhost)) {
             let n = name(&q.name, "queue")?;
@@ -375,8 +404,14 @@ impl Topology {
         for b in self.bindings.iter().filter(|b| in_vhost(&b.vhost, vhost)) {
             let source = r.exchange_names.get(b.source.as_bytes()).copied();
             let dest = match b.destination_type.as_str() {
-                "queue" => r.queue_names.get(b.destination.as_bytes()).map(|&q| Dest::Queue(q)),
-                "exchange" => r.exchange_names.get(b.destination.as_bytes()).map(|&x| Dest::Exchange(x)),
+                "queue" => r
+                    .queue_names
+                    .get(b.destination.as_bytes())
+                    .map(|&q| Dest::Queue(q)),
+                "exchange" => r
+                    .exchange_names
+                    .get(b.destination.as_bytes())
+                    .map(|&x| Dest::Exchange(x)),
                 other => return Err(invalid(format!("binding destination_type '{other}'"))),
             };
             let (Some(source), Some(dest)) = (source, dest) else {
@@ -390,7 +425,12 @@ impl Topology {
                     crate::Kind::Custom(t) => t.validate_binding(b.routing_key.as_bytes(), &args),
                     _ => Ok(()),
                 };
-                valid.map_err(|e| invalid(format!("binding from '{}' to '{}': {e}", b.source, b.destination)))?;
+                valid.map_err(|e| {
+                    invalid(format!(
+                        "binding from '{}' to '{}': {e}",
+                        b.source, b.destination
+                    ))
+                })?;
             }
             let key = name(&b.routing_key, "routing key")?;
             let args = headers::sort_table(&args);
@@ -405,8 +445,9 @@ impl Topology {
             if !matches!(p.apply_to.as_str(), "exchanges" | "all") {
                 continue;
             }
-            let re = regex::Regex::new(&p.pattern)
-                .map_err(|e| invalid(format!("policy '{}' pattern {:?}: {e}", p.name, p.pattern)))?;
+            let re = regex::Regex::new(&p.pattern).map_err(|e| {
+                invalid(format!("policy '{}' pattern {:?}: {e}", p.name, p.pattern))
+            })?;
             compiled.push((p, re));
         }
         compiled.sort_by_key(|(p, _)| std::cmp::Reverse(p.priority));
@@ -447,7 +488,10 @@ impl Topology {
             });
             if let Some(ae) = x.policy_alternate_exchange() {
                 let mut definition = Map::new();
-                definition.insert("alternate-exchange".into(), Value::String(ae.to_string_lossy().into_owned()));
+                definition.insert(
+                    "alternate-exchange".into(),
+                    Value::String(ae.to_string_lossy().into_owned()),
+                );
                 t.policies.push(PolicyDef {
                     vhost: vhost.clone(),
                     name: format!("ae-{}", x.name()),
@@ -471,7 +515,11 @@ impl Topology {
         }
         let mut bindings: Vec<_> = router.bindings().collect();
         bindings.sort_by(|a, b| {
-            (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key))
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
         });
         for b in bindings {
             t.bindings.push(BindingDef {

@@ -100,14 +100,28 @@ pub fn value_eq(a: &FieldValue, b: &FieldValue) -> bool {
     }
     match (a, b) {
         (V::F32(_) | V::F64(_), V::F32(_) | V::F64(_)) => as_float(a) == as_float(b),
-        (V::F32(_) | V::F64(_), _) => b.as_integer().is_some_and(|i| int_eq_float(i, as_float(a).unwrap_or(f64::NAN))),
-        (_, V::F32(_) | V::F64(_)) => a.as_integer().is_some_and(|i| int_eq_float(i, as_float(b).unwrap_or(f64::NAN))),
+        (V::F32(_) | V::F64(_), _) => b
+            .as_integer()
+            .is_some_and(|i| int_eq_float(i, as_float(a).unwrap_or(f64::NAN))),
+        (_, V::F32(_) | V::F64(_)) => a
+            .as_integer()
+            .is_some_and(|i| int_eq_float(i, as_float(b).unwrap_or(f64::NAN))),
         (V::LongString(x) | V::ByteArray(x), V::LongString(y) | V::ByteArray(y)) => x == y,
         (V::Bool(x), V::Bool(y)) => x == y,
         (V::Decimal(x), V::Decimal(y)) => x == y,
         (V::Void, V::Void) => true,
-        (V::Array(x), V::Array(y)) => nested_seq_eq(x.as_slice().iter().map(|v| (None, v)), y.as_slice().iter().map(|v| (None, v)), x.len(), y.len()),
-        (V::Table(x), V::Table(y)) => nested_seq_eq(x.iter().map(|(k, v)| (Some(k), v)), y.iter().map(|(k, v)| (Some(k), v)), x.len(), y.len()),
+        (V::Array(x), V::Array(y)) => nested_seq_eq(
+            x.as_slice().iter().map(|v| (None, v)),
+            y.as_slice().iter().map(|v| (None, v)),
+            x.len(),
+            y.len(),
+        ),
+        (V::Table(x), V::Table(y)) => nested_seq_eq(
+            x.iter().map(|(k, v)| (Some(k), v)),
+            y.iter().map(|(k, v)| (Some(k), v)),
+            x.len(),
+            y.len(),
+        ),
         (V::Array(x), V::Table(y)) => x.is_empty() && y.is_empty(),
         (V::Table(x), V::Array(y)) => x.is_empty() && y.is_empty(),
         _ => false,
@@ -120,7 +134,9 @@ fn nested_seq_eq<'a>(
     lx: usize,
     ly: usize,
 ) -> bool {
-    lx == ly && x.zip(y).all(|((ka, a), (kb, b))| ka == kb && nested_eq(a, b))
+    lx == ly
+        && x.zip(y)
+            .all(|((ka, a), (kb, b))| ka == kb && nested_eq(a, b))
 }
 
 /// Equality of typed values inside arrays and nested tables (`{Type,
@@ -191,7 +207,7 @@ pub(crate) fn matches<'a>(
             p.next();
             continue;
         }
-        let Some(&&(ref dk, ref dv)) = data.peek() else {
+        let Some(&(dk, dv)) = data.peek() else {
             // No more data, but still bindings: false with all.
             return if kind.is_all() { false } else { any };
         };
@@ -224,14 +240,26 @@ mod tests {
     fn top_level_by_value() {
         assert!(value_eq(&FieldValue::I8(1), &FieldValue::F64(1.0)));
         assert!(value_eq(&FieldValue::Timestamp(1), &FieldValue::U8(1)));
-        assert!(!value_eq(&FieldValue::I64((1 << 53) + 1), &FieldValue::F64((1u64 << 53) as f64)));
+        assert!(!value_eq(
+            &FieldValue::I64((1 << 53) + 1),
+            &FieldValue::F64((1u64 << 53) as f64)
+        ));
         assert!(value_eq(&FieldValue::F64(0.0), &FieldValue::F64(-0.0)));
         assert!(!value_eq(&FieldValue::Bool(true), &FieldValue::I8(1)));
-        assert!(value_eq(&FieldValue::Array(FieldArray::new()), &FieldValue::Table(FieldTable::new())));
+        assert!(value_eq(
+            &FieldValue::Array(FieldArray::new()),
+            &FieldValue::Table(FieldTable::new())
+        ));
         let a: FieldArray = vec![FieldValue::I32(1)].into();
         let b: FieldArray = vec![FieldValue::I64(1)].into();
-        assert!(!value_eq(&FieldValue::Array(a.clone()), &FieldValue::Array(b)));
-        assert!(value_eq(&FieldValue::Array(a.clone()), &FieldValue::Array(a)));
+        assert!(!value_eq(
+            &FieldValue::Array(a.clone()),
+            &FieldValue::Array(b)
+        ));
+        assert!(value_eq(
+            &FieldValue::Array(a.clone()),
+            &FieldValue::Array(a)
+        ));
     }
 
     #[test]

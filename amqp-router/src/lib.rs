@@ -858,7 +858,11 @@ impl<Q> Router<Q> {
     fn binding_info(&self, b: &BindingRec) -> BindingInfo {
         let (destination, destination_kind) = self.dest_name(b.dest);
         BindingInfo {
-            source: self.exchanges.get(b.source).map(|x| x.name.clone()).unwrap_or_default(),
+            source: self
+                .exchanges
+                .get(b.source)
+                .map(|x| x.name.clone())
+                .unwrap_or_default(),
             destination,
             destination_kind,
             routing_key: b.key.clone(),
@@ -869,11 +873,17 @@ impl<Q> Router<Q> {
     fn dest_name(&self, d: Dest) -> (ShortString, DestinationKind) {
         match d {
             Dest::Queue(q) => (
-                self.queues.get(q).map(|q| q.name.clone()).unwrap_or_default(),
+                self.queues
+                    .get(q)
+                    .map(|q| q.name.clone())
+                    .unwrap_or_default(),
                 DestinationKind::Queue,
             ),
             Dest::Exchange(x) => (
-                self.exchanges.get(x).map(|x| x.name.clone()).unwrap_or_default(),
+                self.exchanges
+                    .get(x)
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default(),
                 DestinationKind::Exchange,
             ),
         }
@@ -975,8 +985,8 @@ impl<Q> Router<Q> {
                     ids,
                 ));
             }
-            if let Some(v) = d.arguments.get("alternate-exchange") {
-                if !matches!(v, FieldValue::LongString(_)) {
+            if let Some(v) = d.arguments.get("alternate-exchange")
+                && !matches!(v, FieldValue::LongString(_)) {
                     return Err(refuse(
                         ReplyCode::PRECONDITION_FAILED,
                         format!(
@@ -987,7 +997,6 @@ impl<Q> Router<Q> {
                         ids,
                     ));
                 }
-            }
             let name = short(&name, "exchange", ids)?;
             self.insert_exchange(
                 name,
@@ -1065,7 +1074,11 @@ impl<Q> Router<Q> {
     /// `if_unused` refuses (406) an exchange that is the source of a
     /// binding. Removes the exchange, its bindings both ways, and auto-delete
     /// exchanges that thereby lost their last binding as source, cascading.
-    pub fn delete_exchange(&mut self, name: &[u8], if_unused: bool) -> Result<Removed<Q>, ProtocolError> {
+    pub fn delete_exchange(
+        &mut self,
+        name: &[u8],
+        if_unused: bool,
+    ) -> Result<Removed<Q>, ProtocolError> {
         let ids = m::EXCHANGE_DELETE;
         let name = strip_cr_lf(name);
         if name.is_empty() {
@@ -1074,7 +1087,10 @@ impl<Q> Router<Q> {
         if name.starts_with(b"amq.") {
             return Err(refuse(
                 ReplyCode::ACCESS_REFUSED,
-                format!("deletion of system {} not allowed", self.rs("exchange", &name)),
+                format!(
+                    "deletion of system {} not allowed",
+                    self.rs("exchange", &name)
+                ),
                 ids,
             ));
         }
@@ -1105,11 +1121,10 @@ impl<Q> Router<Q> {
         ids.sort_unstable();
         ids.dedup();
         for b in ids {
-            if let Some(src) = self.remove_binding(b, removed) {
-                if src != xid {
+            if let Some(src) = self.remove_binding(b, removed)
+                && src != xid {
                     work.push(src);
                 }
-            }
         }
         if let Some(x) = self.exchanges.remove(xid) {
             self.exchange_names.remove(&x.name);
@@ -1333,7 +1348,10 @@ impl<Q> Router<Q> {
         self.binding_ids
             .find(h, |&b| {
                 self.bindings.get(b).is_some_and(|r| {
-                    r.source == source && r.dest == dest && r.key.as_bytes() == key && r.args == *args
+                    r.source == source
+                        && r.dest == dest
+                        && r.key.as_bytes() == key
+                        && r.args == *args
                 })
             })
             .copied()
@@ -1371,14 +1389,17 @@ impl<Q> Router<Q> {
         }
     }
 
-    fn check_exclusive(&self, d: Dest, owner: OwnerId, ids: (u16, u16)) -> Result<(), ProtocolError> {
-        if let Dest::Queue(q) = d {
-            if let Some(q) = self.queues.get(q) {
-                if q.exclusive_owner.is_some_and(|o| o != owner) {
+    fn check_exclusive(
+        &self,
+        d: Dest,
+        owner: OwnerId,
+        ids: (u16, u16),
+    ) -> Result<(), ProtocolError> {
+        if let Dest::Queue(q) = d
+            && let Some(q) = self.queues.get(q)
+                && q.exclusive_owner.is_some_and(|o| o != owner) {
                     return Err(self.locked(&q.name, ids));
                 }
-            }
-        }
         Ok(())
     }
 
@@ -1409,11 +1430,19 @@ impl<Q> Router<Q> {
         self.unbind(b, DestinationKind::Exchange, m::EXCHANGE_UNBIND)
     }
 
-    fn bind(&mut self, b: &Bind<'_>, kind: DestinationKind, ids: (u16, u16)) -> Result<bool, ProtocolError> {
+    fn bind(
+        &mut self,
+        b: &Bind<'_>,
+        kind: DestinationKind,
+        ids: (u16, u16),
+    ) -> Result<bool, ProtocolError> {
         let Some((source, dest)) = self.resolve(b, kind, ids, false)? else {
             return Ok(false);
         };
-        let x = self.exchanges.get(source).ok_or_else(|| self.not_found("exchange", b.source, ids))?;
+        let x = self
+            .exchanges
+            .get(source)
+            .ok_or_else(|| self.not_found("exchange", b.source, ids))?;
         let valid = match &x.kind {
             Kind::Headers => headers::validate_binding(b.arguments),
             Kind::Custom(t) => t.validate_binding(b.routing_key, b.arguments),
@@ -1432,7 +1461,13 @@ impl<Q> Router<Q> {
         Ok(true)
     }
 
-    pub(crate) fn add_binding(&mut self, source: u32, dest: Dest, key: ShortString, args: FieldTable) -> u32 {
+    pub(crate) fn add_binding(
+        &mut self,
+        source: u32,
+        dest: Dest,
+        key: ShortString,
+        args: FieldTable,
+    ) -> u32 {
         let h = self.identity_hash(source, dest, &key, &args);
         let xmatch = XMatch::of(&args);
         let src_pos = self.exchanges.get(source).map_or(0, |x| x.out.len() as u32);
@@ -1490,7 +1525,12 @@ impl<Q> Router<Q> {
         id
     }
 
-    fn unbind(&mut self, b: &Bind<'_>, kind: DestinationKind, ids: (u16, u16)) -> Result<Removed<Q>, ProtocolError> {
+    fn unbind(
+        &mut self,
+        b: &Bind<'_>,
+        kind: DestinationKind,
+        ids: (u16, u16),
+    ) -> Result<Removed<Q>, ProtocolError> {
         let mut removed = Removed::default();
         let Some((source, dest)) = self.resolve(b, kind, ids, true)? else {
             return Ok(removed);
@@ -1516,11 +1556,10 @@ impl<Q> Router<Q> {
         if let Some(x) = self.exchanges.get_mut(rec.source) {
             let pos = rec.src_pos as usize;
             x.out.swap_remove(pos);
-            if let Some(&moved) = x.out.get(pos) {
-                if let Some(m) = self.bindings.get_mut(moved) {
+            if let Some(&moved) = x.out.get(pos)
+                && let Some(m) = self.bindings.get_mut(moved) {
                     m.src_pos = pos as u32;
                 }
-            }
             let x = self.exchanges.get_mut(rec.source).expect("exists");
             match &mut x.index {
                 Index::Direct(map) => {
@@ -1544,11 +1583,10 @@ impl<Q> Router<Q> {
         };
         if let Some(list) = list {
             list.swap_remove(pos);
-            if let Some(&moved) = list.get(pos) {
-                if let Some(m) = self.bindings.get_mut(moved) {
+            if let Some(&moved) = list.get(pos)
+                && let Some(m) = self.bindings.get_mut(moved) {
                     m.dst_pos = pos as u32;
                 }
-            }
         }
         self.bindings.remove(id);
         Some(rec.source)

@@ -215,7 +215,13 @@ impl<Q> Router<Q> {
                 m::BASIC_PUBLISH,
             ));
         }
-        let mut r = self.route_observed(p.exchange, p.routing_key, p.headers, scratch, &mut NoObserver)?;
+        let mut r = self.route_observed(
+            p.exchange,
+            p.routing_key,
+            p.headers,
+            scratch,
+            &mut NoObserver,
+        )?;
         r.mandatory = p.mandatory;
         Ok(r)
     }
@@ -252,11 +258,17 @@ impl<Q> Router<Q> {
             let Some(&x) = self.exchange_names.get(exchange) else {
                 return Err(self.not_found("exchange", exchange, m::BASIC_PUBLISH));
             };
-            let ex = self.exchanges.get(x).ok_or_else(|| self.not_found("exchange", exchange, m::BASIC_PUBLISH))?;
+            let ex = self
+                .exchanges
+                .get(x)
+                .ok_or_else(|| self.not_found("exchange", exchange, m::BASIC_PUBLISH))?;
             if ex.internal {
                 return Err(refuse(
                     ReplyCode::ACCESS_REFUSED,
-                    format!("cannot publish to internal {}", self.rs("exchange", exchange)),
+                    format!(
+                        "cannot publish to internal {}",
+                        self.rs("exchange", exchange)
+                    ),
                     m::BASIC_PUBLISH,
                 ));
             }
@@ -291,7 +303,12 @@ impl<Q> Router<Q> {
         })
     }
 
-    fn walk<O: RouteObserver + ?Sized>(&self, msg: &Message<'_>, s: &mut RouteScratch, observer: &mut O) {
+    fn walk<O: RouteObserver + ?Sized>(
+        &self,
+        msg: &Message<'_>,
+        s: &mut RouteScratch,
+        observer: &mut O,
+    ) {
         while let Some(xid) = s.work.pop() {
             let Some(x) = self.exchanges.get(xid) else {
                 continue;
@@ -363,8 +380,12 @@ impl<Q> Router<Q> {
                 if !s.headers_sorted {
                     s.sorted_headers.clear();
                     s.sorted_headers.extend(0..data.len() as u32);
-                    s.sorted_headers
-                        .sort_by(|&a, &b| data[a as usize].0.as_bytes().cmp(data[b as usize].0.as_bytes()));
+                    s.sorted_headers.sort_by(|&a, &b| {
+                        data[a as usize]
+                            .0
+                            .as_bytes()
+                            .cmp(data[b as usize].0.as_bytes())
+                    });
                     s.headers_sorted = true;
                 }
                 for &b in &x.out {

@@ -146,7 +146,11 @@ impl Trie {
                 hash: NONE,
                 children: 0,
                 first: NONE,
-                word: if edge == Edge::Word { w.into() } else { Box::default() },
+                word: if edge == Edge::Word {
+                    w.into()
+                } else {
+                    Box::default()
+                },
             });
             self.nodes[at as usize].children += 1;
             match edge {
@@ -308,7 +312,10 @@ mod tests {
     #[test]
     fn wildcards() {
         let mut t = Trie::default();
-        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"].iter().enumerate() {
+        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"]
+            .iter()
+            .enumerate()
+        {
             t.insert(p.as_bytes(), i as u32);
         }
         assert_eq!(m(&t, ""), vec![2, 3]);
@@ -316,7 +323,10 @@ mod tests {
         assert_eq!(m(&t, "a.b"), vec![0, 1, 2, 5, 7]);
         assert_eq!(m(&t, "a..c"), vec![1, 2, 6]);
         assert_eq!(m(&t, "."), vec![2, 7]);
-        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"].iter().enumerate() {
+        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"]
+            .iter()
+            .enumerate()
+        {
             t.remove(p.as_bytes(), i as u32);
         }
         assert!(t.is_empty());

@@ -36,7 +36,10 @@ fn value() -> impl Strategy<Value = FieldValue> {
         FieldValue::Bool(true),
         FieldValue::Bool(false),
         FieldValue::Decimal(Decimal { scale: 0, value: 1 }),
-        FieldValue::Decimal(Decimal { scale: 1, value: 10 }),
+        FieldValue::Decimal(Decimal {
+            scale: 1,
+            value: 10,
+        }),
         FieldValue::Void,
         FieldValue::Array(FieldArray::new()),
         FieldValue::Table(FieldTable::new()),
@@ -72,19 +75,17 @@ fn binding_args() -> impl Strategy<Value = FieldTable> {
     ]);
     (x_match, table(&["a", "b", "x-c"]), any::<bool>()).prop_map(|(m, t, first)| {
         let mut out = FieldTable::new();
-        if first {
-            if let Some(m) = &m {
+        if first
+            && let Some(m) = &m {
                 out.insert("x-match", m.clone());
             }
-        }
         for (k, v) in t.iter() {
             out.push(k.clone(), v.clone());
         }
-        if !first {
-            if let Some(m) = m {
+        if !first
+            && let Some(m) = m {
                 out.insert("x-match", m);
             }
-        }
         out
     })
 }
@@ -95,7 +96,9 @@ fn headers() -> impl Strategy<Value = Option<FieldTable>> {
         Some(FieldValue::Array(
             vec![FieldValue::LongString("a".into()), FieldValue::I32(1)].into(),
         )),
-        Some(FieldValue::Array(vec![FieldValue::LongString("q1".into())].into())),
+        Some(FieldValue::Array(
+            vec![FieldValue::LongString("q1".into())].into(),
+        )),
         Some(FieldValue::LongString("a".into())),
     ]);
     (table(&["a", "b", "x-c"]), cc, 0..4u8).prop_map(|(mut t, cc, pick)| match pick {
@@ -168,7 +171,11 @@ fn harness_detects_differences() {
     let op = Op::DeclareQueue { name: "q0".into() };
     naive.apply(&op).unwrap();
     let mut router: amqp_router::Router<String> = amqp_router::Router::new("/");
-    assert_eq!(naive::router_snapshot(&router), naive.snapshot(), "topology differs");
+    assert_eq!(
+        naive::router_snapshot(&router),
+        naive.snapshot(),
+        "topology differs"
+    );
     let _ = &mut router;
 }
 

@@ -30,7 +30,11 @@ fn corpus_dir() -> PathBuf {
             );
             dir
         }
-        None => Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/routing")).to_path_buf(),
+        None => Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/corpus/routing"
+        ))
+        .to_path_buf(),
     }
 }
 
@@ -45,7 +49,7 @@ fn case_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex string {s:?}");
+    assert!(s.len().is_multiple_of(2), "odd hex string {s:?}");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|_| panic!("bad hex {s:?}")))
@@ -120,7 +124,11 @@ fn b(step: &Value, key: &str) -> bool {
 }
 
 fn args(step: &Value, key: &str) -> FieldTable {
-    table(step[key].as_object().unwrap_or_else(|| panic!("step field {key} missing: {step}")))
+    table(
+        step[key]
+            .as_object()
+            .unwrap_or_else(|| panic!("step field {key} missing: {step}")),
+    )
 }
 
 /// What a step did, in the corpus's terms.
@@ -459,7 +467,8 @@ fn routing_corpus() {
     let expected_steps: usize = files
         .iter()
         .map(|f| {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(f).expect("read")).expect("json");
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(f).expect("read")).expect("json");
             v["steps"].as_array().map_or(0, Vec::len)
         })
         .sum();
@@ -472,7 +481,8 @@ fn routing_corpus() {
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read case");
-        let case: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let case: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let name = case["name"].as_str().unwrap_or("?").to_owned();
         let vhost = case["recorded_with"]["vhost"].as_str().unwrap_or("/");
         let mut model = Model::new(vhost);
@@ -486,18 +496,33 @@ fn routing_corpus() {
             let want = expected(step);
             let (ok, text_ok) = agrees(&got, &want);
             if !ok {
-                failures.push(format!("{name} step {i} ({}): got {got:?}, want {want:?}", step["op"]));
+                failures.push(format!(
+                    "{name} step {i} ({}): got {got:?}, want {want:?}",
+                    step["op"]
+                ));
             } else if !text_ok {
                 text_mismatches.push(format!("{name} step {i}: got {got:?}, want {want:?}"));
             }
         }
     }
-    println!("{cases} cases, {steps} steps ({publishes} publishes) from {}", dir.display());
+    println!(
+        "{cases} cases, {steps} steps ({publishes} publishes) from {}",
+        dir.display()
+    );
     for t in &text_mismatches {
         println!("reply text differs: {t}");
     }
-    assert_eq!((cases, steps), (expected_cases, expected_steps), "replayed counts differ from the files");
-    assert!(failures.is_empty(), "{} steps differ:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(
+        (cases, steps),
+        (expected_cases, expected_steps),
+        "replayed counts differ from the files"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} steps differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(
         text_mismatches.is_empty(),
         "{} reply texts differ (codes agree)",
@@ -518,7 +543,14 @@ fn set_but_missing_corpus_dir_is_a_failure() {
         .env("AMQP_ROUTING_CORPUS_CHILD", "1")
         .output()
         .expect("run child");
-    assert!(!out.status.success(), "a missing corpus directory must fail the test");
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "a missing corpus directory must fail the test"
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(all.contains("is not a directory"), "{all}");
 }

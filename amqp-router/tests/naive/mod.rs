@@ -340,7 +340,7 @@ impl Naive {
                         .map(|b| b.source.clone()),
                 );
                 self.bindings
-                    .retain(|b| !(!b.to_queue && b.dest == dest) && b.source != dest);
+                    .retain(|b| (b.to_queue || b.dest != dest) && b.source != dest);
             }
         }
     }
@@ -544,14 +544,12 @@ impl Naive {
                         todo.push(b.dest.clone());
                     }
                 }
-                if !matched {
-                    if let Some(ae) = &x.ae {
-                        if !ae.is_empty() && self.exchange(ae).is_some() && !visited.contains(ae) {
+                if !matched
+                    && let Some(ae) = &x.ae
+                        && !ae.is_empty() && self.exchange(ae).is_some() && !visited.contains(ae) {
                             visited.push(ae.clone());
                             todo.push(ae.clone());
                         }
-                    }
-                }
             }
         }
         out.sort();

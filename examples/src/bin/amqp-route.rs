@@ -17,7 +17,10 @@
 
 use amqp_router::definitions::{Topology, erlang_term};
 use amqp_router::types::{Decimal, FieldTable, FieldValue, ShortString};
-use amqp_router::{AlternateOutcome, BindingId, BindingInfo, DestinationKind, Exchange, RouteObserver, RouteScratch};
+use amqp_router::{
+    AlternateOutcome, BindingId, BindingInfo, DestinationKind, Exchange, RouteObserver,
+    RouteScratch,
+};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
@@ -33,7 +36,8 @@ struct Args {
 
 fn parse_value(letter: &str, text: &str) -> Result<FieldValue, String> {
     fn num<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
-        text.parse().map_err(|_| format!("{text:?} is not a valid {what}"))
+        text.parse()
+            .map_err(|_| format!("{text:?} is not a valid {what}"))
     }
     Ok(match letter {
         "S" => FieldValue::LongString(text.into()),
@@ -52,7 +56,8 @@ fn parse_value(letter: &str, text: &str) -> Result<FieldValue, String> {
             let (int, frac) = text.split_once('.').unwrap_or((text, ""));
             let digits = format!("{int}{frac}");
             FieldValue::Decimal(Decimal {
-                scale: u8::try_from(frac.len()).map_err(|_| format!("{text:?} has too many decimals"))?,
+                scale: u8::try_from(frac.len())
+                    .map_err(|_| format!("{text:?} has too many decimals"))?,
                 value: num(&digits, "decimal (unsigned, e.g. 1.25)")?,
             })
         }
@@ -68,7 +73,11 @@ fn parse_value(letter: &str, text: &str) -> Result<FieldValue, String> {
         }
         "V" if text.is_empty() => FieldValue::Void,
         "V" => return Err("a void value (V) takes no value".into()),
-        other => return Err(format!("unknown type letter {other:?} (use one of S t b B s u I i l T f d D x V)")),
+        other => {
+            return Err(format!(
+                "unknown type letter {other:?} (use one of S t b B s u I i l T f d D x V)"
+            ));
+        }
     })
 }
 
@@ -77,7 +86,11 @@ fn parse_header(spec: &str) -> Result<(ShortString, FieldValue), String> {
     let (lhs, value) = match spec.split_once('=') {
         Some((l, v)) => (l, v),
         None if spec.ends_with(":V") => (spec, ""),
-        None => return Err(format!("bad header {spec:?}: expected key=value or key:T=value")),
+        None => {
+            return Err(format!(
+                "bad header {spec:?}: expected key=value or key:T=value"
+            ));
+        }
     };
     let (key, letter) = match lhs.rsplit_once(':') {
         Some((k, t)) if t.len() == 1 => (k, t),
@@ -86,13 +99,15 @@ fn parse_header(spec: &str) -> Result<(ShortString, FieldValue), String> {
     if key.is_empty() {
         return Err(format!("bad header {spec:?}: empty key"));
     }
-    let key = ShortString::try_from(key).map_err(|_| format!("bad header {spec:?}: key longer than 255 bytes"))?;
+    let key = ShortString::try_from(key)
+        .map_err(|_| format!("bad header {spec:?}: key longer than 255 bytes"))?;
     let value = parse_value(letter, value).map_err(|e| format!("bad header {spec:?}: {e}"))?;
     Ok((key, value))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut definitions, mut vhost, mut positional, mut headers) = (None, None, Vec::new(), None::<FieldTable>);
+    let (mut definitions, mut vhost, mut positional, mut headers) =
+        (None, None, Vec::new(), None::<FieldTable>);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--definitions" => definitions = Some(it.next().ok_or("--definitions needs a file")?),
@@ -108,10 +123,20 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     let definitions = definitions.ok_or("--definitions FILE is required")?;
-    let [exchange, routing_key]: [String; 2] = positional
-        .try_into()
-        .map_err(|p: Vec<String>| format!("expected EXCHANGE and ROUTING_KEY, got {} arguments", p.len()))?;
-    Ok(Args { definitions, vhost, exchange, routing_key, headers })
+    let [exchange, routing_key]: [String; 2] =
+        positional.try_into().map_err(|p: Vec<String>| {
+            format!(
+                "expected EXCHANGE and ROUTING_KEY, got {} arguments",
+                p.len()
+            )
+        })?;
+    Ok(Args {
+        definitions,
+        vhost,
+        exchange,
+        routing_key,
+        headers,
+    })
 }
 
 /// Writes the walk as it happens.
@@ -123,7 +148,11 @@ struct Explain {
 fn describe(b: &BindingInfo) -> String {
     let mut s = format!("binding '{}'", b.routing_key);
     if !b.arguments.is_empty() {
-        let args: Vec<String> = b.arguments.iter().map(|(k, v)| format!("{k}={}", erlang_term(v))).collect();
+        let args: Vec<String> = b
+            .arguments
+            .iter()
+            .map(|(k, v)| format!("{k}={}", erlang_term(v)))
+            .collect();
         let _ = write!(s, " {{{}}}", args.join(", "));
     }
     let kind = match b.destination_kind {
@@ -144,12 +173,21 @@ impl RouteObserver for Explain {
     fn alternate(&mut self, _from: &Exchange, ae: &[u8], outcome: AlternateOutcome) {
         let ae = String::from_utf8_lossy(ae);
         let _ = match outcome {
-            AlternateOutcome::Followed => writeln!(self.out, "  no binding matched: alternate exchange '{ae}' taken"),
+            AlternateOutcome::Followed => writeln!(
+                self.out,
+                "  no binding matched: alternate exchange '{ae}' taken"
+            ),
             AlternateOutcome::AlreadyVisited => {
-                writeln!(self.out, "  no binding matched: alternate exchange '{ae}' already visited")
+                writeln!(
+                    self.out,
+                    "  no binding matched: alternate exchange '{ae}' already visited"
+                )
             }
             AlternateOutcome::Missing => {
-                writeln!(self.out, "  no binding matched: alternate exchange '{ae}' does not exist")
+                writeln!(
+                    self.out,
+                    "  no binding matched: alternate exchange '{ae}' does not exist"
+                )
             }
         };
     }
@@ -167,7 +205,8 @@ impl RouteObserver for Explain {
 }
 
 fn run(args: Args) -> Result<String, String> {
-    let text = std::fs::read_to_string(&args.definitions).map_err(|e| format!("cannot read {}: {e}", args.definitions))?;
+    let text = std::fs::read_to_string(&args.definitions)
+        .map_err(|e| format!("cannot read {}: {e}", args.definitions))?;
     let topology = Topology::from_json(&text).map_err(|e| format!("{}: {e}", args.definitions))?;
     let vhost = match args.vhost {
         Some(v) => v,
@@ -182,7 +221,11 @@ fn run(args: Args) -> Result<String, String> {
     let router = loaded.router;
     let mut out = String::new();
     for b in &loaded.skipped {
-        let _ = writeln!(out, "note: binding {} -> {} '{}' left out (missing end)", b.source, b.destination_type, b.destination);
+        let _ = writeln!(
+            out,
+            "note: binding {} -> {} '{}' left out (missing end)",
+            b.source, b.destination_type, b.destination
+        );
     }
     let _ = writeln!(
         out,
@@ -212,7 +255,12 @@ fn run(args: Args) -> Result<String, String> {
         out.push_str("unroutable: the message reaches no queue (a mandatory publish is returned 312 NO_ROUTE)\n");
     } else {
         let names: Vec<&str> = queues.iter().map(|s| s.as_str()).collect();
-        let _ = writeln!(out, "routed to {} queue(s): {}", names.len(), names.join(", "));
+        let _ = writeln!(
+            out,
+            "routed to {} queue(s): {}",
+            names.len(),
+            names.join(", ")
+        );
     }
     Ok(out)
 }
