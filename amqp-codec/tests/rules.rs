@@ -141,7 +141,8 @@ fn content_sequence_faults_are_505() {
     let publish = Frame::method(1, BasicPublish::default());
     let header = Frame::header(1, 10, BasicProperties::default());
     let body = Frame::body(1, Bytes::from_static(b"0123456789"));
-    let cases: Vec<(Vec<Frame>, (u16, u16, u16, u16))> = vec![
+    type Close = (u16, u16, u16, u16);
+    let cases: Vec<(Vec<Frame>, Close)> = vec![
         (vec![header.clone()], (0, 505, 0, 0)),
         (vec![publish.clone(), body.clone()], (0, 505, 60, 40)),
         (
