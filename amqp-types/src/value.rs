@@ -72,6 +72,7 @@ pub enum FieldValue {
 
 impl FieldValue {
     /// The type letter this value has on the wire.
+    #[inline]
     pub const fn letter(&self) -> u8 {
         match self {
             FieldValue::Bool(_) => b't',
@@ -299,6 +300,7 @@ impl FieldTable {
     }
 
     /// Appends an entry, keeping any existing entry with the same key.
+    #[inline]
     pub fn push(&mut self, key: ShortString, value: FieldValue) {
         self.0.push((key, value));
     }
@@ -335,6 +337,7 @@ impl FieldTable {
     }
 
     /// The entries in wire order.
+    #[inline]
     pub fn iter(&self) -> std::slice::Iter<'_, (ShortString, FieldValue)> {
         self.0.iter()
     }
@@ -345,6 +348,7 @@ impl FieldTable {
     }
 
     /// The number of entries (duplicates included).
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -370,9 +374,20 @@ impl FieldTable {
     }
 }
 
-impl FieldValue {
-    fn is_container(&self) -> bool {
-        matches!(self, FieldValue::Table(_) | FieldValue::Array(_))
+/// How many levels of containers a plain recursive drop may go through: a
+/// value with no containers nested deeper than this below it is dropped
+/// recursively (bounded, no allocation); deeper ones use
+/// [`drop_iteratively`]. Real traffic (`x-death`: an array of tables) stays
+/// well inside it.
+const RECURSIVE_DROP_LEVELS: u32 = 4;
+
+/// Whether `v` is a container with containers nested more than `levels`
+/// deep inside it. Recursion is bounded by `levels`.
+fn nests_deeper(v: &FieldValue, levels: u32) -> bool {
+    match v {
+        FieldValue::Table(t) => levels == 0 || t.0.iter().any(|(_, v)| nests_deeper(v, levels - 1)),
+        FieldValue::Array(a) => levels == 0 || a.0.iter().any(|v| nests_deeper(v, levels - 1)),
+        _ => false,
     }
 }
 
@@ -389,9 +404,16 @@ fn drop_iteratively(mut stack: Vec<FieldValue>) {
     }
 }
 
+// Shallow values (the common case) are dropped recursively without
+// allocating: the recursion below a table or array that passes the check is
+// at most RECURSIVE_DROP_LEVELS deep, and each nested drop checks again.
 impl Drop for FieldTable {
     fn drop(&mut self) {
-        if self.0.iter().any(|(_, v)| v.is_container()) {
+        if self
+            .0
+            .iter()
+            .any(|(_, v)| nests_deeper(v, RECURSIVE_DROP_LEVELS))
+        {
             drop_iteratively(self.0.drain(..).map(|(_, v)| v).collect());
         }
     }
@@ -399,7 +421,11 @@ impl Drop for FieldTable {
 
 impl Drop for FieldArray {
     fn drop(&mut self) {
-        if self.0.iter().any(FieldValue::is_container) {
+        if self
+            .0
+            .iter()
+            .any(|v| nests_deeper(v, RECURSIVE_DROP_LEVELS))
+        {
             drop_iteratively(std::mem::take(&mut self.0));
         }
     }
@@ -414,6 +440,7 @@ impl fmt::Debug for FieldTable {
 }
 
 impl From<Vec<(ShortString, FieldValue)>> for FieldTable {
+    #[inline]
     fn from(v: Vec<(ShortString, FieldValue)>) -> Self {
         FieldTable(v)
     }
@@ -428,6 +455,7 @@ impl FromIterator<(ShortString, FieldValue)> for FieldTable {
 impl<'a> IntoIterator for &'a FieldTable {
     type Item = &'a (ShortString, FieldValue);
     type IntoIter = std::slice::Iter<'a, (ShortString, FieldValue)>;
+    #[inline]
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
@@ -436,6 +464,7 @@ impl<'a> IntoIterator for &'a FieldTable {
 impl IntoIterator for FieldTable {
     type Item = (ShortString, FieldValue);
     type IntoIter = std::vec::IntoIter<(ShortString, FieldValue)>;
+    #[inline]
     fn into_iter(self) -> Self::IntoIter {
         self.into_inner().into_iter()
     }
@@ -457,11 +486,13 @@ impl FieldArray {
     }
 
     /// The values in order.
+    #[inline]
     pub fn iter(&self) -> std::slice::Iter<'_, FieldValue> {
         self.0.iter()
     }
 
     /// The number of values.
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -494,6 +525,7 @@ impl fmt::Debug for FieldArray {
 }
 
 impl From<Vec<FieldValue>> for FieldArray {
+    #[inline]
     fn from(v: Vec<FieldValue>) -> Self {
         FieldArray(v)
     }
@@ -508,6 +540,7 @@ impl FromIterator<FieldValue> for FieldArray {
 impl<'a> IntoIterator for &'a FieldArray {
     type Item = &'a FieldValue;
     type IntoIter = std::slice::Iter<'a, FieldValue>;
+    #[inline]
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
