@@ -244,6 +244,17 @@ pub enum ErrorKind {
         /// What was expected and what came.
         what: String,
     },
+    /// A configured limit was exceeded (message size, buffered bytes,
+    /// channels, ...).
+    #[error("{what} of {size} exceeds the limit of {limit}")]
+    LimitExceeded {
+        /// What was too large or too many.
+        what: &'static str,
+        /// The size or count seen.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// Any other refusal, with RabbitMQ-style explanatory text (the router's
     /// and the embedder's semantic errors).
     #[error("{0}")]
@@ -312,6 +323,26 @@ impl ProtocolError {
     /// A soft error that closes channel `channel`.
     pub fn channel(channel: u16, code: ReplyCode, kind: ErrorKind) -> Self {
         Self::new(code, Scope::Channel, kind).on_channel(channel)
+    }
+
+    /// A refusal with explanatory text, scoped by its code: a soft code
+    /// closes channel `channel`, any other closes the connection.
+    ///
+    /// ```
+    /// use amqp_types::{ProtocolError, ReplyCode, Scope};
+    /// let e = ProtocolError::refused(2, ReplyCode::NOT_FOUND, "no queue 'q' in vhost '/'");
+    /// assert_eq!(e.scope(), Scope::Channel);
+    /// assert_eq!(e.to_string(), "NOT_FOUND - no queue 'q' in vhost '/'");
+    /// let e = ProtocolError::refused(2, ReplyCode::NOT_ALLOWED, "vhost 'x' not found");
+    /// assert_eq!(e.scope(), Scope::Connection);
+    /// ```
+    pub fn refused(channel: u16, code: ReplyCode, text: impl Into<String>) -> Self {
+        let scope = if code.is_hard() {
+            Scope::Connection
+        } else {
+            Scope::Channel
+        };
+        Self::new(code, scope, ErrorKind::Refused(text.into())).on_channel(channel)
     }
 
     /// A 501 FRAME_ERROR, connection scope.
