@@ -424,42 +424,68 @@ impl<'a, B: BufMut> Writer<'a, B> {
     }
 
     pub(crate) fn table(&mut self, t: &FieldTable) {
-        self.u32(table_len(t) as u32);
-        for (k, v) in t {
-            self.short_string(k);
-            self.value(v);
-        }
+        self.flush_bits();
+        put_table(self.buf, t);
     }
+}
 
-    fn value(&mut self, v: &FieldValue) {
-        self.u8(v.letter());
-        match v {
-            FieldValue::Bool(b) => self.u8(*b as u8),
-            FieldValue::I8(x) => self.u8(*x as u8),
-            FieldValue::U8(x) => self.u8(*x),
-            FieldValue::I16(x) => self.u16(*x as u16),
-            FieldValue::U16(x) => self.u16(*x),
-            FieldValue::I32(x) => self.u32(*x as u32),
-            FieldValue::U32(x) => self.u32(*x),
-            FieldValue::I64(x) => self.u64(*x as u64),
-            FieldValue::F32(x) => self.u32(x.to_bits()),
-            FieldValue::F64(x) => self.u64(x.to_bits()),
-            FieldValue::Decimal(d) => {
-                self.u8(d.scale);
-                self.u32(d.value);
-            }
-            FieldValue::LongString(s) | FieldValue::ByteArray(s) => self.long_bytes(s),
-            FieldValue::Array(a) => {
-                self.u32(array_len(a) as u32);
-                for v in a {
-                    self.value(v);
-                }
-            }
-            FieldValue::Timestamp(x) => self.u64(*x),
-            FieldValue::Table(t) => self.table(t),
-            // Refused by `Sizer` before anything is written.
-            _ => {}
+// Tables and arrays never hold bits, so they are written straight into the
+// buffer (no bit-packing checks per write), each scalar with its type letter
+// as one fixed-size slice.
+
+fn put_table<B: BufMut>(buf: &mut B, t: &FieldTable) {
+    buf.put_u32(table_len(t) as u32);
+    for (k, v) in t {
+        buf.put_u8(k.len() as u8);
+        buf.put_slice(k);
+        put_value(buf, v);
+    }
+}
+
+#[inline]
+fn put_tagged<B: BufMut, const N: usize>(buf: &mut B, letter: u8, bytes: [u8; N]) {
+    // N + 1 bytes as one slice: the letter, then the big-endian value.
+    let mut a = [0u8; 9];
+    a[0] = letter;
+    a[1..=N].copy_from_slice(&bytes);
+    buf.put_slice(&a[..=N]);
+}
+
+fn put_value<B: BufMut>(buf: &mut B, v: &FieldValue) {
+    let l = v.letter();
+    match v {
+        FieldValue::Bool(b) => put_tagged(buf, l, [*b as u8]),
+        FieldValue::I8(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::U8(x) => put_tagged(buf, l, [*x]),
+        FieldValue::I16(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::U16(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::I32(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::U32(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::I64(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::F32(x) => put_tagged(buf, l, x.to_bits().to_be_bytes()),
+        FieldValue::F64(x) => put_tagged(buf, l, x.to_bits().to_be_bytes()),
+        FieldValue::Decimal(d) => {
+            let [a, b, c, e] = d.value.to_be_bytes();
+            put_tagged(buf, l, [d.scale, a, b, c, e]);
         }
+        FieldValue::LongString(s) | FieldValue::ByteArray(s) => {
+            put_tagged(buf, l, (s.len() as u32).to_be_bytes());
+            buf.put_slice(s);
+        }
+        FieldValue::Array(a) => {
+            put_tagged(buf, l, (array_len(a) as u32).to_be_bytes());
+            for v in a {
+                put_value(buf, v);
+            }
+        }
+        FieldValue::Timestamp(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::Table(t) => {
+            buf.put_u8(l);
+            put_table(buf, t);
+        }
+        FieldValue::Void => buf.put_u8(l),
+        // Refused by `Sizer` before anything is written.
+        _ => {}
     }
 }
 
