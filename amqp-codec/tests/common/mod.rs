@@ -39,6 +39,10 @@ pub struct MiniBroker {
     pub next_tag: u64,
     pub acks_received: u64,
     pub published: u64,
+    /// (exchange, routing key, queue) from queue.bind; a publish to a named
+    /// exchange goes to the queues bound with its routing key (direct
+    /// semantics), a publish to "" to the queue its routing key names.
+    pub bindings: Vec<(ShortString, ShortString, ShortString)>,
     pub events: Vec<Event>,
 }
 
@@ -77,7 +81,17 @@ impl MiniBroker {
                     let Method::BasicPublish(p) = &message.method else {
                         panic!()
                     };
-                    self.parked.push((p.routing_key.clone(), message.clone()));
+                    if p.exchange.is_empty() {
+                        self.parked.push((p.routing_key.clone(), message.clone()));
+                    } else {
+                        for (_, _, q) in self
+                            .bindings
+                            .iter()
+                            .filter(|b| b.0 == p.exchange && b.1 == p.routing_key)
+                        {
+                            self.parked.push((q.clone(), message.clone()));
+                        }
+                    }
                     self.flush(s);
                 }
                 Event::ChannelClosed { channel, .. } => {
@@ -183,7 +197,24 @@ impl MiniBroker {
             Method::ExchangeDeclare(e) if !e.nowait => {
                 s.send_method(ch, ExchangeDeclareOk {}).unwrap()
             }
-            Method::QueueBind(b) if !b.nowait => s.send_method(ch, QueueBindOk {}).unwrap(),
+            Method::QueueBind(b) => {
+                self.bindings
+                    .push((b.exchange.clone(), b.routing_key.clone(), b.queue.clone()));
+                if !b.nowait {
+                    s.send_method(ch, QueueBindOk {}).unwrap()
+                }
+            }
+            Method::QueueUnbind(b) => {
+                self.bindings
+                    .retain(|x| !(x.0 == b.exchange && x.1 == b.routing_key && x.2 == b.queue));
+                s.send_method(ch, QueueUnbindOk {}).unwrap()
+            }
+            Method::ExchangeDelete(e) => {
+                self.bindings.retain(|x| x.0 != e.exchange);
+                if !e.nowait {
+                    s.send_method(ch, ExchangeDeleteOk {}).unwrap()
+                }
+            }
             Method::ConnectionUpdateSecret(_) => {
                 s.send_method(0, ConnectionUpdateSecretOk {}).unwrap()
             }
