@@ -26,6 +26,10 @@ struct Node {
     star: u32,
     hash: u32,
     children: u32,
+    /// Word-edge children.
+    word_children: u32,
+    /// The only word child, when known (else [`NONE`]: use the table).
+    single: u32,
     /// Head of this node's binding list (links live in [`Trie::links`]).
     first: u32,
     word: Box<[u8]>,
@@ -87,6 +91,8 @@ impl Default for Trie {
                 star: NONE,
                 hash: NONE,
                 children: 0,
+                word_children: 0,
+                single: NONE,
                 first: NONE,
                 word: Box::default(),
             }],
@@ -99,7 +105,16 @@ impl Default for Trie {
 }
 
 impl Trie {
+    #[inline]
     fn word_child(&self, parent: u32, word: &[u8], wh: u64) -> u32 {
+        let p = &self.nodes[parent as usize];
+        if p.word_children == 0 {
+            return NONE;
+        }
+        if p.single != NONE {
+            let c = &self.nodes[p.single as usize];
+            return if &*c.word == word { p.single } else { NONE };
+        }
         let nodes = &self.nodes;
         self.edges
             .find(mix(wh, parent), |&c| {
@@ -145,6 +160,8 @@ impl Trie {
                 star: NONE,
                 hash: NONE,
                 children: 0,
+                word_children: 0,
+                single: NONE,
                 first: NONE,
                 word: if edge == Edge::Word {
                     w.into()
@@ -157,6 +174,9 @@ impl Trie {
                 Edge::Star => self.nodes[at as usize].star = child,
                 Edge::Hash => self.nodes[at as usize].hash = child,
                 _ => {
+                    let p = &mut self.nodes[at as usize];
+                    p.single = if p.word_children == 0 { child } else { NONE };
+                    p.word_children += 1;
                     let h = mix(self.state.hash_one(w), at);
                     let nodes = &self.nodes;
                     let state = &self.state;
@@ -230,6 +250,10 @@ impl Trie {
                     if let Ok(entry) = self.edges.find_entry(h, |&c| c == n) {
                         entry.remove();
                     }
+                    let p = &mut self.nodes[parent as usize];
+                    p.word_children -= 1;
+                    // The remaining child, if one, is found through the table.
+                    p.single = NONE;
                 }
             }
             self.nodes[parent as usize].children -= 1;
