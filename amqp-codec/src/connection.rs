@@ -898,9 +898,21 @@ impl Connection {
     }
 
     /// Queues a heartbeat frame now (timers send them on their own).
-    pub fn send_heartbeat(&mut self) {
-        if self.phase != Phase::Closed {
-            self.put(&Frame::heartbeat());
+    ///
+    /// Only once the connection is tuned (tune-ok sent or received) and
+    /// not closed: before that a frame would precede the peer's protocol
+    /// header or the handshake.
+    pub fn send_heartbeat(&mut self) -> Result<(), CommandError> {
+        match self.phase {
+            Phase::AwaitOpenOk
+            | Phase::AwaitOpen
+            | Phase::OpeningVhost
+            | Phase::Open
+            | Phase::Closing => {
+                self.put(&Frame::heartbeat());
+                Ok(())
+            }
+            _ => Err(CommandError::NotOpen),
         }
     }
 

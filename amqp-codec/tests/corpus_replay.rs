@@ -207,10 +207,7 @@ impl Replay<'_> {
         };
         let ch = f.channel;
         let res = match f.payload {
-            FramePayload::Heartbeat => {
-                self.conn.send_heartbeat();
-                Ok(())
-            }
+            FramePayload::Heartbeat => self.conn.send_heartbeat().map_err(|e| e.to_string()),
             FramePayload::Method(m) if m.has_content() => {
                 // Gather the header and body records of the local stream.
                 let mut idx: Vec<usize> = (i + 1..self.recs.len())
