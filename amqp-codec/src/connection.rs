@@ -1514,7 +1514,7 @@ impl Connection {
         }
         match payload {
             FramePayload::Method(m) => self.on_channel_method(channel, ch, m),
-            FramePayload::Header(h) => self.on_header(channel, ch, h).map(|_| false),
+            FramePayload::Header(h) => self.on_header(channel, ch, unbox(h)).map(|_| false),
             FramePayload::Body(b) => self.on_body(channel, ch, b).map(|_| false),
             FramePayload::Heartbeat => Ok(false),
             _ => Ok(false),
@@ -1896,6 +1896,13 @@ impl Connection {
             .with_method(m.class_id(), m.method_id())),
         }
     }
+}
+
+/// The content header out of a header frame's payload, whether amqp-wire
+/// keeps it inline or boxed (no allocation when it is boxed).
+#[inline]
+fn unbox(h: impl Into<Box<ContentHeader>>) -> ContentHeader {
+    *h.into()
 }
 
 /// Client role: settles publish sequence numbers for an ack/nack.
