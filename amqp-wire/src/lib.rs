@@ -121,11 +121,15 @@ fn incomplete<T>(needed: u64) -> Parsed<T> {
     }
 }
 
-/// Reads the frame header: type, channel, payload size (nom, streaming).
-fn frame_header(input: &[u8]) -> nom::IResult<&[u8], (u8, u16, u32)> {
-    use nom::Parser;
-    use nom::number::streaming::{be_u8, be_u16, be_u32};
-    (be_u8, be_u16, be_u32).parse(input)
+/// Reads the 7-byte frame header: type, channel, payload size.
+#[inline(always)]
+fn frame_header(input: &[u8]) -> Option<(u8, u16, u32)> {
+    let h: &[u8; FRAME_HEADER_SIZE] = input.get(..FRAME_HEADER_SIZE)?.try_into().ok()?;
+    Some((
+        h[0],
+        u16::from_be_bytes([h[1], h[2]]),
+        u32::from_be_bytes([h[3], h[4], h[5], h[6]]),
+    ))
 }
 
 /// Parses one frame from the front of `input`.
@@ -142,13 +146,9 @@ fn frame_header(input: &[u8]) -> nom::IResult<&[u8], (u8, u16, u32)> {
 /// Errors carry the channel, the class/method ids when known, and the byte
 /// offset in `input` of the faulty byte.
 pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, ProtocolError> {
-    let (frame_type, channel, size) = match frame_header(input) {
-        Ok((_, h)) => h,
-        Err(nom::Err::Incomplete(_)) => {
-            // The smallest frame is the header plus the end octet.
-            return Ok(incomplete((FRAME_OVERHEAD - input.len()) as u64));
-        }
-        Err(_) => unreachable!("the frame header parser cannot fail on complete input"),
+    let Some((frame_type, channel, size)) = frame_header(input) else {
+        // The smallest frame is the header plus the end octet.
+        return Ok(incomplete((FRAME_OVERHEAD - input.len()) as u64));
     };
     if limits.frame_max != 0 && size > limits.frame_max {
         return Err(ProtocolError::frame_error(ErrorKind::FrameTooLarge {
@@ -182,12 +182,13 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
         );
     }
     let payload = match frame_type {
-        FRAME_METHOD => {
-            FramePayload::Method(decode_method_at(input, FRAME_HEADER_SIZE, end, channel)?)
-        }
-        FRAME_HEADER => {
-            FramePayload::Header(decode_header_at(input, FRAME_HEADER_SIZE, end, channel)?)
-        }
+        FRAME_METHOD => return decode_method_frame(input, FRAME_HEADER_SIZE, end, channel, total),
+        FRAME_HEADER => FramePayload::Header(Box::new(decode_header_at(
+            input,
+            FRAME_HEADER_SIZE,
+            end,
+            channel,
+        )?)),
         FRAME_BODY => FramePayload::Body(input.slice(FRAME_HEADER_SIZE..end)),
         _ => {
             if size != 0 {
@@ -204,69 +205,25 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
     })
 }
 
-fn fail_to_error(f: Fail, offset: usize) -> ProtocolError {
-    let kind = match f {
-        Fail::Truncated(what) => ErrorKind::Truncated { what },
-        Fail::Overrun {
-            what,
-            len,
-            available,
-        } => ErrorKind::LengthOverrun {
-            what,
-            len,
-            available,
-        },
-        Fail::UnknownType(letter) => ErrorKind::UnknownFieldType { letter },
-        Fail::TooDeep => ErrorKind::NestingTooDeep {
-            limit: amqp_types::MAX_NESTING_DEPTH,
-        },
-    };
-    ProtocolError::frame_error(kind).at_offset(offset as u64)
-}
-
-fn trailing(r: &Reader<'_>) -> Result<(), ProtocolError> {
-    match r.remaining() {
-        0 => Ok(()),
-        count => Err(
-            ProtocolError::frame_error(ErrorKind::TrailingBytes { count }).at_offset(r.pos as u64),
-        ),
-    }
-}
-
-fn decode_method_at(
+/// Decodes a method payload (`start..end` of `buf`) into the whole parse
+/// result.
+#[inline]
+fn decode_method_frame(
     buf: &Bytes,
     start: usize,
     end: usize,
     channel: u16,
-) -> Result<Method, ProtocolError> {
+    consumed: usize,
+) -> Result<Parsed<Frame>, ProtocolError> {
     let mut r = Reader::new(buf, start, end);
-    let (class_id, method_id) = match (r.u16(), r.u16()) {
-        (Ok(c), Ok(m)) => (c, m),
-        _ => {
-            return Err(ProtocolError::frame_error(ErrorKind::Truncated {
-                what: "class and method ids",
-            })
-            .on_channel(channel)
-            .at_offset(start as u64));
-        }
+    let (Ok(class_id), Ok(method_id)) = (r.u16(), r.u16()) else {
+        return Err(ProtocolError::frame_error(ErrorKind::Truncated {
+            what: "class and method ids",
+        })
+        .on_channel(channel)
+        .at_offset(start as u64));
     };
-    let decoded = fields::read_method(class_id, method_id, &mut r)
-        .map_err(|f| fail_to_error(f, r.pos))
-        .and_then(|m| {
-            let m = m.ok_or_else(|| {
-                ProtocolError::connection(
-                    ReplyCode::COMMAND_INVALID,
-                    ErrorKind::UnknownMethod {
-                        class_id,
-                        method_id,
-                    },
-                )
-                .at_offset(start as u64)
-            })?;
-            trailing(&r)?;
-            Ok(m)
-        });
-    decoded.map_err(|e| e.on_channel(channel).with_method(class_id, method_id))
+    fields::read_method_frame(class_id, method_id, &mut r, channel, consumed)
 }
 
 fn decode_header_at(
@@ -278,7 +235,7 @@ fn decode_header_at(
     let mut r = Reader::new(buf, start, end);
     let fixed = (|| Ok::<_, Fail>((r.u16()?, r.u16()?, r.u64()?, r.u16()?)))();
     let (class_id, weight, body_size, flags) =
-        fixed.map_err(|f| fail_to_error(f, r.pos).on_channel(channel))?;
+        fixed.map_err(|f| f.into_error(r.pos).on_channel(channel))?;
     if class_id != CLASS_BASIC {
         return Err(
             ProtocolError::frame_error(ErrorKind::UnknownContentClass { class_id })
@@ -294,8 +251,10 @@ fn decode_header_at(
         );
     }
     let properties = fields::read_properties(flags, &mut r)
-        .map_err(|f| fail_to_error(f, r.pos).on_channel(channel))?;
-    trailing(&r).map_err(|e| e.on_channel(channel))?;
+        .map_err(|f| f.into_error(r.pos).on_channel(channel))?;
+    if r.remaining() != 0 {
+        return Err(fields::trailing_error(&r).on_channel(channel));
+    }
     Ok(ContentHeader {
         weight,
         body_size,
@@ -307,7 +266,17 @@ fn decode_header_at(
 /// own, e.g. for a payload reassembled by other means. Long strings share
 /// `payload` when they are at least [`ZERO_COPY_MIN`] bytes long.
 pub fn decode_method(payload: &Bytes) -> Result<Method, ProtocolError> {
-    decode_method_at(payload, 0, payload.len(), 0)
+    match decode_method_frame(payload, 0, payload.len(), 0, 0)? {
+        Parsed::Complete {
+            frame:
+                Frame {
+                    payload: FramePayload::Method(m),
+                    ..
+                },
+            ..
+        } => Ok(m),
+        _ => unreachable!("a method payload decodes to a method frame"),
+    }
 }
 
 /// Decodes a content header frame's payload on its own.
@@ -319,8 +288,10 @@ pub fn decode_content_header(payload: &Bytes) -> Result<ContentHeader, ProtocolE
 /// the entries); the whole of `input` must be that table.
 pub fn decode_field_table(input: &Bytes) -> Result<FieldTable, ProtocolError> {
     let mut r = Reader::new(input, 0, input.len());
-    let t = r.table().map_err(|f| fail_to_error(f, r.pos))?;
-    trailing(&r)?;
+    let t = r.table().map_err(|f| f.into_error(r.pos))?;
+    if r.remaining() != 0 {
+        return Err(fields::trailing_error(&r));
+    }
     Ok(t)
 }
 

@@ -291,11 +291,11 @@ fn expected_frame(rec: &Value) -> Frame {
                 Some(props.flags() as u64),
                 "property flags"
             );
-            FramePayload::Header(ContentHeader {
+            FramePayload::Header(Box::new(ContentHeader {
                 weight: d["weight"].as_u64().unwrap() as u16,
                 body_size: d["body_size"].as_u64().unwrap(),
                 properties: props,
-            })
+            }))
         }
         3 => {
             let hex = unhex(rec["hex"].as_str().unwrap());
