@@ -320,26 +320,29 @@ fn check_room(dst: &impl BufMut, needed: usize) -> Result<(), EncodeError> {
 /// own header and closes). Input that cannot start with `AMQP` is refused at
 /// once, without waiting for 8 bytes.
 pub fn parse_protocol_header(input: &[u8]) -> Result<Parsed<ProtocolHeader>, ProtocolError> {
-    let n = input.len().min(8);
-    let prefix = &input[..n.min(4)];
-    if prefix != &b"AMQP"[..prefix.len()] {
-        return Err(ProtocolError::connection(
+    use nom::Parser;
+    use nom::bytes::streaming::{tag, take};
+    // nom's streaming mode: "AMQP" then four octets; a prefix of that is
+    // Incomplete, anything else an error at once.
+    let parsed: nom::IResult<&[u8], &[u8]> = (tag(&b"AMQP"[..]), take(4usize))
+        .parse(input)
+        .map(|(rest, (_, version))| (rest, version));
+    match parsed {
+        Ok((_, v)) => Ok(Parsed::Complete {
+            frame: ProtocolHeader {
+                version: [v[0], v[1], v[2], v[3]],
+            },
+            consumed: 8,
+        }),
+        Err(nom::Err::Incomplete(_)) => Ok(incomplete(8 - input.len().min(7) as u64)),
+        Err(_) => Err(ProtocolError::connection(
             ReplyCode::FRAME_ERROR,
             ErrorKind::BadProtocolHeader {
-                header: input[..n].to_vec(),
+                header: input[..input.len().min(8)].to_vec(),
             },
         )
-        .at_offset(0));
+        .at_offset(0)),
     }
-    if input.len() < 8 {
-        return Ok(incomplete(8 - input.len() as u64));
-    }
-    Ok(Parsed::Complete {
-        frame: ProtocolHeader {
-            version: [input[4], input[5], input[6], input[7]],
-        },
-        consumed: 8,
-    })
 }
 
 /// Writes the 7-byte header of a body frame carrying `body_len` bytes.
