@@ -13,7 +13,7 @@ use amqp_types::{
     BasicProperties, Decimal, ErrorKind, FieldArray, FieldTable, FieldValue, LongString,
     MAX_NESTING_DEPTH, Method, ProtocolError, ReplyCode, ShortString,
 };
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
 /// Long strings at least this long are handed out as slices of the input
 /// (zero copy); shorter ones are copied so that a small value does not keep
@@ -269,117 +269,49 @@ pub enum EncodeError {
     },
 }
 
-/// Measures an encoding before it is written, so that errors are found
-/// before any byte goes out.
-pub(crate) struct Sizer {
-    pub(crate) len: usize,
-    nbits: u8,
-    depth: usize,
-}
-
-impl Sizer {
-    pub(crate) fn new() -> Self {
-        Sizer {
-            len: 0,
-            nbits: 0,
-            depth: 0,
-        }
-    }
-    #[inline]
-    fn fixed(&mut self, n: usize) {
-        self.nbits = 0;
-        self.len += n;
-    }
-    #[inline]
-    fn bit(&mut self) {
-        if self.nbits == 0 || self.nbits == 8 {
-            self.len += 1;
-            self.nbits = 0;
-        }
-        self.nbits += 1;
-    }
-    fn long(&mut self, n: usize, what: &'static str) -> Result<(), EncodeError> {
-        if n > u32::MAX as usize {
-            return Err(EncodeError::TooLong {
-                what,
-                len: n as u64,
-            });
-        }
-        self.fixed(4 + n);
-        Ok(())
-    }
-
-    pub(crate) fn table(&mut self, t: &FieldTable) -> Result<(), EncodeError> {
-        self.container(|s| {
-            for (k, v) in t {
-                s.fixed(1 + k.len());
-                s.value(v)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn container(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<(), EncodeError>,
-    ) -> Result<(), EncodeError> {
-        if self.depth >= MAX_NESTING_DEPTH {
-            return Err(EncodeError::NestingTooDeep);
-        }
-        self.fixed(4);
-        let before = self.len;
-        self.depth += 1;
-        f(self)?;
-        self.depth -= 1;
-        let inner = self.len - before;
-        if inner > u32::MAX as usize {
-            return Err(EncodeError::TooLong {
-                what: "field table",
-                len: inner as u64,
-            });
-        }
-        Ok(())
-    }
-
-    fn value(&mut self, v: &FieldValue) -> Result<(), EncodeError> {
-        self.fixed(1);
-        match v {
-            FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => self.fixed(1),
-            FieldValue::I16(_) | FieldValue::U16(_) => self.fixed(2),
-            FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => self.fixed(4),
-            FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => self.fixed(8),
-            FieldValue::Decimal(_) => self.fixed(5),
-            FieldValue::LongString(s) => self.long(s.len(), "long string")?,
-            FieldValue::ByteArray(s) => self.long(s.len(), "byte array")?,
-            FieldValue::Array(a) => self.container(|s| a.iter().try_for_each(|v| s.value(v)))?,
-            FieldValue::Table(t) => self.table(t)?,
-            FieldValue::Void => {}
-            _ => return Err(EncodeError::Unsupported { letter: v.letter() }),
-        }
-        Ok(())
-    }
-}
-
-/// Writes an encoding measured by [`Sizer`]; infallible.
-pub(crate) struct Writer<'a, B: BufMut> {
-    pub(crate) buf: &'a mut B,
+/// Writes an encoding in one pass into a `Vec<u8>`, patching each table's
+/// and array's length once its entries are written. Errors (nesting too
+/// deep, a string or table over 4 GiB) are sticky: the first one is kept,
+/// writing carries on cheaply, and the caller discards the bytes.
+pub(crate) struct Writer<'a> {
+    buf: &'a mut Vec<u8>,
     bits: u8,
     nbits: u8,
+    depth: usize,
+    error: Option<EncodeError>,
 }
 
-impl<'a, B: BufMut> Writer<'a, B> {
-    pub(crate) fn new(buf: &'a mut B) -> Self {
+impl<'a> Writer<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
         Writer {
             buf,
             bits: 0,
             nbits: 0,
+            depth: 0,
+            error: None,
+        }
+    }
+
+    /// Flushes pending bits and reports the first error, if any.
+    pub(crate) fn finish(mut self) -> Result<(), EncodeError> {
+        self.flush_bits();
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, e: EncodeError) {
+        if self.error.is_none() {
+            self.error = Some(e);
         }
     }
 
     #[inline]
     pub(crate) fn flush_bits(&mut self) {
         if self.nbits > 0 {
-            self.buf.put_u8(self.bits);
+            self.buf.push(self.bits);
             self.bits = 0;
             self.nbits = 0;
         }
@@ -397,37 +329,65 @@ impl<'a, B: BufMut> Writer<'a, B> {
     #[inline]
     pub(crate) fn u8(&mut self, v: u8) {
         self.flush_bits();
-        self.buf.put_u8(v);
+        self.buf.push(v);
     }
     #[inline]
     pub(crate) fn u16(&mut self, v: u16) {
         self.flush_bits();
-        self.buf.put_u16(v);
+        self.buf.extend_from_slice(&v.to_be_bytes());
     }
     #[inline]
     pub(crate) fn u32(&mut self, v: u32) {
         self.flush_bits();
-        self.buf.put_u32(v);
+        self.buf.extend_from_slice(&v.to_be_bytes());
     }
     #[inline]
     pub(crate) fn u64(&mut self, v: u64) {
         self.flush_bits();
-        self.buf.put_u64(v);
+        self.buf.extend_from_slice(&v.to_be_bytes());
     }
     #[inline]
     fn short_string(&mut self, s: &ShortString) {
-        self.u8(s.len() as u8);
-        self.buf.put_slice(s);
+        self.flush_bits();
+        self.buf.push(s.len() as u8);
+        self.buf.extend_from_slice(s);
     }
     #[inline]
-    fn long_bytes(&mut self, s: &[u8]) {
-        self.u32(s.len() as u32);
-        self.buf.put_slice(s);
+    fn long_bytes(&mut self, s: &[u8], what: &'static str) {
+        self.flush_bits();
+        put_long(self, s, what);
     }
 
     pub(crate) fn table(&mut self, t: &FieldTable) {
         self.flush_bits();
-        put_table(self.buf, t);
+        put_table(self, t);
+    }
+
+    /// Starts a container: a length placeholder, returned as its offset.
+    #[inline]
+    fn open(&mut self) -> Option<usize> {
+        if self.depth >= MAX_NESTING_DEPTH {
+            self.fail(EncodeError::NestingTooDeep);
+            return None;
+        }
+        self.depth += 1;
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        Some(at)
+    }
+
+    /// Ends a container: patches its length.
+    #[inline]
+    fn close(&mut self, at: usize, what: &'static str) {
+        self.depth -= 1;
+        let len = self.buf.len() - at - 4;
+        match u32::try_from(len) {
+            Ok(l) => self.buf[at..at + 4].copy_from_slice(&l.to_be_bytes()),
+            Err(_) => self.fail(EncodeError::TooLong {
+                what,
+                len: len as u64,
+            }),
+        }
     }
 }
 
@@ -435,92 +395,86 @@ impl<'a, B: BufMut> Writer<'a, B> {
 // buffer (no bit-packing checks per write), each scalar with its type letter
 // as one fixed-size slice.
 
-fn put_table<B: BufMut>(buf: &mut B, t: &FieldTable) {
-    buf.put_u32(table_len(t) as u32);
-    for (k, v) in t {
-        buf.put_u8(k.len() as u8);
-        buf.put_slice(k);
-        put_value(buf, v);
+fn put_long(w: &mut Writer<'_>, s: &[u8], what: &'static str) {
+    match u32::try_from(s.len()) {
+        Ok(l) => {
+            w.buf.extend_from_slice(&l.to_be_bytes());
+            w.buf.extend_from_slice(s);
+        }
+        Err(_) => w.fail(EncodeError::TooLong {
+            what,
+            len: s.len() as u64,
+        }),
     }
 }
 
+fn put_table(w: &mut Writer<'_>, t: &FieldTable) {
+    let Some(at) = w.open() else { return };
+    for (k, v) in t {
+        w.buf.push(k.len() as u8);
+        w.buf.extend_from_slice(k);
+        put_value(w, v);
+    }
+    w.close(at, "field table");
+}
+
 #[inline]
-fn put_tagged<B: BufMut, const N: usize>(buf: &mut B, letter: u8, bytes: [u8; N]) {
+fn put_tagged<const N: usize>(w: &mut Writer<'_>, letter: u8, bytes: [u8; N]) {
     // N + 1 bytes as one slice: the letter, then the big-endian value.
     let mut a = [0u8; 9];
     a[0] = letter;
     a[1..=N].copy_from_slice(&bytes);
-    buf.put_slice(&a[..=N]);
+    w.buf.extend_from_slice(&a[..=N]);
 }
 
-fn put_value<B: BufMut>(buf: &mut B, v: &FieldValue) {
+fn put_value(w: &mut Writer<'_>, v: &FieldValue) {
     let l = v.letter();
     match v {
-        FieldValue::Bool(b) => put_tagged(buf, l, [*b as u8]),
-        FieldValue::I8(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::U8(x) => put_tagged(buf, l, [*x]),
-        FieldValue::I16(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::U16(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::I32(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::U32(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::I64(x) => put_tagged(buf, l, x.to_be_bytes()),
-        FieldValue::F32(x) => put_tagged(buf, l, x.to_bits().to_be_bytes()),
-        FieldValue::F64(x) => put_tagged(buf, l, x.to_bits().to_be_bytes()),
+        FieldValue::Bool(b) => put_tagged(w, l, [*b as u8]),
+        FieldValue::I8(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::U8(x) => put_tagged(w, l, [*x]),
+        FieldValue::I16(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::U16(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::I32(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::U32(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::I64(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::F32(x) => put_tagged(w, l, x.to_bits().to_be_bytes()),
+        FieldValue::F64(x) => put_tagged(w, l, x.to_bits().to_be_bytes()),
         FieldValue::Decimal(d) => {
             let [a, b, c, e] = d.value.to_be_bytes();
-            put_tagged(buf, l, [d.scale, a, b, c, e]);
+            put_tagged(w, l, [d.scale, a, b, c, e]);
         }
-        FieldValue::LongString(s) | FieldValue::ByteArray(s) => {
-            put_tagged(buf, l, (s.len() as u32).to_be_bytes());
-            buf.put_slice(s);
+        FieldValue::LongString(s) => {
+            w.buf.push(l);
+            put_long(w, s, "long string");
+        }
+        FieldValue::ByteArray(s) => {
+            w.buf.push(l);
+            put_long(w, s, "byte array");
         }
         FieldValue::Array(a) => {
-            put_tagged(buf, l, (array_len(a) as u32).to_be_bytes());
+            w.buf.push(l);
+            let Some(at) = w.open() else { return };
             for v in a {
-                put_value(buf, v);
+                put_value(w, v);
             }
+            w.close(at, "field array");
         }
-        FieldValue::Timestamp(x) => put_tagged(buf, l, x.to_be_bytes()),
+        FieldValue::Timestamp(x) => put_tagged(w, l, x.to_be_bytes()),
         FieldValue::Table(t) => {
-            buf.put_u8(l);
-            put_table(buf, t);
+            w.buf.push(l);
+            put_table(w, t);
         }
-        FieldValue::Void => buf.put_u8(l),
-        // Refused by `Sizer` before anything is written.
-        _ => {}
+        FieldValue::Void => w.buf.push(l),
+        _ => w.fail(EncodeError::Unsupported { letter: l }),
     }
 }
 
-/// The encoded size of a table's entries (without its 4-byte length),
-/// assuming the table was validated by [`Sizer`].
-fn table_len(t: &FieldTable) -> usize {
-    t.iter().map(|(k, v)| 1 + k.len() + value_len(v)).sum()
-}
-
-fn array_len(a: &FieldArray) -> usize {
-    a.iter().map(value_len).sum()
-}
-
-fn value_len(v: &FieldValue) -> usize {
-    1 + match v {
-        FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
-        FieldValue::I16(_) | FieldValue::U16(_) => 2,
-        FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
-        FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
-        FieldValue::Decimal(_) => 5,
-        FieldValue::LongString(s) | FieldValue::ByteArray(s) => 4 + s.len(),
-        FieldValue::Array(a) => 4 + array_len(a),
-        FieldValue::Table(t) => 4 + table_len(t),
-        _ => 0,
-    }
-}
-
-/// One argument type: how to read, measure and write it. Implemented once
-/// per primitive; methods and properties are sequences of these.
+/// One argument type: how to read and write it. Implemented once per
+/// primitive; methods and properties are sequences of these.
 pub(crate) trait Arg: Sized {
     fn read(r: &mut Reader<'_>) -> Result<Self, Fail>;
-    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError>;
-    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>);
+    fn write(&self, w: &mut Writer<'_>);
 }
 
 macro_rules! int_arg {
@@ -529,9 +483,7 @@ macro_rules! int_arg {
             #[inline]
             fn read(r: &mut Reader<'_>) -> Result<Self, Fail> { r.$f() }
             #[inline]
-            fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> { s.fixed($n); Ok(()) }
-            #[inline]
-            fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) { w.$f(*self) }
+            fn write(&self, w: &mut Writer<'_>) { w.$f(*self) }
         }
     )*};
 }
@@ -543,12 +495,7 @@ impl Arg for bool {
         r.bit()
     }
     #[inline]
-    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
-        s.bit();
-        Ok(())
-    }
-    #[inline]
-    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+    fn write(&self, w: &mut Writer<'_>) {
         w.bit(*self)
     }
 }
@@ -559,12 +506,7 @@ impl Arg for ShortString {
         r.short_string()
     }
     #[inline]
-    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
-        s.fixed(1 + self.len());
-        Ok(())
-    }
-    #[inline]
-    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+    fn write(&self, w: &mut Writer<'_>) {
         w.short_string(self)
     }
 }
@@ -575,12 +517,8 @@ impl Arg for LongString {
         r.long_bytes("long string")
     }
     #[inline]
-    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
-        s.long(self.len(), "long string")
-    }
-    #[inline]
-    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
-        w.long_bytes(self)
+    fn write(&self, w: &mut Writer<'_>) {
+        w.long_bytes(self, "long string")
     }
 }
 
@@ -590,11 +528,7 @@ impl Arg for FieldTable {
         r.table()
     }
     #[inline]
-    fn size(&self, s: &mut Sizer) -> Result<(), EncodeError> {
-        s.table(self)
-    }
-    #[inline]
-    fn write<B: BufMut>(&self, w: &mut Writer<'_, B>) {
+    fn write(&self, w: &mut Writer<'_>) {
         w.table(self)
     }
 }
@@ -727,23 +661,9 @@ macro_rules! gen_methods {
             }
         }
 
-        /// Measures a method's arguments (without the class and method ids).
-        #[inline]
-        pub(crate) fn size_method(method: &Method, s: &mut Sizer) -> Result<(), EncodeError> {
-            match method {
-                $(
-                    #[allow(unused_variables)]
-                    Method::$Name(x) => { $( Arg::size(&x.$f, s)?; )* }
-                )*
-                #[allow(unreachable_patterns)]
-                _ => {}
-            }
-            Ok(())
-        }
-
         /// Writes a method's arguments (without the class and method ids).
         #[inline]
-        pub(crate) fn write_method<B: BufMut>(method: &Method, w: &mut Writer<'_, B>) {
+        pub(crate) fn write_method(method: &Method, w: &mut Writer<'_>) {
             match method {
                 $(
                     #[allow(unused_variables)]
@@ -768,13 +688,7 @@ macro_rules! gen_properties {
         }
 
         #[inline]
-        pub(crate) fn size_properties(p: &BasicProperties, s: &mut Sizer) -> Result<(), EncodeError> {
-            $( if let Some(v) = &p.$f { Arg::size(v, s)?; } )*
-            Ok(())
-        }
-
-        #[inline]
-        pub(crate) fn write_properties<B: BufMut>(p: &BasicProperties, w: &mut Writer<'_, B>) {
+        pub(crate) fn write_properties(p: &BasicProperties, w: &mut Writer<'_>) {
             $( if let Some(v) = &p.$f { Arg::write(v, w); } )*
         }
     };

@@ -60,7 +60,8 @@ pub use frame::{ContentHeader, Frame, FramePayload, ProtocolHeader};
 use amqp_types::constants::CLASS_BASIC;
 use amqp_types::{BasicProperties, FieldTable, Method};
 use bytes::{BufMut, Bytes};
-use fields::{Fail, Reader, Sizer, Writer};
+use fields::{Fail, Reader, Writer};
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
 
 /// The result of a parse that may need more input.
@@ -296,13 +297,72 @@ pub fn decode_field_table(input: &Bytes) -> Result<FieldTable, ProtocolError> {
 }
 
 /// Encodes a field table as it appears on the wire (a 4-byte length, then
-/// the entries).
+/// the entries). Nothing is written if the table cannot be encoded.
 pub fn encode_field_table(table: &FieldTable, dst: &mut impl BufMut) -> Result<usize, EncodeError> {
-    let mut s = Sizer::new();
-    s.table(table)?;
-    check_room(dst, s.len)?;
-    Writer::new(dst).table(table);
-    Ok(s.len)
+    with_scratch(|v| {
+        let mut w = Writer::new(v);
+        w.table(table);
+        w.finish()?;
+        check_room(dst, v.len())?;
+        dst.put_slice(v);
+        Ok(v.len())
+    })
+}
+
+thread_local! {
+    /// Where method and header frames are encoded before they are copied to
+    /// the caller's `BufMut` in one piece: one pass over the value (table
+    /// lengths patched in place) instead of measuring it first.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch space kept per thread, at most this large between calls.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            let r = f(&mut v);
+            if v.capacity() > SCRATCH_KEEP {
+                *v = Vec::new();
+            }
+            r
+        }
+        // Re-entered (a `BufMut` that encodes frames itself): use a fresh one.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Encodes a method or header frame into `v`: header, payload, end octet.
+fn encode_small_frame(frame: &Frame, v: &mut Vec<u8>) -> Result<(), EncodeError> {
+    v.extend_from_slice(&[frame.frame_type(), 0, 0, 0, 0, 0, 0]);
+    v[1..3].copy_from_slice(&frame.channel.to_be_bytes());
+    let mut w = Writer::new(v);
+    match &frame.payload {
+        FramePayload::Method(m) => {
+            w.u16(m.class_id());
+            w.u16(m.method_id());
+            fields::write_method(m, &mut w);
+        }
+        FramePayload::Header(h) => {
+            w.u16(CLASS_BASIC);
+            w.u16(h.weight);
+            w.u64(h.body_size);
+            w.u16(h.properties.flags());
+            fields::write_properties(&h.properties, &mut w);
+        }
+        _ => unreachable!("bodies and heartbeats are not encoded here"),
+    }
+    w.finish()?;
+    let len = v.len() - FRAME_HEADER_SIZE;
+    let size = u32::try_from(len).map_err(|_| EncodeError::TooLong {
+        what: "frame payload",
+        len: len as u64,
+    })?;
+    v[3..7].copy_from_slice(&size.to_be_bytes());
+    v.push(FRAME_END);
+    Ok(())
 }
 
 fn check_room(dst: &impl BufMut, needed: usize) -> Result<(), EncodeError> {
@@ -360,31 +420,11 @@ impl Frame {
     /// The frame's size on the wire (header, payload, end octet), or why it
     /// cannot be encoded.
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
-        Ok(self.payload_len()? + FRAME_OVERHEAD)
-    }
-
-    fn payload_len(&self) -> Result<usize, EncodeError> {
-        let len = match &self.payload {
-            FramePayload::Method(m) => {
-                let mut s = Sizer::new();
-                fields::size_method(m, &mut s)?;
-                4 + s.len
-            }
-            FramePayload::Header(h) => {
-                let mut s = Sizer::new();
-                fields::size_properties(&h.properties, &mut s)?;
-                14 + s.len
-            }
-            FramePayload::Body(b) => b.len(),
-            FramePayload::Heartbeat => 0,
-        };
-        if len > u32::MAX as usize {
-            return Err(EncodeError::TooLong {
-                what: "frame payload",
-                len: len as u64,
-            });
+        match &self.payload {
+            FramePayload::Body(b) => body_size(b).map(|n| n as usize + FRAME_OVERHEAD),
+            FramePayload::Heartbeat => Ok(FRAME_OVERHEAD),
+            _ => with_scratch(|v| encode_small_frame(self, v).map(|()| v.len())),
         }
-        Ok(len)
     }
 
     /// Writes the frame into `dst` and returns the bytes written.
@@ -392,32 +432,39 @@ impl Frame {
     /// Nothing is written if the frame cannot be encoded (tables nested
     /// deeper than `MAX_NESTING_DEPTH`, a payload over 4 GiB) or if `dst`
     /// cannot grow to hold it. Checking the size against the peer's
-    /// frame_max is the caller's business ([`Frame::encoded_len`]).
+    /// frame_max is the caller's business ([`Frame::encoded_len`]). A body
+    /// frame is written straight from its `Bytes`; method and header frames
+    /// are encoded in one pass into scratch space kept per thread, then
+    /// copied into `dst` in one piece.
     pub fn encode(&self, dst: &mut impl BufMut) -> Result<usize, EncodeError> {
-        let len = self.payload_len()?;
-        check_room(dst, len + FRAME_OVERHEAD)?;
-        dst.put_u8(self.frame_type());
-        dst.put_u16(self.channel);
-        dst.put_u32(len as u32);
         match &self.payload {
-            FramePayload::Method(m) => {
-                let mut w = Writer::new(dst);
-                w.u16(m.class_id());
-                w.u16(m.method_id());
-                fields::write_method(m, &mut w);
+            FramePayload::Body(b) => {
+                let len = body_size(b)?;
+                check_room(dst, b.len() + FRAME_OVERHEAD)?;
+                write_body_frame_header(dst, self.channel, len);
+                dst.put_slice(b);
+                dst.put_u8(FRAME_END);
+                Ok(b.len() + FRAME_OVERHEAD)
             }
-            FramePayload::Header(h) => {
-                let mut w = Writer::new(dst);
-                w.u16(CLASS_BASIC);
-                w.u16(h.weight);
-                w.u64(h.body_size);
-                w.u16(h.properties.flags());
-                fields::write_properties(&h.properties, &mut w);
+            FramePayload::Heartbeat => {
+                check_room(dst, FRAME_OVERHEAD)?;
+                let [hi, lo] = self.channel.to_be_bytes();
+                dst.put_slice(&[FRAME_HEARTBEAT, hi, lo, 0, 0, 0, 0, FRAME_END]);
+                Ok(FRAME_OVERHEAD)
             }
-            FramePayload::Body(b) => dst.put_slice(b),
-            FramePayload::Heartbeat => {}
+            _ => with_scratch(|v| {
+                encode_small_frame(self, v)?;
+                check_room(dst, v.len())?;
+                dst.put_slice(v);
+                Ok(v.len())
+            }),
         }
-        dst.put_u8(FRAME_END);
-        Ok(len + FRAME_OVERHEAD)
     }
+}
+
+fn body_size(b: &Bytes) -> Result<u32, EncodeError> {
+    u32::try_from(b.len()).map_err(|_| EncodeError::TooLong {
+        what: "frame payload",
+        len: b.len() as u64,
+    })
 }
