@@ -289,68 +289,153 @@ impl std::str::FromStr for ShortString {
 }
 
 /// An AMQP `longstr` (and the `S` and `x` field values): up to 2³²−1 bytes,
-/// not necessarily UTF-8, held as [`Bytes`].
+/// not necessarily UTF-8.
 ///
-/// Parsers may hand out a long string that shares the frame it came from
-/// (zero copy); see `amqp-wire` for when they copy instead.
+/// Up to 22 bytes (most header values, content types, reasons) are stored
+/// inline without allocating; longer strings are [`Bytes`], which parsers
+/// may hand out as slices of the frame they came from (zero copy; see
+/// `amqp-wire` for when they copy instead). Either way a `LongString` is 32
+/// bytes and cheap to clone.
 ///
 /// ```
 /// use amqp_types::LongString;
 /// let s = LongString::from("PLAIN AMQPLAIN");
 /// assert_eq!(s.as_str(), Some("PLAIN AMQPLAIN"));
 /// assert_eq!(s.len(), 14);
+/// assert_eq!(std::mem::size_of::<LongString>(), 32);
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LongString(Bytes);
+#[derive(Clone)]
+pub struct LongString(LongRepr);
+
+/// Bytes a [`LongString`] keeps inline.
+const LONG_INLINE_CAP: usize = 22;
+
+#[derive(Clone)]
+enum LongRepr {
+    Inline { len: u8, buf: [u8; LONG_INLINE_CAP] },
+    Shared(Bytes),
+}
+
+impl Default for LongString {
+    fn default() -> Self {
+        LongString(LongRepr::Inline {
+            len: 0,
+            buf: [0; LONG_INLINE_CAP],
+        })
+    }
+}
+
+impl PartialEq for LongString {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for LongString {}
+impl PartialOrd for LongString {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for LongString {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+impl Hash for LongString {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
 
 impl LongString {
-    /// Wraps bytes as a long string.
-    pub const fn new(bytes: Bytes) -> Self {
-        LongString(bytes)
+    /// Wraps bytes as a long string (short ones are copied inline, so that
+    /// they do not keep a larger buffer alive).
+    pub fn new(bytes: Bytes) -> Self {
+        if bytes.len() <= LONG_INLINE_CAP {
+            Self::copy_from(&bytes)
+        } else {
+            LongString(LongRepr::Shared(bytes))
+        }
+    }
+
+    /// Wraps bytes as a long string without looking at their length: the
+    /// string shares `bytes` whatever its size.
+    pub const fn shared(bytes: Bytes) -> Self {
+        LongString(LongRepr::Shared(bytes))
+    }
+
+    /// Copies `bytes` into a new long string (inline when short).
+    #[inline]
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        if bytes.len() <= LONG_INLINE_CAP {
+            let mut buf = [0u8; LONG_INLINE_CAP];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            LongString(LongRepr::Inline {
+                len: bytes.len() as u8,
+                buf,
+            })
+        } else {
+            LongString(LongRepr::Shared(Bytes::copy_from_slice(bytes)))
+        }
     }
 
     /// A long string from a static string, without copying.
     pub const fn from_static(s: &'static str) -> Self {
-        LongString(Bytes::from_static(s.as_bytes()))
+        LongString(LongRepr::Shared(Bytes::from_static(s.as_bytes())))
     }
 
     /// The bytes of the string.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            LongRepr::Inline { len, buf } => &buf[..*len as usize],
+            LongRepr::Shared(b) => b,
+        }
     }
 
-    /// The underlying [`Bytes`].
-    #[inline]
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
+    /// The string as [`Bytes`]: a cheap clone when it is shared, a copy
+    /// when it is stored inline.
+    pub fn bytes(&self) -> Bytes {
+        match &self.0 {
+            LongRepr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            LongRepr::Shared(b) => b.clone(),
+        }
     }
 
-    /// Unwraps the underlying [`Bytes`].
+    /// Unwraps the string as [`Bytes`] (a copy when it is stored inline).
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        match self.0 {
+            LongRepr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            LongRepr::Shared(b) => b,
+        }
+    }
+
+    /// Whether the string shares a [`Bytes`] buffer (rather than being
+    /// stored inline).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, LongRepr::Shared(_))
     }
 
     /// The string as UTF-8, if it is valid UTF-8.
     pub fn as_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.0).ok()
+        std::str::from_utf8(self.as_bytes()).ok()
     }
 
     /// The string with invalid UTF-8 sequences replaced by U+FFFD.
     pub fn to_string_lossy(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.0)
+        String::from_utf8_lossy(self.as_bytes())
     }
 
     /// The length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     /// Whether the string is empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -358,14 +443,14 @@ impl Deref for LongString {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.as_bytes()
     }
 }
 
 impl AsRef<[u8]> for LongString {
     #[inline]
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.as_bytes()
     }
 }
 
@@ -373,7 +458,7 @@ impl fmt::Debug for LongString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.as_str() {
             Some(s) => fmt::Debug::fmt(s, f),
-            None => fmt::Debug::fmt(&self.0, f),
+            None => write!(f, "{:?}", Bytes::copy_from_slice(self.as_bytes())),
         }
     }
 }
@@ -386,42 +471,46 @@ impl fmt::Display for LongString {
 
 impl From<Bytes> for LongString {
     fn from(v: Bytes) -> Self {
-        LongString(v)
+        LongString::new(v)
     }
 }
 impl From<Vec<u8>> for LongString {
     fn from(v: Vec<u8>) -> Self {
-        LongString(Bytes::from(v))
+        if v.len() <= LONG_INLINE_CAP {
+            LongString::copy_from(&v)
+        } else {
+            LongString(LongRepr::Shared(Bytes::from(v)))
+        }
     }
 }
 impl From<String> for LongString {
     fn from(v: String) -> Self {
-        LongString(Bytes::from(v))
+        LongString::from(v.into_bytes())
     }
 }
 impl From<&str> for LongString {
     fn from(v: &str) -> Self {
-        LongString(Bytes::copy_from_slice(v.as_bytes()))
+        LongString::copy_from(v.as_bytes())
     }
 }
 impl From<&[u8]> for LongString {
     fn from(v: &[u8]) -> Self {
-        LongString(Bytes::copy_from_slice(v))
+        LongString::copy_from(v)
     }
 }
 impl From<ShortString> for LongString {
     fn from(v: ShortString) -> Self {
-        LongString(Bytes::copy_from_slice(v.as_bytes()))
+        LongString::copy_from(v.as_bytes())
     }
 }
 impl PartialEq<str> for LongString {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 impl PartialEq<&str> for LongString {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 

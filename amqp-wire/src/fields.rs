@@ -153,11 +153,12 @@ impl<'a> Reader<'a> {
         let len = self.u32()? as usize;
         let start = self.sized(len, what)?;
         let range = start..start + len;
-        Ok(LongString::new(if len >= ZERO_COPY_MIN {
-            self.buf.slice(range)
+        Ok(if len >= ZERO_COPY_MIN {
+            LongString::shared(self.buf.slice(range))
         } else {
-            Bytes::copy_from_slice(&self.buf[range])
-        }))
+            // Inline up to 22 bytes, else one small allocation.
+            LongString::copy_from(&self.buf[range])
+        })
     }
 
     /// Runs `f` over the next `len`-prefixed region, with nesting depth
@@ -418,31 +419,42 @@ fn put_table(w: &mut Writer<'_>, t: &FieldTable) {
     w.close(at, "field table");
 }
 
-#[inline]
-fn put_tagged<const N: usize>(w: &mut Writer<'_>, letter: u8, bytes: [u8; N]) {
-    // N + 1 bytes as one slice: the letter, then the big-endian value.
-    let mut a = [0u8; 9];
-    a[0] = letter;
-    a[1..=N].copy_from_slice(&bytes);
-    w.buf.extend_from_slice(&a[..=N]);
+/// Appends a type letter and a fixed-size big-endian value as one
+/// fixed-size copy (no call to `memcpy`).
+macro_rules! put_tagged {
+    ($w:expr, $letter:expr, [$($b:expr),*]) => {
+        $w.buf.extend_from_slice(&[$letter, $($b),*])
+    };
+    ($w:expr, $letter:expr, $bytes:expr; 2) => {{
+        let b = $bytes;
+        put_tagged!($w, $letter, [b[0], b[1]])
+    }};
+    ($w:expr, $letter:expr, $bytes:expr; 4) => {{
+        let b = $bytes;
+        put_tagged!($w, $letter, [b[0], b[1], b[2], b[3]])
+    }};
+    ($w:expr, $letter:expr, $bytes:expr; 8) => {{
+        let b = $bytes;
+        put_tagged!($w, $letter, [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }};
 }
 
 fn put_value(w: &mut Writer<'_>, v: &FieldValue) {
     let l = v.letter();
     match v {
-        FieldValue::Bool(b) => put_tagged(w, l, [*b as u8]),
-        FieldValue::I8(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::U8(x) => put_tagged(w, l, [*x]),
-        FieldValue::I16(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::U16(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::I32(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::U32(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::I64(x) => put_tagged(w, l, x.to_be_bytes()),
-        FieldValue::F32(x) => put_tagged(w, l, x.to_bits().to_be_bytes()),
-        FieldValue::F64(x) => put_tagged(w, l, x.to_bits().to_be_bytes()),
+        FieldValue::Bool(b) => put_tagged!(w, l, [*b as u8]),
+        FieldValue::I8(x) => put_tagged!(w, l, [*x as u8]),
+        FieldValue::U8(x) => put_tagged!(w, l, [*x]),
+        FieldValue::I16(x) => put_tagged!(w, l, x.to_be_bytes(); 2),
+        FieldValue::U16(x) => put_tagged!(w, l, x.to_be_bytes(); 2),
+        FieldValue::I32(x) => put_tagged!(w, l, x.to_be_bytes(); 4),
+        FieldValue::U32(x) => put_tagged!(w, l, x.to_be_bytes(); 4),
+        FieldValue::I64(x) => put_tagged!(w, l, x.to_be_bytes(); 8),
+        FieldValue::F32(x) => put_tagged!(w, l, x.to_bits().to_be_bytes(); 4),
+        FieldValue::F64(x) => put_tagged!(w, l, x.to_bits().to_be_bytes(); 8),
         FieldValue::Decimal(d) => {
             let [a, b, c, e] = d.value.to_be_bytes();
-            put_tagged(w, l, [d.scale, a, b, c, e]);
+            put_tagged!(w, l, [d.scale, a, b, c, e]);
         }
         FieldValue::LongString(s) => {
             w.buf.push(l);
@@ -460,7 +472,7 @@ fn put_value(w: &mut Writer<'_>, v: &FieldValue) {
             }
             w.close(at, "field array");
         }
-        FieldValue::Timestamp(x) => put_tagged(w, l, x.to_be_bytes()),
+        FieldValue::Timestamp(x) => put_tagged!(w, l, x.to_be_bytes(); 8),
         FieldValue::Table(t) => {
             w.buf.push(l);
             put_table(w, t);
