@@ -693,10 +693,11 @@ amqp_types::for_each_method!(gen_methods);
 macro_rules! gen_properties {
     ($( $f:ident : $ty:ident = $name:literal @ $bit:literal ),* $(,)?) => {
         #[inline]
-        pub(crate) fn read_properties(flags: u16, r: &mut Reader<'_>) -> Result<BasicProperties, Fail> {
-            Ok(BasicProperties {
-                $( $f: if flags & (1 << $bit) != 0 { Some(<$ty as Arg>::read(r)?) } else { None }, )*
-            })
+        /// Reads the properties `flags` announces into `p` (all `None`),
+        /// in place: the header is already in its box.
+        pub(crate) fn read_properties_into(flags: u16, r: &mut Reader<'_>, p: &mut BasicProperties) -> Result<(), Fail> {
+            $( if flags & (1 << $bit) != 0 { p.$f = Some(<$ty as Arg>::read(r)?); } )*
+            Ok(())
         }
 
         #[inline]
