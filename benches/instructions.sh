@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Instructions per iteration, amqp-wire vs amq-protocol 10, counted by
+# callgrind inside each workload's function only (repeatable on a noisy
+# machine, unlike wall-clock time). Needs valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -q --release -p amqp-benches --example wire_instructions
+bin=target/release/examples/wire_instructions
+"$bin" check >&2
+printf '| group | amqp-wire | amq-protocol | ratio |\n|---|---|---|---|\n'
+for g in parse_publish parse_deliver parse_ack_x10000 serialize_publish table_decode table_encode; do
+  n=1000; [ "$g" = parse_ack_x10000 ] && n=10
+  count() {
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+      --toggle-collect="wire_instructions::$2_$3" "$bin" "$g/$2" "$n" 2>&1 |
+      sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+  }
+  fn=${g%_x10000}; fn=${fn#parse_}
+  case $g in parse_*) f=parse;; serialize_*) f=serialize;; table_decode) f=table_decode;; table_encode) f=table_encode;; esac
+  o=$(count "$g" ours "$f"); t=$(count "$g" theirs "$f")
+  printf '| %s | %s | %s | %s× |\n' "$g" "$((o / n))" "$((t / n))" "$(awk "BEGIN{printf \"%.2f\", $t/$o}")"
+done
