@@ -32,6 +32,31 @@ impl Hasher for ChannelHasher {
 }
 type ChannelMap = HashMap<u16, Box<Channel>, BuildHasherDefault<ChannelHasher>>;
 
+/// Which kinds answer some request ([`MethodKind::is_reply`], which scans
+/// the whole method table on every call), computed once at compile time and
+/// indexed by the kind's discriminant.
+const REPLY_KINDS: [bool; 128] = {
+    let mut t = [false; 128];
+    let all = MethodKind::ALL;
+    let mut i = 0;
+    while i < all.len() {
+        let replies = all[i].info().replies;
+        let mut j = 0;
+        while j < replies.len() {
+            t[replies[j] as usize] = true;
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Whether `kind` answers some request (as [`MethodKind::is_reply`]).
+#[inline]
+fn is_reply(kind: MethodKind) -> bool {
+    REPLY_KINDS.get(kind as usize).copied().unwrap_or(false)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     // client
@@ -706,7 +731,7 @@ impl Connection {
             .get_mut(&channel)
             .filter(|c| c.state != ChState::Closing)
             .ok_or(CommandError::ChannelNotOpen(channel))?;
-        if kind.is_reply() {
+        if is_reply(kind) {
             match ch.pending_in.front() {
                 Some(req) if req.is_answered_by(kind) => {}
                 _ => return Err(CommandError::NotAReply(kind)),
@@ -736,7 +761,7 @@ impl Connection {
             _ => {}
         }
         // Committed: update the bookkeeping.
-        if kind.is_reply() {
+        if is_reply(kind) {
             ch.pending_in.pop_front();
         }
         if m.expects_reply() {
@@ -1591,7 +1616,7 @@ impl Connection {
             }
             _ => {}
         }
-        if kind.is_reply() {
+        if is_reply(kind) {
             match ch.pending_out.front() {
                 Some(req) if req.is_answered_by(kind) => {
                     ch.pending_out.pop_front();
@@ -1915,5 +1940,18 @@ fn settle(ch: &mut Channel, tag: u64, multiple: bool) -> Vec<u64> {
         vec![tag]
     } else {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod reply_table_tests {
+    use super::*;
+
+    #[test]
+    fn reply_table_matches_method_kind() {
+        assert!(MethodKind::ALL.len() <= REPLY_KINDS.len());
+        for &k in MethodKind::ALL {
+            assert_eq!(is_reply(k), k.is_reply(), "{k}");
+        }
     }
 }
