@@ -986,17 +986,18 @@ impl<Q> Router<Q> {
                 ));
             }
             if let Some(v) = d.arguments.get("alternate-exchange")
-                && !matches!(v, FieldValue::LongString(_)) {
-                    return Err(refuse(
-                        ReplyCode::PRECONDITION_FAILED,
-                        format!(
-                            "invalid type '{}' for arg 'alternate-exchange' in {}",
-                            erl::type_name(v),
-                            rs()
-                        ),
-                        ids,
-                    ));
-                }
+                && !matches!(v, FieldValue::LongString(_))
+            {
+                return Err(refuse(
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!(
+                        "invalid type '{}' for arg 'alternate-exchange' in {}",
+                        erl::type_name(v),
+                        rs()
+                    ),
+                    ids,
+                ));
+            }
             let name = short(&name, "exchange", ids)?;
             self.insert_exchange(
                 name,
@@ -1122,9 +1123,10 @@ impl<Q> Router<Q> {
         ids.dedup();
         for b in ids {
             if let Some(src) = self.remove_binding(b, removed)
-                && src != xid {
-                    work.push(src);
-                }
+                && src != xid
+            {
+                work.push(src);
+            }
         }
         if let Some(x) = self.exchanges.remove(xid) {
             self.exchange_names.remove(&x.name);
@@ -1397,9 +1399,10 @@ impl<Q> Router<Q> {
     ) -> Result<(), ProtocolError> {
         if let Dest::Queue(q) = d
             && let Some(q) = self.queues.get(q)
-                && q.exclusive_owner.is_some_and(|o| o != owner) {
-                    return Err(self.locked(&q.name, ids));
-                }
+            && q.exclusive_owner.is_some_and(|o| o != owner)
+        {
+            return Err(self.locked(&q.name, ids));
+        }
         Ok(())
     }
 
@@ -1557,9 +1560,10 @@ impl<Q> Router<Q> {
             let pos = rec.src_pos as usize;
             x.out.swap_remove(pos);
             if let Some(&moved) = x.out.get(pos)
-                && let Some(m) = self.bindings.get_mut(moved) {
-                    m.src_pos = pos as u32;
-                }
+                && let Some(m) = self.bindings.get_mut(moved)
+            {
+                m.src_pos = pos as u32;
+            }
             let x = self.exchanges.get_mut(rec.source).expect("exists");
             match &mut x.index {
                 Index::Direct(map) => {
@@ -1584,9 +1588,10 @@ impl<Q> Router<Q> {
         if let Some(list) = list {
             list.swap_remove(pos);
             if let Some(&moved) = list.get(pos)
-                && let Some(m) = self.bindings.get_mut(moved) {
-                    m.dst_pos = pos as u32;
-                }
+                && let Some(m) = self.bindings.get_mut(moved)
+            {
+                m.dst_pos = pos as u32;
+            }
         }
         self.bindings.remove(id);
         Some(rec.source)

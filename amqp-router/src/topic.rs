@@ -1,38 +1,177 @@
 //! The topic exchange's trie, shaped like RabbitMQ's
-//! `rabbit_db_topic_exchange`: one node per pattern prefix, at most three
-//! kinds of edge out of a node (a word, `*`, `#`), every word edge in one
-//! hash table keyed by (parent node, word). Matching walks the routing key
-//! word by word, keeping a deduplicated set of active nodes, so its cost is
-//! proportional to the key's length times the number of live wildcard paths,
-//! never to the number of bindings.
+//! `rabbit_db_topic_exchange` (one node per pattern prefix, at most three
+//! kinds of edge out of a node: a word, `*`, `#`), with two changes that
+//! make a route cost in proportion to the routing key rather than to the
+//! number of wildcard paths in the trie:
+//!
+//! * **Interned words.** Every literal word of a pattern gets a `u32` id
+//!   (reference-counted); a routing key's word is hashed once per route,
+//!   and an unknown word takes no word edge at all.
+//! * **Anchors and skeletons.** A literal node (and the root) is an
+//!   *anchor*; the wildcard-only nodes below it (reached through `*` and
+//!   `#` edges only) are its *skeleton*. A skeleton node's position is
+//!   summarised by how many `*` lie between it and its anchor and whether a
+//!   `#` does: it consumes exactly that many words, or (with a `#`) at
+//!   least that many. The walk over a key therefore never visits skeleton
+//!   nodes: its active set holds `(anchor, words consumed since the
+//!   anchor)` pairs, and one hash lookup keyed by `(anchor, word id)` finds
+//!   every literal edge out of the whole skeleton of that anchor; each
+//!   edge records its parent's position, so the ones that apply at this
+//!   count are picked out without touching the nodes. Bindings on skeleton
+//!   nodes are found the same way at the end of the key.
+//!
+//! Every literal edge is one 16-byte entry of one flat hash table keyed by
+//! `(anchor, word id)`, hashed with one multiplication.
 
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
 pub(crate) const NONE: u32 = u32::MAX;
+/// `Node::word` of a `*` node.
+const STAR: u32 = u32::MAX - 1;
+/// `Node::word` of a `#` node.
+const HASH: u32 = u32::MAX - 2;
+/// `Entry::word` of an entry listing a skeleton node that holds bindings.
+const BIND: u32 = u32::MAX - 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Edge {
-    Root,
-    Word,
-    Star,
-    Hash,
-}
+/// Position bits (`Node::sk` of a skeleton node, `Entry::pos`): the number
+/// of `*` since the anchor in the low 16 bits, and whether a `#` lies on
+/// the way.
+const OPEN: u32 = 1 << 16;
+const STARS: u32 = 0xFFFF;
+/// Anchor summary bits (`Node::sk` of an anchor): the largest star count of
+/// its skeleton (low 16 bits), whether any skeleton node is open ([`OPEN`]),
+/// and whether a skeleton node may hold bindings.
+const WBIND: u32 = 1 << 17;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Node {
     parent: u32,
-    edge: Edge,
+    /// Interned word id, [`STAR`], [`HASH`], or [`NONE`] for the root.
+    word: u32,
     star: u32,
     hash: u32,
-    children: u32,
-    /// Word-edge children.
-    word_children: u32,
-    /// The only word child, when known (else [`NONE`]: use the table).
-    single: u32,
     /// Head of this node's binding list (links live in [`Trie::links`]).
     first: u32,
-    word: Box<[u8]>,
+    /// Number of word-edge children.
+    nwords: u32,
+    /// An anchor's filter of the word ids on its skeleton's literal edges
+    /// (bit `id % 32`; may have stale bits).
+    filter: u32,
+    /// A skeleton node's position, or an anchor's summary (see [`OPEN`],
+    /// [`WBIND`]); may over-approximate after removals.
+    sk: u32,
+}
+
+impl Node {
+    fn new(parent: u32, word: u32, sk: u32) -> Self {
+        Node {
+            parent,
+            word,
+            star: NONE,
+            hash: NONE,
+            first: NONE,
+            nwords: 0,
+            filter: 0,
+            sk,
+        }
+    }
+    #[inline]
+    fn is_wild(&self) -> bool {
+        self.word == STAR || self.word == HASH
+    }
+    /// This node's position relative to its anchor (0 for an anchor).
+    #[inline]
+    fn pos(&self) -> u32 {
+        if self.is_wild() { self.sk } else { 0 }
+    }
+}
+
+/// A literal edge out of an anchor's skeleton (or, with `word == BIND`, a
+/// skeleton node holding bindings).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    anchor: u32,
+    word: u32,
+    child: u32,
+    /// Position of the edge's parent (of the node itself for [`BIND`]).
+    pos: u32,
+}
+
+#[inline]
+fn key_hash(anchor: u32, word: u32) -> u64 {
+    let x = (u64::from(anchor) << 32) | u64::from(word);
+    let m = u128::from(x ^ 0x243F_6A88_85A3_08D3) * 0x9E37_79B9_7F4A_7C15;
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// Whether a skeleton node at `pos` consumes exactly `k` words.
+#[inline]
+fn active(pos: u32, k: u32) -> bool {
+    let s = pos & STARS;
+    s == k || (pos & OPEN != 0 && s <= k)
+}
+
+#[inline]
+fn bit(word: u32) -> u32 {
+    1 << (word & 31)
+}
+
+/// Interned words, reference-counted by the nodes that carry them.
+#[derive(Debug, Default)]
+struct Words {
+    table: HashTable<u32>,
+    slots: Vec<(Box<[u8]>, u32)>,
+    free: Vec<u32>,
+    state: foldhash::fast::RandomState,
+}
+
+impl Words {
+    #[inline]
+    fn get(&self, w: &[u8]) -> u32 {
+        let slots = &self.slots;
+        self.table
+            .find(self.state.hash_one(w), |&i| &*slots[i as usize].0 == w)
+            .copied()
+            .unwrap_or(NONE)
+    }
+
+    fn intern(&mut self, w: &[u8]) -> u32 {
+        let h = self.state.hash_one(w);
+        let slots = &self.slots;
+        if let Some(&i) = self.table.find(h, |&i| &*slots[i as usize].0 == w) {
+            self.slots[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = (w.into(), 1);
+                i
+            }
+            None => {
+                self.slots.push((w.into(), 1));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        let state = &self.state;
+        self.table
+            .insert_unique(h, i, |&j| state.hash_one(&*slots[j as usize].0));
+        i
+    }
+
+    fn release(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            let h = self.state.hash_one(&*slot.0);
+            slot.0 = Box::default();
+            if let Ok(e) = self.table.find_entry(h, |&j| j == i) {
+                e.remove();
+            }
+            self.free.push(i);
+        }
+    }
 }
 
 /// The trie of one topic exchange. Bindings are `u32` ids chosen by the
@@ -41,38 +180,39 @@ struct Node {
 pub(crate) struct Trie {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    edges: HashTable<u32>,
+    edges: HashTable<Entry>,
+    words: Words,
     /// Next binding at the same node, indexed by binding id.
     links: Vec<u32>,
-    state: foldhash::fast::RandomState,
 }
 
 /// Reusable buffers for [`Trie::matches`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TrieScratch {
-    cur: Vec<u32>,
-    next: Vec<u32>,
+    /// Active `(anchor, words consumed since it)` pairs.
+    cur: Vec<(u32, u32)>,
+    next: Vec<(u32, u32)>,
+    /// Per node: the stamp of the step that reached it as a new anchor.
     mark: Vec<u32>,
+    /// Per node: the stamp of the step that saturated its count.
+    sat: Vec<u32>,
     stamp: u32,
 }
 
 impl TrieScratch {
+    #[inline]
     fn bump(&mut self, nodes: usize) {
         if self.mark.len() < nodes {
             self.mark.resize(nodes, 0);
+            self.sat.resize(nodes, 0);
         }
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.mark.iter_mut().for_each(|m| *m = 0);
+            self.sat.iter_mut().for_each(|m| *m = 0);
             self.stamp = 1;
         }
     }
-}
-
-#[inline]
-fn mix(word_hash: u64, parent: u32) -> u64 {
-    let x = (word_hash ^ u64::from(parent)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^ (x >> 29)
 }
 
 /// The words of a topic routing key or pattern: `""` has none; otherwise
@@ -85,44 +225,50 @@ pub(crate) fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
 impl Default for Trie {
     fn default() -> Self {
         Trie {
-            nodes: vec![Node {
-                parent: NONE,
-                edge: Edge::Root,
-                star: NONE,
-                hash: NONE,
-                children: 0,
-                word_children: 0,
-                single: NONE,
-                first: NONE,
-                word: Box::default(),
-            }],
+            nodes: vec![Node::new(NONE, NONE, 0)],
             free: Vec::new(),
             edges: HashTable::new(),
+            words: Words::default(),
             links: Vec::new(),
-            state: foldhash::fast::RandomState::default(),
         }
     }
 }
 
 impl Trie {
-    #[inline]
-    fn word_child(&self, parent: u32, word: &[u8], wh: u64) -> u32 {
-        let p = &self.nodes[parent as usize];
-        if p.word_children == 0 {
+    /// The anchor of node `n` (itself unless it is a skeleton node).
+    fn anchor_of(&self, mut n: u32) -> u32 {
+        while self.nodes[n as usize].is_wild() {
+            n = self.nodes[n as usize].parent;
+        }
+        n
+    }
+
+    fn word_child(&self, parent: u32, word: u32) -> u32 {
+        if self.nodes[parent as usize].nwords == 0 {
             return NONE;
         }
-        if p.single != NONE {
-            let c = &self.nodes[p.single as usize];
-            return if &*c.word == word { p.single } else { NONE };
-        }
+        let a = self.anchor_of(parent);
         let nodes = &self.nodes;
         self.edges
-            .find(mix(wh, parent), |&c| {
-                let n = &nodes[c as usize];
-                n.parent == parent && &*n.word == word
+            .find(key_hash(a, word), |e| {
+                e.anchor == a && e.word == word && nodes[e.child as usize].parent == parent
             })
-            .copied()
-            .unwrap_or(NONE)
+            .map_or(NONE, |e| e.child)
+    }
+
+    fn insert_entry(&mut self, e: Entry) {
+        self.edges
+            .insert_unique(key_hash(e.anchor, e.word), e, |e| {
+                key_hash(e.anchor, e.word)
+            });
+    }
+
+    fn remove_entry(&mut self, anchor: u32, word: u32, child: u32) {
+        if let Ok(e) = self.edges.find_entry(key_hash(anchor, word), |e| {
+            e.anchor == anchor && e.word == word && e.child == child
+        }) {
+            e.remove();
+        }
     }
 
     fn alloc(&mut self, node: Node) -> u32 {
@@ -142,55 +288,75 @@ impl Trie {
     pub(crate) fn insert(&mut self, pattern: &[u8], id: u32) {
         let mut at = 0u32;
         for w in words(pattern) {
-            let (edge, existing) = match w {
-                b"*" => (Edge::Star, self.nodes[at as usize].star),
-                b"#" => (Edge::Hash, self.nodes[at as usize].hash),
+            let p = &self.nodes[at as usize];
+            at = match w {
+                b"*" | b"#" => {
+                    let star = w == b"*";
+                    let existing = if star { p.star } else { p.hash };
+                    if existing != NONE {
+                        existing
+                    } else {
+                        let pos = p.pos();
+                        let pos = if star {
+                            (pos & OPEN) | ((pos & STARS) + 1).min(STARS)
+                        } else {
+                            pos | OPEN
+                        };
+                        let child = self.alloc(Node::new(at, if star { STAR } else { HASH }, pos));
+                        let p = &mut self.nodes[at as usize];
+                        if star {
+                            p.star = child;
+                        } else {
+                            p.hash = child;
+                        }
+                        let a = self.anchor_of(at);
+                        let s = &mut self.nodes[a as usize].sk;
+                        *s = (*s & !STARS) | (*s & STARS).max(pos & STARS) | (pos & OPEN);
+                        child
+                    }
+                }
                 _ => {
-                    let wh = self.state.hash_one(w);
-                    (Edge::Word, self.word_child(at, w, wh))
+                    let wid = self.words.get(w);
+                    let existing = if wid == NONE {
+                        NONE
+                    } else {
+                        self.word_child(at, wid)
+                    };
+                    if existing != NONE {
+                        existing
+                    } else {
+                        let pos = p.pos();
+                        let wid = self.words.intern(w);
+                        let child = self.alloc(Node::new(at, wid, 0));
+                        self.nodes[at as usize].nwords += 1;
+                        let a = self.anchor_of(at);
+                        self.nodes[a as usize].filter |= bit(wid);
+                        self.insert_entry(Entry {
+                            anchor: a,
+                            word: wid,
+                            child,
+                            pos,
+                        });
+                        child
+                    }
                 }
             };
-            if existing != NONE {
-                at = existing;
-                continue;
-            }
-            let child = self.alloc(Node {
-                parent: at,
-                edge,
-                star: NONE,
-                hash: NONE,
-                children: 0,
-                word_children: 0,
-                single: NONE,
-                first: NONE,
-                word: if edge == Edge::Word {
-                    w.into()
-                } else {
-                    Box::default()
-                },
-            });
-            self.nodes[at as usize].children += 1;
-            match edge {
-                Edge::Star => self.nodes[at as usize].star = child,
-                Edge::Hash => self.nodes[at as usize].hash = child,
-                _ => {
-                    let p = &mut self.nodes[at as usize];
-                    p.single = if p.word_children == 0 { child } else { NONE };
-                    p.word_children += 1;
-                    let h = mix(self.state.hash_one(w), at);
-                    let nodes = &self.nodes;
-                    let state = &self.state;
-                    self.edges.insert_unique(h, child, |&c| {
-                        let n = &nodes[c as usize];
-                        mix(state.hash_one(&*n.word), n.parent)
-                    });
-                }
-            }
-            at = child;
         }
         let idx = id as usize;
         if self.links.len() <= idx {
             self.links.resize(idx + 1, NONE);
+        }
+        let node = &self.nodes[at as usize];
+        if node.first == NONE && node.is_wild() {
+            let pos = node.sk;
+            let a = self.anchor_of(at);
+            self.nodes[a as usize].sk |= WBIND;
+            self.insert_entry(Entry {
+                anchor: a,
+                word: BIND,
+                child: at,
+                pos,
+            });
         }
         self.links[idx] = self.nodes[at as usize].first;
         self.nodes[at as usize].first = id;
@@ -202,7 +368,14 @@ impl Trie {
             at = match w {
                 b"*" => self.nodes[at as usize].star,
                 b"#" => self.nodes[at as usize].hash,
-                _ => self.word_child(at, w, self.state.hash_one(w)),
+                _ => {
+                    let wid = self.words.get(w);
+                    if wid == NONE {
+                        NONE
+                    } else {
+                        self.word_child(at, wid)
+                    }
+                }
             };
             if at == NONE {
                 return NONE;
@@ -234,89 +407,121 @@ impl Trie {
             self.links[prev as usize] = next;
         }
         self.links[cur as usize] = NONE;
+        if self.nodes[at as usize].first == NONE && self.nodes[at as usize].is_wild() {
+            let a = self.anchor_of(at);
+            self.remove_entry(a, BIND, at);
+        }
         // Prune upwards.
         let mut n = at;
         while n != 0 {
             let node = &self.nodes[n as usize];
-            if node.children > 0 || node.first != NONE {
+            if node.first != NONE || node.star != NONE || node.hash != NONE || node.nwords > 0 {
                 break;
             }
-            let parent = node.parent;
-            match node.edge {
-                Edge::Star => self.nodes[parent as usize].star = NONE,
-                Edge::Hash => self.nodes[parent as usize].hash = NONE,
+            let (parent, word) = (node.parent, node.word);
+            match word {
+                STAR => self.nodes[parent as usize].star = NONE,
+                HASH => self.nodes[parent as usize].hash = NONE,
                 _ => {
-                    let h = mix(self.state.hash_one(&*node.word), parent);
-                    if let Ok(entry) = self.edges.find_entry(h, |&c| c == n) {
-                        entry.remove();
-                    }
-                    let p = &mut self.nodes[parent as usize];
-                    p.word_children -= 1;
-                    // The remaining child, if one, is found through the table.
-                    p.single = NONE;
+                    let a = self.anchor_of(parent);
+                    self.remove_entry(a, word, n);
+                    self.words.release(word);
+                    self.nodes[parent as usize].nwords -= 1;
                 }
             }
-            self.nodes[parent as usize].children -= 1;
-            self.nodes[n as usize].word = Box::default();
-            self.nodes[n as usize].parent = NONE;
+            self.nodes[n as usize] = Node::new(NONE, NONE, 0);
             self.free.push(n);
             n = parent;
+        }
+        // An anchor left without a skeleton forgets its summary.
+        let a = self.anchor_of(n);
+        let node = &mut self.nodes[a as usize];
+        if node.star == NONE && node.hash == NONE {
+            node.sk = 0;
+            if node.nwords == 0 {
+                node.filter = 0;
+            }
         }
     }
 
     /// Whether nothing is bound.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.nodes[0].children == 0 && self.nodes[0].first == NONE
+        let r = &self.nodes[0];
+        r.first == NONE && r.star == NONE && r.hash == NONE && r.nwords == 0
     }
 
     /// Calls `out` with every binding id whose pattern matches `key` (each
     /// matching node once; an id appears once per matching node).
     pub(crate) fn matches(&self, key: &[u8], s: &mut TrieScratch, mut out: impl FnMut(u32)) {
-        s.bump(self.nodes.len());
         s.cur.clear();
-        self.add(0, &mut s.cur, &mut s.mark, s.stamp);
+        s.cur.push((0, 0));
         for w in words(key) {
             if s.cur.is_empty() {
                 return;
             }
             s.bump(self.nodes.len());
+            let stamp = s.stamp;
             s.next.clear();
-            let wh = self.state.hash_one(w);
+            let wid = self.words.get(w);
+            let wbit = if wid == NONE { 0 } else { bit(wid) };
             for i in 0..s.cur.len() {
-                let n = s.cur[i];
-                let node = &self.nodes[n as usize];
-                if node.edge == Edge::Hash {
-                    self.add(n, &mut s.next, &mut s.mark, s.stamp);
+                let (a, k) = s.cur[i];
+                let node = &self.nodes[a as usize];
+                if node.filter & wbit != 0 {
+                    for e in self.edges.iter_hash(key_hash(a, wid)) {
+                        if e.anchor == a
+                            && e.word == wid
+                            && active(e.pos, k)
+                            && s.mark[e.child as usize] != stamp
+                        {
+                            s.mark[e.child as usize] = stamp;
+                            s.next.push((e.child, 0));
+                        }
+                    }
                 }
-                if node.children > 0 {
-                    if node.star != NONE {
-                        self.add(node.star, &mut s.next, &mut s.mark, s.stamp);
-                    }
-                    let c = self.word_child(n, w, wh);
-                    if c != NONE {
-                        self.add(c, &mut s.next, &mut s.mark, s.stamp);
-                    }
+                let sk = node.sk;
+                let maxs = sk & STARS;
+                if k < maxs {
+                    s.next.push((a, k + 1));
+                } else if sk & OPEN != 0 && s.sat[a as usize] != stamp {
+                    // Past every `*`: only the open nodes remain, whatever
+                    // the count; keep one pair at `maxs + 1`.
+                    s.sat[a as usize] = stamp;
+                    s.next.push((a, maxs + 1));
                 }
             }
             std::mem::swap(&mut s.cur, &mut s.next);
         }
-        for &n in &s.cur {
-            let mut b = self.nodes[n as usize].first;
-            while b != NONE {
-                out(b);
-                b = self.links[b as usize];
+        // Each matching node once.
+        s.bump(self.nodes.len());
+        let stamp = s.stamp;
+        for &(a, k) in &s.cur {
+            let node = &self.nodes[a as usize];
+            if k == 0 && s.mark[a as usize] != stamp {
+                s.mark[a as usize] = stamp;
+                self.emit(node.first, &mut out);
+            }
+            if node.sk & WBIND != 0 {
+                for e in self.edges.iter_hash(key_hash(a, BIND)) {
+                    if e.anchor == a
+                        && e.word == BIND
+                        && active(e.pos, k)
+                        && s.mark[e.child as usize] != stamp
+                    {
+                        s.mark[e.child as usize] = stamp;
+                        self.emit(self.nodes[e.child as usize].first, &mut out);
+                    }
+                }
             }
         }
     }
 
-    /// Adds `n` and its `#` closure (a `#` matches zero words) to `set`.
     #[inline]
-    fn add(&self, mut n: u32, set: &mut Vec<u32>, mark: &mut [u32], stamp: u32) {
-        while n != NONE && mark[n as usize] != stamp {
-            mark[n as usize] = stamp;
-            set.push(n);
-            n = self.nodes[n as usize].hash;
+    fn emit(&self, mut b: u32, out: &mut impl FnMut(u32)) {
+        while b != NONE {
+            out(b);
+            b = self.links[b as usize];
         }
     }
 }
@@ -336,25 +541,34 @@ mod tests {
     #[test]
     fn wildcards() {
         let mut t = Trie::default();
-        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"]
-            .iter()
-            .enumerate()
-        {
+        let pats = [
+            "a.*",
+            "a.#",
+            "#",
+            "",
+            "*",
+            "#.#.b",
+            "a..c",
+            "*.*",
+            "#.*.#",
+            "a.#.*.b.#",
+        ];
+        for (i, p) in pats.iter().enumerate() {
             t.insert(p.as_bytes(), i as u32);
         }
         assert_eq!(m(&t, ""), vec![2, 3]);
-        assert_eq!(m(&t, "a"), vec![1, 2, 4]);
-        assert_eq!(m(&t, "a.b"), vec![0, 1, 2, 5, 7]);
-        assert_eq!(m(&t, "a..c"), vec![1, 2, 6]);
-        assert_eq!(m(&t, "."), vec![2, 7]);
-        for (i, p) in ["a.*", "a.#", "#", "", "*", "#.#.b", "a..c", "*.*"]
-            .iter()
-            .enumerate()
-        {
+        assert_eq!(m(&t, "a"), vec![1, 2, 4, 8]);
+        assert_eq!(m(&t, "a.b"), vec![0, 1, 2, 5, 7, 8]);
+        assert_eq!(m(&t, "a..c"), vec![1, 2, 6, 8]);
+        assert_eq!(m(&t, "."), vec![2, 7, 8]);
+        assert_eq!(m(&t, "a.x.b"), vec![1, 2, 5, 8, 9]);
+        assert_eq!(m(&t, "a.x.y.b.c.d"), vec![1, 2, 8, 9]);
+        for (i, p) in pats.iter().enumerate() {
             t.remove(p.as_bytes(), i as u32);
         }
         assert!(t.is_empty());
         assert_eq!(t.free.len() + 1, t.nodes.len());
         assert_eq!(t.edges.len(), 0);
+        assert_eq!(t.words.table.len(), 0);
     }
 }
