@@ -43,6 +43,9 @@ const STARS: u32 = 0xFFFF;
 /// its skeleton (low 16 bits), whether any skeleton node is open ([`OPEN`]),
 /// and whether a skeleton node may hold bindings.
 const WBIND: u32 = 1 << 17;
+/// `Entry::pos` bit of an entry in [`Trie::edges`]: [`Trie::extra`] holds
+/// more entries with the same key.
+const MORE: u32 = 1 << 31;
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -180,7 +183,11 @@ impl Words {
 pub(crate) struct Trie {
     nodes: Vec<Node>,
     free: Vec<u32>,
+    /// One entry per `(anchor, word)` key.
     edges: HashTable<Entry>,
+    /// Further entries for keys already in `edges` (an anchor whose
+    /// skeleton has several nodes with an edge for the same word).
+    extra: HashTable<Entry>,
     words: Words,
     /// Next binding at the same node, indexed by binding id.
     links: Vec<u32>,
@@ -228,6 +235,7 @@ impl Default for Trie {
             nodes: vec![Node::new(NONE, NONE, 0)],
             free: Vec::new(),
             edges: HashTable::new(),
+            extra: HashTable::new(),
             words: Words::default(),
             links: Vec::new(),
         }
@@ -248,26 +256,72 @@ impl Trie {
             return NONE;
         }
         let a = self.anchor_of(parent);
-        let nodes = &self.nodes;
-        self.edges
-            .find(key_hash(a, word), |e| {
-                e.anchor == a && e.word == word && nodes[e.child as usize].parent == parent
-            })
-            .map_or(NONE, |e| e.child)
+        let mut found = NONE;
+        self.entries(a, word, |e| {
+            if self.nodes[e.child as usize].parent == parent {
+                found = e.child;
+            }
+        });
+        found
+    }
+
+    /// Calls `f` with every entry keyed `(anchor, word)`.
+    #[inline]
+    fn entries(&self, anchor: u32, word: u32, mut f: impl FnMut(&Entry)) {
+        let h = key_hash(anchor, word);
+        if let Some(e) = self.edges.find(h, |e| e.anchor == anchor && e.word == word) {
+            f(e);
+            if e.pos & MORE != 0 {
+                for x in self.extra.iter_hash(h) {
+                    if x.anchor == anchor && x.word == word {
+                        f(x);
+                    }
+                }
+            }
+        }
     }
 
     fn insert_entry(&mut self, e: Entry) {
-        self.edges
-            .insert_unique(key_hash(e.anchor, e.word), e, |e| {
-                key_hash(e.anchor, e.word)
-            });
+        let h = key_hash(e.anchor, e.word);
+        let rehash = |e: &Entry| key_hash(e.anchor, e.word);
+        if let Some(p) = self
+            .edges
+            .find_mut(h, |x| x.anchor == e.anchor && x.word == e.word)
+        {
+            p.pos |= MORE;
+            self.extra.insert_unique(h, e, rehash);
+        } else {
+            self.edges.insert_unique(h, e, rehash);
+        }
     }
 
     fn remove_entry(&mut self, anchor: u32, word: u32, child: u32) {
-        if let Ok(e) = self.edges.find_entry(key_hash(anchor, word), |e| {
-            e.anchor == anchor && e.word == word && e.child == child
-        }) {
-            e.remove();
+        let h = key_hash(anchor, word);
+        let rehash = |e: &Entry| key_hash(e.anchor, e.word);
+        let same = |x: &Entry| x.anchor == anchor && x.word == word;
+        let Ok(head) = self.edges.find_entry(h, same) else {
+            return;
+        };
+        if head.get().child == child {
+            let more = head.get().pos & MORE != 0;
+            head.remove();
+            if more && let Ok(x) = self.extra.find_entry(h, same) {
+                let (mut x, _) = x.remove();
+                x.pos &= !MORE;
+                if self.extra.find(h, same).is_some() {
+                    x.pos |= MORE;
+                }
+                self.edges.insert_unique(h, x, rehash);
+            }
+        } else {
+            if let Ok(x) = self.extra.find_entry(h, |x| same(x) && x.child == child) {
+                x.remove();
+            }
+            if self.extra.find(h, same).is_none()
+                && let Some(p) = self.edges.find_mut(h, same)
+            {
+                p.pos &= !MORE;
+            }
         }
     }
 
@@ -469,16 +523,13 @@ impl Trie {
                 let (a, k) = s.cur[i];
                 let node = &self.nodes[a as usize];
                 if node.filter & wbit != 0 {
-                    for e in self.edges.iter_hash(key_hash(a, wid)) {
-                        if e.anchor == a
-                            && e.word == wid
-                            && active(e.pos, k)
-                            && s.mark[e.child as usize] != stamp
-                        {
-                            s.mark[e.child as usize] = stamp;
-                            s.next.push((e.child, 0));
+                    let (mark, next) = (&mut s.mark, &mut s.next);
+                    self.entries(a, wid, |e| {
+                        if active(e.pos, k) && mark[e.child as usize] != stamp {
+                            mark[e.child as usize] = stamp;
+                            next.push((e.child, 0));
                         }
-                    }
+                    });
                 }
                 let sk = node.sk;
                 let maxs = sk & STARS;
@@ -503,16 +554,13 @@ impl Trie {
                 self.emit(node.first, &mut out);
             }
             if node.sk & WBIND != 0 {
-                for e in self.edges.iter_hash(key_hash(a, BIND)) {
-                    if e.anchor == a
-                        && e.word == BIND
-                        && active(e.pos, k)
-                        && s.mark[e.child as usize] != stamp
-                    {
-                        s.mark[e.child as usize] = stamp;
+                let mark = &mut s.mark;
+                self.entries(a, BIND, |e| {
+                    if active(e.pos, k) && mark[e.child as usize] != stamp {
+                        mark[e.child as usize] = stamp;
                         self.emit(self.nodes[e.child as usize].first, &mut out);
                     }
-                }
+                });
             }
         }
     }
@@ -569,6 +617,68 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.free.len() + 1, t.nodes.len());
         assert_eq!(t.edges.len(), 0);
+        assert_eq!(t.extra.len(), 0);
         assert_eq!(t.words.table.len(), 0);
+    }
+
+    fn naive(p: &[&[u8]], k: &[&[u8]]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&b"#", rest)) => (0..=k.len()).any(|i| naive(rest, &k[i..])),
+            Some((&b"*", rest)) => !k.is_empty() && naive(rest, &k[1..]),
+            Some((w, rest)) => k.first() == Some(w) && naive(rest, &k[1..]),
+        }
+    }
+
+    /// Random binds and unbinds over a tiny vocabulary (many skeleton
+    /// nodes sharing an anchor and a word), checked against a naive matcher.
+    #[test]
+    fn random_against_naive() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let vocab = ["a", "b", "", "*", "#"];
+        let mut t = Trie::default();
+        let mut live: Vec<Option<String>> = vec![None; 64];
+        for round in 0..4000 {
+            let id = rnd(64) as usize;
+            if let Some(p) = live[id].take() {
+                t.remove(p.as_bytes(), id as u32);
+            } else {
+                let n = rnd(5);
+                let p: Vec<&str> = (0..n).map(|_| vocab[rnd(5) as usize]).collect();
+                let p = p.join(".");
+                t.insert(p.as_bytes(), id as u32);
+                live[id] = Some(p);
+            }
+            if round % 7 == 0 {
+                let n = rnd(6);
+                let k: Vec<&str> = (0..n).map(|_| vocab[rnd(3) as usize]).collect();
+                let k = k.join(".");
+                let kw: Vec<&[u8]> = words(k.as_bytes()).collect();
+                let mut want: Vec<u32> = live
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| {
+                        let p = p.as_ref()?;
+                        let pw: Vec<&[u8]> = words(p.as_bytes()).collect();
+                        naive(&pw, &kw).then_some(i as u32)
+                    })
+                    .collect();
+                want.sort();
+                assert_eq!(m(&t, &k), want, "key {k:?}");
+            }
+        }
+        for (id, p) in live.iter().enumerate() {
+            if let Some(p) = p {
+                t.remove(p.as_bytes(), id as u32);
+            }
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.edges.len() + t.extra.len(), 0);
     }
 }
