@@ -84,25 +84,33 @@ enum ChState {
     Closing,
 }
 
-// Content is in flight on few channels at a time; boxing the method would
-// cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+/// A message's content in assembly on one channel. Idle without a method,
+/// awaiting the header with a method and no header, awaiting the body with
+/// both. Updated field by field in place: the method is moved once on the
+/// way in and once into the [`Message`], and the content header stays in
+/// the box the frame layer parsed it into (moving whole enum states would
+/// copy the ~450-byte properties several times per message).
 #[derive(Debug, Default)]
-enum Assembly {
-    #[default]
-    Idle,
-    AwaitHeader {
-        method: Method,
-        seqno: Option<u64>,
-    },
-    AwaitBody {
-        method: Method,
-        properties: BasicProperties,
-        body_size: u64,
-        received: u64,
-        parts: Vec<Bytes>,
-        seqno: Option<u64>,
-    },
+struct Assembly {
+    method: Option<Method>,
+    header: Option<Box<ContentHeader>>,
+    received: u64,
+    parts: Vec<Bytes>,
+    seqno: Option<u64>,
+}
+
+impl Assembly {
+    fn is_idle(&self) -> bool {
+        self.method.is_none()
+    }
+
+    fn reset(&mut self) {
+        self.method = None;
+        self.header = None;
+        self.received = 0;
+        self.parts = Vec::new();
+        self.seqno = None;
+    }
 }
 
 #[derive(Debug)]
@@ -136,7 +144,7 @@ impl Channel {
             state,
             pending_out: VecDeque::new(),
             pending_in: VecDeque::new(),
-            content: Assembly::Idle,
+            content: Assembly::default(),
             held: 0,
             last_in: (0, 0),
             confirm: false,
@@ -412,18 +420,23 @@ impl Connection {
     /// handshake's 4096-byte frame_max per frame).
     fn process_input(&mut self) {
         while self.phase != Phase::Closed && self.decision.is_none() {
-            match self.decoder.decode() {
+            // Frames are handled in place (by reference), and moved out
+            // only where they are kept: a frame is 168 bytes, and each move
+            // through the layers below is a memcpy.
+            let mut decoded = self.decoder.decode();
+            match &mut decoded {
                 Ok(None) => break,
-                Ok(Some(Decoded::ProtocolHeader(h))) => self.on_protocol_header(h),
+                Ok(Some(Decoded::ProtocolHeader(h))) => self.on_protocol_header(*h),
                 Ok(Some(Decoded::Frame(f))) => {
                     if let Err(e) = self.on_frame(f) {
                         self.fail(e);
                     }
                 }
-                Err(e) => {
-                    self.on_decode_error(e);
-                    break;
-                }
+                Err(_) => {}
+            }
+            if let Err(e) = decoded {
+                self.on_decode_error(e);
+                break;
             }
         }
     }
@@ -969,6 +982,7 @@ impl Connection {
         }
     }
 
+    #[inline]
     fn emit(&mut self, e: Event) {
         self.events.push_back(e);
     }
@@ -998,7 +1012,7 @@ impl Connection {
         self.close_deadline = Some(self.now + self.limits.close_timeout);
         self.close_reason = Some(reason);
         for (_, ch) in self.channels.iter_mut() {
-            ch.content = Assembly::Idle;
+            ch.content.reset();
         }
         self.held = 0;
     }
@@ -1013,7 +1027,7 @@ impl Connection {
         self.put(&Frame::method(channel, close));
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.state = ChState::Closing;
-            ch.content = Assembly::Idle;
+            ch.content.reset();
             self.held -= ch.held;
             ch.held = 0;
             ch.pending_in.clear();
@@ -1133,7 +1147,8 @@ impl Connection {
         self.recv_activity = false;
     }
 
-    fn on_frame(&mut self, f: Frame) -> Result<(), ProtocolError> {
+    #[inline]
+    fn on_frame(&mut self, f: &mut Frame) -> Result<(), ProtocolError> {
         if let FramePayload::Heartbeat = f.payload {
             if f.channel != 0 {
                 return Err(
@@ -1145,9 +1160,9 @@ impl Connection {
         }
         match self.phase {
             Phase::Open => self.on_frame_open(f),
-            Phase::Closing => self.on_frame_closing(f),
+            Phase::Closing => self.on_frame_closing(take_frame(f)),
             Phase::Closed => Ok(()),
-            _ => self.on_handshake_frame(f),
+            _ => self.on_handshake_frame(take_frame(f)),
         }
     }
 
@@ -1426,18 +1441,19 @@ impl Connection {
         Ok(())
     }
 
-    fn on_frame_open(&mut self, f: Frame) -> Result<(), ProtocolError> {
+    #[inline]
+    fn on_frame_open(&mut self, f: &mut Frame) -> Result<(), ProtocolError> {
         let channel = f.channel;
         if channel == 0 {
-            let FramePayload::Method(m) = f.payload else {
+            let FramePayload::Method(m) = &mut f.payload else {
                 return Err(unexpected("content frame on channel 0".into()));
             };
-            return self.on_connection_method(m);
+            return self.on_connection_method(take_method(m));
         }
         let Some(mut ch) = self.channels.remove(&channel) else {
-            return self.on_unknown_channel(channel, f.payload);
+            return self.on_unknown_channel(channel, take_frame(f).payload);
         };
-        let r = self.on_channel_frame(channel, &mut ch, f.payload);
+        let r = self.on_channel_frame(channel, &mut ch, &mut f.payload);
         if !matches!(r, Ok(true)) {
             self.channels.insert(channel, ch);
         }
@@ -1484,11 +1500,12 @@ impl Connection {
     }
 
     /// Returns `Ok(true)` when the channel is gone.
+    #[inline]
     fn on_channel_frame(
         &mut self,
         channel: u16,
         ch: &mut Channel,
-        payload: FramePayload,
+        payload: &mut FramePayload,
     ) -> Result<bool, ProtocolError> {
         match ch.state {
             ChState::Closing => {
@@ -1513,7 +1530,7 @@ impl Connection {
                 return Ok(false);
             }
             ChState::Opening => {
-                return match payload {
+                return match std::mem::replace(payload, FramePayload::Heartbeat) {
                     FramePayload::Method(Method::ChannelOpenOk(_)) => {
                         ch.state = ChState::Open;
                         self.emit(Event::ChannelOpened { channel });
@@ -1539,8 +1556,14 @@ impl Connection {
         }
         match payload {
             FramePayload::Method(m) => self.on_channel_method(channel, ch, m),
-            FramePayload::Header(h) => self.on_header(channel, ch, unbox(h)).map(|_| false),
-            FramePayload::Body(b) => self.on_body(channel, ch, b).map(|_| false),
+            FramePayload::Header(_) => {
+                let FramePayload::Header(h) = std::mem::replace(payload, FramePayload::Heartbeat)
+                else {
+                    return Ok(false);
+                };
+                self.on_header(channel, ch, boxed(h)).map(|_| false)
+            }
+            FramePayload::Body(b) => self.on_body(channel, ch, std::mem::take(b)).map(|_| false),
             FramePayload::Heartbeat => Ok(false),
             _ => Ok(false),
         }
@@ -1564,12 +1587,12 @@ impl Connection {
         &mut self,
         channel: u16,
         ch: &mut Channel,
-        m: Method,
+        m: &mut Method,
     ) -> Result<bool, ProtocolError> {
         let kind = m.kind();
         let info = kind.info();
         let ids = (info.class_id, info.method_id);
-        if !matches!(ch.content, Assembly::Idle) {
+        if !ch.content.is_idle() {
             return Err(unexpected(format!(
                 "{} on channel {channel} while a message's content is incomplete",
                 info.name
@@ -1606,7 +1629,7 @@ impl Connection {
             }
             Method::ChannelClose(c) => {
                 self.held -= ch.held;
-                self.peer_channel_close(channel, c);
+                self.peer_channel_close(channel, std::mem::take(c));
                 return Ok(true);
             }
             Method::ChannelCloseOk(_) | Method::ChannelOpenOk(_) => {
@@ -1653,15 +1676,16 @@ impl Connection {
                 } else {
                     None
                 };
-            match &m {
+            match &*m {
                 Method::BasicDeliver(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
                 Method::BasicGetOk(d) => ch.delivery_tag = ch.delivery_tag.max(d.delivery_tag),
                 _ => {}
             }
-            ch.content = Assembly::AwaitHeader { method: m, seqno };
+            ch.content.method = Some(take_method(m));
+            ch.content.seqno = seqno;
             return Ok(false);
         }
-        match (self.role, m) {
+        match (self.role, &mut *m) {
             (Role::Client, Method::ChannelFlow(f)) => {
                 ch.flow_active = f.active;
                 self.put(&Frame::method(channel, ChannelFlowOk { active: f.active }));
@@ -1703,11 +1727,11 @@ impl Connection {
                 }
                 self.emit(Event::Method {
                     channel,
-                    method: Method::BasicCancel(c),
+                    method: take_method(m),
                 });
             }
-            (role, m) => {
-                match &m {
+            (role, _) => {
+                match &*m {
                     Method::BasicConsumeOk(ok) if role == Role::Client => {
                         ch.consumers.push(ok.consumer_tag.clone())
                     }
@@ -1719,7 +1743,8 @@ impl Connection {
                     Method::BasicConsume(_) | Method::BasicCancel(_) | Method::BasicQos(_) => {}
                     _ => {}
                 }
-                self.emit(Event::Method { channel, method: m });
+                let method = take_method(m);
+                self.emit(Event::Method { channel, method });
             }
         }
         Ok(false)
@@ -1729,26 +1754,25 @@ impl Connection {
         &mut self,
         channel: u16,
         ch: &mut Channel,
-        h: ContentHeader,
+        h: Box<ContentHeader>,
     ) -> Result<(), ProtocolError> {
-        let (method, seqno) = match std::mem::take(&mut ch.content) {
-            Assembly::AwaitHeader { method, seqno } => (method, seqno),
-            other => {
-                let e = match &other {
-                    Assembly::AwaitBody { method, .. } => unexpected(format!(
-                        "expected content body, got a second content header on channel {channel}"
-                    ))
-                    .with_method(method.class_id(), method.method_id()),
-                    _ => unexpected(format!(
-                        "expected method frame, got a content header on channel {channel}"
-                    )),
-                };
-                ch.content = other;
-                return Err(e.on_channel(channel));
-            }
+        let a = &mut ch.content;
+        let Some(method) = &a.method else {
+            return Err(unexpected(format!(
+                "expected method frame, got a content header on channel {channel}"
+            ))
+            .on_channel(channel));
         };
         let ids = (method.class_id(), method.method_id());
+        if a.header.is_some() {
+            return Err(unexpected(format!(
+                "expected content body, got a second content header on channel {channel}"
+            ))
+            .with_method(ids.0, ids.1)
+            .on_channel(channel));
+        }
         if h.body_size > self.limits.max_message_size {
+            a.reset();
             return Err(ProtocolError::channel(
                 channel,
                 ReplyCode::PRECONDITION_FAILED,
@@ -1765,9 +1789,10 @@ impl Connection {
                 method: method.clone(),
                 properties: h.properties.clone(),
                 body_size: h.body_size,
-                seqno,
+                seqno: a.seqno,
             });
             if h.body_size == 0 {
+                a.reset();
                 self.emit(Event::BodyChunk {
                     channel,
                     data: Bytes::new(),
@@ -1776,6 +1801,10 @@ impl Connection {
                 return Ok(());
             }
         } else if h.body_size == 0 {
+            let (Some(method), seqno) = (a.method.take(), a.seqno.take()) else {
+                return Ok(());
+            };
+            a.reset();
             self.emit(Event::Message {
                 channel,
                 message: Message {
@@ -1787,51 +1816,40 @@ impl Connection {
             });
             return Ok(());
         }
-        ch.content = Assembly::AwaitBody {
-            method,
-            properties: h.properties,
-            body_size: h.body_size,
-            received: 0,
-            parts: Vec::new(),
-            seqno,
-        };
+        a.header = Some(h);
+        a.received = 0;
         Ok(())
     }
 
     fn on_body(&mut self, channel: u16, ch: &mut Channel, b: Bytes) -> Result<(), ProtocolError> {
-        let Assembly::AwaitBody {
-            body_size,
-            received,
-            parts,
-            method,
-            ..
-        } = &mut ch.content
-        else {
-            return Err(match &ch.content {
-                Assembly::AwaitHeader { method, .. } => unexpected(format!(
+        let a = &mut ch.content;
+        let (Some(method), Some(header)) = (&a.method, &a.header) else {
+            return Err(match &a.method {
+                Some(method) => unexpected(format!(
                     "expected content header for class 60, got a body frame on channel {channel}"
                 ))
                 .with_method(method.class_id(), method.method_id()),
-                _ => unexpected(format!(
+                None => unexpected(format!(
                     "body frame on channel {channel} without a content method"
                 )),
             }
             .on_channel(channel));
         };
+        let body_size = header.body_size;
         let len = b.len() as u64;
-        let total = *received + len;
-        if total > *body_size {
+        let total = a.received + len;
+        if total > body_size {
             return Err(ProtocolError::frame_error(ErrorKind::Refused(format!(
                 "body of {total}+ bytes is longer than the content header's body-size {body_size}"
             )))
             .on_channel(channel)
             .with_method(method.class_id(), method.method_id()));
         }
-        *received = total;
-        let last = total == *body_size;
+        a.received = total;
+        let last = total == body_size;
         if self.limits.body_chunks {
             if last {
-                ch.content = Assembly::Idle;
+                a.reset();
             }
             self.emit(Event::BodyChunk {
                 channel,
@@ -1853,19 +1871,15 @@ impl Connection {
             }
             self.held += b.len();
             ch.held += b.len();
-            parts.push(b);
+            a.parts.push(b);
             return Ok(());
         }
-        let Assembly::AwaitBody {
-            method,
-            properties,
-            parts,
-            seqno,
-            ..
-        } = std::mem::take(&mut ch.content)
-        else {
+        let (Some(method), Some(header)) = (a.method.take(), a.header.take()) else {
             return Ok(());
         };
+        let seqno = a.seqno.take();
+        let parts = std::mem::take(&mut a.parts);
+        a.received = 0;
         self.held -= ch.held;
         ch.held = 0;
         let body = if parts.is_empty() {
@@ -1882,7 +1896,7 @@ impl Connection {
             channel,
             message: Message {
                 method,
-                properties,
+                properties: header.properties,
                 body,
             },
             seqno,
@@ -1923,11 +1937,24 @@ impl Connection {
     }
 }
 
-/// The content header out of a header frame's payload, whether amqp-wire
-/// keeps it inline or boxed (no allocation when it is boxed).
+/// Moves a method out of a decoded frame, leaving a field-less one behind.
 #[inline]
-fn unbox(h: impl Into<Box<ContentHeader>>) -> ContentHeader {
-    *h.into()
+fn take_method(m: &mut Method) -> Method {
+    std::mem::replace(m, Method::TxSelect(TxSelect {}))
+}
+
+/// Moves a frame out of the decoder's result (the slow paths: handshake,
+/// closing, unknown channels).
+#[inline]
+fn take_frame(f: &mut Frame) -> Frame {
+    std::mem::replace(f, Frame::heartbeat())
+}
+
+/// The content header of a header frame's payload, boxed (amqp-wire parses
+/// it into a box: no allocation, no copy).
+#[inline]
+fn boxed(h: impl Into<Box<ContentHeader>>) -> Box<ContentHeader> {
+    h.into()
 }
 
 /// Client role: settles publish sequence numbers for an ack/nack.

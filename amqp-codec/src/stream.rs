@@ -108,6 +108,7 @@ impl FrameDecoder {
     ///
     /// After an error the decoder is stopped: every later call returns
     /// `Ok(None)`; the stream cannot be resynchronised.
+    #[inline]
     pub fn decode(&mut self) -> Result<Option<Decoded>, ProtocolError> {
         if self.failed {
             return Ok(None);
@@ -120,6 +121,7 @@ impl FrameDecoder {
         r
     }
 
+    #[inline]
     fn decode_inner(&mut self) -> Result<Option<Decoded>, ProtocolError> {
         if self.expect_header {
             return self.decode_header();
