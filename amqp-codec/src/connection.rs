@@ -189,6 +189,13 @@ fn unexpected(what: String) -> ProtocolError {
     )
 }
 
+/// How many events may wait to be read before
+/// [`Connection::handle_input`] stops decoding (the rest of the input is
+/// decoded by [`Connection::poll_event`] as the queue empties). Bounds the
+/// event queue, which would otherwise grow with the chunk size (a 64 KiB
+/// chunk of `basic.ack`s is over 3,000 events).
+pub const MAX_PENDING_EVENTS: usize = 16;
+
 /// One AMQP 0-9-1 connection, client or server side, without I/O.
 ///
 /// Drive it with [`handle_input`](Self::handle_input) (bytes from the
@@ -223,6 +230,8 @@ pub struct Connection {
     decision_mechanism: Option<ShortString>,
     close_reason: Option<CloseReason>,
     blocked: bool,
+    /// Input decoding stopped at [`MAX_PENDING_EVENTS`].
+    input_paused: bool,
 }
 
 impl Connection {
@@ -263,6 +272,7 @@ impl Connection {
             decision_mechanism: None,
             close_reason: None,
             blocked: false,
+            input_paused: false,
             limits,
         }
     }
@@ -383,7 +393,25 @@ impl Connection {
     }
 
     /// The next event, if any.
+    ///
+    /// Input is decoded only while fewer than [`MAX_PENDING_EVENTS`] events
+    /// wait to be read: when [`handle_input`](Self::handle_input) stops
+    /// there, the rest of the input waits in the decoder and is decoded
+    /// here, as the queue empties. So what the peer can make this side
+    /// queue is bounded by that many events, whatever the chunk size; and
+    /// frames decoded here may queue bytes to send: drain
+    /// [`poll_transmit`](Self::poll_transmit) after this returns `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            if self.input_paused {
+                self.input_paused = false;
+                self.process_input();
+            } else if self.events.capacity() > 2 * MAX_PENDING_EVENTS {
+                // After a burst outside the bound (EOF, commands): give the
+                // memory back.
+                self.events.shrink_to(MAX_PENDING_EVENTS);
+            }
+        }
         self.events.pop_front()
     }
 
@@ -405,7 +433,9 @@ impl Connection {
 
     // ----- inputs ----------------------------------------------------
 
-    /// Feeds bytes received from the peer (any chunking).
+    /// Feeds bytes received from the peer (any chunking). Decodes them
+    /// while fewer than [`MAX_PENDING_EVENTS`] events are pending; the rest
+    /// is decoded by [`poll_event`](Self::poll_event).
     pub fn handle_input(&mut self, data: Bytes) {
         if self.phase == Phase::Closed || data.is_empty() {
             return;
@@ -419,7 +449,18 @@ impl Connection {
     /// pending (input after it waits in the decoder, bounded by the
     /// handshake's 4096-byte frame_max per frame).
     fn process_input(&mut self) {
+        self.decode_input(MAX_PENDING_EVENTS);
+    }
+
+    /// Decodes and handles input while fewer than `max_events` events are
+    /// pending.
+    fn decode_input(&mut self, max_events: usize) {
         while self.phase != Phase::Closed && self.decision.is_none() {
+            if self.events.len() >= max_events {
+                // Resumed by poll_event once the queue is read.
+                self.input_paused = true;
+                break;
+            }
             // Frames are handled in place (by reference), and moved out
             // only where they are kept: a frame is 168 bytes, and each move
             // through the layers below is a memcpy.
@@ -441,8 +482,14 @@ impl Connection {
         }
     }
 
-    /// The peer closed its end of the transport.
+    /// The peer closed its end of the transport. Input not decoded yet
+    /// (see [`poll_event`](Self::poll_event)) is decoded first, whatever
+    /// the number of events it queues.
     pub fn handle_eof(&mut self) {
+        if self.input_paused {
+            self.input_paused = false;
+            self.decode_input(usize::MAX);
+        }
         if self.phase != Phase::Closed {
             self.finish(CloseCause::TransportClosed);
         }

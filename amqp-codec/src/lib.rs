@@ -87,7 +87,7 @@ pub mod stream;
 #[cfg(feature = "tokio-util")]
 pub mod codec;
 
-pub use connection::Connection;
+pub use connection::{Connection, MAX_PENDING_EVENTS};
 pub use model::*;
 pub use sasl::Credentials;
 pub use stream::{Decoded, FrameDecoder, FrameEncoder, SendError};

@@ -335,3 +335,53 @@ fn client_refuses_a_server_frame_max_below_4096() {
     assert_eq!(last_close(&mut c), Some((0, 530, 10, 30)));
     let _ = CloseCause::TransportClosed;
 }
+
+#[test]
+fn pending_events_are_bounded_and_input_resumes_on_poll_event() {
+    // 3,000 acks in one chunk: handle_input stops decoding at
+    // MAX_PENDING_EVENTS; poll_event decodes the rest as the queue empties;
+    // every ack comes out, in order, and nothing is lost at EOF.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    while s.poll_event().is_some() {}
+    let n = 3_000u64;
+    let acks: Vec<Frame> = (1..=n)
+        .map(|i| {
+            Frame::method(
+                1,
+                BasicAck {
+                    delivery_tag: i,
+                    multiple: false,
+                },
+            )
+        })
+        .collect();
+    s.handle_input(enc(&acks));
+    let mut tags = vec![];
+    while let Some(e) = s.poll_event() {
+        if let Event::Method {
+            method: Method::BasicAck(a),
+            ..
+        } = e
+        {
+            tags.push(a.delivery_tag);
+        }
+    }
+    assert_eq!(tags, (1..=n).collect::<Vec<_>>());
+    // Paused input is decoded before EOF closes the connection.
+    s.handle_input(enc(&acks));
+    assert!(s.poll_event().is_some());
+    s.handle_eof();
+    assert!(s.is_closed());
+    let mut acks_after = 1;
+    let mut closed = false;
+    while let Some(e) = s.poll_event() {
+        match e {
+            Event::Method { .. } => acks_after += 1,
+            Event::Closed { .. } => closed = true,
+            _ => {}
+        }
+    }
+    assert_eq!(acks_after, n);
+    assert!(closed);
+    assert!(amqp_codec::MAX_PENDING_EVENTS < n as usize);
+}
