@@ -75,17 +75,15 @@ fn binding_args() -> impl Strategy<Value = FieldTable> {
     ]);
     (x_match, table(&["a", "b", "x-c"]), any::<bool>()).prop_map(|(m, t, first)| {
         let mut out = FieldTable::new();
-        if first
-            && let Some(m) = &m {
-                out.insert("x-match", m.clone());
-            }
+        if first && let Some(m) = &m {
+            out.insert("x-match", m.clone());
+        }
         for (k, v) in t.iter() {
             out.push(k.clone(), v.clone());
         }
-        if !first
-            && let Some(m) = m {
-                out.insert("x-match", m);
-            }
+        if !first && let Some(m) = m {
+            out.insert("x-match", m);
+        }
         out
     })
 }

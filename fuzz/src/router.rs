@@ -124,7 +124,7 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         6 => Op::DeleteQueue {
             name: pick(u, QUEUES)?,
         },
-        7..=12 | 13 | 14 => {
+        7..=14 => {
             let to_queue = u.arbitrary()?;
             let source = pick(u, EXCHANGES)?;
             let dest = pick(u, if to_queue { QUEUES } else { EXCHANGES })?;

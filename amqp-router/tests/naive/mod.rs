@@ -546,10 +546,13 @@ impl Naive {
                 }
                 if !matched
                     && let Some(ae) = &x.ae
-                        && !ae.is_empty() && self.exchange(ae).is_some() && !visited.contains(ae) {
-                            visited.push(ae.clone());
-                            todo.push(ae.clone());
-                        }
+                    && !ae.is_empty()
+                    && self.exchange(ae).is_some()
+                    && !visited.contains(ae)
+                {
+                    visited.push(ae.clone());
+                    todo.push(ae.clone());
+                }
             }
         }
         out.sort();

@@ -62,7 +62,7 @@ fn parse_value(letter: &str, text: &str) -> Result<FieldValue, String> {
             })
         }
         "x" => {
-            if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("{text:?} is not a hex byte string"));
             }
             let bytes: Vec<u8> = (0..text.len())
