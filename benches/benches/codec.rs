@@ -23,10 +23,11 @@
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic as their_basic};
-use amqp_codec::types::method::{
-    BasicAck, BasicPublish, ChannelOpen, ConnectionOpen, ConnectionStartOk, ConnectionTuneOk,
+use amqp_benches::codec_stream::{
+    CHANNELS, CHUNK, PER_CHANNEL, encode, preamble, ready_server, stream,
 };
-use amqp_codec::types::{BasicProperties, FieldTable, LongString, Method, ShortString};
+use amqp_codec::types::method::ChannelOpen;
+use amqp_codec::types::{FieldTable, Method};
 use amqp_codec::wire::Frame;
 use amqp_codec::{Answer, Connection, Event, ServerConfig};
 use bytes::{Bytes, BytesMut};
@@ -37,11 +38,6 @@ use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-const CHANNELS: u16 = 8;
-const PER_CHANNEL: u64 = 250;
-const BODY: usize = 1024;
-const CHUNK: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------
 // An order-independent fingerprint: the sum of one hash per item, where an
@@ -85,134 +81,9 @@ fn publish_item(ch: u16, exchange: usize, routing_key: usize, mandatory: bool) -
 // The stream.
 // ---------------------------------------------------------------------------
 
-fn ss(s: &str) -> ShortString {
-    ShortString::try_from(s).unwrap()
-}
-
-fn properties() -> BasicProperties {
-    let mut h = FieldTable::new();
-    h.insert("x-tenant", "acme");
-    h.insert("x-retry", 0i32);
-    h.insert("x-trace-id", "4bf92f3577b34da6a3ce929d0e0e4736");
-    h.insert("x-priority-class", "gold");
-    h.insert("x-sent-at", 1_700_000_000i64);
-    BasicProperties {
-        content_type: Some(ss("application/json")),
-        delivery_mode: Some(2),
-        headers: Some(h),
-        ..Default::default()
-    }
-}
-
-fn encode(frames: &[Frame], out: &mut BytesMut) {
-    for f in frames {
-        f.encode(out).unwrap();
-    }
-}
-
-/// The client's handshake and channel opens (fed before timing).
-fn preamble() -> Vec<Bytes> {
-    let mut v = vec![Bytes::from_static(b"AMQP\x00\x00\x09\x01")];
-    let mut b = BytesMut::new();
-    encode(
-        &[Frame::method(
-            0,
-            ConnectionStartOk {
-                mechanism: ss("PLAIN"),
-                response: LongString::from("\0guest\0guest"),
-                locale: ss("en_US"),
-                ..Default::default()
-            },
-        )],
-        &mut b,
-    );
-    v.push(b.split().freeze());
-    encode(
-        &[
-            Frame::method(
-                0,
-                ConnectionTuneOk {
-                    channel_max: 2047,
-                    frame_max: 131_072,
-                    heartbeat: 0,
-                },
-            ),
-            Frame::method(
-                0,
-                ConnectionOpen {
-                    virtual_host: ss("/"),
-                    ..Default::default()
-                },
-            ),
-        ],
-        &mut b,
-    );
-    v.push(b.split().freeze());
-    for ch in 1..=CHANNELS {
-        encode(&[Frame::method(ch, ChannelOpen::default())], &mut b);
-    }
-    v.push(b.freeze());
-    v
-}
-
-/// Publishes interleaved frame by frame over the channels, then acks.
-fn stream() -> (Bytes, u64) {
-    let props = properties();
-    let body = Bytes::from((0..BODY).map(|i| i as u8).collect::<Vec<_>>());
-    let mut out = BytesMut::new();
-    let mut frames = 0;
-    for round in 1..=PER_CHANNEL {
-        let mut batch = Vec::new();
-        for ch in 1..=CHANNELS {
-            batch.push(Frame::method(
-                ch,
-                BasicPublish {
-                    exchange: ss("orders"),
-                    routing_key: ShortString::try_from(format!("orders.eu.{ch}")).unwrap(),
-                    ..Default::default()
-                },
-            ));
-        }
-        for ch in 1..=CHANNELS {
-            batch.push(Frame::header(ch, BODY as u64, props.clone()));
-        }
-        for ch in 1..=CHANNELS {
-            batch.push(Frame::body(ch, body.clone()));
-        }
-        for ch in 1..=CHANNELS {
-            batch.push(Frame::method(
-                ch,
-                BasicAck {
-                    delivery_tag: round,
-                    multiple: false,
-                },
-            ));
-        }
-        frames += batch.len() as u64;
-        encode(&batch, &mut out);
-    }
-    (out.freeze(), frames)
-}
-
 // ---------------------------------------------------------------------------
 // The two sides (exactly what is timed).
 // ---------------------------------------------------------------------------
-
-/// A server connection after the handshake with every channel open.
-fn ready_server() -> Connection {
-    let mut s = Connection::server(ServerConfig::default(), Instant::now());
-    for b in preamble() {
-        s.handle_input(b);
-        while let Some(e) = s.poll_event() {
-            if let Event::Decision { id, .. } = e {
-                s.decide(id, Answer::Accept).unwrap();
-            }
-        }
-    }
-    assert!(s.is_open() && s.channel_count() == usize::from(CHANNELS));
-    while s.poll_transmit().is_some() {}
-    s
-}
 
 fn table_words(t: Option<&FieldTable>) -> u64 {
     t.map_or(0, |t| {

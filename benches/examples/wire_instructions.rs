@@ -6,124 +6,15 @@
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::types::{generation::gen_field_table, parsing::parse_field_table};
-use amqp_types::method::{BasicAck, BasicDeliver, BasicPublish};
-use amqp_types::{
-    BasicProperties, Decimal, FieldArray, FieldTable, FieldValue, LongString, ShortString,
+use amqp_benches::wire_inputs::{
+    ack_frames, deliver_frames, encode_all, publish_frames, twenty_entry_table,
 };
+use amqp_types::FieldTable;
 use amqp_wire::{
     Frame, FrameLimits, FramePayload, Parsed, decode_field_table, encode_field_table, parse_frame,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use std::hint::black_box;
-
-fn ss(s: &str) -> ShortString {
-    ShortString::try_from(s).expect("short")
-}
-
-fn encode(frames: &[Frame]) -> Bytes {
-    let mut b = BytesMut::new();
-    for f in frames {
-        f.encode(&mut b).expect("encodable");
-    }
-    b.freeze()
-}
-
-fn properties() -> BasicProperties {
-    // Sorted keys: amq-protocol keeps tables in a BTreeMap, and the two
-    // libraries must write identical bytes.
-    let mut h = FieldTable::new();
-    h.insert("attempt", 3i32);
-    h.insert("priority-class", "gold");
-    h.insert("retry", true);
-    h.insert("tenant", "acme");
-    h.insert("trace-id", "0af7651916cd43dd8448eb211c80319c");
-    BasicProperties {
-        content_type: Some(ss("application/json")),
-        delivery_mode: Some(2),
-        message_id: Some(ss("msg-000001")),
-        timestamp: Some(1_700_000_000),
-        headers: Some(h),
-        ..Default::default()
-    }
-}
-
-fn publish() -> Vec<Frame> {
-    vec![
-        Frame::method(
-            1,
-            BasicPublish {
-                exchange: ss("orders"),
-                routing_key: ss("order.eu.paris"),
-                ..Default::default()
-            },
-        ),
-        Frame::header(1, 1024, properties()),
-        Frame::body(1, Bytes::from(vec![7u8; 1024])),
-    ]
-}
-
-fn deliver() -> Vec<Frame> {
-    vec![
-        Frame::method(
-            1,
-            BasicDeliver {
-                consumer_tag: ss("amq.ctag-5Hq3zR0PpTtqLVxqX4cW3w"),
-                delivery_tag: 42,
-                exchange: ss("orders"),
-                routing_key: ss("order.eu.paris"),
-                ..Default::default()
-            },
-        ),
-        Frame::header(1, 1024, properties()),
-        Frame::body(1, Bytes::from(vec![7u8; 1024])),
-    ]
-}
-
-fn table() -> FieldTable {
-    let mut inner = FieldTable::new();
-    inner.insert("count", 2i64);
-    inner.insert("reason", "expired");
-    let mut death = FieldTable::new();
-    death.insert("count", 1i64);
-    death.insert("queue", "orders.retry");
-    let mut array = FieldArray::new();
-    array.push(1i32);
-    array.push("two");
-    array.push(false);
-    let mut deaths = FieldArray::new();
-    deaths.push(death);
-    let mut t = FieldTable::new();
-    t.insert("a-bool", true);
-    t.insert("b-i8", -5i8);
-    t.insert("c-u8", 200u8);
-    t.insert("d-i16", -1234i16);
-    t.insert("e-u16", 54_321u16);
-    t.insert("f-i32", -100_000i32);
-    t.insert("g-u32", 3_000_000_000u32);
-    t.insert("h-i64", -9_000_000_000_000_000i64);
-    t.insert("i-f32", 1.5f32);
-    t.insert("j-f64", 2.25f64);
-    t.insert(
-        "k-decimal",
-        Decimal {
-            scale: 2,
-            value: 12_345,
-        },
-    );
-    t.insert("l-longstr", "application/json; charset=utf-8");
-    t.insert("m-array", array);
-    t.push(ss("n-timestamp"), FieldValue::Timestamp(1_700_000_000));
-    t.insert("o-table", inner);
-    t.push(ss("p-void"), FieldValue::Void);
-    t.push(
-        ss("q-bytes"),
-        FieldValue::ByteArray(LongString::from((0u8..16).collect::<Vec<u8>>())),
-    );
-    t.insert("r-x-death", deaths);
-    t.insert("s-long-longstr", "y".repeat(200));
-    t.insert("t-priority", 5u8);
-    t
-}
 
 const LIMITS: FrameLimits = FrameLimits::new(128 * 1024);
 
@@ -210,22 +101,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_default();
     let iters: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let pubs = encode(&publish());
-    let dels = encode(&deliver());
-    let acks = encode(
-        &(0..10_000u64)
-            .map(|i| {
-                Frame::method(
-                    1,
-                    BasicAck {
-                        delivery_tag: i,
-                        multiple: false,
-                    },
-                )
-            })
-            .collect::<Vec<_>>(),
-    );
-    let ours_frames = publish();
+    let pubs = encode_all(&publish_frames());
+    let dels = encode_all(&deliver_frames());
+    let acks = encode_all(&ack_frames(10_000));
+    let ours_frames = publish_frames();
     let mut theirs_frames = Vec::new();
     let mut rest = &pubs[..];
     while !rest.is_empty() {
@@ -233,7 +112,7 @@ fn main() {
         theirs_frames.push(f);
         rest = r;
     }
-    let t = table();
+    let t = twenty_entry_table();
     let mut tb = BytesMut::new();
     encode_field_table(&t, &mut tb).expect("encode");
     let tin = tb.freeze();

@@ -1,1 +1,5 @@
-//! Benchmarks live in benches/.
+//! Shared inputs of the benchmarks in `benches/` and the instruction-count
+//! harnesses in `examples/`, so that both measure exactly the same work.
+
+pub mod codec_stream;
+pub mod wire_inputs;
