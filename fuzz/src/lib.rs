@@ -4,3 +4,43 @@
 pub mod codec;
 pub mod router;
 pub mod wire;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Every file of `dir`, sorted, with its bytes; panics if `dir` is missing
+/// or empty.
+fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let entries = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("corpus directory {} unreadable: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "corpus directory {} is empty",
+        dir.display()
+    );
+    files
+        .into_iter()
+        .map(|p| {
+            let data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, data)
+        })
+        .collect()
+}
+
+/// Every committed input of a fuzz target: `fuzz/corpus/<target>/` (which
+/// must exist and be non-empty) and, if present,
+/// `fuzz/artifacts-regressions/<target>/`, for the replay tests.
+pub fn committed_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut all = inputs(&root.join("corpus").join(target));
+    let regressions = root.join("artifacts-regressions").join(target);
+    if regressions.exists() {
+        all.extend(inputs(&regressions));
+    }
+    all
+}

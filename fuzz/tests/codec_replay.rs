@@ -3,29 +3,18 @@
 //! stable `cargo test` re-checks everything the fuzzer kept. A missing or
 //! empty corpus directory is a failure.
 
-use std::fs;
-use std::path::Path;
-
 #[test]
 fn codec_ops_corpus_replays() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/codec_ops");
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus directory {} unreadable: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "corpus directory {} is empty",
-        dir.display()
-    );
+    let inputs = amqp_fuzz::committed_inputs("codec_ops");
     let mut bytes = 0;
-    for f in &files {
-        let data = fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    for (path, data) in &inputs {
         bytes += data.len();
-        let r = std::panic::catch_unwind(|| amqp_fuzz::codec::codec_ops(&data));
-        assert!(r.is_ok(), "input {} fails the codec_ops check", f.display());
+        let r = std::panic::catch_unwind(|| amqp_fuzz::codec::codec_ops(data));
+        assert!(
+            r.is_ok(),
+            "input {} fails the codec_ops check",
+            path.display()
+        );
     }
-    println!("codec_ops: {} inputs, {bytes} bytes replayed", files.len());
+    println!("codec_ops: {} inputs, {bytes} bytes replayed", inputs.len());
 }

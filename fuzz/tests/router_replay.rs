@@ -3,33 +3,21 @@
 //! stable `cargo test` re-checks everything the fuzzer kept. A missing or
 //! empty corpus directory is a failure.
 
-use std::fs;
-use std::path::Path;
-
 #[test]
 fn router_ops_corpus_replays() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/router_ops");
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus directory {} unreadable: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "corpus directory {} is empty",
-        dir.display()
-    );
+    let inputs = amqp_fuzz::committed_inputs("router_ops");
     let mut bytes = 0;
-    for f in &files {
-        let data = fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    for (path, data) in &inputs {
         bytes += data.len();
-        let r = std::panic::catch_unwind(|| amqp_fuzz::router::router_ops(&data));
+        let r = std::panic::catch_unwind(|| amqp_fuzz::router::router_ops(data));
         assert!(
             r.is_ok(),
             "input {} fails the router_ops check",
-            f.display()
+            path.display()
         );
     }
-    println!("router_ops: {} inputs, {bytes} bytes replayed", files.len());
+    println!(
+        "router_ops: {} inputs, {bytes} bytes replayed",
+        inputs.len()
+    );
 }

@@ -8,44 +8,11 @@
 
 use amqp_fuzz::wire;
 use bytes::Bytes;
-use std::fs;
-use std::path::{Path, PathBuf};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-/// Every file under `dir`, sorted; panics if `dir` is missing or empty.
-fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let entries = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("corpus directory {} unreadable: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "corpus directory {} is empty",
-        dir.display()
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p, data)
-        })
-        .collect()
-}
 
 /// Runs `check` over `fuzz/corpus/<target>/` and, if present,
 /// `fuzz/artifacts-regressions/<target>/`; returns the inputs run.
 fn replay(target: &str, check: fn(&[u8])) -> Vec<Vec<u8>> {
-    let mut all = inputs(&fuzz_dir().join("corpus").join(target));
-    let regressions = fuzz_dir().join("artifacts-regressions").join(target);
-    if regressions.exists() {
-        all.extend(inputs(&regressions));
-    }
+    let all = amqp_fuzz::committed_inputs(target);
     for (path, data) in &all {
         // A panic names the input, so a CI failure can be reproduced with
         // `cargo fuzz run <target> <path>`.
