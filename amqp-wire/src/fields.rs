@@ -16,8 +16,9 @@ use amqp_types::{
 use bytes::Bytes;
 
 /// Long strings at least this long are handed out as slices of the input
-/// (zero copy); shorter ones are copied so that a small value does not keep
-/// a large read buffer alive.
+/// (zero copy); shorter ones are copied (inline in the `LongString` up to 22
+/// bytes, else one small allocation) so that a small value does not keep a
+/// large read buffer alive.
 pub const ZERO_COPY_MIN: usize = 128;
 
 /// Why a payload failed to decode (internal and `Copy`, so the hot path
