@@ -1,5 +1,6 @@
 //! The Sans-IO connection state machine, client and server roles.
 
+use crate::channels::ChannelTable;
 use crate::model::*;
 use crate::sasl::Credentials;
 use crate::stream::{Decoded, FrameDecoder, FrameEncoder, check_frame_max};
@@ -10,27 +11,10 @@ use amqp_types::{
 };
 use amqp_wire::{ContentHeader, Frame, FramePayload, PROTOCOL_HEADER, ProtocolHeader};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-/// A hasher for channel numbers (u16 keys need no SipHash).
-#[derive(Default, Clone, Copy)]
-struct ChannelHasher(u64);
-impl Hasher for ChannelHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.0 = u64::from(n);
-    }
-}
-type ChannelMap = HashMap<u16, Box<Channel>, BuildHasherDefault<ChannelHasher>>;
+type ChannelMap = ChannelTable<Channel>;
 
 /// Which kinds answer some request ([`MethodKind::is_reply`], which scans
 /// the whole method table on every call), computed once at compile time and
