@@ -1818,7 +1818,7 @@ impl Connection {
             self.emit(Event::ContentStart {
                 channel,
                 method: method.clone(),
-                properties: h.properties.clone(),
+                properties: Box::new(h.properties.clone()),
                 body_size: h.body_size,
                 seqno: a.seqno,
             });
@@ -1838,11 +1838,11 @@ impl Connection {
             a.reset();
             self.emit(Event::Message {
                 channel,
-                message: Message {
+                message: Box::new(Message {
                     method,
                     properties: h.properties,
                     body: Bytes::new(),
-                },
+                }),
                 seqno,
             });
             return Ok(());
@@ -1925,11 +1925,11 @@ impl Connection {
         };
         self.emit(Event::Message {
             channel,
-            message: Message {
+            message: Box::new(Message {
                 method,
                 properties: header.properties,
                 body,
-            },
+            }),
             seqno,
         });
         Ok(())

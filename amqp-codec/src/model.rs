@@ -423,8 +423,9 @@ pub enum Event {
     Message {
         /// The channel.
         channel: u16,
-        /// The message.
-        message: Message,
+        /// The message (boxed: it is most of the event's size, and every
+        /// other event would otherwise be as large).
+        message: Box<Message>,
         /// Server role, channel in confirm mode: the publish sequence number
         /// to acknowledge.
         seqno: Option<u64>,
@@ -436,8 +437,8 @@ pub enum Event {
         channel: u16,
         /// The content method.
         method: Method,
-        /// The properties.
-        properties: BasicProperties,
+        /// The properties (boxed, as [`Event::Message`]'s message).
+        properties: Box<BasicProperties>,
         /// The announced body size.
         body_size: u64,
         /// As in [`Event::Message`].

@@ -82,14 +82,16 @@ impl MiniBroker {
                         panic!()
                     };
                     if p.exchange.is_empty() {
-                        self.parked.push((p.routing_key.clone(), message.clone()));
+                        self.parked
+                            .push((p.routing_key.clone(), amqp_codec::Message::clone(message)));
                     } else {
                         for (_, _, q) in self
                             .bindings
                             .iter()
                             .filter(|b| b.0 == p.exchange && b.1 == p.routing_key)
                         {
-                            self.parked.push((q.clone(), message.clone()));
+                            self.parked
+                                .push((q.clone(), amqp_codec::Message::clone(message)));
                         }
                     }
                     self.flush(s);
