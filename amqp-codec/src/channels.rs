@@ -87,6 +87,19 @@ impl<T> ChannelTable<T> {
         }
     }
 
+    /// Puts back a channel taken out by [`remove`](Self::remove): its page
+    /// exists, so this is one store (no allocation, no growth check).
+    #[inline]
+    pub(crate) fn restore(&mut self, channel: u16, ch: Box<T>) {
+        match self.slot_mut(channel) {
+            Some(slot @ None) => {
+                *slot = Some(ch);
+                self.len += 1;
+            }
+            _ => self.insert(channel, ch),
+        }
+    }
+
     /// Drops every channel and every page.
     pub(crate) fn clear(&mut self) {
         self.pages = Vec::new();
@@ -127,8 +140,16 @@ mod tests {
         *t.get_mut(&64).unwrap() += 1;
         let all: Vec<_> = t.iter_mut().map(|(c, v)| (c, *v)).collect();
         assert_eq!(all, [(1, 10), (2, 21), (64, 641), (65535, 655350)]);
-        assert_eq!(t.remove(&1).as_deref(), Some(&10));
+        let one = t.remove(&1).unwrap();
+        assert_eq!(*one, 10);
         assert!(!t.contains_key(&1));
+        assert_eq!(t.len(), 3);
+        t.restore(1, one);
+        assert_eq!((t.get(&1), t.len()), (Some(&10), 4));
+        t.restore(200, Box::new(2000));
+        assert_eq!((t.get(&200), t.len()), (Some(&2000), 5));
+        t.remove(&1);
+        t.remove(&200);
         assert_eq!(t.len(), 3);
         t.clear();
         assert_eq!(t.len(), 0);

@@ -1486,7 +1486,7 @@ impl Connection {
         };
         let r = self.on_channel_frame(channel, &mut ch, &mut f.payload);
         if !matches!(r, Ok(true)) {
-            self.channels.insert(channel, ch);
+            self.channels.restore(channel, ch);
         }
         r.map(|_| ())
     }
