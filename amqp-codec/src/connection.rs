@@ -9,7 +9,9 @@ use amqp_types::{
     BasicProperties, ErrorKind, FieldTable, FieldValue, LongString, Method, MethodKind,
     ProtocolError, ReplyCode, ShortString,
 };
-use amqp_wire::{ContentHeader, Frame, FramePayload, PROTOCOL_HEADER, ProtocolHeader};
+use amqp_wire::{
+    ContentHeader, Frame, FramePayload, PROTOCOL_HEADER, Parsed, ProtocolHeader, parse_frame,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -447,7 +449,21 @@ impl Connection {
             }
             // Frames are handled in place (by reference), and moved out
             // only where they are kept: a frame is 168 bytes, and each move
-            // through the layers below is a memcpy.
+            // through the layers below is a memcpy. The common case (a
+            // whole frame in the first chunk) is parsed here, in this
+            // frame's slot; the rest goes through the decoder.
+            if let Some((front, limits)) = self.decoder.front_chunk()
+                && let Ok(Parsed::Complete {
+                    frame: mut f,
+                    consumed,
+                }) = parse_frame(front, limits)
+            {
+                self.decoder.consume_front(consumed);
+                if let Err(e) = self.on_frame(&mut f) {
+                    self.fail(e);
+                }
+                continue;
+            }
             let mut decoded = self.decoder.decode();
             match &mut decoded {
                 Ok(None) => break,

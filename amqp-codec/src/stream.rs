@@ -121,6 +121,35 @@ impl FrameDecoder {
         r
     }
 
+    /// The connection's fast path: the first input chunk and the limits,
+    /// when the next frame is parsed straight from it (no partial frame
+    /// gathered, no protocol header expected, no earlier failure). The
+    /// caller parses the frame in its own stack slot (a frame moved out
+    /// through [`decode`](Self::decode)'s result is copied twice) and
+    /// reports a whole one with [`consume_front`](Self::consume_front);
+    /// anything else (incomplete, an error) goes through `decode`, which
+    /// parses it again.
+    #[inline]
+    pub(crate) fn front_chunk(&self) -> Option<(&Bytes, FrameLimits)> {
+        if self.failed || self.expect_header || !self.partial.is_empty() {
+            return None;
+        }
+        Some((self.rest.front()?, FrameLimits::new(self.frame_max)))
+    }
+
+    /// A whole frame of `consumed` bytes was parsed from
+    /// [`front_chunk`](Self::front_chunk).
+    #[inline]
+    pub(crate) fn consume_front(&mut self, consumed: usize) {
+        if let Some(front) = self.rest.front_mut() {
+            front.advance(consumed);
+            if front.is_empty() {
+                self.rest.pop_front();
+            }
+        }
+        self.offset += consumed as u64;
+    }
+
     #[inline]
     fn decode_inner(&mut self) -> Result<Option<Decoded>, ProtocolError> {
         if self.expect_header {
