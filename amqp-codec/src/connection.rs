@@ -1810,8 +1810,10 @@ impl Connection {
             ))
             .on_channel(channel));
         };
-        let ids = (method.class_id(), method.method_id());
+        // Only the error paths need the ids (two out-of-line matches).
+        let ids = |m: &Method| (m.class_id(), m.method_id());
         if a.header.is_some() {
+            let ids = ids(method);
             return Err(unexpected(format!(
                 "expected content body, got a second content header on channel {channel}"
             ))
@@ -1819,6 +1821,7 @@ impl Connection {
             .on_channel(channel));
         }
         if h.body_size > self.limits.max_message_size {
+            let ids = ids(method);
             a.reset();
             return Err(ProtocolError::channel(
                 channel,
