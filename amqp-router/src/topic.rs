@@ -99,6 +99,10 @@ struct Entry {
     child: u32,
     /// Position of the edge's parent (of the node itself for [`BIND`]).
     pos: u32,
+    /// A copy of the child's `filter` and `sk` (an anchor's summary), so
+    /// that the walk reaching it need not read the node.
+    filter: u32,
+    sk: u32,
 }
 
 #[inline]
@@ -193,12 +197,16 @@ pub(crate) struct Trie {
     links: Vec<u32>,
 }
 
+/// An active pair of [`Trie::matches`]: `(anchor, count, filter, sk)`.
+type Active = (u32, u32, u32, u32);
+
 /// Reusable buffers for [`Trie::matches`].
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TrieScratch {
-    /// Active `(anchor, words consumed since it)` pairs.
-    cur: Vec<(u32, u32)>,
-    next: Vec<(u32, u32)>,
+    /// Active `(anchor, words consumed since it)` pairs, each with the
+    /// anchor's `filter` and `sk`.
+    cur: Vec<Active>,
+    next: Vec<Active>,
     /// Per node: the stamp of the step that reached it as a new anchor.
     mark: Vec<u32>,
     /// Per node: the stamp of the step that saturated its count.
@@ -325,6 +333,24 @@ impl Trie {
         }
     }
 
+    /// Copies anchor `a`'s `filter` and `sk` into the entry of its
+    /// incoming edge (the root has none).
+    fn sync(&mut self, a: u32) {
+        let node = &self.nodes[a as usize];
+        if a == 0 || node.parent == NONE {
+            return;
+        }
+        let (word, filter, sk) = (node.word, node.filter, node.sk);
+        let p = self.anchor_of(node.parent);
+        let h = key_hash(p, word);
+        let same = |x: &Entry| x.anchor == p && x.word == word && x.child == a;
+        if let Some(e) = self.edges.find_mut(h, same) {
+            (e.filter, e.sk) = (filter, sk);
+        } else if let Some(e) = self.extra.find_mut(h, same) {
+            (e.filter, e.sk) = (filter, sk);
+        }
+    }
+
     fn alloc(&mut self, node: Node) -> u32 {
         match self.free.pop() {
             Some(i) => {
@@ -366,6 +392,7 @@ impl Trie {
                         let a = self.anchor_of(at);
                         let s = &mut self.nodes[a as usize].sk;
                         *s = (*s & !STARS) | (*s & STARS).max(pos & STARS) | (pos & OPEN);
+                        self.sync(a);
                         child
                     }
                 }
@@ -385,11 +412,14 @@ impl Trie {
                         self.nodes[at as usize].nwords += 1;
                         let a = self.anchor_of(at);
                         self.nodes[a as usize].filter |= bit(wid);
+                        self.sync(a);
                         self.insert_entry(Entry {
                             anchor: a,
                             word: wid,
                             child,
                             pos,
+                            filter: 0,
+                            sk: 0,
                         });
                         child
                     }
@@ -405,11 +435,14 @@ impl Trie {
             let pos = node.sk;
             let a = self.anchor_of(at);
             self.nodes[a as usize].sk |= WBIND;
+            self.sync(a);
             self.insert_entry(Entry {
                 anchor: a,
                 word: BIND,
                 child: at,
                 pos,
+                filter: 0,
+                sk: 0,
             });
         }
         self.links[idx] = self.nodes[at as usize].first;
@@ -495,6 +528,7 @@ impl Trie {
             if node.nwords == 0 {
                 node.filter = 0;
             }
+            self.sync(a);
         }
     }
 
@@ -509,7 +543,8 @@ impl Trie {
     /// matching node once; an id appears once per matching node).
     pub(crate) fn matches(&self, key: &[u8], s: &mut TrieScratch, mut out: impl FnMut(u32)) {
         s.cur.clear();
-        s.cur.push((0, 0));
+        let root = &self.nodes[0];
+        s.cur.push((0, 0, root.filter, root.sk));
         for w in words(key) {
             if s.cur.is_empty() {
                 return;
@@ -520,44 +555,51 @@ impl Trie {
             let wid = self.words.get(w);
             let wbit = if wid == NONE { 0 } else { bit(wid) };
             for i in 0..s.cur.len() {
-                let (a, k) = s.cur[i];
-                let node = &self.nodes[a as usize];
-                if node.filter & wbit != 0 {
+                let (a, k, filter, sk) = s.cur[i];
+                if filter & wbit != 0 {
                     let (mark, next) = (&mut s.mark, &mut s.next);
                     self.entries(a, wid, |e| {
-                        if active(e.pos, k) && mark[e.child as usize] != stamp {
-                            mark[e.child as usize] = stamp;
-                            next.push((e.child, 0));
+                        // `cur` holds each `(anchor, count)` once, and an
+                        // edge whose parent is not open applies at one
+                        // count only: only open edges need the mark.
+                        if active(e.pos, k)
+                            && (e.pos & OPEN == 0 || mark[e.child as usize] != stamp)
+                        {
+                            if e.pos & OPEN != 0 {
+                                mark[e.child as usize] = stamp;
+                            }
+                            next.push((e.child, 0, e.filter, e.sk));
                         }
                     });
                 }
-                let sk = node.sk;
                 let maxs = sk & STARS;
                 if k < maxs {
-                    s.next.push((a, k + 1));
+                    s.next.push((a, k + 1, filter, sk));
                 } else if sk & OPEN != 0 && s.sat[a as usize] != stamp {
                     // Past every `*`: only the open nodes remain, whatever
                     // the count; keep one pair at `maxs + 1`.
                     s.sat[a as usize] = stamp;
-                    s.next.push((a, maxs + 1));
+                    s.next.push((a, maxs + 1, filter, sk));
                 }
             }
             std::mem::swap(&mut s.cur, &mut s.next);
         }
-        // Each matching node once.
+        // Each matching node once: `cur` holds each `(anchor, count)`
+        // once, so an anchor's own bindings are emitted once, and a
+        // skeleton node that is not open applies at one count only.
         s.bump(self.nodes.len());
         let stamp = s.stamp;
-        for &(a, k) in &s.cur {
-            let node = &self.nodes[a as usize];
-            if k == 0 && s.mark[a as usize] != stamp {
-                s.mark[a as usize] = stamp;
-                self.emit(node.first, &mut out);
+        for &(a, k, _, sk) in &s.cur {
+            if k == 0 {
+                self.emit(self.nodes[a as usize].first, &mut out);
             }
-            if node.sk & WBIND != 0 {
+            if sk & WBIND != 0 {
                 let mark = &mut s.mark;
                 self.entries(a, BIND, |e| {
-                    if active(e.pos, k) && mark[e.child as usize] != stamp {
-                        mark[e.child as usize] = stamp;
+                    if active(e.pos, k) && (e.pos & OPEN == 0 || mark[e.child as usize] != stamp) {
+                        if e.pos & OPEN != 0 {
+                            mark[e.child as usize] = stamp;
+                        }
                         self.emit(self.nodes[e.child as usize].first, &mut out);
                     }
                 });
