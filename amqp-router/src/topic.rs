@@ -20,8 +20,11 @@
 //!   count are picked out without touching the nodes. Bindings on skeleton
 //!   nodes are found the same way at the end of the key.
 //!
-//! Every literal edge is one 16-byte entry of one flat hash table keyed by
-//! `(anchor, word id)`, hashed with one multiplication.
+//! Every literal edge is one 24-byte entry of one flat hash table keyed by
+//! `(anchor, word id)`, hashed with one multiplication. The entry also
+//! carries a copy of its child's word filter and skeleton summary, so a
+//! step of the walk reads the entry and never the node it leads to; only
+//! the last step reads the nodes whose bindings it emits.
 
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -391,8 +394,11 @@ impl Trie {
                         }
                         let a = self.anchor_of(at);
                         let s = &mut self.nodes[a as usize].sk;
+                        let old = *s;
                         *s = (*s & !STARS) | (*s & STARS).max(pos & STARS) | (pos & OPEN);
-                        self.sync(a);
+                        if *s != old {
+                            self.sync(a);
+                        }
                         child
                     }
                 }
@@ -411,8 +417,11 @@ impl Trie {
                         let child = self.alloc(Node::new(at, wid, 0));
                         self.nodes[at as usize].nwords += 1;
                         let a = self.anchor_of(at);
-                        self.nodes[a as usize].filter |= bit(wid);
-                        self.sync(a);
+                        let f = &mut self.nodes[a as usize].filter;
+                        if *f & bit(wid) == 0 {
+                            *f |= bit(wid);
+                            self.sync(a);
+                        }
                         self.insert_entry(Entry {
                             anchor: a,
                             word: wid,
@@ -434,8 +443,10 @@ impl Trie {
         if node.first == NONE && node.is_wild() {
             let pos = node.sk;
             let a = self.anchor_of(at);
-            self.nodes[a as usize].sk |= WBIND;
-            self.sync(a);
+            if self.nodes[a as usize].sk & WBIND == 0 {
+                self.nodes[a as usize].sk |= WBIND;
+                self.sync(a);
+            }
             self.insert_entry(Entry {
                 anchor: a,
                 word: BIND,
