@@ -442,7 +442,10 @@ impl Connection {
     /// pending.
     fn decode_input(&mut self, max_events: usize) {
         while self.phase != Phase::Closed && self.decision.is_none() {
-            if self.events.len() >= max_events {
+            // While closing, every frame but close/close-ok is dropped and
+            // nothing is queued, so the bound does not apply: a close-ok
+            // behind unread events still ends the handshake.
+            if self.events.len() >= max_events && self.phase != Phase::Closing {
                 // Resumed by poll_event once the queue is read.
                 self.input_paused = true;
                 break;
@@ -502,6 +505,7 @@ impl Connection {
         if now > self.now {
             self.now = now;
         }
+        self.resume_closing_input();
         if self.phase == Phase::Closed {
             return;
         }
@@ -684,8 +688,20 @@ impl Connection {
             }
             _ => {
                 self.send_connection_close(CloseReason::new(code, text));
+                self.resume_closing_input();
                 Ok(())
             }
+        }
+    }
+
+    /// Decodes input paused behind unread events once the connection is
+    /// closing (see [`decode_input`](Self::decode_input): nothing is
+    /// queued then, so the peer's close-ok is seen whether or not the
+    /// embedder reads its events).
+    fn resume_closing_input(&mut self) {
+        if self.input_paused && self.phase == Phase::Closing {
+            self.input_paused = false;
+            self.process_input();
         }
     }
 

@@ -385,3 +385,51 @@ fn pending_events_are_bounded_and_input_resumes_on_poll_event() {
     assert!(closed);
     assert!(amqp_codec::MAX_PENDING_EVENTS < n as usize);
 }
+
+#[test]
+fn close_ok_behind_unread_events_ends_the_close_handshake() {
+    // The embedder reads no events: input pauses at MAX_PENDING_EVENTS.
+    // Once this side closes, the paused frames are dropped (as every frame
+    // but close/close-ok is while closing) and the peer's close-ok is seen
+    // at once, not after the close-ok timeout.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    let acks: Vec<Frame> = (1..=100u64)
+        .map(|i| {
+            Frame::method(
+                1,
+                BasicAck {
+                    delivery_tag: i,
+                    multiple: false,
+                },
+            )
+        })
+        .collect();
+    s.handle_input(enc(&acks));
+    s.close(ReplyCode(320), "shutting down").unwrap();
+    assert!(!s.is_closed());
+    assert_eq!(last_close(&mut s), Some((0, 320, 0, 0)));
+    s.handle_input(enc(&[Frame::method(0, ConnectionCloseOk {})]));
+    assert!(s.is_closed(), "close-ok behind unread events was not seen");
+    assert_eq!(s.poll_timeout(), None);
+    let mut acks_seen = 0;
+    let mut closed_locally = false;
+    while let Some(e) = s.poll_event() {
+        match e {
+            Event::Method {
+                method: Method::BasicAck(_),
+                ..
+            } => acks_seen += 1,
+            Event::Closed {
+                cause:
+                    CloseCause::Closed {
+                        initiator: Initiator::Local,
+                        ..
+                    },
+            } => closed_locally = true,
+            _ => {}
+        }
+    }
+    // The events queued before the close are kept; the rest were dropped.
+    assert!(acks_seen <= amqp_codec::MAX_PENDING_EVENTS, "{acks_seen}");
+    assert!(closed_locally);
+}
