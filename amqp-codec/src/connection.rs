@@ -175,6 +175,21 @@ fn unexpected(what: String) -> ProtocolError {
     )
 }
 
+/// A 505 naming what arrived on `channel` (a method by name, with its ids
+/// for the close; or a content frame) and `context`.
+fn unexpected_on(channel: u16, payload: &FramePayload, context: &str) -> ProtocolError {
+    match payload {
+        FramePayload::Method(m) => {
+            unexpected(format!("{} on channel {channel} {context}", m.name()))
+                .on_channel(channel)
+                .with_method(m.class_id(), m.method_id())
+        }
+        _ => {
+            unexpected(format!("content frame on channel {channel} {context}")).on_channel(channel)
+        }
+    }
+}
+
 /// How many events may wait to be read before
 /// [`Connection::handle_input`] stops decoding (the rest of the input is
 /// decoded by [`Connection::poll_event`] as the queue empties). Bounds the
@@ -1555,10 +1570,7 @@ impl Connection {
             )
             .on_channel(channel)
             .with_method(m.class_id(), m.method_id())),
-            _ => Err(unexpected(format!(
-                "content frame on channel {channel}, which is not open"
-            ))
-            .on_channel(channel)),
+            _ => Err(unexpected_on(channel, &payload, "which is not open")),
         }
     }
 
@@ -1603,16 +1615,7 @@ impl Connection {
                         self.peer_channel_close(channel, c);
                         Ok(true)
                     }
-                    FramePayload::Method(m) => Err(unexpected(format!(
-                        "{} on channel {channel} before channel.open-ok",
-                        m.name()
-                    ))
-                    .on_channel(channel)
-                    .with_method(m.class_id(), m.method_id())),
-                    _ => Err(unexpected(format!(
-                        "content frame on channel {channel} before channel.open-ok"
-                    ))
-                    .on_channel(channel)),
+                    other => Err(unexpected_on(channel, &other, "before channel.open-ok")),
                 };
             }
             ChState::Open => {}

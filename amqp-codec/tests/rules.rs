@@ -55,6 +55,21 @@ fn tune(channel_max: u16, frame_max: u32) -> ConnectionTuneOk {
     }
 }
 
+/// Channel 1's basic.acks of delivery tags 1..=n.
+fn acks(n: u64) -> Vec<Frame> {
+    (1..=n)
+        .map(|i| {
+            Frame::method(
+                1,
+                BasicAck {
+                    delivery_tag: i,
+                    multiple: false,
+                },
+            )
+        })
+        .collect()
+}
+
 /// The close the server sent last: (channel, code, class, method).
 fn last_close(s: &mut Connection) -> Option<(u16, u16, u16, u16)> {
     let mut out = BytesMut::new();
@@ -344,17 +359,7 @@ fn pending_events_are_bounded_and_input_resumes_on_poll_event() {
     let (mut s, _) = with_channel(ServerConfig::default());
     while s.poll_event().is_some() {}
     let n = 3_000u64;
-    let acks: Vec<Frame> = (1..=n)
-        .map(|i| {
-            Frame::method(
-                1,
-                BasicAck {
-                    delivery_tag: i,
-                    multiple: false,
-                },
-            )
-        })
-        .collect();
+    let acks = acks(n);
     s.handle_input(enc(&acks));
     let mut tags = vec![];
     while let Some(e) = s.poll_event() {
@@ -393,17 +398,7 @@ fn close_ok_behind_unread_events_ends_the_close_handshake() {
     // but close/close-ok is while closing) and the peer's close-ok is seen
     // at once, not after the close-ok timeout.
     let (mut s, _) = with_channel(ServerConfig::default());
-    let acks: Vec<Frame> = (1..=100u64)
-        .map(|i| {
-            Frame::method(
-                1,
-                BasicAck {
-                    delivery_tag: i,
-                    multiple: false,
-                },
-            )
-        })
-        .collect();
+    let acks = acks(100);
     s.handle_input(enc(&acks));
     s.close(ReplyCode(320), "shutting down").unwrap();
     assert!(!s.is_closed());
