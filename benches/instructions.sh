@@ -5,10 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release -p amqp-benches --example wire_instructions
-bin=target/release/examples/wire_instructions
+bin=${CARGO_TARGET_DIR:-target}/release/examples/wire_instructions
 "$bin" check >&2
 printf '| group | amqp-wire | amq-protocol | ratio |\n|---|---|---|---|\n'
-for g in parse_publish parse_deliver parse_ack_x10000 serialize_publish table_decode table_encode; do
+# serialize_publish and table_encode time our slice API (encode_to_slice,
+# encode_field_table_to_slice) against amq-protocol's writer over a slice;
+# the *_bufmut rows time our generic BufMut API for information.
+for g in parse_publish parse_deliver parse_ack_x10000 serialize_publish table_decode table_encode \
+  serialize_publish_bufmut table_encode_bufmut; do
   n=1000; [ "$g" = parse_ack_x10000 ] && n=10
   count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
@@ -16,7 +20,8 @@ for g in parse_publish parse_deliver parse_ack_x10000 serialize_publish table_de
       sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
   }
   fn=${g%_x10000}; fn=${fn#parse_}
-  case $g in parse_*) f=parse;; serialize_*) f=serialize;; table_decode) f=table_decode;; table_encode) f=table_encode;; esac
-  o=$(count "$g" ours "$f"); t=$(count "$g" theirs "$f")
+  case $g in parse_*) f=parse;; serialize_*) f=serialize;; table_decode) f=table_decode;; table_encode*) f=table_encode;; esac
+  of=$f; case $g in *_bufmut) of=${f}_bufmut;; esac
+  o=$(count "$g" ours "$of"); t=$(count "$g" theirs "$f")
   printf '| %s | %s | %s | %s× |\n' "$g" "$((o / n))" "$((t / n))" "$(awk "BEGIN{printf \"%.2f\", $t/$o}")"
 done

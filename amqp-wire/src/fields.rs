@@ -271,35 +271,84 @@ pub enum EncodeError {
     },
 }
 
-/// Writes an encoding in one pass into a `Vec<u8>`, patching each table's
-/// and array's length once its entries are written. Errors (nesting too
-/// deep, a string or table over 4 GiB) are sticky: the first one is kept,
+/// Why a [`Writer`] could not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteFail {
+    /// The destination slice is too small (the bytes written are garbage;
+    /// measure and retry with more room).
+    Full,
+    /// The value cannot be encoded at all.
+    Encode(EncodeError),
+}
+
+/// Writes an encoding in one pass straight into a `&mut [u8]`, patching
+/// each table's and array's length once its entries are written. Every
+/// write is one bounds check on the slice (no capacity bookkeeping, no
+/// growth). Errors are sticky: running out of room or a value that cannot
+/// be encoded (nesting too deep, a string or table over 4 GiB) is recorded,
 /// writing carries on cheaply, and the caller discards the bytes.
 pub(crate) struct Writer<'a> {
-    buf: &'a mut Vec<u8>,
+    buf: &'a mut [u8],
+    pub(crate) pos: usize,
     bits: u8,
     nbits: u8,
+    full: bool,
     depth: usize,
     error: Option<EncodeError>,
 }
 
+/// Copies `s` into `d` (same length) with a few fixed-size, possibly
+/// overlapping moves for short slices instead of a `memcpy` call: keys and
+/// short strings are mostly under 64 bytes.
+#[inline(always)]
+fn copy_small(d: &mut [u8], s: &[u8]) {
+    let n = s.len();
+    if n != d.len() {
+        return; // not reached: callers pass equal lengths
+    }
+    if n > 64 {
+        d.copy_from_slice(s);
+    } else if n >= 32 {
+        d[..32].copy_from_slice(&s[..32]);
+        d[n - 32..].copy_from_slice(&s[n - 32..]);
+    } else if n >= 16 {
+        d[..16].copy_from_slice(&s[..16]);
+        d[n - 16..].copy_from_slice(&s[n - 16..]);
+    } else if n >= 8 {
+        d[..8].copy_from_slice(&s[..8]);
+        d[n - 8..].copy_from_slice(&s[n - 8..]);
+    } else if n >= 4 {
+        d[..4].copy_from_slice(&s[..4]);
+        d[n - 4..].copy_from_slice(&s[n - 4..]);
+    } else if n > 0 {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
+    }
+}
+
 impl<'a> Writer<'a> {
-    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
+    /// A writer at `pos` in `buf`.
+    pub(crate) fn new(buf: &'a mut [u8], pos: usize) -> Self {
         Writer {
             buf,
+            pos,
             bits: 0,
             nbits: 0,
+            full: false,
             depth: 0,
             error: None,
         }
     }
 
-    /// Flushes pending bits and reports the first error, if any.
-    pub(crate) fn finish(mut self) -> Result<(), EncodeError> {
+    /// Flushes pending bits and returns the end position, or the first
+    /// error (an encoding error before running out of room).
+    pub(crate) fn finish(mut self) -> Result<usize, WriteFail> {
         self.flush_bits();
-        match self.error {
-            None => Ok(()),
-            Some(e) => Err(e),
+        match (self.error, self.full) {
+            (Some(e), _) => Err(WriteFail::Encode(e)),
+            (None, true) => Err(WriteFail::Full),
+            (None, false) => Ok(self.pos),
         }
     }
 
@@ -310,12 +359,69 @@ impl<'a> Writer<'a> {
         }
     }
 
+    #[cold]
+    fn overflow(&mut self) {
+        self.full = true;
+    }
+
+    /// Writes a fixed-size array.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, b: [u8; N]) {
+        match self.buf.get_mut(self.pos..self.pos + N) {
+            Some(d) => {
+                d.copy_from_slice(&b);
+                self.pos += N;
+            }
+            None => self.overflow(),
+        }
+    }
+
+    /// Writes a one-octet length and the bytes of a short string (at most
+    /// 255 bytes).
+    #[inline(always)]
+    fn put_short(&mut self, s: &[u8]) {
+        let n = s.len();
+        match self.buf.get_mut(self.pos..self.pos + 1 + n) {
+            Some(d) => {
+                d[0] = n as u8;
+                copy_small(&mut d[1..], s);
+                self.pos += 1 + n;
+            }
+            None => self.overflow(),
+        }
+    }
+
+    /// Writes an optional prefix octet, a four-octet length and the bytes.
+    #[inline(always)]
+    fn put_long_with(&mut self, letter: Option<u8>, s: &[u8], what: &'static str) {
+        let Ok(len) = u32::try_from(s.len()) else {
+            return self.fail(EncodeError::TooLong {
+                what,
+                len: s.len() as u64,
+            });
+        };
+        let head = letter.is_some() as usize;
+        let n = s.len();
+        match self.buf.get_mut(self.pos..self.pos + head + 4 + n) {
+            Some(d) => {
+                if let Some(l) = letter {
+                    d[0] = l;
+                }
+                d[head..head + 4].copy_from_slice(&len.to_be_bytes());
+                copy_small(&mut d[head + 4..], s);
+                self.pos += head + 4 + n;
+            }
+            None => self.overflow(),
+        }
+    }
+
     #[inline]
     pub(crate) fn flush_bits(&mut self) {
         if self.nbits > 0 {
-            self.buf.push(self.bits);
+            let b = self.bits;
             self.bits = 0;
             self.nbits = 0;
+            self.put([b]);
         }
     }
 
@@ -331,33 +437,45 @@ impl<'a> Writer<'a> {
     #[inline]
     pub(crate) fn u8(&mut self, v: u8) {
         self.flush_bits();
-        self.buf.push(v);
+        self.put([v]);
     }
     #[inline]
     pub(crate) fn u16(&mut self, v: u16) {
         self.flush_bits();
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.put(v.to_be_bytes());
     }
     #[inline]
     pub(crate) fn u32(&mut self, v: u32) {
         self.flush_bits();
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.put(v.to_be_bytes());
     }
     #[inline]
     pub(crate) fn u64(&mut self, v: u64) {
         self.flush_bits();
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.put(v.to_be_bytes());
+    }
+    /// Writes raw bytes (a frame header).
+    #[inline]
+    pub(crate) fn raw<const N: usize>(&mut self, b: [u8; N]) {
+        self.flush_bits();
+        self.put(b);
+    }
+    /// Overwrites four bytes at `at` (a length patched after the fact).
+    #[inline]
+    pub(crate) fn patch_u32(&mut self, at: usize, v: u32) {
+        if let Some(d) = self.buf.get_mut(at..at + 4) {
+            d.copy_from_slice(&v.to_be_bytes());
+        }
     }
     #[inline]
     fn short_string(&mut self, s: &ShortString) {
         self.flush_bits();
-        self.buf.push(s.len() as u8);
-        self.buf.extend_from_slice(s);
+        self.put_short(s);
     }
     #[inline]
     fn long_bytes(&mut self, s: &[u8], what: &'static str) {
         self.flush_bits();
-        put_long(self, s, what);
+        self.put_long_with(None, s, what);
     }
 
     pub(crate) fn table(&mut self, t: &FieldTable) {
@@ -373,8 +491,8 @@ impl<'a> Writer<'a> {
             return None;
         }
         self.depth += 1;
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
+        let at = self.pos;
+        self.put([0; 4]);
         Some(at)
     }
 
@@ -382,9 +500,12 @@ impl<'a> Writer<'a> {
     #[inline]
     fn close(&mut self, at: usize, what: &'static str) {
         self.depth -= 1;
-        let len = self.buf.len() - at - 4;
+        let len = self.pos.wrapping_sub(at + 4);
+        if self.full {
+            return;
+        }
         match u32::try_from(len) {
-            Ok(l) => self.buf[at..at + 4].copy_from_slice(&l.to_be_bytes()),
+            Ok(l) => self.patch_u32(at, l),
             Err(_) => self.fail(EncodeError::TooLong {
                 what,
                 len: len as u64,
@@ -395,36 +516,36 @@ impl<'a> Writer<'a> {
 
 // Tables and arrays never hold bits, so they are written straight into the
 // buffer (no bit-packing checks per write), each scalar with its type letter
-// as one fixed-size slice.
+// as one fixed-size write.
 
-fn put_long(w: &mut Writer<'_>, s: &[u8], what: &'static str) {
-    match u32::try_from(s.len()) {
-        Ok(l) => {
-            w.buf.extend_from_slice(&l.to_be_bytes());
-            w.buf.extend_from_slice(s);
-        }
-        Err(_) => w.fail(EncodeError::TooLong {
-            what,
-            len: s.len() as u64,
-        }),
-    }
-}
-
+/// Writes a table; scalar values are written inline in the loop, nested
+/// containers by a call.
+#[inline(never)]
 fn put_table(w: &mut Writer<'_>, t: &FieldTable) {
     let Some(at) = w.open() else { return };
     for (k, v) in t {
-        w.buf.push(k.len() as u8);
-        w.buf.extend_from_slice(k);
+        w.put_short(k);
         put_value(w, v);
     }
     w.close(at, "field table");
 }
 
-/// Appends a type letter and a fixed-size big-endian value as one
-/// fixed-size copy (no call to `memcpy`).
+/// Writes an array's type letter and the array.
+#[inline(never)]
+fn put_array(w: &mut Writer<'_>, a: &FieldArray) {
+    w.put([b'A']);
+    let Some(at) = w.open() else { return };
+    for v in a {
+        put_value(w, v);
+    }
+    w.close(at, "field array");
+}
+
+/// Writes a type letter and a fixed-size big-endian value as one
+/// fixed-size write.
 macro_rules! put_tagged {
     ($w:expr, $letter:expr, [$($b:expr),*]) => {
-        $w.buf.extend_from_slice(&[$letter, $($b),*])
+        $w.put([$letter, $($b),*])
     };
     ($w:expr, $letter:expr, $bytes:expr; 2) => {{
         let b = $bytes;
@@ -440,46 +561,36 @@ macro_rules! put_tagged {
     }};
 }
 
+/// Writes one value with its type letter (each arm knows its letter).
+#[inline(always)]
 fn put_value(w: &mut Writer<'_>, v: &FieldValue) {
-    let l = v.letter();
     match v {
-        FieldValue::Bool(b) => put_tagged!(w, l, [*b as u8]),
-        FieldValue::I8(x) => put_tagged!(w, l, [*x as u8]),
-        FieldValue::U8(x) => put_tagged!(w, l, [*x]),
-        FieldValue::I16(x) => put_tagged!(w, l, x.to_be_bytes(); 2),
-        FieldValue::U16(x) => put_tagged!(w, l, x.to_be_bytes(); 2),
-        FieldValue::I32(x) => put_tagged!(w, l, x.to_be_bytes(); 4),
-        FieldValue::U32(x) => put_tagged!(w, l, x.to_be_bytes(); 4),
-        FieldValue::I64(x) => put_tagged!(w, l, x.to_be_bytes(); 8),
-        FieldValue::F32(x) => put_tagged!(w, l, x.to_bits().to_be_bytes(); 4),
-        FieldValue::F64(x) => put_tagged!(w, l, x.to_bits().to_be_bytes(); 8),
+        FieldValue::Bool(b) => put_tagged!(w, b't', [*b as u8]),
+        FieldValue::I8(x) => put_tagged!(w, b'b', [*x as u8]),
+        FieldValue::U8(x) => put_tagged!(w, b'B', [*x]),
+        FieldValue::I16(x) => put_tagged!(w, b's', x.to_be_bytes(); 2),
+        FieldValue::U16(x) => put_tagged!(w, b'u', x.to_be_bytes(); 2),
+        FieldValue::I32(x) => put_tagged!(w, b'I', x.to_be_bytes(); 4),
+        FieldValue::U32(x) => put_tagged!(w, b'i', x.to_be_bytes(); 4),
+        FieldValue::I64(x) => put_tagged!(w, b'l', x.to_be_bytes(); 8),
+        FieldValue::F32(x) => put_tagged!(w, b'f', x.to_bits().to_be_bytes(); 4),
+        FieldValue::F64(x) => put_tagged!(w, b'd', x.to_bits().to_be_bytes(); 8),
         FieldValue::Decimal(d) => {
             let [a, b, c, e] = d.value.to_be_bytes();
-            put_tagged!(w, l, [d.scale, a, b, c, e]);
+            put_tagged!(w, b'D', [d.scale, a, b, c, e]);
         }
-        FieldValue::LongString(s) => {
-            w.buf.push(l);
-            put_long(w, s, "long string");
-        }
-        FieldValue::ByteArray(s) => {
-            w.buf.push(l);
-            put_long(w, s, "byte array");
-        }
-        FieldValue::Array(a) => {
-            w.buf.push(l);
-            let Some(at) = w.open() else { return };
-            for v in a {
-                put_value(w, v);
-            }
-            w.close(at, "field array");
-        }
-        FieldValue::Timestamp(x) => put_tagged!(w, l, x.to_be_bytes(); 8),
+        FieldValue::LongString(s) => w.put_long_with(Some(b'S'), s, "long string"),
+        FieldValue::ByteArray(s) => w.put_long_with(Some(b'x'), s, "byte array"),
+        FieldValue::Array(a) => put_array(w, a),
+        FieldValue::Timestamp(x) => put_tagged!(w, b'T', x.to_be_bytes(); 8),
         FieldValue::Table(t) => {
-            w.buf.push(l);
+            w.put([b'F']);
             put_table(w, t);
         }
-        FieldValue::Void => w.buf.push(l),
-        _ => w.fail(EncodeError::Unsupported { letter: l }),
+        FieldValue::Void => w.put([b'V']),
+        other => w.fail(EncodeError::Unsupported {
+            letter: other.letter(),
+        }),
     }
 }
 

@@ -60,7 +60,7 @@ pub use frame::{ContentHeader, Frame, FramePayload, ProtocolHeader};
 use amqp_types::constants::CLASS_BASIC;
 use amqp_types::{BasicProperties, FieldTable, Method};
 use bytes::{BufMut, Bytes};
-use fields::{Fail, Reader, Writer};
+use fields::{Fail, Reader, WriteFail, Writer};
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
 
@@ -297,33 +297,95 @@ pub fn decode_field_table(input: &Bytes) -> Result<FieldTable, ProtocolError> {
 
 /// Encodes a field table as it appears on the wire (a 4-byte length, then
 /// the entries). Nothing is written if the table cannot be encoded.
+///
+/// The table is encoded in one pass into scratch space kept per thread and
+/// then copied into `dst` in one piece; [`encode_field_table_to_slice`]
+/// writes straight into a slice instead.
 pub fn encode_field_table(table: &FieldTable, dst: &mut impl BufMut) -> Result<usize, EncodeError> {
-    with_scratch(|v| {
-        let mut w = Writer::new(v);
-        w.table(table);
-        w.finish()?;
-        check_room(dst, v.len())?;
-        dst.put_slice(v);
-        Ok(v.len())
-    })
+    encode_in_scratch(
+        |out| {
+            let mut w = Writer::new(out, 0);
+            w.table(table);
+            w.finish()
+        },
+        |bytes| {
+            check_room(dst, bytes.len())?;
+            dst.put_slice(bytes);
+            Ok(bytes.len())
+        },
+    )
+}
+
+/// Encodes a field table (a 4-byte length, then the entries) at the front
+/// of `out`, straight into the slice, and returns the bytes written.
+///
+/// If `out` is too small the error says how many bytes the table needs
+/// ([`EncodeError::BufferTooSmall`]). On any error the front of `out` may
+/// have been overwritten with a partial encoding; bytes after the returned
+/// length are never touched.
+///
+/// ```
+/// use amqp_types::FieldTable;
+/// use amqp_wire::{decode_field_table, encode_field_table_to_slice, EncodeError};
+///
+/// let mut t = FieldTable::new();
+/// t.insert("x-max-priority", 10u8);
+/// let mut out = [0u8; 64];
+/// let n = encode_field_table_to_slice(&t, &mut out)?;
+/// assert_eq!(n, 4 + 1 + 14 + 2);
+/// assert_eq!(decode_field_table(&bytes::Bytes::copy_from_slice(&out[..n]))?, t);
+/// assert_eq!(
+///     encode_field_table_to_slice(&t, &mut out[..5]),
+///     Err(EncodeError::BufferTooSmall { needed: 21, available: 5 })
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encode_field_table_to_slice(
+    table: &FieldTable,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut w = Writer::new(out, 0);
+    w.table(table);
+    match w.finish() {
+        Ok(n) => Ok(n),
+        Err(WriteFail::Encode(e)) => Err(e),
+        Err(WriteFail::Full) => Err(EncodeError::BufferTooSmall {
+            needed: encode_in_scratch(
+                |out| {
+                    let mut w = Writer::new(out, 0);
+                    w.table(table);
+                    w.finish()
+                },
+                |bytes| Ok(bytes.len()),
+            )?,
+            available: out.len(),
+        }),
+    }
 }
 
 thread_local! {
-    /// Where method and header frames are encoded before they are copied to
-    /// the caller's `BufMut` in one piece: one pass over the value (table
-    /// lengths patched in place) instead of measuring it first.
+    /// Where method and header frames are encoded for a `BufMut` before
+    /// they are copied to it in one piece: one pass over the value (table
+    /// lengths patched in place) instead of measuring it first. Kept
+    /// zero-filled to its length, which is the room it offers.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Scratch space kept per thread, at most this large between calls.
 const SCRATCH_KEEP: usize = 64 * 1024;
 
+/// The scratch space's first size.
+const SCRATCH_START: usize = 4096;
+
+/// Past this size an encoding cannot be framed (payload lengths are 32-bit),
+/// so the scratch space stops growing.
+const SCRATCH_LIMIT: usize = u32::MAX as usize + FRAME_OVERHEAD;
+
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
-            v.clear();
             let r = f(&mut v);
-            if v.capacity() > SCRATCH_KEEP {
+            if v.len() > SCRATCH_KEEP {
                 *v = Vec::new();
             }
             r
@@ -333,35 +395,91 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
-/// Encodes a method or header frame into `v`: header, payload, end octet.
-fn encode_small_frame(frame: &Frame, v: &mut Vec<u8>) -> Result<(), EncodeError> {
-    v.extend_from_slice(&[frame.frame_type(), 0, 0, 0, 0, 0, 0]);
-    v[1..3].copy_from_slice(&frame.channel.to_be_bytes());
-    let mut w = Writer::new(v);
+/// Runs the one-pass encoder `encode` over the thread's scratch space,
+/// doubling it until the encoding fits, then hands the bytes to `then`.
+/// The room grows with the value being encoded, never with input.
+fn encode_in_scratch<R>(
+    encode: impl Fn(&mut [u8]) -> Result<usize, WriteFail>,
+    then: impl FnOnce(&[u8]) -> Result<R, EncodeError>,
+) -> Result<R, EncodeError> {
+    with_scratch(|v| {
+        if v.len() < SCRATCH_START {
+            v.resize(SCRATCH_START, 0);
+        }
+        loop {
+            match encode(v) {
+                Ok(n) => return then(&v[..n]),
+                Err(WriteFail::Encode(e)) => return Err(e),
+                Err(WriteFail::Full) if v.len() >= SCRATCH_LIMIT => {
+                    return Err(EncodeError::TooLong {
+                        what: "frame payload",
+                        len: v.len() as u64,
+                    });
+                }
+                Err(WriteFail::Full) => {
+                    let grown = v.len().saturating_mul(2).min(SCRATCH_LIMIT);
+                    v.resize(grown, 0);
+                }
+            }
+        }
+    })
+}
+
+/// Encodes a method or header frame at the front of `out`: header, payload,
+/// end octet, the payload size patched in last.
+fn encode_small_frame(frame: &Frame, out: &mut [u8]) -> Result<usize, WriteFail> {
+    let [c0, c1] = frame.channel.to_be_bytes();
+    let mut w = Writer::new(out, 0);
     match &frame.payload {
         FramePayload::Method(m) => {
-            w.u16(m.class_id());
-            w.u16(m.method_id());
+            let [a0, a1] = m.class_id().to_be_bytes();
+            let [m0, m1] = m.method_id().to_be_bytes();
+            w.raw([FRAME_METHOD, c0, c1, 0, 0, 0, 0, a0, a1, m0, m1]);
             fields::write_method(m, &mut w);
         }
         FramePayload::Header(h) => {
-            w.u16(CLASS_BASIC);
-            w.u16(h.weight);
-            w.u64(h.body_size);
-            w.u16(h.properties.flags());
+            let [k0, k1] = CLASS_BASIC.to_be_bytes();
+            let [w0, w1] = h.weight.to_be_bytes();
+            let [b0, b1, b2, b3, b4, b5, b6, b7] = h.body_size.to_be_bytes();
+            let [f0, f1] = h.properties.flags().to_be_bytes();
+            w.raw([
+                FRAME_HEADER,
+                c0,
+                c1,
+                0,
+                0,
+                0,
+                0,
+                k0,
+                k1,
+                w0,
+                w1,
+                b0,
+                b1,
+                b2,
+                b3,
+                b4,
+                b5,
+                b6,
+                b7,
+                f0,
+                f1,
+            ]);
             fields::write_properties(&h.properties, &mut w);
         }
         _ => unreachable!("bodies and heartbeats are not encoded here"),
     }
-    w.finish()?;
-    let len = v.len() - FRAME_HEADER_SIZE;
-    let size = u32::try_from(len).map_err(|_| EncodeError::TooLong {
-        what: "frame payload",
-        len: len as u64,
+    w.raw([FRAME_END]);
+    let n = w.finish()?;
+    let len = n - FRAME_OVERHEAD;
+    let size = u32::try_from(len).map_err(|_| {
+        WriteFail::Encode(EncodeError::TooLong {
+            what: "frame payload",
+            len: len as u64,
+        })
     })?;
-    v[3..7].copy_from_slice(&size.to_be_bytes());
-    v.push(FRAME_END);
-    Ok(())
+    out[3..7].copy_from_slice(&size.to_be_bytes());
+    Ok(n)
 }
 
 fn check_room(dst: &impl BufMut, needed: usize) -> Result<(), EncodeError> {
@@ -422,7 +540,7 @@ impl Frame {
         match &self.payload {
             FramePayload::Body(b) => body_size(b).map(|n| n as usize + FRAME_OVERHEAD),
             FramePayload::Heartbeat => Ok(FRAME_OVERHEAD),
-            _ => with_scratch(|v| encode_small_frame(self, v).map(|()| v.len())),
+            _ => encode_in_scratch(|out| encode_small_frame(self, out), |b| Ok(b.len())),
         }
     }
 
@@ -434,7 +552,8 @@ impl Frame {
     /// frame_max is the caller's business ([`Frame::encoded_len`]). A body
     /// frame is written straight from its `Bytes`; method and header frames
     /// are encoded in one pass into scratch space kept per thread, then
-    /// copied into `dst` in one piece.
+    /// copied into `dst` in one piece. [`Frame::encode_to_slice`] and
+    /// [`Frame::encode_to_vec`] write straight into their destination.
     pub fn encode(&self, dst: &mut impl BufMut) -> Result<usize, EncodeError> {
         match &self.payload {
             FramePayload::Body(b) => {
@@ -447,17 +566,112 @@ impl Frame {
             }
             FramePayload::Heartbeat => {
                 check_room(dst, FRAME_OVERHEAD)?;
-                let [hi, lo] = self.channel.to_be_bytes();
-                dst.put_slice(&[FRAME_HEARTBEAT, hi, lo, 0, 0, 0, 0, FRAME_END]);
+                dst.put_slice(&self.heartbeat_bytes());
                 Ok(FRAME_OVERHEAD)
             }
-            _ => with_scratch(|v| {
-                encode_small_frame(self, v)?;
-                check_room(dst, v.len())?;
-                dst.put_slice(v);
-                Ok(v.len())
-            }),
+            _ => encode_in_scratch(
+                |out| encode_small_frame(self, out),
+                |bytes| {
+                    check_room(dst, bytes.len())?;
+                    dst.put_slice(bytes);
+                    Ok(bytes.len())
+                },
+            ),
         }
+    }
+
+    /// Writes the frame at the front of `out`, straight into the slice (no
+    /// scratch space, no copy; payload and table lengths are patched in
+    /// place), and returns the bytes written.
+    ///
+    /// If `out` is too small the error says how many bytes the frame needs
+    /// ([`EncodeError::BufferTooSmall`]). On any error the front of `out`
+    /// may have been overwritten with a partial frame; bytes after the
+    /// returned length are never touched.
+    ///
+    /// ```
+    /// use amqp_types::method::BasicAck;
+    /// use amqp_wire::{EncodeError, Frame};
+    ///
+    /// let frame = Frame::method(1, BasicAck { delivery_tag: 7, multiple: false });
+    /// let mut out = [0u8; 64];
+    /// let n = frame.encode_to_slice(&mut out)?;
+    /// assert_eq!(n, frame.encoded_len()?);
+    /// assert_eq!(&out[..7], &[1, 0, 1, 0, 0, 0, 13]);
+    /// assert_eq!(out[n - 1], amqp_wire::FRAME_END);
+    /// assert_eq!(
+    ///     frame.encode_to_slice(&mut out[..10]),
+    ///     Err(EncodeError::BufferTooSmall { needed: 21, available: 10 })
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encode_to_slice(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let too_small = |needed: usize, out: &[u8]| EncodeError::BufferTooSmall {
+            needed,
+            available: out.len(),
+        };
+        match &self.payload {
+            FramePayload::Body(b) => {
+                let [l0, l1, l2, l3] = body_size(b)?.to_be_bytes();
+                let n = b.len() + FRAME_OVERHEAD;
+                let Some(d) = out.get_mut(..n) else {
+                    return Err(too_small(n, out));
+                };
+                let [c0, c1] = self.channel.to_be_bytes();
+                d[..FRAME_HEADER_SIZE].copy_from_slice(&[FRAME_BODY, c0, c1, l0, l1, l2, l3]);
+                d[FRAME_HEADER_SIZE..n - 1].copy_from_slice(b);
+                d[n - 1] = FRAME_END;
+                Ok(n)
+            }
+            FramePayload::Heartbeat => {
+                let Some(d) = out.get_mut(..FRAME_OVERHEAD) else {
+                    return Err(too_small(FRAME_OVERHEAD, out));
+                };
+                d.copy_from_slice(&self.heartbeat_bytes());
+                Ok(FRAME_OVERHEAD)
+            }
+            _ => match encode_small_frame(self, out) {
+                Ok(n) => Ok(n),
+                Err(WriteFail::Encode(e)) => Err(e),
+                Err(WriteFail::Full) => Err(too_small(self.encoded_len()?, out)),
+            },
+        }
+    }
+
+    /// Appends the frame to `out` and returns the bytes written; `out` is
+    /// left as it was if the frame cannot be encoded.
+    ///
+    /// ```
+    /// use amqp_wire::Frame;
+    ///
+    /// let mut out = Vec::new();
+    /// assert_eq!(Frame::heartbeat().encode_to_vec(&mut out)?, 8);
+    /// assert_eq!(out, [8, 0, 0, 0, 0, 0, 0, 0xce]);
+    /// # Ok::<(), amqp_wire::EncodeError>(())
+    /// ```
+    pub fn encode_to_vec(&self, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+        let start = out.len();
+        let guess = match &self.payload {
+            FramePayload::Body(b) => b.len() + FRAME_OVERHEAD,
+            FramePayload::Heartbeat => FRAME_OVERHEAD,
+            _ => 512,
+        };
+        out.resize(start + guess, 0);
+        let r = match self.encode_to_slice(&mut out[start..]) {
+            Err(EncodeError::BufferTooSmall { needed, .. }) => {
+                out.resize(start + needed, 0);
+                self.encode_to_slice(&mut out[start..])
+            }
+            r => r,
+        };
+        out.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
+    }
+
+    /// The 8 bytes of a heartbeat frame on this frame's channel.
+    fn heartbeat_bytes(&self) -> [u8; FRAME_OVERHEAD] {
+        let [hi, lo] = self.channel.to_be_bytes();
+        [FRAME_HEARTBEAT, hi, lo, 0, 0, 0, 0, FRAME_END]
     }
 }
 

@@ -278,6 +278,27 @@ fn the_serializer_refuses_what_the_parser_would() {
     );
     assert_eq!(frame.encode(&mut buf), Err(EncodeError::NestingTooDeep));
     assert!(buf.is_empty());
+    // The slice APIs refuse it too, whether or not the slice has room.
+    for room in [16, 1 << 20] {
+        let mut out = vec![0u8; room];
+        assert_eq!(
+            frame.encode_to_slice(&mut out),
+            Err(EncodeError::NestingTooDeep)
+        );
+        let mut v = Vec::new();
+        assert_eq!(
+            frame.encode_to_vec(&mut v),
+            Err(EncodeError::NestingTooDeep)
+        );
+        assert!(v.is_empty());
+    }
+    if let FramePayload::Method(Method::QueueDeclare(q)) = &frame.payload {
+        let mut out = vec![0u8; 1 << 20];
+        assert_eq!(
+            amqp_wire::encode_field_table_to_slice(&q.arguments, &mut out),
+            Err(EncodeError::NestingTooDeep)
+        );
+    }
     // Deep drops are iterative enough not to overflow in the test thread.
     drop(frame);
     let mut a = FieldArray::new();

@@ -7,8 +7,8 @@ use amqp_types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, MethodKind, ShortString,
 };
 use amqp_wire::{
-    ContentHeader, Frame, FrameLimits, FramePayload, Parsed, decode_field_table,
-    encode_field_table, parse_frame,
+    ContentHeader, EncodeError, Frame, FrameLimits, FramePayload, Parsed, decode_field_table,
+    encode_field_table, encode_field_table_to_slice, parse_frame,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -20,6 +20,7 @@ fn roundtrip(frame: &Frame) {
     assert_eq!(n, buf.len());
     assert_eq!(frame.encoded_len().unwrap(), n);
     let bytes = buf.freeze();
+    same_bytes_from_every_api(frame, &bytes);
     match parse_frame(&bytes, FrameLimits::UNLIMITED) {
         Ok(Parsed::Complete {
             frame: parsed,
@@ -43,6 +44,28 @@ fn roundtrip(frame: &Frame) {
         let e = parse_frame(&bytes.slice(..7), FrameLimits::new(payload - 1)).unwrap_err();
         assert_eq!(e.code(), amqp_types::ReplyCode::FRAME_ERROR);
     }
+}
+
+/// `encode_to_slice` and `encode_to_vec` write exactly what `encode` wrote;
+/// a slice one byte short is refused with the exact size needed, and bytes
+/// after the frame are never touched.
+fn same_bytes_from_every_api(frame: &Frame, bytes: &[u8]) {
+    let n = bytes.len();
+    let mut out = vec![0x5a; n + 16];
+    assert_eq!(frame.encode_to_slice(&mut out), Ok(n));
+    assert_eq!(&out[..n], bytes);
+    assert!(out[n..].iter().all(|&b| b == 0x5a), "wrote past the frame");
+    assert_eq!(
+        frame.encode_to_slice(&mut out[..n - 1]),
+        Err(EncodeError::BufferTooSmall {
+            needed: n,
+            available: n - 1
+        })
+    );
+    let mut v = vec![1, 2, 3];
+    assert_eq!(frame.encode_to_vec(&mut v), Ok(n));
+    assert_eq!(&v[..3], &[1, 2, 3]);
+    assert_eq!(&v[3..], bytes);
 }
 
 /// A method of the given kind with every argument drawn from `u`: generated
@@ -173,6 +196,14 @@ proptest! {
             let mut buf = BytesMut::new();
             let n = encode_field_table(&t, &mut buf).unwrap();
             prop_assert_eq!(n, buf.len());
+            let mut out = vec![0x5a; n + 8];
+            prop_assert_eq!(encode_field_table_to_slice(&t, &mut out), Ok(n));
+            prop_assert_eq!(&out[..n], &buf[..]);
+            prop_assert!(out[n..].iter().all(|&b| b == 0x5a));
+            prop_assert_eq!(
+                encode_field_table_to_slice(&t, &mut out[..n - 1]),
+                Err(EncodeError::BufferTooSmall { needed: n, available: n - 1 })
+            );
             let back = decode_field_table(&buf.freeze()).unwrap();
             prop_assert_eq!(back, t);
         }
@@ -260,4 +291,31 @@ fn long_strings_share_big_input_and_copy_small() {
     );
     assert!(inside(big.as_ptr()), "a 4 KiB string is zero copy");
     assert!(!inside(d.queue.as_ptr()), "short strings own their bytes");
+}
+
+/// Frames and tables larger than the scratch space's first size (4 KiB)
+/// make it grow, through every API.
+#[test]
+fn large_frames_and_tables_encode_through_every_api() {
+    for len in [4000usize, 4096, 5000, 70_000] {
+        let mut t = FieldTable::new();
+        t.insert("big", LongString::from(vec![b'z'; len]));
+        t.insert("after", 1i32);
+        let mut buf = BytesMut::new();
+        let n = encode_field_table(&t, &mut buf).unwrap();
+        assert_eq!(n, 4 + 1 + 3 + 1 + 4 + len + 1 + 5 + 1 + 4);
+        assert_eq!(decode_field_table(&buf.clone().freeze()).unwrap(), t);
+        let mut out = vec![0; n];
+        assert_eq!(encode_field_table_to_slice(&t, &mut out), Ok(n));
+        assert_eq!(out, buf);
+        let frame = Frame::header(
+            1,
+            9,
+            BasicProperties {
+                headers: Some(t),
+                ..Default::default()
+            },
+        );
+        roundtrip(&frame);
+    }
 }

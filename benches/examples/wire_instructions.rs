@@ -11,7 +11,8 @@ use amqp_benches::wire_inputs::{
 };
 use amqp_types::FieldTable;
 use amqp_wire::{
-    Frame, FrameLimits, FramePayload, Parsed, decode_field_table, encode_field_table, parse_frame,
+    Frame, FrameLimits, FramePayload, Parsed, decode_field_table, encode_field_table,
+    encode_field_table_to_slice, parse_frame,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use std::hint::black_box;
@@ -55,8 +56,20 @@ fn theirs_parse(input: &[u8]) -> u64 {
     n
 }
 
+/// Ours into the slice with `Frame::encode_to_slice`, theirs with
+/// cookie-factory's `WriteContext` over the same kind of slice.
 #[inline(never)]
 fn ours_serialize(frames: &[Frame], out: &mut [u8]) -> u64 {
+    let mut pos = 0;
+    for f in frames {
+        pos += f.encode_to_slice(&mut out[pos..]).expect("encode");
+    }
+    pos as u64
+}
+
+/// Ours through the generic `BufMut` API (scratch space, one copy).
+#[inline(never)]
+fn ours_serialize_bufmut(frames: &[Frame], out: &mut [u8]) -> u64 {
     let mut d = out;
     let before = d.len();
     for f in frames {
@@ -86,6 +99,11 @@ fn theirs_table_decode(i: &[u8]) -> u64 {
 
 #[inline(never)]
 fn ours_table_encode(t: &FieldTable, out: &mut [u8]) -> u64 {
+    encode_field_table_to_slice(t, out).expect("encode") as u64
+}
+
+#[inline(never)]
+fn ours_table_encode_bufmut(t: &FieldTable, out: &mut [u8]) -> u64 {
     let mut d = out;
     encode_field_table(t, &mut d).expect("encode") as u64
 }
@@ -127,9 +145,15 @@ fn main() {
         let n = ours_serialize(&ours_frames, &mut a) as usize;
         assert_eq!(n as u64, theirs_serialize(&theirs_frames, &mut b));
         assert_eq!(a[..n], b[..n]);
+        a.fill(0);
+        assert_eq!(ours_serialize_bufmut(&ours_frames, &mut a) as usize, n);
+        assert_eq!(a[..n], b[..n]);
         assert_eq!(ours_table_decode(&tin), theirs_table_decode(&tin));
         let n = ours_table_encode(&t, &mut a) as usize;
         assert_eq!(n as u64, theirs_table_encode(&theirs_t, &mut b));
+        assert_eq!(a[..n], b[..n]);
+        a.fill(0);
+        assert_eq!(ours_table_encode_bufmut(&t, &mut a) as usize, n);
         assert_eq!(a[..n], b[..n]);
         println!("same results and bytes from both libraries");
         return;
@@ -150,6 +174,14 @@ fn main() {
             "table_decode/theirs" => theirs_table_decode(black_box(&tin)),
             "table_encode/ours" => ours_table_encode(black_box(&t), &mut out),
             "table_encode/theirs" => theirs_table_encode(black_box(&theirs_t), &mut out),
+            "serialize_publish_bufmut/ours" => {
+                ours_serialize_bufmut(black_box(&ours_frames), &mut out)
+            }
+            "serialize_publish_bufmut/theirs" => {
+                theirs_serialize(black_box(&theirs_frames), &mut out)
+            }
+            "table_encode_bufmut/ours" => ours_table_encode_bufmut(black_box(&t), &mut out),
+            "table_encode_bufmut/theirs" => theirs_table_encode(black_box(&theirs_t), &mut out),
             _ => {
                 eprintln!("usage: wire_instructions GROUP/(ours|theirs) [ITERATIONS]");
                 std::process::exit(2);
