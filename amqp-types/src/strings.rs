@@ -34,14 +34,15 @@ enum Repr {
     Shared(Bytes),
 }
 
-/// Copies at most [`INLINE_CAP`] bytes into a zeroed inline buffer with a
+/// Copies at most `N` (at most 38) bytes into a zeroed inline buffer with a
 /// few fixed-size (overlapping) moves instead of a variable-length `memcpy`
-/// call: short strings are built for every key and name a parser reads.
+/// call: short and long strings are built inline for every key, name and
+/// small value a parser reads.
 #[inline(always)]
-fn inline_copy(src: &[u8]) -> [u8; INLINE_CAP] {
-    let mut buf = [0u8; INLINE_CAP];
+fn inline_copy<const N: usize>(src: &[u8]) -> [u8; N] {
+    let mut buf = [0u8; N];
     let n = src.len();
-    if n > INLINE_CAP {
+    if n > N {
         return buf; // not reached: callers check the length
     }
     if n >= 16 {
@@ -112,7 +113,7 @@ impl ShortString {
         if bytes.len() <= INLINE_CAP {
             ShortString(Repr::Inline {
                 len: bytes.len() as u8,
-                buf: inline_copy(bytes),
+                buf: inline_copy::<INLINE_CAP>(bytes),
             })
         } else {
             ShortString(Repr::Shared(Bytes::copy_from_slice(bytes)))
@@ -368,11 +369,9 @@ impl LongString {
     #[inline]
     pub fn copy_from(bytes: &[u8]) -> Self {
         if bytes.len() <= LONG_INLINE_CAP {
-            let mut buf = [0u8; LONG_INLINE_CAP];
-            buf[..bytes.len()].copy_from_slice(bytes);
             LongString(LongRepr::Inline {
                 len: bytes.len() as u8,
-                buf,
+                buf: inline_copy::<LONG_INLINE_CAP>(bytes),
             })
         } else {
             LongString(LongRepr::Shared(Bytes::copy_from_slice(bytes)))
@@ -559,6 +558,20 @@ mod tests {
                     "length {n}: tail not zero"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn long_string_inline_copy_every_length() {
+        let src: Vec<u8> = (1..=64u8).collect();
+        for n in 0..=64 {
+            let s = LongString::copy_from(&src[..n]);
+            assert_eq!(s.as_bytes(), &src[..n], "length {n}");
+            assert_eq!(s.is_shared(), n > LONG_INLINE_CAP, "length {n}");
+            if let LongRepr::Inline { buf, .. } = &s.0 {
+                assert!(buf[n..].iter().all(|&b| b == 0), "length {n}: tail");
+            }
+            assert_eq!(s, LongString::from(src[..n].to_vec()));
         }
     }
 

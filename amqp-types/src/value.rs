@@ -382,8 +382,15 @@ impl FieldTable {
 const RECURSIVE_DROP_LEVELS: u32 = 4;
 
 /// Whether `v` is a container with containers nested more than `levels`
-/// deep inside it. Recursion is bounded by `levels`.
+/// deep inside it. Recursion is bounded by `levels`. Scalars (most entries)
+/// are answered inline, without a call.
+#[inline(always)]
 fn nests_deeper(v: &FieldValue, levels: u32) -> bool {
+    matches!(v, FieldValue::Table(_) | FieldValue::Array(_)) && container_nests_deeper(v, levels)
+}
+
+#[inline(never)]
+fn container_nests_deeper(v: &FieldValue, levels: u32) -> bool {
     match v {
         FieldValue::Table(t) => levels == 0 || t.0.iter().any(|(_, v)| nests_deeper(v, levels - 1)),
         FieldValue::Array(a) => levels == 0 || a.0.iter().any(|v| nests_deeper(v, levels - 1)),

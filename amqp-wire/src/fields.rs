@@ -185,6 +185,9 @@ impl<'a> Reader<'a> {
         r
     }
 
+    /// Reads a table; scalar values are read inline in the loop, nested
+    /// containers by a call.
+    #[inline(never)]
     pub(crate) fn table(&mut self) -> Result<FieldTable, Fail> {
         self.nested("field table", |r, end| {
             let mut entries = Vec::with_capacity(capacity_for(end - r.pos, 16));
@@ -197,6 +200,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    #[inline(never)]
     fn array_value(&mut self) -> Result<FieldArray, Fail> {
         self.nested("field array", |r, end| {
             let mut a = Vec::with_capacity(capacity_for(end - r.pos, 8));
@@ -207,6 +211,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    #[inline(always)]
     fn value(&mut self) -> Result<FieldValue, Fail> {
         let letter = self.u8()?;
         Ok(match letter {

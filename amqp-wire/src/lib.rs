@@ -182,12 +182,33 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
                 .at_offset(end as u64),
         );
     }
+    // Each arm builds the whole result where it is returned: no frame is
+    // moved through an intermediate value.
     let payload = match frame_type {
         FRAME_METHOD => return decode_method_frame(input, FRAME_HEADER_SIZE, end, channel, total),
         FRAME_HEADER => {
-            FramePayload::Header(decode_header_at(input, FRAME_HEADER_SIZE, end, channel)?)
+            return Ok(Parsed::Complete {
+                frame: Frame {
+                    channel,
+                    payload: FramePayload::Header(decode_header_at(
+                        input,
+                        FRAME_HEADER_SIZE,
+                        end,
+                        channel,
+                    )?),
+                },
+                consumed: total,
+            });
         }
-        FRAME_BODY => FramePayload::Body(input.slice(FRAME_HEADER_SIZE..end)),
+        FRAME_BODY => {
+            return Ok(Parsed::Complete {
+                frame: Frame {
+                    channel,
+                    payload: FramePayload::Body(input.slice(FRAME_HEADER_SIZE..end)),
+                },
+                consumed: total,
+            });
+        }
         _ => {
             if size != 0 {
                 return Err(ProtocolError::frame_error(ErrorKind::BadHeartbeat { size })
@@ -249,11 +270,9 @@ fn decode_header_at(
         );
     }
     // Built in its box, properties read in place: no 450-byte move.
-    let mut header = Box::new(ContentHeader {
-        weight,
-        body_size,
-        properties: BasicProperties::default(),
-    });
+    let mut header: Box<ContentHeader> = Box::default();
+    header.weight = weight;
+    header.body_size = body_size;
     fields::read_properties_into(flags, &mut r, &mut header.properties)
         .map_err(|f| f.into_error(r.pos).on_channel(channel))?;
     if r.remaining() != 0 {
