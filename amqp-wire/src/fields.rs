@@ -146,19 +146,21 @@ impl<'a> Reader<'a> {
     fn short_string(&mut self) -> Result<ShortString, Fail> {
         let len = self.u8()? as usize;
         let start = self.sized(len, "short string")?;
-        Ok(ShortString::from_bytes(&self.buf[start..start + len]).expect("at most 255 bytes"))
+        // The window runs on past the string to the end of the input, so
+        // short strings copy with a few wide moves.
+        Ok(ShortString::from_window(&self.buf[start..], len).expect("at most 255 bytes, present"))
     }
 
     #[inline]
     fn long_bytes(&mut self, what: &'static str) -> Result<LongString, Fail> {
         let len = self.u32()? as usize;
         let start = self.sized(len, what)?;
-        let range = start..start + len;
         Ok(if len >= ZERO_COPY_MIN {
-            LongString::shared(self.buf.slice(range))
+            LongString::shared(self.buf.slice(start..start + len))
         } else {
-            // Inline up to 22 bytes, else one small allocation.
-            LongString::copy_from(&self.buf[range])
+            // Inline up to 22 bytes, else one small allocation; the window
+            // runs on to the end of the input so short ones copy wide.
+            LongString::from_window(&self.buf[start..], len).expect("present")
         })
     }
 
