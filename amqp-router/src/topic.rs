@@ -44,8 +44,12 @@ const OPEN: u32 = 1 << 16;
 const STARS: u32 = 0xFFFF;
 /// Anchor summary bits (`Node::sk` of an anchor): the largest star count of
 /// its skeleton (low 16 bits), whether any skeleton node is open ([`OPEN`]),
-/// and whether a skeleton node may hold bindings.
+/// whether a skeleton node may hold bindings, and ([`HASB`]) whether the
+/// anchor itself does.
 const WBIND: u32 = 1 << 17;
+/// Anchor summary bit: the anchor itself holds bindings, so the end of the
+/// walk reads an anchor's node only when it has something to emit.
+const HASB: u32 = 1 << 18;
 /// `Entry::pos` bit of an entry in [`Trie::edges`]: [`Trie::extra`] holds
 /// more entries with the same key.
 const MORE: u32 = 1 << 31;
@@ -202,6 +206,60 @@ pub(crate) struct Trie {
 
 /// An active pair of [`Trie::matches`]: `(anchor, count, filter, sk)`.
 type Active = (u32, u32, u32, u32);
+
+/// Up to this many pairs, a step's `next` is searched for a duplicate (it
+/// is in cache); past it, the per-node stamps of [`TrieScratch`] are used.
+/// (Small in unit tests, so that they cross it in both directions.)
+#[cfg(not(test))]
+const SCAN: usize = 16;
+#[cfg(test)]
+const SCAN: usize = 2;
+
+/// Whether `next` lacks the pair `(n, count)`, where `count` is 0 (`n` was
+/// reached through an open edge: `mark`) or its anchor's star count plus
+/// one (a saturated pair: `sat`). Only such pairs are pushed with such a
+/// count, save children of edges that are not open, which are never
+/// checked (a node's one incoming edge is open or not), so stamping them
+/// too is harmless. The first
+/// check past [`SCAN`] pairs stamps every such pair already there, and
+/// from then on the stamps decide (recording `(n, count)` as present).
+#[inline]
+fn fresh(
+    next: &[Active],
+    mark: &mut [u32],
+    sat: &mut [u32],
+    marked: &mut bool,
+    stamp: u32,
+    n: u32,
+    count: u32,
+) -> bool {
+    if next.len() < SCAN {
+        return !next.iter().any(|q| q.0 == n && q.1 == count);
+    }
+    if !*marked {
+        *marked = true;
+        for q in next {
+            let stamps = if q.1 == 0 {
+                &mut *mark
+            } else if q.1 == (q.3 & STARS) + 1 {
+                &mut *sat
+            } else {
+                continue;
+            };
+            if let Some(m) = stamps.get_mut(q.0 as usize) {
+                *m = stamp;
+            }
+        }
+    }
+    let stamps = if count == 0 { mark } else { sat };
+    match stamps.get_mut(n as usize) {
+        Some(m) if *m != stamp => {
+            *m = stamp;
+            true
+        }
+        _ => false,
+    }
+}
 
 /// Reusable buffers for [`Trie::matches`].
 #[derive(Debug, Default, Clone)]
@@ -457,7 +515,12 @@ impl Trie {
             });
         }
         self.links[idx] = self.nodes[at as usize].first;
-        self.nodes[at as usize].first = id;
+        let node = &mut self.nodes[at as usize];
+        node.first = id;
+        if !node.is_wild() && node.sk & HASB == 0 {
+            node.sk |= HASB;
+            self.sync(at);
+        }
     }
 
     fn find(&self, pattern: &[u8]) -> u32 {
@@ -505,9 +568,15 @@ impl Trie {
             self.links[prev as usize] = next;
         }
         self.links[cur as usize] = NONE;
-        if self.nodes[at as usize].first == NONE && self.nodes[at as usize].is_wild() {
-            let a = self.anchor_of(at);
-            self.remove_entry(a, BIND, at);
+        let node = &mut self.nodes[at as usize];
+        if node.first == NONE {
+            if node.is_wild() {
+                let a = self.anchor_of(at);
+                self.remove_entry(a, BIND, at);
+            } else {
+                node.sk &= !HASB;
+                self.sync(at);
+            }
         }
         // Prune upwards.
         let mut n = at;
@@ -535,7 +604,7 @@ impl Trie {
         let a = self.anchor_of(n);
         let node = &mut self.nodes[a as usize];
         if node.star == NONE && node.hash == NONE {
-            node.sk = 0;
+            node.sk &= HASB;
             if node.nwords == 0 {
                 node.filter = 0;
             }
@@ -565,20 +634,19 @@ impl Trie {
             s.next.clear();
             let wid = self.words.get(w);
             let wbit = if wid == NONE { 0 } else { bit(wid) };
+            let mut marked = false;
             for i in 0..s.cur.len() {
                 let (a, k, filter, sk) = s.cur[i];
                 if filter & wbit != 0 {
-                    let (mark, next) = (&mut s.mark, &mut s.next);
+                    let (mark, sat, next) = (&mut s.mark, &mut s.sat, &mut s.next);
                     self.entries(a, wid, |e| {
                         // `cur` holds each `(anchor, count)` once, and an
                         // edge whose parent is not open applies at one
-                        // count only: only open edges need the mark.
+                        // count only: only open edges need the check.
                         if active(e.pos, k)
-                            && (e.pos & OPEN == 0 || mark[e.child as usize] != stamp)
+                            && (e.pos & OPEN == 0
+                                || fresh(next, mark, sat, &mut marked, stamp, e.child, 0))
                         {
-                            if e.pos & OPEN != 0 {
-                                mark[e.child as usize] = stamp;
-                            }
                             next.push((e.child, 0, e.filter, e.sk));
                         }
                     });
@@ -586,10 +654,19 @@ impl Trie {
                 let maxs = sk & STARS;
                 if k < maxs {
                     s.next.push((a, k + 1, filter, sk));
-                } else if sk & OPEN != 0 && s.sat[a as usize] != stamp {
+                } else if sk & OPEN != 0
+                    && fresh(
+                        &s.next,
+                        &mut s.mark,
+                        &mut s.sat,
+                        &mut marked,
+                        stamp,
+                        a,
+                        maxs + 1,
+                    )
+                {
                     // Past every `*`: only the open nodes remain, whatever
                     // the count; keep one pair at `maxs + 1`.
-                    s.sat[a as usize] = stamp;
                     s.next.push((a, maxs + 1, filter, sk));
                 }
             }
@@ -601,7 +678,7 @@ impl Trie {
         s.bump(self.nodes.len());
         let stamp = s.stamp;
         for &(a, k, _, sk) in &s.cur {
-            if k == 0 {
+            if k == 0 && sk & HASB != 0 {
                 self.emit(self.nodes[a as usize].first, &mut out);
             }
             if sk & WBIND != 0 {
@@ -687,7 +764,21 @@ mod tests {
     /// nodes sharing an anchor and a word), checked against a naive matcher.
     #[test]
     fn random_against_naive() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        random_run(0x9E37_79B9_7F4A_7C15, 5, 6, 4000);
+    }
+
+    /// The same with long patterns and keys, so that a step's active set
+    /// outgrows [`SCAN`] and duplicates are caught by the stamps.
+    #[test]
+    fn random_long_against_naive() {
+        let peak = random_run(0x2545_F491_4F6C_DD1D, 10, 12, 3000);
+        assert!(peak > SCAN, "active sets stayed small: {peak}");
+    }
+
+    /// Returns the largest capacity the active sets reached.
+    fn random_run(seed: u64, plen: u64, klen: u64, rounds: usize) -> usize {
+        let mut seed = seed;
+        let mut peak = 0;
         let mut rnd = |n: u64| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -697,19 +788,19 @@ mod tests {
         let vocab = ["a", "b", "", "*", "#"];
         let mut t = Trie::default();
         let mut live: Vec<Option<String>> = vec![None; 64];
-        for round in 0..4000 {
+        for round in 0..rounds {
             let id = rnd(64) as usize;
             if let Some(p) = live[id].take() {
                 t.remove(p.as_bytes(), id as u32);
             } else {
-                let n = rnd(5);
+                let n = rnd(plen);
                 let p: Vec<&str> = (0..n).map(|_| vocab[rnd(5) as usize]).collect();
                 let p = p.join(".");
                 t.insert(p.as_bytes(), id as u32);
                 live[id] = Some(p);
             }
             if round % 7 == 0 {
-                let n = rnd(6);
+                let n = rnd(klen);
                 let k: Vec<&str> = (0..n).map(|_| vocab[rnd(3) as usize]).collect();
                 let k = k.join(".");
                 let kw: Vec<&[u8]> = words(k.as_bytes()).collect();
@@ -723,7 +814,12 @@ mod tests {
                     })
                     .collect();
                 want.sort();
-                assert_eq!(m(&t, &k), want, "key {k:?}");
+                let mut s = TrieScratch::default();
+                let mut got = Vec::new();
+                t.matches(k.as_bytes(), &mut s, |b| got.push(b));
+                got.sort();
+                peak = peak.max(s.cur.capacity()).max(s.next.capacity());
+                assert_eq!(got, want, "key {k:?}");
             }
         }
         for (id, p) in live.iter().enumerate() {
@@ -733,5 +829,6 @@ mod tests {
         }
         assert!(t.is_empty());
         assert_eq!(t.edges.len() + t.extra.len(), 0);
+        peak
     }
 }
