@@ -7,6 +7,9 @@
 //!   names the fault and its AMQP reply code. Body frames and long strings
 //!   of [`ZERO_COPY_MIN`] bytes or more are slices of the input, not copies.
 //! * [`Frame::encode`] writes a frame into any [`BufMut`];
+//!   [`Frame::encode_to_slice`], [`Frame::encode_to_vec`] and
+//!   [`encode_field_table_to_slice`] write straight into contiguous memory
+//!   (lengths patched in place, no scratch copy);
 //!   [`write_body_frame_header`] and [`FRAME_END`] let a body go out as its
 //!   own [`Bytes`] (vectored write) without copying it.
 //! * [`parse_protocol_header`] handles the 8-byte `AMQP 0 0 9 1` preamble.
