@@ -189,14 +189,25 @@ impl<'a> Reader<'a> {
 
     /// Reads a table; scalar values are read inline in the loop, nested
     /// containers by a call.
+    ///
+    /// The key is checked first but built only once the value has been
+    /// read, straight from the input, and each value arm hands its own
+    /// variant to the push (no value merged from all arms on the stack).
     #[inline(never)]
     pub(crate) fn table(&mut self) -> Result<FieldTable, Fail> {
         self.nested("field table", |r, end| {
+            let buf = r.buf;
             let mut entries = Vec::with_capacity(capacity_for(end - r.pos, 16));
             while r.pos < end {
-                let k = r.short_string()?;
-                let v = r.value()?;
-                entries.push((k, v));
+                let klen = r.u8()? as usize;
+                let kstart = r.sized(klen, "short string")?;
+                // The window runs on past the key to the end of the input,
+                // so short keys copy with a few wide moves.
+                let key = || {
+                    ShortString::from_window(&buf[kstart..], klen)
+                        .expect("at most 255 bytes, present")
+                };
+                r.value_with(|v| entries.push((key(), v)))?;
             }
             Ok(FieldTable::from(entries))
         })
@@ -207,42 +218,46 @@ impl<'a> Reader<'a> {
         self.nested("field array", |r, end| {
             let mut a = Vec::with_capacity(capacity_for(end - r.pos, 8));
             while r.pos < end {
-                a.push(r.value()?);
+                r.value_with(|v| a.push(v))?;
             }
             Ok(FieldArray::from(a))
         })
     }
 
+    /// Reads one value (type letter and payload) and hands it to `f`; each
+    /// arm makes its own call.
     #[inline(always)]
-    fn value(&mut self) -> Result<FieldValue, Fail> {
+    fn value_with(&mut self, mut f: impl FnMut(FieldValue)) -> Result<(), Fail> {
         let letter = self.u8()?;
-        Ok(match letter {
-            b't' => FieldValue::Bool(self.u8()? != 0),
-            b'b' => FieldValue::I8(self.u8()? as i8),
-            b'B' => FieldValue::U8(self.u8()?),
-            b's' => FieldValue::I16(self.u16()? as i16),
-            b'u' => FieldValue::U16(self.u16()?),
-            b'I' => FieldValue::I32(self.u32()? as i32),
-            b'i' => FieldValue::U32(self.u32()?),
-            b'l' => FieldValue::I64(self.u64()? as i64),
-            b'f' => FieldValue::F32(f32::from_bits(self.u32()?)),
-            b'd' => FieldValue::F64(f64::from_bits(self.u64()?)),
-            b'D' => FieldValue::Decimal(Decimal {
-                scale: self.u8()?,
-                value: self.u32()?,
-            }),
-            b'S' => FieldValue::LongString(self.long_bytes("long string")?),
-            b'A' => FieldValue::Array(self.array_value()?),
-            b'T' => FieldValue::Timestamp(self.u64()?),
-            b'F' => FieldValue::Table(self.table()?),
-            b'V' => FieldValue::Void,
-            b'x' => FieldValue::ByteArray(self.long_bytes("byte array")?),
+        match letter {
+            b't' => f(FieldValue::Bool(self.u8()? != 0)),
+            b'b' => f(FieldValue::I8(self.u8()? as i8)),
+            b'B' => f(FieldValue::U8(self.u8()?)),
+            b's' => f(FieldValue::I16(self.u16()? as i16)),
+            b'u' => f(FieldValue::U16(self.u16()?)),
+            b'I' => f(FieldValue::I32(self.u32()? as i32)),
+            b'i' => f(FieldValue::U32(self.u32()?)),
+            b'l' => f(FieldValue::I64(self.u64()? as i64)),
+            b'f' => f(FieldValue::F32(f32::from_bits(self.u32()?))),
+            b'd' => f(FieldValue::F64(f64::from_bits(self.u64()?))),
+            b'D' => {
+                let scale = self.u8()?;
+                let value = self.u32()?;
+                f(FieldValue::Decimal(Decimal { scale, value }))
+            }
+            b'S' => f(FieldValue::LongString(self.long_bytes("long string")?)),
+            b'A' => f(FieldValue::Array(self.array_value()?)),
+            b'T' => f(FieldValue::Timestamp(self.u64()?)),
+            b'F' => f(FieldValue::Table(self.table()?)),
+            b'V' => f(FieldValue::Void),
+            b'x' => f(FieldValue::ByteArray(self.long_bytes("byte array")?)),
             other => {
                 // Point the error at the type octet itself.
                 self.pos -= 1;
                 return Err(Fail::UnknownType(other));
             }
-        })
+        }
+        Ok(())
     }
 }
 
