@@ -20,7 +20,7 @@ use amqp_codec::{
 use bytes::Bytes;
 use common::Rng;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -31,29 +31,9 @@ struct Rec {
     bad: bool,
 }
 
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("AMQP_WIRE_CORPUS") {
-        Some(d) => {
-            let p = PathBuf::from(d);
-            assert!(
-                p.is_dir(),
-                "AMQP_WIRE_CORPUS={} is not a directory",
-                p.display()
-            );
-            p
-        }
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/corpus/wire"
-        )),
-    }
-}
+#[path = "../../tests-support/corpus.rs"]
+mod corpus;
+use corpus::{unhex as hex, wire_dir as corpus_dir};
 
 fn load(dir: &Path) -> Vec<Rec> {
     let text = std::fs::read_to_string(dir.join("frames.jsonl")).unwrap();

@@ -19,24 +19,9 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("AMQP_ROUTING_CORPUS") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            assert!(
-                dir.is_dir(),
-                "AMQP_ROUTING_CORPUS={} is not a directory",
-                dir.display()
-            );
-            dir
-        }
-        None => Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/corpus/routing"
-        ))
-        .to_path_buf(),
-    }
-}
+#[path = "../../tests-support/corpus.rs"]
+mod corpus;
+use corpus::routing_dir as corpus_dir;
 
 fn case_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -31,28 +31,9 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("AMQP_WIRE_CORPUS") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            assert!(
-                dir.is_dir(),
-                "AMQP_WIRE_CORPUS={} is not a directory",
-                dir.display()
-            );
-            dir
-        }
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/wire"),
-    }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
+#[path = "../../tests-support/corpus.rs"]
+mod corpus;
+use corpus::{unhex, wire_dir as corpus_dir};
 
 /// Python's `json` writes NaN and infinities as bare words; make them strings
 /// so that serde_json can read the line.

@@ -208,20 +208,9 @@ fn help_and_usage_errors() {
 // ---------------------------------------------------------------------------
 // The wire corpus.
 
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("AMQP_WIRE_CORPUS") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            assert!(
-                dir.is_dir(),
-                "AMQP_WIRE_CORPUS={} is not a directory",
-                dir.display()
-            );
-            dir
-        }
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/wire"),
-    }
-}
+#[path = "../../tests-support/corpus.rs"]
+mod corpus;
+use corpus::wire_dir as corpus_dir;
 
 /// The parts of a `frames.jsonl` record this test needs, read without a
 /// JSON library: the top-level keys come first in every record (`dir`,
