@@ -65,28 +65,25 @@ fn inline_copy<const N: usize>(src: &[u8]) -> [u8; N] {
     buf
 }
 
-/// The first `n` (at most [`INLINE_CAP`]) bytes of `w`, zero-padded, built
-/// from three 16-byte chunks masked to the length: whole-register moves, so
-/// the result is never assembled from overlapping byte-sized stores.
+/// The first `n` (at most `N`) bytes of `w`, zero-padded to `N`, built
+/// from `W / 16` chunks of 16 bytes masked to the length: whole-register
+/// moves, so the result is never assembled from overlapping byte-sized
+/// stores. `W` is `N` rounded up to a multiple of 16.
 #[inline(always)]
-fn masked_copy(w: &[u8; 48], n: usize) -> [u8; INLINE_CAP] {
-    let chunk = |i: usize| {
+fn masked_copy<const W: usize, const N: usize>(w: &[u8; W], n: usize) -> [u8; N] {
+    let mut buf = [0u8; N];
+    for (i, dst) in buf.chunks_mut(16).enumerate() {
         let mut c = [0u8; 16];
         c.copy_from_slice(&w[16 * i..16 * i + 16]);
-        let v = u128::from_le_bytes(c);
         let keep = n.saturating_sub(16 * i).min(16);
         let mask = if keep == 16 {
             u128::MAX
         } else {
             (1u128 << (8 * keep)) - 1
         };
-        (v & mask).to_le_bytes()
-    };
-    let (a, b, c) = (chunk(0), chunk(1), chunk(2));
-    let mut buf = [0u8; INLINE_CAP];
-    buf[..16].copy_from_slice(&a);
-    buf[16..32].copy_from_slice(&b);
-    buf[32..].copy_from_slice(&c[..INLINE_CAP - 32]);
+        let c = (u128::from_le_bytes(c) & mask).to_le_bytes();
+        dst.copy_from_slice(&c[..dst.len()]);
+    }
     buf
 }
 
@@ -456,21 +453,7 @@ impl LongString {
         if len <= LONG_INLINE_CAP
             && let Some(w) = window.first_chunk::<32>()
         {
-            let mut c = [0u8; 16];
-            let mut chunk = |i: usize| {
-                c.copy_from_slice(&w[16 * i..16 * i + 16]);
-                let keep = len.saturating_sub(16 * i).min(16);
-                let mask = if keep == 16 {
-                    u128::MAX
-                } else {
-                    (1u128 << (8 * keep)) - 1
-                };
-                (u128::from_le_bytes(c) & mask).to_le_bytes()
-            };
-            let (a, b) = (chunk(0), chunk(1));
-            let mut buf = [0u8; LONG_INLINE_CAP];
-            buf[..16].copy_from_slice(&a);
-            buf[16..].copy_from_slice(&b[..LONG_INLINE_CAP - 16]);
+            let buf = masked_copy(w, len);
             return Some(LongString(LongRepr::Inline {
                 len: len as u8,
                 buf,
