@@ -21,6 +21,9 @@
 #[allow(missing_docs, clippy::all)]
 mod naive;
 
+use amqp_benches::topic_workload::{
+    self, Rng, TopicWorkload, distinct_keys, pattern, topic_workload,
+};
 use amqp_router::types::{FieldTable, FieldValue};
 use amqp_router::{Bind, ExchangeDeclare, OwnerId, QueueDeclare, RouteScratch, Router};
 use criterion::{BatchSize, Criterion, black_box, criterion_group, criterion_main};
@@ -31,105 +34,7 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// xorshift64*: small, seeded, good enough for workloads.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const OWNER: OwnerId = OwnerId(1);
-const VOCAB: u64 = 1000;
-
-fn word(rng: &mut Rng) -> String {
-    format!("w{}", rng.below(VOCAB))
-}
-
-/// A topic pattern of 3–7 words: ~12% `*`, ~6% `#`, at least two literal
-/// words (so accidental matches stay rare at every size).
-fn pattern(rng: &mut Rng) -> String {
-    loop {
-        let n = 3 + rng.below(5);
-        let words: Vec<String> = (0..n)
-            .map(|_| match rng.below(100) {
-                0..=11 => "*".into(),
-                12..=17 => "#".into(),
-                _ => word(rng),
-            })
-            .collect();
-        if words
-            .iter()
-            .filter(|w| !matches!(w.as_str(), "*" | "#"))
-            .count()
-            >= 2
-        {
-            return words.join(".");
-        }
-    }
-}
-
-/// A key that matches `pattern` (wildcards instantiated with random
-/// words), so every key has at least one match.
-fn key_for(pattern: &str, rng: &mut Rng) -> String {
-    let mut out = Vec::new();
-    for w in pattern.split('.') {
-        match w {
-            "*" => out.push(word(rng)),
-            "#" => {
-                for _ in 0..rng.below(3) {
-                    out.push(word(rng));
-                }
-            }
-            w => out.push(w.to_owned()),
-        }
-    }
-    out.join(".")
-}
-
-struct TopicWorkload {
-    router: Router<u32>,
-    patterns: Vec<String>,
-    queues: usize,
-}
-
-fn topic_workload(bindings: usize, seed: u64) -> TopicWorkload {
-    let mut rng = Rng(seed);
-    let mut router: Router<u32> = Router::new("/");
-    router
-        .declare_exchange(&ExchangeDeclare::new(b"t", b"topic"))
-        .unwrap();
-    let queues = (bindings / 10).max(10);
-    for q in 0..queues {
-        let name = format!("q{q}");
-        router
-            .declare_queue(&QueueDeclare::new(name.as_bytes(), OWNER), |_| q as u32)
-            .unwrap();
-    }
-    let none = FieldTable::new();
-    let mut patterns = Vec::with_capacity(bindings);
-    while patterns.len() < bindings {
-        let p = pattern(&mut rng);
-        let q = format!("q{}", rng.below(queues as u64));
-        if router
-            .bind_queue(&Bind::new(b"t", q.as_bytes(), p.as_bytes(), &none, OWNER))
-            .unwrap()
-        {
-            patterns.push(p);
-        }
-    }
-    TopicWorkload {
-        router,
-        patterns,
-        queues,
-    }
-}
+const OWNER: OwnerId = topic_workload::OWNER;
 
 /// Checks the router against the naive model on `keys` (a naive model with
 /// the same bindings is built alongside).
@@ -176,20 +81,6 @@ fn cross_check_topic(w: &TopicWorkload, keys: &[String]) {
     }
 }
 
-fn distinct_keys(w: &TopicWorkload, n: usize, seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed);
-    let mut keys = Vec::with_capacity(n);
-    let mut seen = std::collections::HashSet::with_capacity(n);
-    while keys.len() < n {
-        let p = &w.patterns[rng.below(w.patterns.len() as u64) as usize];
-        let k = key_for(p, &mut rng);
-        if seen.insert(k.clone()) {
-            keys.push(k);
-        }
-    }
-    keys
-}
-
 /// Routes every key once; returns (seconds, total matches).
 fn route_all(router: &Router<u32>, keys: &[String]) -> (f64, usize) {
     let mut scratch = RouteScratch::new();
@@ -212,7 +103,7 @@ fn topic(c: &mut Criterion) {
     // 1M keys x 2,000 patterns.
     {
         let w = topic_workload(2_000, 2011);
-        let keys = distinct_keys(&w, 1_000_000, 7);
+        let keys = distinct_keys(&w.patterns, 1_000_000, 7);
         cross_check_topic(&w, &keys[..20_000]);
         let (secs, matches) = route_all(&w.router, &keys);
         eprintln!(
@@ -236,7 +127,7 @@ fn topic(c: &mut Criterion) {
         let workload = w.patterns.capacity() * std::mem::size_of::<String>()
             + w.patterns.iter().map(String::capacity).sum::<usize>();
         let bytes = stats.bytes_allocated as f64 - stats.bytes_deallocated as f64 - workload as f64;
-        let keys = distinct_keys(&w, 1_000_000, 99 + size as u64);
+        let keys = distinct_keys(&w.patterns, 1_000_000, 99 + size as u64);
         cross_check_topic(&w, &keys[..sample]);
         let (secs, matches) = route_all(&w.router, &keys);
         eprintln!(

@@ -2,4 +2,5 @@
 //! harnesses in `examples/`, so that both measure exactly the same work.
 
 pub mod codec_stream;
+pub mod topic_workload;
 pub mod wire_inputs;
