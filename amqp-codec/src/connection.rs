@@ -765,14 +765,7 @@ impl Connection {
         let m = method.into();
         self.check_open()?;
         let kind = m.kind();
-        let info = kind.info();
-        let allowed = match self.role {
-            Role::Client => info.sender.client(),
-            Role::Server => info.sender.server(),
-        };
-        if !allowed {
-            return Err(CommandError::WrongRole(kind));
-        }
+        let info = self.sendable(kind)?;
         if info.has_content {
             return Err(CommandError::UseCommand(kind));
         }
@@ -904,14 +897,7 @@ impl Connection {
     ) -> Result<Option<u64>, CommandError> {
         self.check_open()?;
         let kind = method.kind();
-        let info = kind.info();
-        let allowed = match self.role {
-            Role::Client => info.sender.client(),
-            Role::Server => info.sender.server(),
-        };
-        if !allowed {
-            return Err(CommandError::WrongRole(kind));
-        }
+        let info = self.sendable(kind)?;
         if !info.has_content {
             return Err(CommandError::UseCommand(kind));
         }
@@ -1041,6 +1027,20 @@ impl Connection {
             Ok(())
         } else {
             Err(CommandError::NotOpen)
+        }
+    }
+
+    /// The protocol facts of `kind`, if this side's role may send it.
+    fn sendable(&self, kind: MethodKind) -> Result<&'static MethodInfo, CommandError> {
+        let info = kind.info();
+        let allowed = match self.role {
+            Role::Client => info.sender.client(),
+            Role::Server => info.sender.server(),
+        };
+        if allowed {
+            Ok(info)
+        } else {
+            Err(CommandError::WrongRole(kind))
         }
     }
 
