@@ -44,3 +44,24 @@ pub fn committed_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     }
     all
 }
+
+/// Runs a target's `check` over every committed input of `target` (see
+/// [`committed_inputs`]), as the replay tests do: a failing input fails the
+/// test with its path, so it can be reproduced with
+/// `cargo fuzz run <target> <path>`. Returns the inputs, for tests that
+/// check what the corpus reaches.
+pub fn replay(target: &str, check: fn(&[u8])) -> Vec<Vec<u8>> {
+    let all = committed_inputs(target);
+    let mut bytes = 0;
+    for (path, data) in &all {
+        bytes += data.len();
+        let r = std::panic::catch_unwind(|| check(data));
+        assert!(
+            r.is_ok(),
+            "input {} fails the {target} check",
+            path.display()
+        );
+    }
+    println!("{target}: {} inputs, {bytes} bytes replayed", all.len());
+    all.into_iter().map(|(_, d)| d).collect()
+}

@@ -9,19 +9,7 @@
 use amqp_fuzz::wire;
 use bytes::Bytes;
 
-/// Runs `check` over `fuzz/corpus/<target>/` and, if present,
-/// `fuzz/artifacts-regressions/<target>/`; returns the inputs run.
-fn replay(target: &str, check: fn(&[u8])) -> Vec<Vec<u8>> {
-    let all = amqp_fuzz::committed_inputs(target);
-    for (path, data) in &all {
-        // A panic names the input, so a CI failure can be reproduced with
-        // `cargo fuzz run <target> <path>`.
-        eprintln!("{target}: {}", path.display());
-        check(data);
-    }
-    eprintln!("{target}: {} inputs replayed", all.len());
-    all.into_iter().map(|(_, d)| d).collect()
-}
+use amqp_fuzz::replay;
 
 #[test]
 fn parse_frames_corpus() {
