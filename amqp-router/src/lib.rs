@@ -471,6 +471,115 @@ impl<'a> Bind<'a> {
     }
 }
 
+// ----- from the methods received -----------------------------------------
+//
+// A server goes from a received method to the router without copying
+// fields by hand: each declaration borrows from the method it came in.
+
+use amqp_types::method as am;
+
+impl<'a> ExchangeDeclare<'a> {
+    /// The declaration a received `exchange.declare` makes.
+    pub fn from_method(m: &'a am::ExchangeDeclare) -> Self {
+        ExchangeDeclare {
+            name: m.exchange.as_bytes(),
+            kind: m.kind.as_bytes(),
+            passive: m.passive,
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: &m.arguments,
+        }
+    }
+}
+
+impl<'a> QueueDeclare<'a> {
+    /// The declaration a received `queue.declare` makes for `owner`.
+    pub fn from_method(m: &'a am::QueueDeclare, owner: OwnerId) -> Self {
+        QueueDeclare {
+            name: m.queue.as_bytes(),
+            passive: m.passive,
+            durable: m.durable,
+            exclusive: m.exclusive,
+            auto_delete: m.auto_delete,
+            arguments: &m.arguments,
+            owner,
+        }
+    }
+}
+
+impl<'a> QueueDelete<'a> {
+    /// The deletion a received `queue.delete` asks for on behalf of `owner`.
+    pub fn from_method(m: &'a am::QueueDelete, owner: OwnerId) -> Self {
+        QueueDelete {
+            name: m.queue.as_bytes(),
+            if_unused: m.if_unused,
+            if_empty: m.if_empty,
+            owner,
+        }
+    }
+}
+
+impl<'a> Bind<'a> {
+    /// `queue.bind`: exchange to queue.
+    pub fn from_queue_bind(m: &'a am::QueueBind, owner: OwnerId) -> Self {
+        Bind::new(
+            m.exchange.as_bytes(),
+            m.queue.as_bytes(),
+            m.routing_key.as_bytes(),
+            &m.arguments,
+            owner,
+        )
+    }
+
+    /// `queue.unbind`.
+    pub fn from_queue_unbind(m: &'a am::QueueUnbind, owner: OwnerId) -> Self {
+        Bind::new(
+            m.exchange.as_bytes(),
+            m.queue.as_bytes(),
+            m.routing_key.as_bytes(),
+            &m.arguments,
+            owner,
+        )
+    }
+
+    /// `exchange.bind`: source exchange to destination exchange.
+    pub fn from_exchange_bind(m: &'a am::ExchangeBind, owner: OwnerId) -> Self {
+        Bind::new(
+            m.source.as_bytes(),
+            m.destination.as_bytes(),
+            m.routing_key.as_bytes(),
+            &m.arguments,
+            owner,
+        )
+    }
+
+    /// `exchange.unbind`.
+    pub fn from_exchange_unbind(m: &'a am::ExchangeUnbind, owner: OwnerId) -> Self {
+        Bind::new(
+            m.source.as_bytes(),
+            m.destination.as_bytes(),
+            m.routing_key.as_bytes(),
+            &m.arguments,
+            owner,
+        )
+    }
+}
+
+impl<'a> Publish<'a> {
+    /// The routing-relevant fields of a received `basic.publish` and its
+    /// `headers` property.
+    pub fn from_method(m: &'a am::BasicPublish, headers: Option<&'a FieldTable>) -> Self {
+        Publish {
+            exchange: m.exchange.as_bytes(),
+            routing_key: m.routing_key.as_bytes(),
+            headers,
+            mandatory: m.mandatory,
+            immediate: m.immediate,
+        }
+    }
+}
+
 /// Class and method ids of the methods whose refusals the router builds.
 pub mod method_ids {
     /// exchange.declare

@@ -1,6 +1,175 @@
-//! amqp-broker: a RabbitMQ-compatible AMQP 0-9-1 broker (work in progress).
+//! amqp-broker: a RabbitMQ-compatible AMQP 0-9-1 broker.
 
-fn main() {
-    eprintln!("amqp-broker: not built yet");
-    std::process::exit(1);
+use amqp_broker::config::Config;
+use amqp_broker::core::{Core, server_properties};
+use amqp_broker::shell::{Shared, accept_loop};
+use amqp_codec::ServerConfig;
+use amqp_codec::types::LongString;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A RabbitMQ-compatible AMQP 0-9-1 broker.
+///
+/// With no options it listens on 127.0.0.1:5672 and [::1]:5672 with
+/// RabbitMQ's first-boot defaults: vhost `/`, user guest/guest (loopback
+/// only). Logs go to stderr (`RUST_LOG=debug` for more). SIGTERM or
+/// SIGINT closes every connection with 320 CONNECTION_FORCED and exits 0.
+#[derive(Debug, Parser)]
+#[command(name = "amqp-broker", version, about, long_about)]
+struct Args {
+    /// Address to listen on for AMQP (repeatable). Default: 127.0.0.1:5672
+    /// and [::1]:5672.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// TOML configuration file (users, vhosts, permissions, tuning); see
+    /// the README for its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for durable state (accepted now; persistence comes with
+    /// the durability work).
+    #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
+    data_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match &args.config {
+        None => Config::default(),
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("amqp-broker: cannot read {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match Config::parse(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("amqp-broker: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let core_config = match config.core() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("amqp-broker: configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut server = ServerConfig {
+        properties: server_properties(config.product.as_deref().unwrap_or("amqp-broker")),
+        mechanisms: LongString::from_static("PLAIN AMQPLAIN"),
+        ..ServerConfig::default()
+    };
+    if let Some(h) = config.heartbeat {
+        server.heartbeat = h;
+    }
+    if let Some(f) = config.frame_max {
+        server.frame_max = f;
+    }
+    if let Some(c) = config.channel_max {
+        server.channel_max = c;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("amqp-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args, Core::new(core_config), server))
+}
+
+async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
+    let shared = Shared::new(core, server);
+    let explicit = !args.listen.is_empty();
+    let addrs = if explicit {
+        args.listen.clone()
+    } else {
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], 5672)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5672)),
+        ]
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = Arc::new(tokio::sync::Mutex::new(tokio::task::JoinSet::new()));
+    let mut listeners = 0;
+    for addr in addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!("listening on {addr}");
+                listeners += 1;
+                tokio::spawn(accept_loop(
+                    l,
+                    shared.clone(),
+                    stop_rx.clone(),
+                    tasks.clone(),
+                ));
+            }
+            Err(e) if explicit || addr.is_ipv4() => {
+                eprintln!(
+                    "amqp-broker: cannot listen on {addr}: {e} (is another broker running there? choose another address with --listen)"
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => tracing::warn!("not listening on {addr}: {e}"),
+        }
+    }
+    if listeners == 0 {
+        eprintln!("amqp-broker: no address to listen on");
+        return ExitCode::FAILURE;
+    }
+    let _ = &args.data_dir;
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing every connection");
+    let _ = stop_tx.send(true);
+    let mut set = std::mem::take(&mut *tasks.lock().await);
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some connections did not close within 5 s");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

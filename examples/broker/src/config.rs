@@ -1,0 +1,166 @@
+//! The configuration file (`--config FILE`, TOML).
+//!
+//! ```toml
+//! product = "amqp-broker"          # server-properties "product" (some clients check for "RabbitMQ")
+//! heartbeat = 60                   # seconds offered in connection.tune (0 = off)
+//! frame_max = 131072
+//! channel_max = 2047
+//! loopback_users = ["guest"]       # users that may only log in over loopback
+//!
+//! [[vhosts]]
+//! name = "/"
+//!
+//! [[users]]
+//! name = "guest"
+//! password = "guest"
+//! tags = ["administrator"]
+//!
+//! [[permissions]]
+//! user = "guest"
+//! vhost = "/"
+//! configure = ".*"
+//! write = ".*"
+//! read = ".*"
+//! ```
+//!
+//! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
+//! with every permission on `/`; without `vhosts`, the one vhost `/`.
+
+use crate::auth::{Auth, Permission, User};
+use crate::core::CoreConfig;
+use serde::Deserialize;
+
+/// The file's contents.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `product` in server-properties.
+    pub product: Option<String>,
+    /// Heartbeat offered, seconds.
+    pub heartbeat: Option<u16>,
+    /// frame_max offered.
+    pub frame_max: Option<u32>,
+    /// channel_max offered.
+    pub channel_max: Option<u16>,
+    /// Users restricted to loopback.
+    pub loopback_users: Option<Vec<String>>,
+    /// Virtual hosts.
+    #[serde(default)]
+    pub vhosts: Vec<VhostDef>,
+    /// Users.
+    #[serde(default)]
+    pub users: Vec<UserDef>,
+    /// Permissions.
+    #[serde(default)]
+    pub permissions: Vec<PermissionDef>,
+}
+
+/// `[[vhosts]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostDef {
+    /// Its name.
+    pub name: String,
+}
+
+/// `[[users]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDef {
+    /// User name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[permissions]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionDef {
+    /// User name.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// Configure pattern.
+    pub configure: String,
+    /// Write pattern.
+    pub write: String,
+    /// Read pattern.
+    pub read: String,
+}
+
+impl Config {
+    /// Parses a configuration file's text; errors name the problem.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The core's configuration.
+    pub fn core(&self) -> Result<CoreConfig, String> {
+        let mut cfg = CoreConfig::default();
+        if !self.vhosts.is_empty() {
+            cfg.vhosts = self.vhosts.iter().map(|v| v.name.clone()).collect();
+        }
+        if !self.users.is_empty() {
+            let mut auth = Auth {
+                users: Default::default(),
+                permissions: Default::default(),
+                loopback_users: vec!["guest".into()],
+            };
+            for u in &self.users {
+                auth.users.insert(
+                    u.name.clone(),
+                    User {
+                        name: u.name.clone(),
+                        password: u.password.clone(),
+                        tags: u.tags.clone(),
+                    },
+                );
+            }
+            for p in &self.permissions {
+                if !auth.users.contains_key(&p.user) {
+                    return Err(format!("permissions for unknown user '{}'", p.user));
+                }
+                if !cfg.vhosts.contains(&p.vhost) {
+                    return Err(format!("permissions in unknown vhost '{}'", p.vhost));
+                }
+                let perm = Permission::new(&p.configure, &p.write, &p.read)
+                    .map_err(|e| format!("permissions of '{}': {e}", p.user))?;
+                auth.permissions
+                    .insert((p.user.clone(), p.vhost.clone()), perm);
+            }
+            cfg.auth = auth;
+        }
+        if let Some(l) = &self.loopback_users {
+            cfg.auth.loopback_users = l.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = "product = \"RabbitMQ\"\nheartbeat = 30\n[[vhosts]]\nname = \"/\"\n[[vhosts]]\nname = \"prod\"\n[[users]]\nname = \"bob\"\npassword = \"pw\"\n[[permissions]]\nuser = \"bob\"\nvhost = \"prod\"\nconfigure = \"^bob\"\nwrite = \".*\"\nread = \".*\"\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.heartbeat, Some(30));
+        let core = c.core().unwrap();
+        assert_eq!(core.vhosts, ["/", "prod"]);
+        assert!(core.auth.login("bob", "pw", false));
+        assert!(core.auth.may_open("bob", "prod") && !core.auth.may_open("bob", "/"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Config::parse("nope = 1").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let c = Config::parse("[[users]]\nname = \"a\"\npassword = \"b\"\n[[permissions]]\nuser = \"a\"\nvhost = \"x\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n").unwrap();
+        assert!(c.core().unwrap_err().contains("unknown vhost 'x'"));
+    }
+}

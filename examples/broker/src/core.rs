@@ -1,0 +1,1660 @@
+//! The broker's deterministic core: virtual hosts (each an
+//! [`amqp_router::Router`]), queues, consumers, deliveries, unacknowledged
+//! messages, publisher confirms and transactions.
+//!
+//! It never touches a socket, a thread, a clock or a file. The shell feeds
+//! it each connection's [`amqp_codec::Event`]s ([`Core::handle`]) and takes
+//! back, per connection, what to do with that connection's codec
+//! ([`Out`], [`Core::take_outbox`]); [`Core::take_woken`] names the other
+//! connections that have something new (deliveries to their consumers,
+//! cancels). Time comes in as an argument.
+
+use crate::auth::{Access, Auth};
+use crate::queue::{Entry, Msg, Ready};
+use amqp_codec::types::method::*;
+use amqp_codec::types::{
+    BasicProperties, FieldTable, FieldValue, LongString, Method, ProtocolError, ReplyCode,
+    ShortString,
+};
+use amqp_codec::{Answer, Capabilities, DecisionId, Event};
+use amqp_codec::{Decision, Message};
+use amqp_router as r;
+use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Router};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Identifies a connection to the core (the shell's choice, unique).
+pub type ConnId = u64;
+/// Identifies a queue (the router's handle for it).
+pub type QueueId = u64;
+
+/// Bodies smaller than this are copied out of the read buffer they
+/// arrived in, so that a queued small message does not pin a whole
+/// read buffer; larger ones are kept as slices of it (zero-copy from
+/// publish to deliver).
+pub const COMPACT_BELOW: usize = 8 * 1024;
+
+/// Bytes of deliveries the core queues for one connection before it stops
+/// dispatching to that connection's consumers until the shell has taken
+/// them ([`Core::take_outbox`]).
+pub const OUTBOX_LIMIT: usize = 1024 * 1024;
+
+/// What the shell must do with one connection's codec, in order.
+#[derive(Debug)]
+pub enum Out {
+    /// `send_method(channel, method)`.
+    Method {
+        /// The channel.
+        channel: u16,
+        /// The method.
+        method: Method,
+    },
+    /// `send_content(channel, method, &msg.properties, msg.body.clone())`:
+    /// a delivery, get-ok or return.
+    Content {
+        /// The channel.
+        channel: u16,
+        /// `basic.deliver`, `basic.get-ok` or `basic.return`.
+        method: Method,
+        /// The message.
+        msg: Arc<Msg>,
+    },
+    /// Close the channel (soft code) or the connection (hard code) with
+    /// this error, naming its class and method.
+    Refuse(ProtocolError),
+    /// Answer a handshake decision.
+    Decide {
+        /// The decision.
+        id: DecisionId,
+        /// The answer.
+        answer: Answer,
+    },
+}
+
+/// Static configuration of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Users and permissions.
+    pub auth: Auth,
+    /// Virtual hosts to create.
+    pub vhosts: Vec<String>,
+    /// Seed of the generator of consumer tags.
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            auth: Auth::default(),
+            vhosts: vec!["/".into()],
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// What the core knows of a connection's peer when it connects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// Connected over a loopback address.
+    pub loopback: bool,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    queue: QueueId,
+    no_ack: bool,
+    prefetch: u16,
+    unacked: u32,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    queue: QueueId,
+    entry: Entry,
+    /// The consumer it was delivered to (`None` for basic.get).
+    consumer: Option<ShortString>,
+}
+
+#[derive(Debug, Default)]
+struct Tx {
+    publishes: Vec<(
+        Vec<QueueId>,
+        Arc<Msg>,
+        bool,
+        Option<(ShortString, ShortString)>,
+    )>,
+    acks: Vec<(u64, Unacked, TxAck)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxAck {
+    Ack,
+    Requeue,
+    Drop,
+}
+
+#[derive(Debug, Default)]
+struct Chan {
+    /// An error closed it; events still queued for it are ignored.
+    closing: bool,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    /// Unacked deliveries to consumers (the global limit counts these).
+    consumer_unacked: u32,
+    consumers: HashMap<ShortString, Consumer>,
+    prefetch: u16,
+    global_prefetch: u16,
+    confirm: bool,
+    /// Publish sequence numbers settled in this batch: (seqno, ack).
+    confirms: Vec<(u64, bool)>,
+    tx: Option<Tx>,
+    last_queue: Option<ShortString>,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    peer: Peer,
+    user: Option<String>,
+    vhost: Option<String>,
+    caps: Capabilities,
+    channels: HashMap<u16, Chan>,
+    outbox: Vec<Out>,
+    outbox_bytes: usize,
+    throttled: bool,
+    /// A connection-level error closed it.
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct QState {
+    vhost: String,
+    name: ShortString,
+    ready: Ready,
+    /// (connection, channel, tag) in round-robin order.
+    consumers: Vec<(ConnId, u16, ShortString)>,
+    rr: usize,
+    exclusive_consumer: bool,
+    auto_delete: bool,
+    had_consumers: bool,
+}
+
+struct Vhost {
+    router: Router<QueueId>,
+}
+
+/// The broker's state: every virtual host, queue and connection.
+pub struct Core {
+    auth: Auth,
+    vhosts: HashMap<String, Vhost>,
+    conns: HashMap<ConnId, Conn>,
+    queues: HashMap<QueueId, QState>,
+    next_queue: QueueId,
+    rng: u64,
+    woken: Vec<ConnId>,
+    current: ConnId,
+    scratch: RouteScratch,
+    now: Option<Instant>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("vhosts", &self.vhosts.len())
+            .field("conns", &self.conns.len())
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+fn s(x: &[u8]) -> String {
+    String::from_utf8_lossy(x).into_owned()
+}
+
+fn refused(channel: u16, code: ReplyCode, text: String, ids: (u16, u16)) -> ProtocolError {
+    ProtocolError::refused(channel, code, text).with_method(ids.0, ids.1)
+}
+
+/// The result of handling one method: an error closes the channel or the
+/// connection.
+type Res = Result<(), ProtocolError>;
+
+impl Core {
+    /// A core with the configured users and virtual hosts.
+    pub fn new(config: CoreConfig) -> Self {
+        let mut vhosts = HashMap::new();
+        for v in &config.vhosts {
+            vhosts.insert(
+                v.clone(),
+                Vhost {
+                    router: Router::new(v.clone()),
+                },
+            );
+        }
+        Core {
+            auth: config.auth,
+            vhosts,
+            conns: HashMap::new(),
+            queues: HashMap::new(),
+            next_queue: 1,
+            rng: config.seed | 1,
+            woken: Vec::new(),
+            current: 0,
+            scratch: RouteScratch::new(),
+            now: None,
+        }
+    }
+
+    /// A new connection (before its handshake).
+    pub fn connect(&mut self, id: ConnId, peer: Peer) {
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                ..Conn::default()
+            },
+        );
+    }
+
+    /// Handles a batch of events of connection `id`, in order; what the
+    /// connection must do next is in [`take_outbox`](Self::take_outbox).
+    pub fn handle(&mut self, id: ConnId, events: impl IntoIterator<Item = Event>, now: Instant) {
+        self.now = Some(now);
+        self.current = id;
+        for e in events {
+            self.event(id, e);
+        }
+        self.flush_confirms(id);
+    }
+
+    /// Takes what connection `id` must do.
+    pub fn take_outbox(&mut self, id: ConnId) -> Vec<Out> {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return Vec::new();
+        };
+        c.outbox_bytes = 0;
+        std::mem::take(&mut c.outbox)
+    }
+
+    /// The shell wrote everything connection `id` had: dispatch to its
+    /// consumers resumes if [`OUTBOX_LIMIT`] held it back. Returns whether
+    /// it did (there may be new output).
+    pub fn resume(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if !std::mem::take(&mut c.throttled) {
+            return false;
+        }
+        let qs: Vec<QueueId> = c
+            .channels
+            .values()
+            .flat_map(|ch| ch.consumers.values().map(|k| k.queue))
+            .collect();
+        self.current = id;
+        for q in qs {
+            self.dispatch(q);
+        }
+        true
+    }
+
+    /// Connections (other than the one being handled) that have new
+    /// output; each appears once.
+    pub fn take_woken(&mut self) -> Vec<ConnId> {
+        let mut w = std::mem::take(&mut self.woken);
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
+    /// Messages ready in queue `name` of `vhost`, and unacknowledged ones
+    /// (for tests and the management side).
+    pub fn queue_counts(&self, vhost: &str, name: &str) -> Option<(usize, usize)> {
+        let v = self.vhosts.get(vhost)?;
+        let q = v.router.queue(name.as_bytes())?;
+        let qs = self.queues.get(q.handle())?;
+        let unacked = self
+            .conns
+            .values()
+            .flat_map(|c| c.channels.values())
+            .flat_map(|ch| ch.unacked.values())
+            .filter(|u| u.queue == *q.handle())
+            .count();
+        Some((qs.ready.len(), unacked))
+    }
+
+    fn push(&mut self, id: ConnId, out: Out) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if let Out::Content { msg, .. } = &out {
+                c.outbox_bytes += msg.body.len() + 64;
+            }
+            c.outbox.push(out);
+            if id != self.current {
+                self.woken.push(id);
+            }
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn consumer_tag(&mut self) -> ShortString {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut tag = String::from("amq.ctag-");
+        let (a, b) = (self.next_rand(), self.next_rand());
+        for i in 0..22 {
+            let bits = if i < 10 {
+                a >> (i * 6)
+            } else {
+                b >> ((i - 10) * 6)
+            };
+            tag.push(ALPHABET[(bits & 63) as usize] as char);
+        }
+        ShortString::try_from(tag.as_str()).unwrap_or_default()
+    }
+
+    // ----- events --------------------------------------------------------
+
+    fn event(&mut self, id: ConnId, e: Event) {
+        match e {
+            Event::Decision { id: did, decision } => self.decision(id, did, decision),
+            Event::Connected {
+                peer_capabilities, ..
+            } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.caps = peer_capabilities;
+                }
+            }
+            Event::ChannelOpened { channel } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.channels.insert(channel, Chan::default());
+                }
+            }
+            Event::ChannelClosed { channel, .. } => self.close_channel(id, channel),
+            Event::Closed { .. } => self.disconnect(id),
+            Event::Method { channel, method } => {
+                if self.ignoring(id, channel) {
+                    return;
+                }
+                if let Err(e) = self.method(id, channel, method) {
+                    self.fail(id, channel, e);
+                }
+            }
+            Event::Message {
+                channel,
+                message,
+                seqno,
+            } => {
+                if self.ignoring(id, channel) {
+                    return;
+                }
+                if let Err(e) = self.publish(id, channel, *message, seqno) {
+                    self.fail(id, channel, e);
+                }
+            }
+            // Protocol errors are answered by the codec itself; body-chunk
+            // mode is not used.
+            _ => {}
+        }
+    }
+
+    /// Whether events on this channel are to be ignored (an error closed
+    /// it or its connection, and the codec's close is under way).
+    fn ignoring(&self, id: ConnId, channel: u16) -> bool {
+        match self.conns.get(&id) {
+            None => true,
+            Some(c) if c.closing => true,
+            Some(c) => channel != 0 && c.channels.get(&channel).is_none_or(|ch| ch.closing),
+        }
+    }
+
+    /// An error closes the channel (soft) or the connection (hard).
+    fn fail(&mut self, id: ConnId, channel: u16, e: ProtocolError) {
+        if e.code().is_hard() || channel == 0 {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.closing = true;
+            }
+        } else {
+            self.release_channel(id, channel);
+            if let Some(ch) = self
+                .conns
+                .get_mut(&id)
+                .and_then(|c| c.channels.get_mut(&channel))
+            {
+                ch.closing = true;
+            }
+        }
+        self.push(id, Out::Refuse(e.on_channel(channel)));
+    }
+
+    fn decision(&mut self, id: ConnId, did: DecisionId, d: Decision) {
+        let answer = match d {
+            Decision::Authenticate {
+                mechanism,
+                credentials,
+                ..
+            } => {
+                let loopback = self.conns.get(&id).is_some_and(|c| c.peer.loopback);
+                match (credentials.username(), credentials.password()) {
+                    (Some(u), Some(p)) if self.auth.login(u, p, loopback) => {
+                        let u = u.to_owned();
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.user = Some(u);
+                        }
+                        Answer::Accept
+                    }
+                    _ => Answer::refuse(
+                        ReplyCode::ACCESS_REFUSED,
+                        format!(
+                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                            mechanism.to_string_lossy()
+                        ),
+                    ),
+                }
+            }
+            Decision::OpenVhost { virtual_host, .. } => {
+                let v = virtual_host.to_string_lossy().into_owned();
+                let user = self
+                    .conns
+                    .get(&id)
+                    .and_then(|c| c.user.clone())
+                    .unwrap_or_default();
+                if !self.vhosts.contains_key(&v) {
+                    Answer::refuse(
+                        ReplyCode::NOT_ALLOWED,
+                        format!("NOT_ALLOWED - vhost {v} not found"),
+                    )
+                } else if !self.auth.may_open(&user, &v) {
+                    Answer::refuse(
+                        ReplyCode::NOT_ALLOWED,
+                        format!("NOT_ALLOWED - access to vhost '{v}' refused for user '{user}'"),
+                    )
+                } else {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.vhost = Some(v);
+                    }
+                    Answer::Accept
+                }
+            }
+            _ => Answer::refuse(ReplyCode::NOT_IMPLEMENTED, "unsupported decision"),
+        };
+        self.push(id, Out::Decide { id: did, answer });
+    }
+
+    // ----- helpers ---------------------------------------------------------
+
+    fn vhost_name(&self, id: ConnId) -> String {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.vhost.clone())
+            .unwrap_or_default()
+    }
+
+    fn chan(&mut self, id: ConnId, channel: u16) -> Option<&mut Chan> {
+        self.conns.get_mut(&id)?.channels.get_mut(&channel)
+    }
+
+    fn reply(&mut self, id: ConnId, channel: u16, method: impl Into<Method>) {
+        self.push(
+            id,
+            Out::Method {
+                channel,
+                method: method.into(),
+            },
+        );
+    }
+
+    /// Checks a permission; the refusal is RabbitMQ's 403.
+    fn check(
+        &self,
+        id: ConnId,
+        channel: u16,
+        access: Access,
+        kind: &str,
+        name: &[u8],
+        ids: (u16, u16),
+    ) -> Res {
+        let Some(c) = self.conns.get(&id) else {
+            return Ok(());
+        };
+        let user = c.user.as_deref().unwrap_or("");
+        let vhost = c.vhost.as_deref().unwrap_or("");
+        let name: &[u8] = if kind == "exchange" && name.is_empty() {
+            b"amq.default"
+        } else {
+            name
+        };
+        if self.auth.allowed(user, vhost, access, name) {
+            return Ok(());
+        }
+        Err(refused(
+            channel,
+            ReplyCode::ACCESS_REFUSED,
+            format!(
+                "access to {kind} '{}' in vhost '{vhost}' refused for user '{user}'",
+                s(name)
+            ),
+            ids,
+        ))
+    }
+
+    /// The queue name a method means: an empty name is the channel's last
+    /// declared queue (404 when there is none).
+    fn queue_name(
+        &mut self,
+        id: ConnId,
+        channel: u16,
+        name: &ShortString,
+        ids: (u16, u16),
+    ) -> Result<ShortString, ProtocolError> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        self.chan(id, channel)
+            .and_then(|c| c.last_queue.clone())
+            .ok_or_else(|| {
+                refused(
+                    channel,
+                    ReplyCode::NOT_FOUND,
+                    "no previously declared queue".into(),
+                    ids,
+                )
+            })
+    }
+
+    // ----- methods -------------------------------------------------------
+
+    fn method(&mut self, id: ConnId, ch: u16, m: Method) -> Res {
+        let owner = OwnerId(id);
+        let vh = self.vhost_name(id);
+        match m {
+            Method::ExchangeDeclare(m) => {
+                self.check(
+                    id,
+                    ch,
+                    Access::Configure,
+                    "exchange",
+                    m.exchange.as_bytes(),
+                    (40, 10),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                v.router
+                    .declare_exchange(&r::ExchangeDeclare::from_method(&m))?;
+                if !m.nowait {
+                    self.reply(id, ch, ExchangeDeclareOk {});
+                }
+            }
+            Method::ExchangeDelete(m) => {
+                self.check(
+                    id,
+                    ch,
+                    Access::Configure,
+                    "exchange",
+                    m.exchange.as_bytes(),
+                    (40, 20),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let removed = v
+                    .router
+                    .delete_exchange(m.exchange.as_bytes(), m.if_unused)?;
+                self.removed(removed);
+                if !m.nowait {
+                    self.reply(id, ch, ExchangeDeleteOk {});
+                }
+            }
+            Method::ExchangeBind(m) => {
+                self.check(
+                    id,
+                    ch,
+                    Access::Write,
+                    "exchange",
+                    m.destination.as_bytes(),
+                    (40, 30),
+                )?;
+                self.check(
+                    id,
+                    ch,
+                    Access::Read,
+                    "exchange",
+                    m.source.as_bytes(),
+                    (40, 30),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                v.router
+                    .bind_exchange(&Bind::from_exchange_bind(&m, owner))?;
+                if !m.nowait {
+                    self.reply(id, ch, ExchangeBindOk {});
+                }
+            }
+            Method::ExchangeUnbind(m) => {
+                self.check(
+                    id,
+                    ch,
+                    Access::Write,
+                    "exchange",
+                    m.destination.as_bytes(),
+                    (40, 40),
+                )?;
+                self.check(
+                    id,
+                    ch,
+                    Access::Read,
+                    "exchange",
+                    m.source.as_bytes(),
+                    (40, 40),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let removed = v
+                    .router
+                    .unbind_exchange(&Bind::from_exchange_unbind(&m, owner))?;
+                self.removed(removed);
+                if !m.nowait {
+                    self.reply(id, ch, ExchangeUnbindOk {});
+                }
+            }
+            Method::QueueDeclare(m) => self.queue_declare(id, ch, m)?,
+            Method::QueueBind(mut m) => {
+                m.queue = self.queue_name(id, ch, &m.queue, (50, 20))?;
+                self.check(id, ch, Access::Write, "queue", m.queue.as_bytes(), (50, 20))?;
+                self.check(
+                    id,
+                    ch,
+                    Access::Read,
+                    "exchange",
+                    m.exchange.as_bytes(),
+                    (50, 20),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                v.router.bind_queue(&Bind::from_queue_bind(&m, owner))?;
+                if !m.nowait {
+                    self.reply(id, ch, QueueBindOk {});
+                }
+            }
+            Method::QueueUnbind(mut m) => {
+                m.queue = self.queue_name(id, ch, &m.queue, (50, 50))?;
+                self.check(id, ch, Access::Write, "queue", m.queue.as_bytes(), (50, 50))?;
+                self.check(
+                    id,
+                    ch,
+                    Access::Read,
+                    "exchange",
+                    m.exchange.as_bytes(),
+                    (50, 50),
+                )?;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let removed = v.router.unbind_queue(&Bind::from_queue_unbind(&m, owner))?;
+                self.removed(removed);
+                self.reply(id, ch, QueueUnbindOk {});
+            }
+            Method::QueuePurge(mut m) => {
+                m.queue = self.queue_name(id, ch, &m.queue, (50, 30))?;
+                self.check(id, ch, Access::Read, "queue", m.queue.as_bytes(), (50, 30))?;
+                let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+                let qid = *v
+                    .router
+                    .check_queue(m.queue.as_bytes(), owner, (50, 30))?
+                    .handle();
+                let n = self.queues.get_mut(&qid).map_or(0, |q| q.ready.purge());
+                if !m.nowait {
+                    self.reply(
+                        id,
+                        ch,
+                        QueuePurgeOk {
+                            message_count: count(n),
+                        },
+                    );
+                }
+            }
+            Method::QueueDelete(mut m) => {
+                m.queue = self.queue_name(id, ch, &m.queue, (50, 40))?;
+                self.check(
+                    id,
+                    ch,
+                    Access::Configure,
+                    "queue",
+                    m.queue.as_bytes(),
+                    (50, 40),
+                )?;
+                let queues = &self.queues;
+                let mut ready = 0;
+                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let removed =
+                    v.router
+                        .delete_queue(&r::QueueDelete::from_method(&m, owner), |q| {
+                            let u = queues.get(q).map_or(QueueUsage::default(), |q| QueueUsage {
+                                consumers: count(q.consumers.len()),
+                                messages: count(q.ready.len()),
+                            });
+                            ready = u.messages;
+                            u
+                        })?;
+                if let Some(q) = removed.queues.first()
+                    && let Some(qs) = self.queues.get(&q.handle)
+                {
+                    ready = count(qs.ready.len());
+                }
+                self.removed(removed);
+                if !m.nowait {
+                    self.reply(
+                        id,
+                        ch,
+                        QueueDeleteOk {
+                            message_count: ready,
+                        },
+                    );
+                }
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", m.prefetch_size),
+                        (60, 10),
+                    ));
+                }
+                let Some(c) = self.chan(id, ch) else {
+                    return Ok(());
+                };
+                if m.global {
+                    c.global_prefetch = m.prefetch_count;
+                } else {
+                    c.prefetch = m.prefetch_count;
+                }
+                let qs: Vec<QueueId> = c.consumers.values().map(|k| k.queue).collect();
+                self.reply(id, ch, BasicQosOk {});
+                for q in qs {
+                    self.dispatch(q);
+                }
+            }
+            Method::BasicConsume(m) => self.consume(id, ch, m)?,
+            Method::BasicCancel(m) => {
+                self.cancel(id, ch, &m.consumer_tag);
+                if !m.nowait {
+                    self.reply(
+                        id,
+                        ch,
+                        BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        },
+                    );
+                }
+            }
+            Method::BasicGet(m) => self.get(id, ch, m)?,
+            Method::BasicAck(m) => {
+                let taken = self.take_unacked(id, ch, m.delivery_tag, m.multiple, (60, 80))?;
+                self.settle(id, ch, taken, TxAck::Ack);
+            }
+            Method::BasicNack(m) => {
+                let taken = self.take_unacked(id, ch, m.delivery_tag, m.multiple, (60, 120))?;
+                let how = if m.requeue {
+                    TxAck::Requeue
+                } else {
+                    TxAck::Drop
+                };
+                self.settle(id, ch, taken, how);
+            }
+            Method::BasicReject(m) => {
+                let taken = self.take_unacked(id, ch, m.delivery_tag, false, (60, 90))?;
+                let how = if m.requeue {
+                    TxAck::Requeue
+                } else {
+                    TxAck::Drop
+                };
+                self.settle(id, ch, taken, how);
+            }
+            Method::BasicRecover(m) => {
+                self.recover(id, ch, m.requeue, (60, 110))?;
+                self.reply(id, ch, BasicRecoverOk {});
+            }
+            Method::BasicRecoverAsync(m) => self.recover(id, ch, m.requeue, (60, 100))?,
+            Method::ChannelFlow(m) => {
+                if !m.active {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::NOT_IMPLEMENTED,
+                        "active=false".into(),
+                        (20, 20),
+                    ));
+                }
+                self.reply(id, ch, ChannelFlowOk { active: true });
+            }
+            Method::ConfirmSelect(m) => {
+                let Some(c) = self.chan(id, ch) else {
+                    return Ok(());
+                };
+                if c.tx.is_some() {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode".into(),
+                        (85, 10),
+                    ));
+                }
+                c.confirm = true;
+                if !m.nowait {
+                    self.reply(id, ch, ConfirmSelectOk {});
+                }
+            }
+            Method::TxSelect(_) => {
+                let Some(c) = self.chan(id, ch) else {
+                    return Ok(());
+                };
+                if c.confirm {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode".into(),
+                        (90, 10),
+                    ));
+                }
+                if c.tx.is_none() {
+                    c.tx = Some(Tx::default());
+                }
+                self.reply(id, ch, TxSelectOk {});
+            }
+            Method::TxCommit(_) => {
+                let tx = self.tx_take(id, ch, (90, 20))?;
+                self.commit(id, ch, tx);
+                self.reply(id, ch, TxCommitOk {});
+            }
+            Method::TxRollback(_) => {
+                let tx = self.tx_take(id, ch, (90, 30))?;
+                if let Some(c) = self.chan(id, ch) {
+                    for (tag, u, _) in tx.acks {
+                        if u.consumer.is_some() {
+                            c.consumer_unacked += 1;
+                        }
+                        c.unacked.insert(tag, u);
+                    }
+                }
+                self.reply(id, ch, TxRollbackOk {});
+            }
+            Method::ConnectionUpdateSecret(_) => {
+                self.reply(id, 0, ConnectionUpdateSecretOk {});
+            }
+            // Replies from the client (e.g. a cancel-ok) and anything else
+            // the codec lets through need nothing.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tx_take(&mut self, id: ConnId, ch: u16, ids: (u16, u16)) -> Result<Tx, ProtocolError> {
+        let Some(c) = self.chan(id, ch) else {
+            return Ok(Tx::default());
+        };
+        match &mut c.tx {
+            Some(tx) => Ok(std::mem::take(tx)),
+            None => Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                "channel is not transactional".into(),
+                ids,
+            )),
+        }
+    }
+
+    fn queue_declare(&mut self, id: ConnId, ch: u16, mut m: QueueDeclare) -> Res {
+        let owner = OwnerId(id);
+        let vh = self.vhost_name(id);
+        if m.queue.is_empty() && m.passive {
+            m.queue = self.queue_name(id, ch, &m.queue, (50, 10))?;
+        }
+        if !m.queue.is_empty() {
+            self.check(
+                id,
+                ch,
+                Access::Configure,
+                "queue",
+                m.queue.as_bytes(),
+                (50, 10),
+            )?;
+        }
+        let next = self.next_queue;
+        let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+        let declared = v
+            .router
+            .declare_queue(&r::QueueDeclare::from_method(&m, owner), |_| next)?;
+        let qid = *v
+            .router
+            .queue(declared.name.as_bytes())
+            .map(|q| q.handle())
+            .unwrap_or(&next);
+        if qid == next {
+            self.next_queue += 1;
+            self.queues.insert(
+                qid,
+                QState {
+                    vhost: vh,
+                    name: declared.name.clone(),
+                    ready: Ready::new(),
+                    consumers: Vec::new(),
+                    rr: 0,
+                    exclusive_consumer: false,
+                    auto_delete: m.auto_delete,
+                    had_consumers: false,
+                },
+            );
+        }
+        let (messages, consumers) = self
+            .queues
+            .get(&qid)
+            .map_or((0, 0), |q| (q.ready.len(), q.consumers.len()));
+        if let Some(c) = self.chan(id, ch) {
+            c.last_queue = Some(declared.name.clone());
+        }
+        if !m.nowait {
+            self.reply(
+                id,
+                ch,
+                QueueDeclareOk {
+                    queue: declared.name,
+                    message_count: count(messages),
+                    consumer_count: count(consumers),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, id: ConnId, ch: u16, m: BasicConsume) -> Res {
+        let ids = (60, 20);
+        let owner = OwnerId(id);
+        let vh = self.vhost_name(id);
+        let queue = self.queue_name(id, ch, &m.queue, ids)?;
+        self.check(id, ch, Access::Read, "queue", queue.as_bytes(), ids)?;
+        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let qid = *v.router.check_queue(queue.as_bytes(), owner, ids)?.handle();
+        let tag = if m.consumer_tag.is_empty() {
+            self.consumer_tag()
+        } else {
+            m.consumer_tag.clone()
+        };
+        let Some(c) = self.chan(id, ch) else {
+            return Ok(());
+        };
+        if c.consumers.contains_key(&tag) {
+            return Err(refused(
+                ch,
+                ReplyCode::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{}'", tag.to_string_lossy()),
+                ids,
+            ));
+        }
+        let prefetch = c.prefetch;
+        let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
+        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+            return Err(refused(
+                ch,
+                ReplyCode::ACCESS_REFUSED,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    q.name.to_string_lossy(),
+                    q.vhost
+                ),
+                ids,
+            ));
+        }
+        q.exclusive_consumer = m.exclusive;
+        q.had_consumers = true;
+        q.consumers.push((id, ch, tag.clone()));
+        if let Some(c) = self.chan(id, ch) {
+            c.consumers.insert(
+                tag.clone(),
+                Consumer {
+                    queue: qid,
+                    no_ack: m.no_ack,
+                    prefetch,
+                    unacked: 0,
+                },
+            );
+        }
+        if !m.nowait {
+            self.reply(id, ch, BasicConsumeOk { consumer_tag: tag });
+        }
+        self.dispatch(qid);
+        Ok(())
+    }
+
+    /// Removes a consumer; deletes its queue if it was auto-delete and this
+    /// was its last consumer.
+    fn cancel(&mut self, id: ConnId, ch: u16, tag: &ShortString) {
+        let Some(k) = self.chan(id, ch).and_then(|c| c.consumers.remove(tag)) else {
+            return;
+        };
+        let Some(q) = self.queues.get_mut(&k.queue) else {
+            return;
+        };
+        q.consumers
+            .retain(|(c, h, t)| !(*c == id && *h == ch && t == tag));
+        q.exclusive_consumer = false;
+        if q.consumers.is_empty() && q.auto_delete && q.had_consumers {
+            let (vh, name) = (q.vhost.clone(), q.name.clone());
+            self.delete_queue_named(&vh, &name);
+        }
+    }
+
+    fn delete_queue_named(&mut self, vhost: &str, name: &ShortString) {
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return;
+        };
+        let Some(q) = v.router.queue(name.as_bytes()) else {
+            return;
+        };
+        let owner = OwnerId(q.exclusive_owner().map_or(0, |o| o.0));
+        let d = r::QueueDelete {
+            name: name.as_bytes(),
+            if_unused: false,
+            if_empty: false,
+            owner,
+        };
+        if let Ok(removed) = v.router.delete_queue(&d, |_| QueueUsage::default()) {
+            self.removed(removed);
+        }
+    }
+
+    /// Drops the state of queues the router removed; their consumers are
+    /// cancelled (with basic.cancel to clients that take it).
+    fn removed(&mut self, removed: Removed<QueueId>) {
+        for rq in removed.queues {
+            let Some(q) = self.queues.remove(&rq.handle) else {
+                continue;
+            };
+            for (conn, ch, tag) in q.consumers {
+                let notify = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| {
+                        let n = c.caps.consumer_cancel_notify;
+                        c.channels.get_mut(&ch).map(|chan| (chan, n))
+                    })
+                    .map(|(chan, n)| chan.consumers.remove(&tag).is_some() && n && !chan.closing)
+                    .unwrap_or(false);
+                if notify {
+                    self.push(
+                        conn,
+                        Out::Method {
+                            channel: ch,
+                            method: BasicCancel {
+                                consumer_tag: tag,
+                                nowait: true,
+                            }
+                            .into(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, id: ConnId, ch: u16, m: BasicGet) -> Res {
+        let ids = (60, 70);
+        let vh = self.vhost_name(id);
+        let queue = self.queue_name(id, ch, &m.queue, ids)?;
+        self.check(id, ch, Access::Read, "queue", queue.as_bytes(), ids)?;
+        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let qid = *v
+            .router
+            .check_queue(queue.as_bytes(), OwnerId(id), ids)?
+            .handle();
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return Ok(());
+        };
+        let Some(entry) = q.ready.pop() else {
+            self.reply(
+                id,
+                ch,
+                BasicGetEmpty {
+                    cluster_id: ShortString::EMPTY,
+                },
+            );
+            return Ok(());
+        };
+        let remaining = count(q.ready.len());
+        let Some(c) = self.chan(id, ch) else {
+            return Ok(());
+        };
+        c.next_tag += 1;
+        let tag = c.next_tag;
+        let method = BasicGetOk {
+            delivery_tag: tag,
+            redelivered: entry.redelivered,
+            exchange: entry.msg.exchange.clone(),
+            routing_key: entry.msg.routing_key.clone(),
+            message_count: remaining,
+        };
+        let msg = entry.msg.clone();
+        if !m.no_ack {
+            c.unacked.insert(
+                tag,
+                Unacked {
+                    queue: qid,
+                    entry,
+                    consumer: None,
+                },
+            );
+        }
+        self.push(
+            id,
+            Out::Content {
+                channel: ch,
+                method: method.into(),
+                msg,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes the unacked deliveries an ack/nack/reject names (406 for a tag
+    /// that is not outstanding, as RabbitMQ).
+    fn take_unacked(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        ids: (u16, u16),
+    ) -> Result<Vec<(u64, Unacked)>, ProtocolError> {
+        let Some(c) = self.chan(id, ch) else {
+            return Ok(Vec::new());
+        };
+        let taken: Vec<(u64, Unacked)> = if multiple && tag == 0 {
+            std::mem::take(&mut c.unacked).into_iter().collect()
+        } else if !c.unacked.contains_key(&tag) {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                format!("unknown delivery tag {tag}"),
+                ids,
+            ));
+        } else if multiple {
+            let rest = c.unacked.split_off(&(tag + 1));
+            std::mem::replace(&mut c.unacked, rest)
+                .into_iter()
+                .collect()
+        } else {
+            c.unacked
+                .remove(&tag)
+                .map(|u| (tag, u))
+                .into_iter()
+                .collect()
+        };
+        for (_, u) in &taken {
+            if let Some(t) = &u.consumer {
+                c.consumer_unacked = c.consumer_unacked.saturating_sub(1);
+                if let Some(k) = c.consumers.get_mut(t) {
+                    k.unacked = k.unacked.saturating_sub(1);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Acknowledges, requeues or drops deliveries (in a transaction: at
+    /// commit).
+    fn settle(&mut self, id: ConnId, ch: u16, taken: Vec<(u64, Unacked)>, how: TxAck) {
+        let mut touched: Vec<QueueId> = Vec::new();
+        if let Some(c) = self.chan(id, ch) {
+            // Consumers on this channel may take more now.
+            touched.extend(c.consumers.values().map(|k| k.queue));
+            if let Some(tx) = &mut c.tx {
+                tx.acks.extend(taken.into_iter().map(|(t, u)| (t, u, how)));
+                return;
+            }
+        }
+        for (_, u) in taken {
+            if how == TxAck::Requeue
+                && let Some(q) = self.queues.get_mut(&u.queue)
+            {
+                q.ready.requeue(u.entry);
+                touched.push(u.queue);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for q in touched {
+            self.dispatch(q);
+        }
+    }
+
+    fn recover(&mut self, id: ConnId, ch: u16, requeue: bool, ids: (u16, u16)) -> Res {
+        if !requeue {
+            return Err(refused(
+                ch,
+                ReplyCode::NOT_IMPLEMENTED,
+                "requeue=false".into(),
+                ids,
+            ));
+        }
+        let taken = self.take_unacked(id, ch, 0, true, ids)?;
+        let mut touched = Vec::new();
+        for (_, u) in taken {
+            if let Some(q) = self.queues.get_mut(&u.queue) {
+                q.ready.requeue(u.entry);
+                touched.push(u.queue);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for q in touched {
+            self.dispatch(q);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) {
+        for (queues, msg, _mandatory, ret) in tx.publishes {
+            if let Some((exchange, routing_key)) = ret {
+                self.push(
+                    id,
+                    Out::Content {
+                        channel: ch,
+                        method: BasicReturn {
+                            reply_code: ReplyCode::NO_ROUTE.0,
+                            reply_text: ShortString::from_static("NO_ROUTE"),
+                            exchange,
+                            routing_key,
+                        }
+                        .into(),
+                        msg: msg.clone(),
+                    },
+                );
+            }
+            self.enqueue(&queues, &msg);
+        }
+        let mut touched = Vec::new();
+        for (_, u, how) in tx.acks {
+            if how == TxAck::Requeue
+                && let Some(q) = self.queues.get_mut(&u.queue)
+            {
+                q.ready.requeue(u.entry);
+                touched.push(u.queue);
+            }
+        }
+        if let Some(c) = self.chan(id, ch) {
+            touched.extend(c.consumers.values().map(|k| k.queue));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for q in touched {
+            self.dispatch(q);
+        }
+    }
+
+    // ----- publishing ------------------------------------------------------
+
+    fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
+        let ids = (60, 40);
+        let Method::BasicPublish(p) = message.method else {
+            return Ok(());
+        };
+        self.check(
+            id,
+            ch,
+            Access::Write,
+            "exchange",
+            p.exchange.as_bytes(),
+            ids,
+        )?;
+        let props = message.properties;
+        if let Some(uid) = &props.user_id {
+            let user = self
+                .conns
+                .get(&id)
+                .and_then(|c| c.user.clone())
+                .unwrap_or_default();
+            if uid.as_bytes() != user.as_bytes() {
+                return Err(refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!(
+                        "user_id property set to '{}' but authenticated user was '{user}'",
+                        uid.to_string_lossy()
+                    ),
+                    ids,
+                ));
+            }
+        }
+        let vh = self.vhost_name(id);
+        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let routed = v.router.publish(
+            &Publish::from_method(&p, props.headers.as_ref()),
+            &mut self.scratch,
+        )?;
+        let returned = routed.returned();
+        let queues: Vec<QueueId> = routed.handles().copied().collect();
+        let body = if message.body.len() < COMPACT_BELOW {
+            Bytes::copy_from_slice(&message.body)
+        } else {
+            message.body
+        };
+        let msg = Arc::new(Msg {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+            properties: without_bcc(props),
+            body,
+        });
+        let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
+        let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
+        if in_tx {
+            if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {
+                tx.publishes.push((queues, msg, p.mandatory, ret));
+            }
+            return Ok(());
+        }
+        if let Some((exchange, routing_key)) = ret {
+            self.push(
+                id,
+                Out::Content {
+                    channel: ch,
+                    method: BasicReturn {
+                        reply_code: ReplyCode::NO_ROUTE.0,
+                        reply_text: ShortString::from_static("NO_ROUTE"),
+                        exchange,
+                        routing_key,
+                    }
+                    .into(),
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.enqueue(&queues, &msg);
+        if let Some(seq) = seqno
+            && let Some(c) = self.chan(id, ch)
+        {
+            c.confirms.push((seq, true));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, queues: &[QueueId], msg: &Arc<Msg>) {
+        for &q in queues {
+            if let Some(qs) = self.queues.get_mut(&q) {
+                qs.ready.push(msg.clone());
+                self.dispatch(q);
+            }
+        }
+    }
+
+    /// Sends the confirms settled in this batch, a run of acks as one
+    /// `multiple` ack.
+    fn flush_confirms(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut outs = Vec::new();
+        for (&ch, chan) in c.channels.iter_mut() {
+            if chan.confirms.is_empty() || chan.closing {
+                chan.confirms.clear();
+                continue;
+            }
+            let mut cs = std::mem::take(&mut chan.confirms);
+            cs.sort_unstable();
+            // Every sequence number below this batch's is settled already
+            // (confirms are settled in publish order), so a run of
+            // consecutive numbers with the same outcome is one `multiple`.
+            let mut i = 0;
+            while i < cs.len() {
+                let ack = cs[i].1;
+                let mut j = i;
+                while j + 1 < cs.len() && cs[j + 1].1 == ack && cs[j + 1].0 == cs[j].0 + 1 {
+                    j += 1;
+                }
+                outs.push((ch, cs[j].0, j > i, ack));
+                i = j + 1;
+            }
+        }
+        for (ch, tag, multiple, ack) in outs {
+            let method: Method = if ack {
+                BasicAck {
+                    delivery_tag: tag,
+                    multiple,
+                }
+                .into()
+            } else {
+                BasicNack {
+                    delivery_tag: tag,
+                    multiple,
+                    requeue: false,
+                }
+                .into()
+            };
+            self.push(
+                id,
+                Out::Method {
+                    channel: ch,
+                    method,
+                },
+            );
+        }
+    }
+
+    // ----- dispatch --------------------------------------------------------
+
+    /// Delivers queue `q`'s ready messages to its consumers, round robin,
+    /// while any can take one.
+    fn dispatch(&mut self, q: QueueId) {
+        loop {
+            let Some(qs) = self.queues.get(&q) else {
+                return;
+            };
+            if qs.ready.is_empty() || qs.consumers.is_empty() {
+                return;
+            }
+            let n = qs.consumers.len();
+            let start = qs.rr;
+            let mut chosen = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let Some((conn, ch, tag)) = self.queues.get(&q).map(|qs| qs.consumers[i].clone())
+                else {
+                    return;
+                };
+                if self.can_deliver(conn, ch, &tag) {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            let Some(i) = chosen else {
+                return;
+            };
+            let Some(qs) = self.queues.get_mut(&q) else {
+                return;
+            };
+            qs.rr = (i + 1) % n;
+            let (conn, ch, tag) = qs.consumers[i].clone();
+            let Some(entry) = qs.ready.pop() else {
+                return;
+            };
+            self.deliver(conn, ch, tag, q, entry);
+        }
+    }
+
+    fn can_deliver(&mut self, conn: ConnId, ch: u16, tag: &ShortString) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.closing {
+            return false;
+        }
+        if c.outbox_bytes >= OUTBOX_LIMIT {
+            c.throttled = true;
+            return false;
+        }
+        let Some(chan) = c.channels.get(&ch) else {
+            return false;
+        };
+        if chan.closing {
+            return false;
+        }
+        let Some(k) = chan.consumers.get(tag) else {
+            return false;
+        };
+        if k.no_ack {
+            return true;
+        }
+        (k.prefetch == 0 || k.unacked < u32::from(k.prefetch))
+            && (chan.global_prefetch == 0
+                || chan.consumer_unacked < u32::from(chan.global_prefetch))
+    }
+
+    fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
+        let Some(chan) = self.chan(conn, ch) else {
+            return;
+        };
+        chan.next_tag += 1;
+        let dtag = chan.next_tag;
+        let no_ack = chan.consumers.get(&tag).is_none_or(|k| k.no_ack);
+        let method = BasicDeliver {
+            consumer_tag: tag.clone(),
+            delivery_tag: dtag,
+            redelivered: entry.redelivered,
+            exchange: entry.msg.exchange.clone(),
+            routing_key: entry.msg.routing_key.clone(),
+        };
+        let msg = entry.msg.clone();
+        if !no_ack {
+            if let Some(k) = chan.consumers.get_mut(&tag) {
+                k.unacked += 1;
+            }
+            chan.consumer_unacked += 1;
+            chan.unacked.insert(
+                dtag,
+                Unacked {
+                    queue: q,
+                    entry,
+                    consumer: Some(tag),
+                },
+            );
+        }
+        self.push(
+            conn,
+            Out::Content {
+                channel: ch,
+                method: method.into(),
+                msg,
+            },
+        );
+    }
+
+    // ----- closing ---------------------------------------------------------
+
+    /// Cancels a channel's consumers and requeues its unacknowledged
+    /// messages (RabbitMQ does both however the channel ends).
+    fn release_channel(&mut self, id: ConnId, ch: u16) {
+        let Some(c) = self.chan(id, ch) else {
+            return;
+        };
+        let tags: Vec<ShortString> = c.consumers.keys().cloned().collect();
+        let unacked = std::mem::take(&mut c.unacked);
+        c.consumer_unacked = 0;
+        c.tx = None;
+        c.confirms.clear();
+        let mut touched = Vec::new();
+        for (_, u) in unacked {
+            if let Some(q) = self.queues.get_mut(&u.queue) {
+                q.ready.requeue(u.entry);
+                touched.push(u.queue);
+            }
+        }
+        for t in tags {
+            self.cancel(id, ch, &t);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for q in touched {
+            self.dispatch(q);
+        }
+    }
+
+    fn close_channel(&mut self, id: ConnId, ch: u16) {
+        self.release_channel(id, ch);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.channels.remove(&ch);
+        }
+    }
+
+    /// The connection is gone: its channels are released and its exclusive
+    /// queues deleted.
+    pub fn disconnect(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.closing = true;
+        let chans: Vec<u16> = c.channels.keys().copied().collect();
+        let vh = c.vhost.clone();
+        for ch in chans {
+            self.close_channel(id, ch);
+        }
+        if let Some(v) = vh.and_then(|v| self.vhosts.get_mut(&v)) {
+            let removed = v.router.delete_exclusive_queues(OwnerId(id));
+            self.removed(removed);
+        }
+        self.conns.remove(&id);
+    }
+}
+
+fn no_vhost() -> ProtocolError {
+    ProtocolError::refused(0, ReplyCode::INTERNAL_ERROR, "virtual host is gone")
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The properties a message is stored with: a `BCC` header is removed
+/// (sender-selected distribution keeps it from the receivers).
+fn without_bcc(mut p: BasicProperties) -> BasicProperties {
+    if let Some(h) = &mut p.headers
+        && h.contains_key("BCC")
+    {
+        let mut t = FieldTable::new();
+        for (k, v) in h.iter() {
+            if k.as_bytes() != b"BCC" {
+                t.push(k.clone(), v.clone());
+            }
+        }
+        *h = t;
+    }
+    p
+}
+
+/// RabbitMQ's `server-properties`, with our product name.
+pub fn server_properties(product: &str) -> FieldTable {
+    let mut caps = FieldTable::new();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        caps.insert(c, FieldValue::Bool(true));
+    }
+    let mut t = FieldTable::new();
+    t.insert("capabilities", FieldValue::Table(caps));
+    let ls = |s: &str| FieldValue::LongString(LongString::copy_from(s.as_bytes()));
+    t.insert("cluster_name", ls("amqp-broker@localhost"));
+    t.insert("copyright", ls("Copyright (c) The amqp-toolkit developers"));
+    t.insert(
+        "information",
+        ls("Licensed under MIT OR Apache-2.0. Website: https://github.com/amqp-rs/amqp-toolkit"),
+    );
+    t.insert("platform", ls("Rust"));
+    t.insert("product", ls(product));
+    t.insert("version", ls(env!("CARGO_PKG_VERSION")));
+    t
+}

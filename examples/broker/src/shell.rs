@@ -1,0 +1,271 @@
+//! The tokio server around the [`core`](crate::core): listeners, one task
+//! per connection, timers and shutdown.
+//!
+//! Each connection task owns its [`Connection`] (the codec's server role)
+//! and its socket. Input is fed to the codec; the events that come out go
+//! to the core in one batch under its lock; what the core says this
+//! connection must do is applied to the codec; the bytes the codec
+//! transmits are written with vectored writes. Connections the core woke
+//! (deliveries to their consumers) are notified and take their own output
+//! the same way.
+
+use crate::core::{ConnId, Core, Out, Peer};
+use amqp_codec::types::ReplyCode;
+use amqp_codec::{Connection, Event, ServerConfig};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+/// How much a connection reads at once.
+const READ_BUFFER: usize = 128 * 1024;
+
+/// The reply text RabbitMQ closes connections with when it shuts down.
+pub const SHUTDOWN_TEXT: &str =
+    "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'";
+
+/// What every connection task shares.
+pub struct Shared {
+    core: Mutex<Core>,
+    wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
+    next_id: AtomicU64,
+    config: ServerConfig,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// State shared by the connections of one broker.
+    pub fn new(core: Core, config: ServerConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            core: Mutex::new(core),
+            wakers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock is a bug; the state is still the
+        // best there is, so keep serving.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wakers(&self) -> MutexGuard<'_, HashMap<ConnId, Arc<Notify>>> {
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, ids: &[ConnId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let w = self.wakers();
+        for id in ids {
+            if let Some(n) = w.get(id) {
+                n.notify_one();
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.lock().await.spawn(async move {
+                        serve(stream, peer, shared, shutdown).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let notify = Arc::new(Notify::new());
+    shared.wakers().insert(id, notify.clone());
+    shared.core().connect(
+        id,
+        Peer {
+            loopback: peer.ip().is_loopback(),
+        },
+    );
+    tracing::info!(conn = id, %peer, "connection accepted");
+    let mut conn = Connection::server(shared.config.clone(), Instant::now());
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut segments: Vec<Bytes> = Vec::new();
+    let mut closing = *shutdown.borrow();
+    if closing {
+        let _ = conn.close(ReplyCode::CONNECTION_FORCED, SHUTDOWN_TEXT);
+    }
+    let mut eof = false;
+    loop {
+        let cause = run(&shared, id, &mut conn);
+        // Write everything the codec has for the peer.
+        segments.extend(std::iter::from_fn(|| conn.poll_transmit()));
+        if let Err(e) = write_all(&mut wr, &mut segments).await {
+            tracing::debug!(conn = id, "write failed: {e}");
+            conn.handle_eof();
+            let _ = run(&shared, id, &mut conn);
+            break;
+        }
+        if let Some(cause) = cause {
+            tracing::info!(conn = id, %peer, "connection closed: {cause:?}");
+            break;
+        }
+        if conn.is_closed() || eof {
+            break;
+        }
+        // Everything is written: consumers held back for this connection
+        // may take more.
+        let resumed = shared.core().resume(id);
+        if resumed {
+            continue;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_BUFFER);
+        }
+        let deadline = conn.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    conn.handle_eof();
+                    eof = true;
+                }
+                Ok(_) => conn.handle_input(buf.split().freeze()),
+            },
+            _ = notify.notified() => {}
+            _ = sleep => conn.handle_timeout(Instant::now()),
+            r = shutdown.changed(), if !closing => {
+                if r.is_err() || *shutdown.borrow() {
+                    closing = true;
+                    let _ = conn.close(ReplyCode::CONNECTION_FORCED, SHUTDOWN_TEXT);
+                }
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+    shared.wakers().remove(&id);
+    shared.core().disconnect(id);
+}
+
+/// Moves events to the core and the core's output to the codec until both
+/// are quiet; returns the cause if the connection ended.
+fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec::CloseCause> {
+    let mut closed = None;
+    loop {
+        let mut events = Vec::new();
+        while let Some(e) = conn.poll_event() {
+            if let Event::Closed { cause } = &e {
+                closed = Some(cause.clone());
+            }
+            events.push(e);
+        }
+        let had_events = !events.is_empty();
+        let (outs, woken) = {
+            let mut core = shared.core();
+            if had_events {
+                core.handle(id, events, Instant::now());
+            }
+            (core.take_outbox(id), core.take_woken())
+        };
+        shared.wake(&woken);
+        if !had_events && outs.is_empty() {
+            return closed;
+        }
+        for out in outs {
+            apply(conn, out);
+        }
+    }
+}
+
+/// Carries out one instruction of the core on the codec.
+fn apply(conn: &mut Connection, out: Out) {
+    let r = match out {
+        Out::Method { channel, method } => conn.send_method(channel, method),
+        Out::Content {
+            channel,
+            method,
+            msg,
+        } => conn
+            .send_content(channel, method, &msg.properties, msg.body.clone())
+            .map(|_| ()),
+        Out::Refuse(e) => conn.refuse(e.channel_id(), e.code(), &e.reply_text()),
+        Out::Decide { id, answer } => conn.decide(id, answer),
+    };
+    if let Err(e) = r {
+        // The channel or connection closed meanwhile: nothing to send.
+        tracing::debug!("not sent: {e}");
+    }
+}
+
+async fn write_all(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    segments: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < segments.len() {
+        let slices: Vec<IoSlice<'_>> = segments[start..]
+            .iter()
+            .take(64)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && start < segments.len() {
+            let len = segments[start].len();
+            if n >= len {
+                n -= len;
+                start += 1;
+            } else {
+                let rest = segments[start].split_off(n);
+                segments[start] = rest;
+                n = 0;
+            }
+        }
+    }
+    segments.clear();
+    Ok(())
+}
