@@ -351,10 +351,11 @@ impl Core {
         let mut tag = String::from("amq.ctag-");
         let (a, b) = (self.next_rand(), self.next_rand());
         for i in 0..22 {
-            let bits = if i < 10 {
+            // 11 six-bit digits from each 64-bit draw.
+            let bits = if i < 11 {
                 a >> (i * 6)
             } else {
-                b >> ((i - 10) * 6)
+                b >> ((i - 11) * 6)
             };
             tag.push(ALPHABET[(bits & 63) as usize] as char);
         }

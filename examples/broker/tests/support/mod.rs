@@ -1,0 +1,93 @@
+//! What the broker's integration tests share: a broker process on a free
+//! loopback port, and whether the interop services are wanted.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An amqp-broker process, killed when dropped.
+pub struct Broker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Broker {
+    /// Starts the broker binary of this build on a free port in
+    /// `ports` (never RabbitMQ's 5672) and waits until it accepts
+    /// connections (at most 10 s).
+    pub fn start(ports: std::ops::Range<u16>, extra: &[&str]) -> Broker {
+        let port = ports
+            .clone()
+            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .unwrap_or_else(|| panic!("no free port in {ports:?}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("AMQP_BROKER_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start amqp-broker");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "amqp-broker did not listen on {addr} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { addr, child }
+    }
+
+    /// `amqp://guest:guest@ADDR/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the interop tests run (`AMQP_INTEROP=0` skips them, saying so).
+pub fn interop(test: &str) -> bool {
+    if std::env::var("AMQP_INTEROP").is_ok_and(|v| v == "0") {
+        eprintln!("{test}: AMQP_INTEROP=0, skipped");
+        return false;
+    }
+    true
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
