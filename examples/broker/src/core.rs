@@ -73,6 +73,28 @@ pub enum Out {
     },
 }
 
+impl Out {
+    /// Carries this instruction out on the connection's codec. An error
+    /// means the channel or connection closed meanwhile (nothing to send).
+    pub fn apply_to(
+        self,
+        conn: &mut amqp_codec::Connection,
+    ) -> Result<(), amqp_codec::CommandError> {
+        match self {
+            Out::Method { channel, method } => conn.send_method(channel, method),
+            Out::Content {
+                channel,
+                method,
+                msg,
+            } => conn
+                .send_content(channel, method, &msg.properties, msg.body.clone())
+                .map(|_| ()),
+            Out::Refuse(e) => conn.refuse(e.channel_id(), e.code(), &e.reply_text()),
+            Out::Decide { id, answer } => conn.decide(id, answer),
+        }
+    }
+}
+
 /// Static configuration of the core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -117,14 +139,18 @@ struct Unacked {
     consumer: Option<ShortString>,
 }
 
+/// A publish held by a transaction until commit.
+#[derive(Debug)]
+struct TxPublish {
+    queues: Vec<QueueId>,
+    msg: Arc<Msg>,
+    /// (exchange, routing key) of a mandatory message that routed nowhere.
+    ret: Option<(ShortString, ShortString)>,
+}
+
 #[derive(Debug, Default)]
 struct Tx {
-    publishes: Vec<(
-        Vec<QueueId>,
-        Arc<Msg>,
-        bool,
-        Option<(ShortString, ShortString)>,
-    )>,
+    publishes: Vec<TxPublish>,
     acks: Vec<(u64, Unacked, TxAck)>,
 }
 
@@ -1253,7 +1279,7 @@ impl Core {
     }
 
     fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) {
-        for (queues, msg, _mandatory, ret) in tx.publishes {
+        for TxPublish { queues, msg, ret } in tx.publishes {
             if let Some((exchange, routing_key)) = ret {
                 self.push(
                     id,
@@ -1348,7 +1374,7 @@ impl Core {
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
         if in_tx {
             if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {
-                tx.publishes.push((queues, msg, p.mandatory, ret));
+                tx.publishes.push(TxPublish { queues, msg, ret });
             }
             return Ok(());
         }

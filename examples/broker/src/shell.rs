@@ -9,7 +9,7 @@
 //! (deliveries to their consumers) are notified and take their own output
 //! the same way.
 
-use crate::core::{ConnId, Core, Out, Peer};
+use crate::core::{ConnId, Core, Peer};
 use amqp_codec::types::ReplyCode;
 use amqp_codec::{Connection, Event, ServerConfig};
 use bytes::{Bytes, BytesMut};
@@ -214,28 +214,11 @@ fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec:
             return closed;
         }
         for out in outs {
-            apply(conn, out);
+            if let Err(e) = out.apply_to(conn) {
+                // The channel or connection closed meanwhile.
+                tracing::debug!(conn = id, "not sent: {e}");
+            }
         }
-    }
-}
-
-/// Carries out one instruction of the core on the codec.
-fn apply(conn: &mut Connection, out: Out) {
-    let r = match out {
-        Out::Method { channel, method } => conn.send_method(channel, method),
-        Out::Content {
-            channel,
-            method,
-            msg,
-        } => conn
-            .send_content(channel, method, &msg.properties, msg.body.clone())
-            .map(|_| ()),
-        Out::Refuse(e) => conn.refuse(e.channel_id(), e.code(), &e.reply_text()),
-        Out::Decide { id, answer } => conn.decide(id, answer),
-    };
-    if let Err(e) = r {
-        // The channel or connection closed meanwhile: nothing to send.
-        tracing::debug!("not sent: {e}");
     }
 }
 
