@@ -177,6 +177,8 @@ struct Chan {
     confirms: Vec<(u64, bool)>,
     tx: Option<Tx>,
     last_queue: Option<ShortString>,
+    /// Direct reply-to: the consumer tag and the reply-to suffix.
+    reply_consumer: Option<(ShortString, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +223,8 @@ pub struct Core {
     woken: Vec<ConnId>,
     current: ConnId,
     scratch: RouteScratch,
+    /// Direct reply-to suffixes and the channel whose consumer they reach.
+    reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
 }
 
@@ -268,6 +272,7 @@ impl Core {
             woken: Vec::new(),
             current: 0,
             scratch: RouteScratch::new(),
+            reply_to: HashMap::new(),
             now: None,
         }
     }
@@ -995,6 +1000,9 @@ impl Core {
 
     fn consume(&mut self, id: ConnId, ch: u16, m: BasicConsume) -> Res {
         let ids = (60, 20);
+        if m.queue.as_bytes() == REPLY_TO.as_bytes() {
+            return self.consume_replies(id, ch, m);
+        }
         let owner = OwnerId(id);
         let vh = self.vhost_name(id);
         let queue = self.queue_name(id, ch, &m.queue, ids)?;
@@ -1052,9 +1060,54 @@ impl Core {
         Ok(())
     }
 
+    /// Direct reply-to: a no-ack consumer of the pseudo-queue
+    /// `amq.rabbitmq.reply-to`, one per channel.
+    fn consume_replies(&mut self, id: ConnId, ch: u16, m: BasicConsume) -> Res {
+        let ids = (60, 20);
+        let tag = if m.consumer_tag.is_empty() {
+            self.consumer_tag()
+        } else {
+            m.consumer_tag.clone()
+        };
+        let suffix = format!("{:016x}{:016x}", self.next_rand(), self.next_rand());
+        let Some(c) = self.chan(id, ch) else {
+            return Ok(());
+        };
+        if !m.no_ack {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                "reply consumer cannot acknowledge".into(),
+                ids,
+            ));
+        }
+        if c.reply_consumer.is_some() {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                "reply consumer already set".into(),
+                ids,
+            ));
+        }
+        c.reply_consumer = Some((tag.clone(), suffix.clone()));
+        self.reply_to.insert(suffix, (id, ch));
+        if !m.nowait {
+            self.reply(id, ch, BasicConsumeOk { consumer_tag: tag });
+        }
+        Ok(())
+    }
+
     /// Removes a consumer; deletes its queue if it was auto-delete and this
     /// was its last consumer.
     fn cancel(&mut self, id: ConnId, ch: u16, tag: &ShortString) {
+        if let Some(c) = self.chan(id, ch)
+            && c.reply_consumer.as_ref().is_some_and(|(t, _)| t == tag)
+        {
+            if let Some((_, suffix)) = c.reply_consumer.take() {
+                self.reply_to.remove(&suffix);
+            }
+            return;
+        }
         let Some(k) = self.chan(id, ch).and_then(|c| c.consumers.remove(tag)) else {
             return;
         };
@@ -1351,6 +1404,42 @@ impl Core {
                 ));
             }
         }
+        let mut props = props;
+        if props
+            .reply_to
+            .as_ref()
+            .is_some_and(|r| r.as_bytes() == REPLY_TO.as_bytes())
+        {
+            let Some((_, suffix)) = self.chan(id, ch).and_then(|c| c.reply_consumer.as_ref())
+            else {
+                return Err(refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    "fast reply consumer does not exist".into(),
+                    ids,
+                ));
+            };
+            props.reply_to = ShortString::try_from(format!("{REPLY_TO}.{suffix}").as_str()).ok();
+        }
+        if p.exchange.is_empty()
+            && let Some(suffix) = p
+                .routing_key
+                .as_bytes()
+                .strip_prefix(REPLY_TO.as_bytes())
+                .and_then(|r| r.strip_prefix(b"."))
+        {
+            let target = std::str::from_utf8(suffix)
+                .ok()
+                .and_then(|s| self.reply_to.get(s).copied());
+            let msg = Arc::new(Msg {
+                exchange: p.exchange.clone(),
+                routing_key: p.routing_key.clone(),
+                properties: props,
+                body: compact(message.body),
+            });
+            self.reply_direct(id, ch, target, &p, msg, seqno);
+            return Ok(());
+        }
         let vh = self.vhost_name(id);
         let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
         let routed = v.router.publish(
@@ -1359,16 +1448,11 @@ impl Core {
         )?;
         let returned = routed.returned();
         let queues: Vec<QueueId> = routed.handles().copied().collect();
-        let body = if message.body.len() < COMPACT_BELOW {
-            Bytes::copy_from_slice(&message.body)
-        } else {
-            message.body
-        };
         let msg = Arc::new(Msg {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(props),
-            body,
+            body: compact(message.body),
         });
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
@@ -1401,6 +1485,70 @@ impl Core {
             c.confirms.push((seq, true));
         }
         Ok(())
+    }
+
+    /// A reply to `amq.rabbitmq.reply-to.<suffix>`: straight to the
+    /// requester's reply consumer; unroutable (returned if mandatory) when
+    /// it is gone.
+    fn reply_direct(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        target: Option<(ConnId, u16)>,
+        p: &BasicPublish,
+        msg: Arc<Msg>,
+        seqno: Option<u64>,
+    ) {
+        let consumer = target.and_then(|(conn, tch)| {
+            let c = self.conns.get_mut(&conn)?;
+            if c.closing {
+                return None;
+            }
+            let chan = c.channels.get_mut(&tch).filter(|c| !c.closing)?;
+            let (tag, _) = chan.reply_consumer.as_ref()?;
+            let tag = tag.clone();
+            chan.next_tag += 1;
+            Some((conn, tch, tag, chan.next_tag))
+        });
+        match consumer {
+            Some((conn, tch, consumer_tag, delivery_tag)) => {
+                let method = BasicDeliver {
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered: false,
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                };
+                self.push(
+                    conn,
+                    Out::Content {
+                        channel: tch,
+                        method: method.into(),
+                        msg,
+                    },
+                );
+            }
+            None if p.mandatory => self.push(
+                id,
+                Out::Content {
+                    channel: ch,
+                    method: BasicReturn {
+                        reply_code: ReplyCode::NO_ROUTE.0,
+                        reply_text: ShortString::from_static("NO_ROUTE"),
+                        exchange: p.exchange.clone(),
+                        routing_key: p.routing_key.clone(),
+                    }
+                    .into(),
+                    msg,
+                },
+            ),
+            None => {}
+        }
+        if let Some(seq) = seqno
+            && let Some(c) = self.chan(id, ch)
+        {
+            c.confirms.push((seq, true));
+        }
     }
 
     fn enqueue(&mut self, queues: &[QueueId], msg: &Arc<Msg>) {
@@ -1581,7 +1729,8 @@ impl Core {
         let Some(c) = self.chan(id, ch) else {
             return;
         };
-        let tags: Vec<ShortString> = c.consumers.keys().cloned().collect();
+        let mut tags: Vec<ShortString> = c.consumers.keys().cloned().collect();
+        tags.extend(c.reply_consumer.as_ref().map(|(t, _)| t.clone()));
         let unacked = std::mem::take(&mut c.unacked);
         c.consumer_unacked = 0;
         c.tx = None;
@@ -1627,6 +1776,19 @@ impl Core {
             self.removed(removed);
         }
         self.conns.remove(&id);
+    }
+}
+
+/// The Direct Reply-to pseudo-queue.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// A body as stored: small ones copied out of the read buffer
+/// ([`COMPACT_BELOW`]).
+fn compact(body: Bytes) -> Bytes {
+    if body.len() < COMPACT_BELOW {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body
     }
 }
 
