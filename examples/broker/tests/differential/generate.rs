@@ -58,6 +58,28 @@ pub fn scenario(seed: u64) -> String {
     for ch in CHANNELS {
         line(format!("{ch} open"));
     }
+    // Most resources exist from the start, so that the operations below
+    // take their happy paths as often as their error paths.
+    for (xn, xt) in EXCHANGES {
+        if r.chance(85) {
+            line(format!("c1.1 exchange.declare exchange={{p}}{xn} type={xt} auto-delete=false"));
+        }
+    }
+    for qn in 0..3 {
+        if r.chance(80) {
+            line(format!("c1.1 queue.declare queue={{p}}q{qn}"));
+        }
+    }
+    for _ in 0..3 {
+        let (xn, xt) = *r.pick(&EXCHANGES);
+        let key = *r.pick(&KEYS);
+        let mut s = format!("c1.1 queue.bind queue={{p}}q{} exchange={{p}}{xn} routing-key={key}", r.below(3));
+        if xt == "headers" {
+            s.push_str(" arg.x-match=any arg.h0=v arg.h1=v");
+        }
+        line(s);
+        line("c1.1 ensure-open".into());
+    }
     let mut msg = 0;
     let ops = 15 + r.below(15);
     for _ in 0..ops {
