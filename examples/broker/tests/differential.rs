@@ -32,6 +32,9 @@ use tokio::sync::mpsc;
 
 /// How long a step waits for what it expects.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Confirms are kept in a stream of their own, keyed by the channel
+/// number with this bit set.
+const CONFIRM_STREAM: u16 = 0x8000;
 /// Default quiet window.
 const QUIET: Duration = Duration::from_millis(200);
 
@@ -94,6 +97,11 @@ impl Transcript {
                 .or_default()
                 .push((r.step, r.text.clone()));
         }
+        for ((_, _, ch), v) in m.iter_mut() {
+            if ch & CONFIRM_STREAM != 0 {
+                v.sort_by_key(|(_, t)| confirm_seqno(t));
+            }
+        }
         // Server-generated names numbered in order of appearance, over the
         // streams in this order.
         let mut names = Normaliser::new(&self.prefix);
@@ -109,7 +117,7 @@ impl Transcript {
     fn render(&self, name: &str) -> String {
         let mut s = format!("=== {name}\n");
         for ((_, c, ch), lines) in self.streams() {
-            let _ = writeln!(s, "--- {c} channel {ch}");
+            let _ = writeln!(s, "--- {}", stream_name(&c, ch));
             for (step, t) in lines {
                 let _ = writeln!(s, "  [step {step:>3}] {t}");
             }
@@ -122,6 +130,26 @@ impl Transcript {
             Some((line, t)) => format!("line {line}: {t}"),
             None => "(after the last step)".into(),
         }
+    }
+}
+
+fn confirm_seqno(t: &str) -> u64 {
+    t.split("seqno=")
+        .nth(1)
+        .and_then(|x| x.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// A stream's name for reports.
+fn stream_name(c: &str, ch: u16) -> String {
+    if ch & CONFIRM_STREAM != 0 {
+        format!(
+            "connection {c} channel {} (publisher confirms, by seqno)",
+            ch & !CONFIRM_STREAM
+        )
+    } else {
+        format!("connection {c} channel {ch}")
     }
 }
 
@@ -371,9 +399,14 @@ impl Run {
                 ack,
                 settled,
             } => {
+                // Confirms are not counted as asynchronous events (the
+                // `confirms` step waits for them), and go to their own
+                // stream, by seqno: the order in which RabbitMQ confirms
+                // messages routed to different queues (or to none) is
+                // timing-dependent.
                 let what = if ack { "ack" } else { "nack" };
+                let channel = channel | CONFIRM_STREAM;
                 if settled.is_empty() {
-                    self.chan(ci, channel).async_seen += 1;
                     self.push(
                         ci,
                         channel,
@@ -383,7 +416,6 @@ impl Run {
                     );
                 }
                 for s in settled {
-                    self.chan(ci, channel).async_seen += 1;
                     self.push(ci, channel, format!("confirm {what} seqno={s}"));
                 }
             }
@@ -731,15 +763,22 @@ impl Run {
             }
             "confirms" => {
                 args.finish()?;
-                self.pump(STEP_TIMEOUT, move |r| {
-                    let c = &r.clients[ci];
-                    c.closed
-                        || c.chans.get(&ch).is_some_and(|s| s.closed)
-                        || c.conn.unconfirmed(ch) == 0
-                })
-                .await;
-                let c = self.chan(ci, ch);
-                c.async_expected = c.async_seen;
+                let ok = self
+                    .pump(STEP_TIMEOUT, move |r| {
+                        let c = &r.clients[ci];
+                        c.closed
+                            || c.chans.get(&ch).is_some_and(|s| s.closed)
+                            || c.conn.unconfirmed(ch) == 0
+                    })
+                    .await;
+                if !ok {
+                    let n = self.clients[ci].conn.unconfirmed(ch);
+                    self.push(
+                        ci,
+                        ch,
+                        format!("(runner) timeout: {n} publishes unconfirmed"),
+                    );
+                }
             }
             "raw" => {
                 let name = args.0.first().map(|(k, _)| k.clone()).ok_or("raw METHOD")?;
@@ -995,7 +1034,8 @@ pub fn compare(name: &str, a: &Transcript, b: &Transcript, la: &str, lb: &str) -
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "MISMATCH in scenario {name}, connection {c} channel {ch}, event {} (during step {}):",
+            "MISMATCH in scenario {name}, {}, event {} (during step {}):",
+            stream_name(&c, ch),
             first + 1,
             a.step_text(at)
         );

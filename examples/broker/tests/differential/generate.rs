@@ -62,7 +62,9 @@ pub fn scenario(seed: u64) -> String {
     // take their happy paths as often as their error paths.
     for (xn, xt) in EXCHANGES {
         if r.chance(85) {
-            line(format!("c1.1 exchange.declare exchange={{p}}{xn} type={xt} auto-delete=false"));
+            line(format!(
+                "c1.1 exchange.declare exchange={{p}}{xn} type={xt} auto-delete=false"
+            ));
         }
     }
     for qn in 0..3 {
@@ -73,7 +75,10 @@ pub fn scenario(seed: u64) -> String {
     for _ in 0..3 {
         let (xn, xt) = *r.pick(&EXCHANGES);
         let key = *r.pick(&KEYS);
-        let mut s = format!("c1.1 queue.bind queue={{p}}q{} exchange={{p}}{xn} routing-key={key}", r.below(3));
+        let mut s = format!(
+            "c1.1 queue.bind queue={{p}}q{} exchange={{p}}{xn} routing-key={key}",
+            r.below(3)
+        );
         if xt == "headers" {
             s.push_str(" arg.x-match=any arg.h0=v arg.h1=v");
         }
