@@ -66,6 +66,8 @@ struct Rec {
     channel: u16,
     /// Index into `Transcript::steps` of the step during which it arrived.
     step: usize,
+    /// Publisher confirms: (channel incarnation, seqno), to sort by.
+    key: (u32, u64),
     text: String,
 }
 
@@ -90,17 +92,16 @@ impl Transcript {
                 order.push(&r.conn);
             }
         }
+        let mut recs: Vec<&Rec> = self.recs.iter().collect();
+        // Confirm streams by (channel incarnation, seqno); stable, so
+        // everything else keeps its arrival order.
+        recs.sort_by_key(|r| r.key);
         let mut m: BTreeMap<(usize, String, u16), Stream> = BTreeMap::new();
-        for r in &self.recs {
+        for r in recs {
             let ci = order.iter().position(|c| *c == r.conn).unwrap_or(0);
             m.entry((ci, r.conn.clone(), r.channel))
                 .or_default()
                 .push((r.step, r.text.clone()));
-        }
-        for ((_, _, ch), v) in m.iter_mut() {
-            if ch & CONFIRM_STREAM != 0 {
-                v.sort_by_key(|(_, t)| confirm_seqno(t));
-            }
         }
         // Server-generated names numbered in order of appearance, over the
         // streams in this order.
@@ -131,14 +132,6 @@ impl Transcript {
             None => "(after the last step)".into(),
         }
     }
-}
-
-fn confirm_seqno(t: &str) -> u64 {
-    t.split("seqno=")
-        .nth(1)
-        .and_then(|x| x.split_whitespace().next())
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(u64::MAX)
 }
 
 /// A stream's name for reports.
@@ -212,6 +205,8 @@ struct Chan {
     async_seen: u64,
     closed: bool,
     last_reply: Option<Method>,
+    /// How many times the channel was opened.
+    incarnation: u32,
 }
 
 struct Client {
@@ -238,6 +233,7 @@ struct Run {
     exchanges: BTreeSet<String>,
     last_event: Instant,
     recording: bool,
+    key: (u32, u64),
 }
 
 fn short(s: &str) -> ShortString {
@@ -289,6 +285,7 @@ impl Run {
             exchanges: BTreeSet::new(),
             last_event: Instant::now(),
             recording: true,
+            key: (0, 0),
         }
     }
 
@@ -306,6 +303,7 @@ impl Run {
             conn: self.clients[ci].name.clone(),
             channel,
             step: self.step,
+            key: self.key,
             text,
         });
     }
@@ -338,7 +336,9 @@ impl Run {
                 self.push(ci, 0, text);
             }
             Event::ChannelOpened { channel } => {
-                self.chan(ci, channel).replies_seen += 1;
+                let c = self.chan(ci, channel);
+                c.replies_seen += 1;
+                c.incarnation += 1;
                 self.push(ci, channel, "channel.open-ok".into());
             }
             Event::ChannelClosed {
@@ -405,7 +405,9 @@ impl Run {
                 // messages routed to different queues (or to none) is
                 // timing-dependent.
                 let what = if ack { "ack" } else { "nack" };
+                let inc = self.chan(ci, channel).incarnation;
                 let channel = channel | CONFIRM_STREAM;
+                self.key = (inc, delivery_tag);
                 if settled.is_empty() {
                     self.push(
                         ci,
@@ -416,8 +418,10 @@ impl Run {
                     );
                 }
                 for s in settled {
+                    self.key = (inc, s);
                     self.push(ci, channel, format!("confirm {what} seqno={s}"));
                 }
+                self.key = (0, 0);
             }
             Event::Flow { channel, active } => {
                 self.chan(ci, channel).async_seen += 1;
@@ -1270,7 +1274,8 @@ async fn runner_detects_differences() {
     let one = Scenario {
         name: "one".into(),
         text: "c1 connect\nc1.1 open\nc1.1 queue.declare queue={p}q exclusive\n\
-               c1.1 basic.publish routing-key={p}q body=x\nc1.1 basic.get queue={p}q no-ack\n"
+               c1.1 confirm.select\nc1.1 basic.publish routing-key={p}q body=x\n\
+               c1.1 confirms\nc1.1 basic.get queue={p}q no-ack\n"
             .into(),
     };
     let two = Scenario {
