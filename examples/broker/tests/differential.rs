@@ -1290,8 +1290,11 @@ async fn runner_detects_differences() {
     assert_eq!(compare("one", &t1, &t1b, "A", "B"), Vec::<String>::new());
     let d = compare("one-vs-two", &t1, &t2, "A", "B");
     eprintln!("{}", d.join("\n"));
-    assert_eq!(d.len(), 1, "{d:?}");
-    assert!(d[0].contains("basic.get-ok") && d[0].contains("basic.get-empty"));
+    assert!(
+        d.iter()
+            .any(|m| m.contains("basic.get-ok") && m.contains("basic.get-empty")),
+        "{d:?}"
+    );
 }
 
 #[test]
