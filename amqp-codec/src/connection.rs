@@ -750,6 +750,42 @@ impl Connection {
         Ok(())
     }
 
+    /// Closes the channel (soft code) or the connection (hard code, or
+    /// channel 0) because of `error`, with its reply text and the class and
+    /// method ids it names — so an embedder hands a router's or its own
+    /// [`ProtocolError`] over as is. An error that names no method is
+    /// reported against the last method received on `channel`, as
+    /// [`refuse`](Self::refuse) does.
+    pub fn refuse_error(
+        &mut self,
+        channel: u16,
+        error: &ProtocolError,
+    ) -> Result<(), CommandError> {
+        self.check_open()?;
+        let (class_id, method_id) = if error.class_id() != 0 || error.method_id() != 0 {
+            (error.class_id(), error.method_id())
+        } else if channel == 0 {
+            (0, 0)
+        } else {
+            self.channels
+                .get(&channel)
+                .ok_or(CommandError::ChannelNotOpen(channel))?
+                .last_in
+        };
+        let mut reason = CloseReason::from_error(error);
+        reason.class_id = class_id;
+        reason.method_id = method_id;
+        if channel == 0 || error.code().is_hard() {
+            self.send_connection_close(reason);
+        } else {
+            if !self.channels.contains_key(&channel) {
+                return Err(CommandError::ChannelNotOpen(channel));
+            }
+            self.start_channel_close(channel, reason);
+        }
+        Ok(())
+    }
+
     /// Sends a method without content on `channel` (0 for connection-class
     /// methods such as `connection.blocked` or `update-secret`).
     ///
@@ -1551,22 +1587,18 @@ impl Connection {
                         ReplyCode::NOT_ALLOWED,
                         format!("number of channels opened ({}) has reached the negotiated channel_max ({max})", self.channels.len()),
                     )
-                    .on_channel(channel)
-                    .with_method(20, 10));
+                    // RabbitMQ names no method here (class 0, method 0).
+                    .on_channel(channel));
                 }
                 self.channels.insert(channel, Channel::new(ChState::Open));
                 self.put(&Frame::method(channel, ChannelOpenOk::default()));
                 self.emit(Event::ChannelOpened { channel });
                 Ok(())
             }
+            // RabbitMQ's words: "CHANNEL_ERROR - expected 'channel.open'".
             FramePayload::Method(m) => Err(ProtocolError::connection(
                 ReplyCode::CHANNEL_ERROR,
-                ErrorKind::UnexpectedFrame {
-                    what: format!(
-                        "expected 'channel.open', got {} on channel {channel}",
-                        m.name()
-                    ),
-                },
+                ErrorKind::Refused("expected 'channel.open'".into()),
             )
             .on_channel(channel)
             .with_method(m.class_id(), m.method_id())),

@@ -72,6 +72,11 @@ fn acks(n: u64) -> Vec<Frame> {
 
 /// The close the server sent last: (channel, code, class, method).
 fn last_close(s: &mut Connection) -> Option<(u16, u16, u16, u16)> {
+    last_close_with_text(s).map(|(c, _)| c)
+}
+
+/// The last close sent, with its reply text.
+fn last_close_with_text(s: &mut Connection) -> Option<((u16, u16, u16, u16), String)> {
     let mut out = BytesMut::new();
     while let Some(b) = s.poll_transmit() {
         out.extend_from_slice(&b);
@@ -87,10 +92,16 @@ fn last_close(s: &mut Connection) -> Option<(u16, u16, u16, u16)> {
     while let Ok(Some(amqp_codec::Decoded::Frame(f))) = dec.decode() {
         match f.payload {
             amqp_codec::wire::FramePayload::Method(Method::ConnectionClose(c)) => {
-                last = Some((0, c.reply_code, c.class_id, c.method_id))
+                last = Some((
+                    (0, c.reply_code, c.class_id, c.method_id),
+                    c.reply_text.to_string_lossy().into_owned(),
+                ))
             }
             amqp_codec::wire::FramePayload::Method(Method::ChannelClose(c)) => {
-                last = Some((f.channel, c.reply_code, c.class_id, c.method_id))
+                last = Some((
+                    (f.channel, c.reply_code, c.class_id, c.method_id),
+                    c.reply_text.to_string_lossy().into_owned(),
+                ))
             }
             _ => {}
         }
@@ -138,7 +149,8 @@ fn channel_max_counts_open_channels() {
     s.handle_input(enc(&[Frame::method(3, ChannelOpen::default())]));
     assert_eq!(s.channel_count(), 2, "a closed channel frees a slot");
     s.handle_input(enc(&[Frame::method(4, ChannelOpen::default())]));
-    assert_eq!(last_close(&mut s), Some((0, 530, 20, 10)));
+    // RabbitMQ's close names class 0 and method 0 here, not channel.open.
+    assert_eq!(last_close(&mut s), Some((0, 530, 0, 0)));
 }
 
 #[test]
@@ -148,7 +160,51 @@ fn channel_faults_are_504() {
     assert_eq!(last_close(&mut s), Some((0, 504, 20, 10)));
     let (mut s, _) = with_channel(ServerConfig::default());
     s.handle_input(enc(&[Frame::method(5, QueueDeclare::default())]));
-    assert_eq!(last_close(&mut s), Some((0, 504, 50, 10)));
+    assert_eq!(
+        last_close_with_text(&mut s),
+        Some((
+            (0, 504, 50, 10),
+            "CHANNEL_ERROR - expected 'channel.open'".to_owned()
+        )),
+        "RabbitMQ's text"
+    );
+}
+
+#[test]
+fn refuse_error_closes_with_the_errors_own_method_and_scope() {
+    use amqp_codec::types::ProtocolError;
+    // A soft error naming basic.publish closes the channel with those ids,
+    // whatever arrived on the channel since.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[Frame::method(1, QueueDeclare::default())]));
+    while s.poll_event().is_some() {}
+    let e = ProtocolError::refused(1, ReplyCode::NOT_FOUND, "no exchange 'x' in vhost '/'")
+        .with_method(60, 40);
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        last_close_with_text(&mut s),
+        Some((
+            (1, 404, 60, 40),
+            "NOT_FOUND - no exchange 'x' in vhost '/'".to_owned()
+        ))
+    );
+    // A hard one closes the connection.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    let e = ProtocolError::refused(
+        1,
+        ReplyCode::NOT_ALLOWED,
+        "attempt to reuse consumer tag 'a'",
+    )
+    .with_method(60, 20);
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(last_close(&mut s), Some((0, 530, 60, 20)));
+    // One that names no method falls back to the last method received.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(&[Frame::method(1, QueueDeclare::default())]));
+    while s.poll_event().is_some() {}
+    let e = ProtocolError::refused(1, ReplyCode::PRECONDITION_FAILED, "nope");
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(last_close(&mut s), Some((1, 406, 50, 10)));
 }
 
 #[test]

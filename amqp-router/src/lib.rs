@@ -62,6 +62,18 @@ pub use exchange_type::{BindingId, BindingIndex, ExchangeType, Message};
 pub use headers::{XMatch, nested_eq, value_eq};
 pub use route::{AlternateOutcome, NoObserver, Publish, RouteObserver, RouteScratch, Routed};
 
+/// The Erlang type atom RabbitMQ names a field value's type by in its
+/// reply texts (`long`, `longstr`, `bool`, ...), for embedders that write
+/// RabbitMQ's texts about arguments of their own.
+///
+/// ```
+/// use amqp_router::types::FieldValue;
+/// assert_eq!(amqp_router::erlang_type_name(&FieldValue::I64(5)), "long");
+/// ```
+pub fn erlang_type_name(v: &FieldValue) -> &'static str {
+    erl::type_name(v)
+}
+
 use amqp_types::{ErrorKind, FieldTable, FieldValue, ProtocolError, ReplyCode, ShortString};
 use hashbrown::{HashMap, HashTable};
 use std::borrow::Cow;

@@ -89,7 +89,7 @@ impl Out {
             } => conn
                 .send_content(channel, method, &msg.properties, msg.body.clone())
                 .map(|_| ()),
-            Out::Refuse(e) => conn.refuse(e.channel_id(), e.code(), &e.reply_text()),
+            Out::Refuse(e) => conn.refuse_error(e.channel_id(), &e),
             Out::Decide { id, answer } => conn.decide(id, answer),
         }
     }
@@ -773,7 +773,8 @@ impl Core {
                 {
                     ready = count(qs.ready.len());
                 }
-                self.removed(removed);
+                // delete-ok goes out before the consumers' basic.cancel, as
+                // RabbitMQ.
                 if !m.nowait {
                     self.reply(
                         id,
@@ -783,6 +784,7 @@ impl Core {
                         },
                     );
                 }
+                self.removed(removed);
             }
             Method::BasicQos(m) => {
                 if m.prefetch_size != 0 {
@@ -844,8 +846,11 @@ impl Core {
                 self.settle(id, ch, taken, how);
             }
             Method::BasicRecover(m) => {
+                // recover-ok goes out before the redeliveries, as RabbitMQ.
+                if m.requeue {
+                    self.reply(id, ch, BasicRecoverOk {});
+                }
                 self.recover(id, ch, m.requeue, (60, 110))?;
-                self.reply(id, ch, BasicRecoverOk {});
             }
             Method::BasicRecoverAsync(m) => self.recover(id, ch, m.requeue, (60, 100))?,
             Method::ChannelFlow(m) => {
@@ -935,12 +940,11 @@ impl Core {
         }
     }
 
-    fn queue_declare(&mut self, id: ConnId, ch: u16, mut m: QueueDeclare) -> Res {
+    fn queue_declare(&mut self, id: ConnId, ch: u16, m: QueueDeclare) -> Res {
         let owner = OwnerId(id);
         let vh = self.vhost_name(id);
-        if m.queue.is_empty() && m.passive {
-            m.queue = self.queue_name(id, ch, &m.queue, (50, 10))?;
-        }
+        // (An empty name with passive is not the last declared queue:
+        // RabbitMQ looks for a queue named '' and answers 404.)
         if !m.queue.is_empty() {
             self.check(
                 id,
@@ -950,6 +954,24 @@ impl Core {
                 m.queue.as_bytes(),
                 (50, 10),
             )?;
+        }
+        if !m.passive {
+            let name = if m.queue.is_empty() {
+                "amq.gen".into()
+            } else {
+                m.queue.to_string_lossy().into_owned()
+            };
+            check_queue_args(&m.arguments).map_err(|e| {
+                refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!(
+                        "invalid arg '{}' for queue '{name}' in vhost '{vh}': {}",
+                        e.0, e.1
+                    ),
+                    (50, 10),
+                )
+            })?;
         }
         let next = self.next_queue;
         let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
@@ -1777,6 +1799,55 @@ impl Core {
         }
         self.conns.remove(&id);
     }
+}
+
+/// Checks the queue arguments RabbitMQ 3.10 validates; the error is the
+/// argument and RabbitMQ's explanation, as it formats them.
+fn check_queue_args(args: &FieldTable) -> Result<(), (String, String)> {
+    // (name, least value allowed, most value allowed)
+    const INTEGER_ARGS: &[(&str, i128, i128)] = &[
+        ("x-expires", 1, u32::MAX as i128),
+        ("x-message-ttl", 0, u32::MAX as i128),
+        ("x-max-length", 0, i64::MAX as i128),
+        ("x-max-length-bytes", 0, i64::MAX as i128),
+        ("x-max-priority", 0, 255),
+        ("x-delivery-limit", 0, i64::MAX as i128),
+    ];
+    for (key, value) in args.iter() {
+        let k = key.to_string_lossy();
+        let Some(&(_, min, max)) = INTEGER_ARGS.iter().find(|(n, _, _)| *n == k) else {
+            continue;
+        };
+        let integer = matches!(
+            value,
+            FieldValue::I8(_)
+                | FieldValue::U8(_)
+                | FieldValue::I16(_)
+                | FieldValue::U16(_)
+                | FieldValue::I32(_)
+                | FieldValue::U32(_)
+                | FieldValue::I64(_)
+        );
+        let n = value.as_integer().filter(|_| integer).ok_or_else(|| {
+            (
+                k.to_string(),
+                format!(
+                    "\"expected integer, got {}\"",
+                    amqp_router::erlang_type_name(value)
+                ),
+            )
+        })?;
+        if n < 0 {
+            return Err((k.to_string(), format!("{{value_negative,{n}}}")));
+        }
+        if n < min {
+            return Err((k.to_string(), format!("{{value_zero,{n}}}")));
+        }
+        if n > max {
+            return Err((k.to_string(), format!("{{value_too_large,{n},{max}}}")));
+        }
+    }
+    Ok(())
 }
 
 /// The Direct Reply-to pseudo-queue.

@@ -9,6 +9,8 @@
 //!   1..=`AMQP_DIFF_SEEDS` (default 50).
 //! * `AMQP_INTEROP=0`: skip.
 
+mod support;
+
 mod differential {
     pub mod dsl;
     pub mod generate;
@@ -1081,56 +1083,6 @@ fn load_scenarios() -> Vec<Scenario> {
     v
 }
 
-/// The broker under test, killed on drop.
-struct Broker {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Broker {
-    fn spawn() -> Broker {
-        let port = (5700..5710)
-            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            .expect("no free port in 5700..5709");
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
-            .args(["--listen", &addr])
-            .spawn()
-            .expect("cannot start amqp-broker");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return Broker { child, addr };
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("amqp-broker --listen {addr} exited with {st} before listening");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("amqp-broker did not listen on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn skip() -> bool {
     if std::env::var("AMQP_INTEROP").as_deref() == Ok("0") {
         eprintln!("skipped: AMQP_INTEROP=0");
@@ -1184,8 +1136,8 @@ async fn differential() {
     let b = match std::env::var("AMQP_DIFF_B") {
         Ok(b) => b,
         Err(_) => {
-            broker = Broker::spawn();
-            broker.addr.clone()
+            broker = support::Broker::start(5700..5710, &[]);
+            broker.addr.to_string()
         }
     };
     eprintln!("differential: A = {a} (the specification), B = {b}");
