@@ -355,6 +355,76 @@ impl Core {
         Some((qs.ready.len(), unacked))
     }
 
+    /// Checks the core's internal bookkeeping (for tests, simulations and
+    /// fuzzing): every consumer a queue lists exists on its channel and
+    /// points back at the queue; unacknowledged counts match the
+    /// deliveries outstanding; Direct Reply-to routes lead to live reply
+    /// consumers. Returns what is wrong.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (qid, q) in &self.queues {
+            for (conn, ch, tag) in &q.consumers {
+                let k = self
+                    .conns
+                    .get(conn)
+                    .and_then(|c| c.channels.get(ch))
+                    .and_then(|c| c.consumers.get(tag))
+                    .ok_or_else(|| format!("queue {qid} lists a missing consumer {tag:?}"))?;
+                if k.queue != *qid {
+                    return Err(format!("consumer {tag:?} is listed by the wrong queue"));
+                }
+            }
+        }
+        for (id, c) in &self.conns {
+            for (n, ch) in &c.channels {
+                let mut per: HashMap<&ShortString, u32> = HashMap::new();
+                let mut total = 0;
+                for u in ch.unacked.values() {
+                    if let Some(t) = &u.consumer {
+                        *per.entry(t).or_default() += 1;
+                        total += 1;
+                    }
+                }
+                if total != ch.consumer_unacked {
+                    return Err(format!(
+                        "conn {id} channel {n}: {} consumer deliveries counted, {total} outstanding",
+                        ch.consumer_unacked
+                    ));
+                }
+                for (t, k) in &ch.consumers {
+                    let q = self.queues.get(&k.queue).ok_or_else(|| {
+                        format!("consumer {t:?} of a deleted queue is still on its channel")
+                    })?;
+                    if !q
+                        .consumers
+                        .iter()
+                        .any(|(c2, h2, t2)| c2 == id && h2 == n && t2 == t)
+                    {
+                        return Err(format!("consumer {t:?} is not listed by its queue"));
+                    }
+                    let outstanding = per.get(t).copied().unwrap_or(0);
+                    if k.unacked != outstanding {
+                        return Err(format!(
+                            "consumer {t:?}: {} counted, {outstanding} outstanding",
+                            k.unacked
+                        ));
+                    }
+                }
+            }
+        }
+        for (suffix, (conn, ch)) in &self.reply_to {
+            let ok = self
+                .conns
+                .get(conn)
+                .and_then(|c| c.channels.get(ch))
+                .and_then(|c| c.reply_consumer.as_ref())
+                .is_some_and(|(_, s)| s == suffix);
+            if !ok {
+                return Err(format!("reply-to route {suffix} leads nowhere"));
+            }
+        }
+        Ok(())
+    }
+
     fn push(&mut self, id: ConnId, out: Out) {
         if let Some(c) = self.conns.get_mut(&id) {
             if let Out::Content { msg, .. } = &out {

@@ -45,3 +45,4 @@ pub mod config;
 pub mod core;
 pub mod queue;
 pub mod shell;
+pub mod testing;

@@ -23,13 +23,14 @@
 //! `AMQP_SIM_SEED=n` replays one seed; `AMQP_SIM_SEEDS=N` sets how many a
 //! run covers (default 300).
 
-use amqp_broker::core::{ConnId, Core, CoreConfig, Peer};
+use amqp_broker::core::CoreConfig;
+use amqp_broker::testing::Harness;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{BasicProperties, FieldTable, Method, ReplyCode, ShortString};
-use amqp_codec::{ClientConfig, Connection, Event, ServerConfig};
+use amqp_codec::{ClientConfig, Event, ServerConfig};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Rng(u64);
 
@@ -90,12 +91,9 @@ struct ChanModel {
     expect_406: bool,
 }
 
-struct Client {
-    id: ConnId,
-    conn: Connection,
-    server: Connection,
-    c2s: VecDeque<Bytes>,
-    s2c: VecDeque<Bytes>,
+/// What the model knows of one client (link of the harness).
+#[derive(Default)]
+struct ClientModel {
     channels: BTreeMap<u16, ChanModel>,
     open: bool,
 }
@@ -109,10 +107,8 @@ struct MsgInfo {
 
 struct World {
     rng: Rng,
-    now: Instant,
-    core: Core,
-    clients: Vec<Client>,
-    next_conn: ConnId,
+    h: Harness,
+    clients: Vec<ClientModel>,
     next_msg: u64,
     msgs: HashMap<u64, MsgInfo>,
     state: HashMap<(usize, u64), Where>,
@@ -131,10 +127,8 @@ impl World {
         let max_chunk = [1, 13, 200, 5000, 1 << 20][rng.below(5) as usize];
         let mut w = World {
             rng,
-            now: Instant::now(),
-            core: Core::new(CoreConfig::default()),
+            h: Harness::new(CoreConfig::default()),
             clients: Vec::new(),
-            next_conn: 1,
             next_msg: 1,
             msgs: HashMap::new(),
             state: HashMap::new(),
@@ -149,8 +143,8 @@ impl World {
         // Topology, declared by client 0.
         w.open_channel(0, 1);
         for q in QUEUES {
-            let c = &mut w.clients[0];
-            c.conn
+            let c = &mut w.h.links[0];
+            c.client
                 .send_method(
                     1,
                     QueueDeclare {
@@ -160,8 +154,8 @@ impl World {
                 )
                 .unwrap();
         }
-        w.clients[0]
-            .conn
+        w.h.links[0]
+            .client
             .send_method(
                 1,
                 ExchangeDeclare {
@@ -172,8 +166,8 @@ impl World {
             )
             .unwrap();
         for q in &QUEUES[..2] {
-            w.clients[0]
-                .conn
+            w.h.links[0]
+                .client
                 .send_method(
                     1,
                     QueueBind {
@@ -189,28 +183,19 @@ impl World {
     }
 
     fn add_client(&mut self) {
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let scfg = ServerConfig::default();
-        let mut c = Client {
-            id,
-            conn: Connection::client(ClientConfig::default(), self.now),
-            server: Connection::server(scfg, self.now),
-            c2s: VecDeque::new(),
-            s2c: VecDeque::new(),
-            channels: BTreeMap::new(),
-            open: false,
-        };
-        self.core.connect(id, Peer { loopback: true });
-        c.open = true;
-        self.clients.push(c);
+        let idx = self
+            .h
+            .connect(ClientConfig::default(), ServerConfig::default());
+        self.clients.push(ClientModel {
+            open: true,
+            ..Default::default()
+        });
         self.pump();
-        let idx = self.clients.len() - 1;
-        assert!(self.clients[idx].conn.is_open(), "handshake failed");
+        assert!(self.h.links[idx].client.is_open(), "handshake failed");
     }
 
     fn open_channel(&mut self, c: usize, ch: u16) {
-        self.clients[c].conn.open_channel_with(ch).unwrap();
+        self.h.links[c].client.open_channel_with(ch).unwrap();
         self.clients[c].channels.insert(
             ch,
             ChanModel {
@@ -219,16 +204,6 @@ impl World {
             },
         );
         self.pump();
-    }
-
-    fn take_chunk(rng: &mut Rng, q: &mut VecDeque<Bytes>, max: u64) -> Option<Bytes> {
-        let front = q.front_mut()?;
-        let n = (1 + rng.below(max) as usize).min(front.len());
-        let chunk = front.split_to(n);
-        if front.is_empty() {
-            q.pop_front();
-        }
-        Some(chunk)
     }
 
     /// Moves bytes and events until everything is quiet.
@@ -254,60 +229,11 @@ impl World {
     }
 
     fn step_client(&mut self, i: usize) -> bool {
-        let mut moved = false;
         let max = self.max_chunk;
-        let now = self.now;
-        {
-            let c = &mut self.clients[i];
-            while let Some(b) = c.conn.poll_transmit() {
-                c.c2s.push_back(b);
-            }
-            for _ in 0..1 + self.rng.below(8) {
-                if let Some(chunk) = Self::take_chunk(&mut self.rng, &mut c.c2s, max) {
-                    c.server.handle_input(chunk);
-                    moved = true;
-                }
-            }
-        }
-        // Server events to the core, the core's output to the server; the
-        // core's output for every connection is applied (they are woken).
-        loop {
-            let c = &mut self.clients[i];
-            let events: Vec<Event> = std::iter::from_fn(|| c.server.poll_event()).collect();
-            let had = !events.is_empty();
-            if had {
-                self.core.handle(c.id, events, now);
-            }
-            let mut any_out = false;
-            for c in self.clients.iter_mut() {
-                for out in self.core.take_outbox(c.id) {
-                    any_out = true;
-                    let _ = out.apply_to(&mut c.server);
-                }
-            }
-            let _ = self.core.take_woken();
-            for c in self.clients.iter() {
-                let _ = self.core.resume(c.id);
-            }
-            if !had && !any_out {
-                break;
-            }
-            moved = true;
-        }
-        {
-            let c = &mut self.clients[i];
-            while let Some(b) = c.server.poll_transmit() {
-                c.s2c.push_back(b);
-            }
-            for _ in 0..1 + self.rng.below(8) {
-                if let Some(chunk) = Self::take_chunk(&mut self.rng, &mut c.s2c, max) {
-                    c.conn.handle_input(chunk);
-                    moved = true;
-                }
-            }
-        }
-        while let Some(e) = self.clients[i].conn.poll_event() {
-            moved = true;
+        let chunks = 1 + self.rng.below(8) as usize;
+        let rng = &mut self.rng;
+        let (moved, events) = self.h.step(i, chunks, &mut |_| 1 + rng.below(max) as usize);
+        for e in events {
             self.client_event(i, e);
         }
         moved
@@ -540,7 +466,7 @@ impl World {
                 })
                 .unwrap_or_default();
             for t in tags {
-                let _ = self.clients[c].conn.send_method(
+                let _ = self.h.links[c].client.send_method(
                     ch,
                     BasicCancel {
                         consumer_tag: t,
@@ -585,8 +511,8 @@ impl World {
                 } else {
                     ("", QUEUES[q], vec![q])
                 };
-                let r = self.clients[c]
-                    .conn
+                let r = self.h.links[c]
+                    .client
                     .publish(
                         ch,
                         BasicPublish {
@@ -621,8 +547,8 @@ impl World {
                 if !m.confirm {
                     m.confirm = true;
                     m.next_seq = 1;
-                    self.clients[c]
-                        .conn
+                    self.h.links[c]
+                        .client
                         .send_method(ch, ConfirmSelect::default())
                         .unwrap();
                 }
@@ -636,8 +562,8 @@ impl World {
                     return;
                 }
                 m.pending_consumes.push_back((q, no_ack, m.prefetch));
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(
                         ch,
                         BasicConsume {
@@ -657,8 +583,8 @@ impl World {
                 } else {
                     m.prefetch = n;
                 }
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(
                         ch,
                         BasicQos {
@@ -674,8 +600,8 @@ impl World {
                 let no_ack = self.rng.chance(30);
                 let m = self.clients[c].channels.get_mut(&ch).expect("channel");
                 m.pending_gets.push_back((q, no_ack));
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(
                         ch,
                         BasicGet {
@@ -703,13 +629,13 @@ impl World {
                 let kind = self.rng.below(10);
                 let requeue = self.rng.chance(60);
                 let (r, how) = match kind {
-                    0..=5 => (self.clients[c].conn.ack(ch, t, multiple), None),
+                    0..=5 => (self.h.links[c].client.ack(ch, t, multiple), None),
                     6..=7 => (
-                        self.clients[c].conn.nack(ch, t, multiple, requeue),
+                        self.h.links[c].client.nack(ch, t, multiple, requeue),
                         Some(requeue),
                     ),
                     _ => (
-                        self.clients[c].conn.send_method(
+                        self.h.links[c].client.send_method(
                             ch,
                             BasicReject {
                                 delivery_tag: t,
@@ -731,7 +657,7 @@ impl World {
                 };
                 if let Some(free) = (1..max).find(|t| !m.unacked.contains_key(t)) {
                     m.expect_406 = true;
-                    self.clients[c].conn.ack(ch, free, false).unwrap();
+                    self.h.links[c].client.ack(ch, free, false).unwrap();
                 }
             }
             82..=84 => {
@@ -741,8 +667,8 @@ impl World {
                 }
                 let tags: Vec<ShortString> = m.consumers.keys().cloned().collect();
                 let t = tags[self.rng.below(tags.len() as u64) as usize].clone();
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(
                         ch,
                         BasicCancel {
@@ -754,8 +680,8 @@ impl World {
             }
             85..=86 => {
                 // Recover: everything outstanding goes back.
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(ch, BasicRecover { requeue: true })
                     .unwrap();
                 let m = self.clients[c].channels.get_mut(&ch).expect("channel");
@@ -764,15 +690,17 @@ impl World {
             }
             87..=92 => {
                 self.quiesce(c, &[ch]);
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .close_channel(ch, ReplyCode::REPLY_SUCCESS, "bye")
                     .unwrap();
             }
             93..=95 => {
                 // Close the connection and open a new one.
                 self.quiesce(c, &chans);
-                let _ = self.clients[c].conn.close(ReplyCode::REPLY_SUCCESS, "bye");
+                let _ = self.h.links[c]
+                    .client
+                    .close(ReplyCode::REPLY_SUCCESS, "bye");
                 self.pump();
                 self.add_client();
             }
@@ -780,21 +708,18 @@ impl World {
                 // The transport just goes away (after what was sent
                 // arrived).
                 self.quiesce(c, &chans);
-                let id = self.clients[c].id;
-                self.clients[c].conn.handle_eof();
-                self.clients[c].server.handle_eof();
-                while let Some(e) = self.clients[c].conn.poll_event() {
+                for e in self.h.drop_link(c) {
                     self.client_event(c, e);
                 }
-                let events: Vec<Event> =
-                    std::iter::from_fn(|| self.clients[c].server.poll_event()).collect();
-                self.core.handle(id, events, self.now);
                 self.clients[c].open = false;
                 self.add_client();
             }
         }
-        self.now += Duration::from_millis(self.rng.below(50));
+        self.h.advance(Duration::from_millis(self.rng.below(50)));
         self.pump();
+        if let Err(e) = self.h.core.check_invariants() {
+            panic!("core bookkeeping after step {}: {e}", self.steps);
+        }
     }
 
     /// Closes every channel, then drains each queue with basic.get and
@@ -816,7 +741,9 @@ impl World {
             }
             let chans = self.open_channels(c);
             self.quiesce(c, &chans);
-            let _ = self.clients[c].conn.close(ReplyCode::REPLY_SUCCESS, "done");
+            let _ = self.h.links[c]
+                .client
+                .close(ReplyCode::REPLY_SUCCESS, "done");
         }
         self.pump();
         self.add_client();
@@ -830,8 +757,8 @@ impl World {
                     .unwrap()
                     .pending_gets
                     .push_back((q, true));
-                self.clients[c]
-                    .conn
+                self.h.links[c]
+                    .client
                     .send_method(
                         1,
                         BasicGet {
@@ -852,7 +779,7 @@ impl World {
                         .iter()
                         .filter(|((qq, _), w)| *qq == q && **w == Where::Ready)
                         .count();
-                    let (ready, _) = self.core.queue_counts("/", name).expect("queue");
+                    let (ready, _) = self.h.core.queue_counts("/", name).expect("queue");
                     if ready == 0 {
                         assert_eq!(still, 0, "{name}: {still} messages lost");
                         break;

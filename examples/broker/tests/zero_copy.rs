@@ -2,87 +2,46 @@
 //! output without a copy (checked by pointer), and a small one is copied
 //! out so that it does not pin the buffer it arrived in.
 
-use amqp_broker::core::{Core, CoreConfig, Out, Peer};
+use amqp_broker::core::Out;
+use amqp_broker::testing::Harness;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{BasicProperties, Method};
-use amqp_codec::{ClientConfig, Connection, Event, ServerConfig};
+use amqp_codec::{ClientConfig, Event, ServerConfig};
 use bytes::{Bytes, BytesMut};
-use std::time::Instant;
-
-struct Side {
-    id: u64,
-    client: Connection,
-    server: Connection,
-}
-
-fn settle(core: &mut Core, sides: &mut [&mut Side], now: Instant) -> Vec<Event> {
-    let mut client_events = Vec::new();
-    for _ in 0..50 {
-        for s in sides.iter_mut() {
-            while let Some(b) = s.client.poll_transmit() {
-                s.server.handle_input(b);
-            }
-            let ev: Vec<Event> = std::iter::from_fn(|| s.server.poll_event()).collect();
-            core.handle(s.id, ev, now);
-        }
-        for s in sides.iter_mut() {
-            for out in core.take_outbox(s.id) {
-                out.apply_to(&mut s.server).unwrap();
-            }
-            while let Some(b) = s.server.poll_transmit() {
-                s.client.handle_input(b);
-            }
-            client_events.extend(std::iter::from_fn(|| s.client.poll_event()));
-        }
-    }
-    client_events
-}
-
-fn side(core: &mut Core, id: u64, now: Instant) -> Side {
-    core.connect(id, Peer { loopback: true });
-    let mut s = Side {
-        id,
-        client: Connection::client(ClientConfig::default(), now),
-        server: Connection::server(ServerConfig::default(), now),
-    };
-    settle(core, &mut [&mut s], now);
-    assert!(s.client.is_open());
-    s.client.open_channel_with(1).unwrap();
-    settle(core, &mut [&mut s], now);
-    s
-}
 
 /// Publishes `size` bytes in one input chunk; returns the chunk and the
 /// delivery the consumer's connection was told to send.
 fn publish_and_deliver(size: usize) -> (Bytes, Bytes, Vec<Bytes>) {
-    let now = Instant::now();
-    let mut core = Core::new(CoreConfig::default());
-    let mut consumer = side(&mut core, 1, now);
-    let mut publisher = side(&mut core, 2, now);
-    consumer
-        .client
-        .send_method(
-            1,
-            QueueDeclare {
-                queue: "big".try_into().unwrap(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    consumer
-        .client
-        .send_method(
-            1,
-            BasicConsume {
-                queue: "big".try_into().unwrap(),
-                no_ack: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    settle(&mut core, &mut [&mut consumer], now);
-    publisher
-        .client
+    let mut h = Harness::default();
+    let (consumer, publisher) = (
+        h.connect(ClientConfig::default(), ServerConfig::default()),
+        h.connect(ClientConfig::default(), ServerConfig::default()),
+    );
+    assert!(h.settle(100).1);
+    for l in [consumer, publisher] {
+        h.links[l].client.open_channel_with(1).unwrap();
+    }
+    let c = &mut h.links[consumer].client;
+    c.send_method(
+        1,
+        QueueDeclare {
+            queue: "big".try_into().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    c.send_method(
+        1,
+        BasicConsume {
+            queue: "big".try_into().unwrap(),
+            no_ack: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(h.settle(100).1);
+    let p = &mut h.links[publisher];
+    p.client
         .publish(
             1,
             BasicPublish {
@@ -93,25 +52,26 @@ fn publish_and_deliver(size: usize) -> (Bytes, Bytes, Vec<Bytes>) {
             Bytes::from(vec![7u8; size]),
         )
         .unwrap();
-    // Everything the publisher sent, as one input chunk.
+    // Everything the publisher sent, as one input chunk, by hand.
     let mut wire = BytesMut::new();
-    while let Some(b) = publisher.client.poll_transmit() {
+    while let Some(b) = p.client.poll_transmit() {
         wire.extend_from_slice(&b);
     }
     let wire = wire.freeze();
-    publisher.server.handle_input(wire.clone());
-    let ev: Vec<Event> = std::iter::from_fn(|| publisher.server.poll_event()).collect();
-    core.handle(2, ev, now);
-    let outs = core.take_outbox(1);
+    p.server.handle_input(wire.clone());
+    let ev: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
+    let (pid, cid) = (p.id, h.links[consumer].id);
+    h.core.handle(pid, ev, h.now);
     let mut body = None;
-    for out in outs {
+    for out in h.core.take_outbox(cid) {
         if let Out::Content { msg, method, .. } = &out {
             assert!(matches!(method, Method::BasicDeliver(_)));
             body = Some(msg.body.clone());
         }
-        out.apply_to(&mut consumer.server).unwrap();
+        out.apply_to(&mut h.links[consumer].server).unwrap();
     }
-    let segments: Vec<Bytes> = std::iter::from_fn(|| consumer.server.poll_transmit()).collect();
+    let server = &mut h.links[consumer].server;
+    let segments: Vec<Bytes> = std::iter::from_fn(|| server.poll_transmit()).collect();
     (wire, body.expect("a delivery"), segments)
 }
 
