@@ -195,13 +195,25 @@ struct Conn {
     closing: bool,
 }
 
+/// A queue's reference to one of its consumers.
+#[derive(Debug, Clone)]
+struct QConsumer {
+    conn: ConnId,
+    ch: u16,
+    tag: ShortString,
+    /// `x-priority` (0 by default).
+    priority: i64,
+}
+
 #[derive(Debug)]
 struct QState {
     vhost: String,
     name: ShortString,
     ready: Ready,
-    /// (connection, channel, tag) in round-robin order.
-    consumers: Vec<(ConnId, u16, ShortString)>,
+    /// Consumers by descending priority; within a priority, in
+    /// round-robin order from `rr` (one priority) or rotated to the end of
+    /// their group as they receive (several priorities).
+    consumers: Vec<QConsumer>,
     rr: usize,
     exclusive_consumer: bool,
     auto_delete: bool,
@@ -362,7 +374,7 @@ impl Core {
     /// consumers. Returns what is wrong.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (qid, q) in &self.queues {
-            for (conn, ch, tag) in &q.consumers {
+            for QConsumer { conn, ch, tag, .. } in &q.consumers {
                 let k = self
                     .conns
                     .get(conn)
@@ -397,7 +409,7 @@ impl Core {
                     if !q
                         .consumers
                         .iter()
-                        .any(|(c2, h2, t2)| c2 == id && h2 == n && t2 == t)
+                        .any(|k| k.conn == *id && k.ch == *n && k.tag == *t)
                     {
                         return Err(format!("consumer {t:?} is not listed by its queue"));
                     }
@@ -1043,6 +1055,37 @@ impl Core {
                 )
             })?;
         }
+        let replicated = matches!(
+            m.arguments.get("x-queue-type"),
+            Some(FieldValue::LongString(t)) if matches!(t.as_bytes(), b"quorum" | b"stream")
+        );
+        let exists = self
+            .vhosts
+            .get(&vh)
+            .is_some_and(|v| v.router.queue(m.queue.as_bytes()).is_some());
+        if replicated && !m.passive && !exists {
+            // What quorum (and stream) queues cannot be, in RabbitMQ's order.
+            let property = if m.auto_delete {
+                Some("auto-delete")
+            } else if m.exclusive {
+                Some("exclusive-owner")
+            } else if !m.durable {
+                Some("non-durable")
+            } else {
+                None
+            };
+            if let Some(p) = property {
+                return Err(refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!(
+                        "invalid property '{p}' for queue '{}' in vhost '{vh}'",
+                        m.queue.to_string_lossy()
+                    ),
+                    (50, 10),
+                ));
+            }
+        }
         let next = self.next_queue;
         let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
         let declared = v
@@ -1101,6 +1144,20 @@ impl Core {
         self.check(id, ch, Access::Read, "queue", queue.as_bytes(), ids)?;
         let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
         let qid = *v.router.check_queue(queue.as_bytes(), owner, ids)?.handle();
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => integer_arg(v).map_err(|why| {
+                refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!(
+                        "invalid arg 'x-priority' for queue '{}' in vhost '{vh}': {why}",
+                        queue.to_string_lossy()
+                    ),
+                    ids,
+                )
+            })? as i64,
+        };
         let tag = if m.consumer_tag.is_empty() {
             self.consumer_tag()
         } else {
@@ -1133,7 +1190,20 @@ impl Core {
         }
         q.exclusive_consumer = m.exclusive;
         q.had_consumers = true;
-        q.consumers.push((id, ch, tag.clone()));
+        let at = q
+            .consumers
+            .iter()
+            .position(|k| k.priority < priority)
+            .unwrap_or(q.consumers.len());
+        q.consumers.insert(
+            at,
+            QConsumer {
+                conn: id,
+                ch,
+                tag: tag.clone(),
+                priority,
+            },
+        );
         if let Some(c) = self.chan(id, ch) {
             c.consumers.insert(
                 tag.clone(),
@@ -1207,7 +1277,7 @@ impl Core {
             return;
         };
         q.consumers
-            .retain(|(c, h, t)| !(*c == id && *h == ch && t == tag));
+            .retain(|k| !(k.conn == id && k.ch == ch && k.tag == *tag));
         q.exclusive_consumer = false;
         if q.consumers.is_empty() && q.auto_delete && q.had_consumers {
             let (vh, name) = (q.vhost.clone(), q.name.clone());
@@ -1241,7 +1311,7 @@ impl Core {
             let Some(q) = self.queues.remove(&rq.handle) else {
                 continue;
             };
-            for (conn, ch, tag) in q.consumers {
+            for QConsumer { conn, ch, tag, .. } in q.consumers {
                 let notify = self
                     .conns
                     .get_mut(&conn)
@@ -1707,8 +1777,9 @@ impl Core {
 
     // ----- dispatch --------------------------------------------------------
 
-    /// Delivers queue `q`'s ready messages to its consumers, round robin,
-    /// while any can take one.
+    /// Delivers queue `q`'s ready messages to its consumers while any can
+    /// take one: to the highest-priority consumers that can, round robin
+    /// among equals.
     fn dispatch(&mut self, q: QueueId) {
         loop {
             let Some(qs) = self.queues.get(&q) else {
@@ -1718,15 +1789,17 @@ impl Core {
                 return;
             }
             let n = qs.consumers.len();
-            let start = qs.rr;
+            // One priority (the usual case): a rotating start, O(1) when
+            // the next consumer can take the message.
+            let single = qs.consumers[0].priority == qs.consumers[n - 1].priority;
+            let start = if single { qs.rr % n } else { 0 };
             let mut chosen = None;
             for k in 0..n {
                 let i = (start + k) % n;
-                let Some((conn, ch, tag)) = self.queues.get(&q).map(|qs| qs.consumers[i].clone())
-                else {
+                let Some(c) = self.queues.get(&q).map(|qs| qs.consumers[i].clone()) else {
                     return;
                 };
-                if self.can_deliver(conn, ch, &tag) {
+                if self.can_deliver(c.conn, c.ch, &c.tag) {
                     chosen = Some(i);
                     break;
                 }
@@ -1737,12 +1810,21 @@ impl Core {
             let Some(qs) = self.queues.get_mut(&q) else {
                 return;
             };
-            qs.rr = (i + 1) % n;
-            let (conn, ch, tag) = qs.consumers[i].clone();
+            let c = qs.consumers[i].clone();
+            if single {
+                qs.rr = (i + 1) % n;
+            } else {
+                // To the end of its priority group.
+                let end = qs.consumers[i..]
+                    .iter()
+                    .position(|k| k.priority != c.priority)
+                    .map_or(n, |p| i + p);
+                qs.consumers[i..end].rotate_left(1);
+            }
             let Some(entry) = qs.ready.pop() else {
                 return;
             };
-            self.deliver(conn, ch, tag, q, entry);
+            self.deliver(c.conn, c.ch, c.tag, q, entry);
         }
     }
 
@@ -1871,6 +1953,27 @@ impl Core {
     }
 }
 
+/// An argument that must be an integer (of one of AMQP's integer types,
+/// as RabbitMQ requires); the error is RabbitMQ's explanation.
+fn integer_arg(value: &FieldValue) -> Result<i128, String> {
+    let integer = matches!(
+        value,
+        FieldValue::I8(_)
+            | FieldValue::U8(_)
+            | FieldValue::I16(_)
+            | FieldValue::U16(_)
+            | FieldValue::I32(_)
+            | FieldValue::U32(_)
+            | FieldValue::I64(_)
+    );
+    value.as_integer().filter(|_| integer).ok_or_else(|| {
+        format!(
+            "\"expected integer, got {}\"",
+            amqp_router::erlang_type_name(value)
+        )
+    })
+}
+
 /// Checks the queue arguments RabbitMQ 3.10 validates; the error is the
 /// argument and RabbitMQ's explanation, as it formats them.
 fn check_queue_args(args: &FieldTable) -> Result<(), (String, String)> {
@@ -1883,30 +1986,27 @@ fn check_queue_args(args: &FieldTable) -> Result<(), (String, String)> {
         ("x-max-priority", 0, 255),
         ("x-delivery-limit", 0, i64::MAX as i128),
     ];
+    if let Some(t) = args.get("x-queue-type") {
+        let k = || "x-queue-type".to_owned();
+        let FieldValue::LongString(name) = t else {
+            return Err((
+                k(),
+                format!("{{unacceptable_type,{}}}", amqp_router::erlang_type_name(t)),
+            ));
+        };
+        if !matches!(name.as_bytes(), b"classic" | b"quorum" | b"stream") {
+            return Err((
+                k(),
+                format!("\"unsupported queue type '{}'\"", name.to_string_lossy()),
+            ));
+        }
+    }
     for (key, value) in args.iter() {
         let k = key.to_string_lossy();
         let Some(&(_, min, max)) = INTEGER_ARGS.iter().find(|(n, _, _)| *n == k) else {
             continue;
         };
-        let integer = matches!(
-            value,
-            FieldValue::I8(_)
-                | FieldValue::U8(_)
-                | FieldValue::I16(_)
-                | FieldValue::U16(_)
-                | FieldValue::I32(_)
-                | FieldValue::U32(_)
-                | FieldValue::I64(_)
-        );
-        let n = value.as_integer().filter(|_| integer).ok_or_else(|| {
-            (
-                k.to_string(),
-                format!(
-                    "\"expected integer, got {}\"",
-                    amqp_router::erlang_type_name(value)
-                ),
-            )
-        })?;
+        let n = integer_arg(value).map_err(|why| (k.to_string(), why))?;
         if n < 0 {
             return Err((k.to_string(), format!("{{value_negative,{n}}}")));
         }
