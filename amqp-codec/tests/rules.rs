@@ -1,5 +1,5 @@
 //! Targeted protocol rules: each malformed or out-of-order input gets the
-//! reply code DESIGN.md states; limits hold.
+//! reply code docs/DESIGN.md states; limits hold.
 
 mod common;
 
