@@ -246,7 +246,7 @@ impl Connection {
                 Phase::AwaitHeader
             },
             decoder: if role == Role::Client {
-                FrameDecoder::new()
+                FrameDecoder::for_client()
             } else {
                 FrameDecoder::expecting_protocol_header()
             },
@@ -1158,6 +1158,16 @@ impl Connection {
     }
 
     fn on_protocol_header(&mut self, h: ProtocolHeader) {
+        if self.role == Role::Client {
+            // A server refusing our version names its own and closes.
+            self.finish(CloseCause::Failed(
+                ProtocolError::frame_error(ErrorKind::ProtocolVersionRefused {
+                    version: h.version,
+                })
+                .at_offset(0),
+            ));
+            return;
+        }
         if !h.is_0_9_1() {
             self.encoder.push_raw(&PROTOCOL_HEADER);
             self.finish(CloseCause::Failed(ProtocolError::connection(

@@ -3,8 +3,9 @@
 
 use amqp_types::{BasicProperties, ErrorKind, Method, ProtocolError, ReplyCode};
 use amqp_wire::{
-    EncodeError, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, FrameLimits, Parsed,
-    ProtocolHeader, parse_frame, parse_protocol_header, write_body_frame_header,
+    EncodeError, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, FrameLimits, Parsed, ProtocolHeader, parse_frame,
+    parse_protocol_header, write_body_frame_header,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -45,6 +46,10 @@ pub struct FrameDecoder {
     rest: VecDeque<Bytes>,
     frame_max: u32,
     expect_header: bool,
+    /// Client side, before the first frame: a protocol header (a server
+    /// refusing our version) or bytes that are no frame at all are told
+    /// apart from frames.
+    expect_greeting: bool,
     /// Stream offset of the first byte of `partial` (or of `rest` when
     /// `partial` is empty).
     offset: u64,
@@ -67,6 +72,7 @@ impl FrameDecoder {
             rest: VecDeque::new(),
             frame_max: FRAME_MIN_SIZE,
             expect_header: false,
+            expect_greeting: false,
             offset: 0,
             failed: false,
         }
@@ -77,6 +83,21 @@ impl FrameDecoder {
     pub fn expecting_protocol_header() -> Self {
         FrameDecoder {
             expect_header: true,
+            ..Self::new()
+        }
+    }
+
+    /// A decoder for the client side of a connection: frames, except that
+    /// before the first one it recognises what a client may get instead of
+    /// `connection.start`. A server refusing the protocol version answers
+    /// with its own protocol header: that comes out as
+    /// [`Decoded::ProtocolHeader`]. A first byte that is neither a frame
+    /// type nor the `A` of `AMQP` is an error,
+    /// [`ErrorKind::NotAmqp`] (an HTTP server, say), rather than a frame
+    /// header read from text (whose "size" is some gigabytes).
+    pub fn for_client() -> Self {
+        FrameDecoder {
+            expect_greeting: true,
             ..Self::new()
         }
     }
@@ -140,7 +161,7 @@ impl FrameDecoder {
     /// parses it again.
     #[inline]
     pub(crate) fn front_chunk(&self) -> Option<(&Bytes, FrameLimits)> {
-        if self.failed || self.expect_header || !self.partial.is_empty() {
+        if self.failed || self.expect_header || self.expect_greeting || !self.partial.is_empty() {
             return None;
         }
         Some((self.rest.front()?, FrameLimits::new(self.frame_max)))
@@ -163,6 +184,22 @@ impl FrameDecoder {
     fn decode_inner(&mut self) -> Result<Option<Decoded>, ProtocolError> {
         if self.expect_header {
             return self.decode_header();
+        }
+        if self.expect_greeting {
+            let Some(&first) = self
+                .partial
+                .first()
+                .or(self.rest.front().and_then(|b| b.first()))
+            else {
+                return Ok(None);
+            };
+            match first {
+                FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT => {
+                    self.expect_greeting = false;
+                }
+                b'A' => return self.decode_greeting_header(),
+                _ => return Err(self.not_amqp()),
+            }
         }
         let limits = FrameLimits::new(self.frame_max);
         loop {
@@ -234,6 +271,29 @@ impl FrameDecoder {
         partial.extend_from_slice(bytes);
         self.partial = partial;
         self.partial_want = want;
+    }
+
+    /// Client side: 8 bytes starting with `A`, a server's protocol header
+    /// or not AMQP at all.
+    fn decode_greeting_header(&mut self) -> Result<Option<Decoded>, ProtocolError> {
+        match self.decode_header() {
+            Ok(Some(h)) => {
+                self.expect_greeting = false;
+                Ok(Some(h))
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(self.not_amqp()),
+        }
+    }
+
+    /// [`ErrorKind::NotAmqp`] with the first bytes received (at most 32).
+    fn not_amqp(&self) -> ProtocolError {
+        let mut received: Vec<u8> = self.partial.iter().copied().take(32).collect();
+        for chunk in &self.rest {
+            let room = 32 - received.len();
+            received.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        ProtocolError::frame_error(ErrorKind::NotAmqp { received }).at_offset(0)
     }
 
     fn decode_header(&mut self) -> Result<Option<Decoded>, ProtocolError> {
