@@ -1561,8 +1561,9 @@ impl Connection {
                         ReplyCode::NOT_ALLOWED,
                         format!("number of channels opened ({}) has reached the negotiated channel_max ({max})", self.channels.len()),
                     )
-                    .on_channel(channel)
-                    .with_method(20, 10));
+                    // RabbitMQ's close names no method (class 0, method 0):
+                    // the limit is the connection's, not channel.open's.
+                    .on_channel(channel));
                 }
                 self.channels.insert(channel, Channel::new(ChState::Open));
                 self.put(&Frame::method(channel, ChannelOpenOk::default()));
