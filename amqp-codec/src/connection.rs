@@ -750,6 +750,44 @@ impl Connection {
         Ok(())
     }
 
+    /// Hands a [`ProtocolError`] found by the embedder (say, `amqp-router`
+    /// refusing a declare, bind or publish) to the connection, which closes
+    /// with it: `channel.close` on `channel` for a soft error, or
+    /// `connection.close` when the error's code is hard, its scope is the
+    /// connection, or `channel` is 0. The close carries the error's reply
+    /// text ([`ProtocolError::reply_text`], e.g. `NOT_FOUND - no exchange
+    /// 'x' in vhost '/'`) and its class and method ids; an error that names
+    /// no method gets the last method received on `channel`, as
+    /// [`refuse`](Self::refuse) gives.
+    ///
+    /// Errors: the connection is not open, or `channel` is not open.
+    pub fn refuse_error(
+        &mut self,
+        channel: u16,
+        error: &ProtocolError,
+    ) -> Result<(), CommandError> {
+        self.check_open()?;
+        let last = if channel == 0 {
+            (0, 0)
+        } else {
+            self.channels
+                .get(&channel)
+                .ok_or(CommandError::ChannelNotOpen(channel))?
+                .last_in
+        };
+        let mut reason = CloseReason::from_error(error);
+        if reason.class_id == 0 {
+            (reason.class_id, reason.method_id) = last;
+        }
+        if channel == 0 || error.code().is_hard() || error.scope() == amqp_types::Scope::Connection
+        {
+            self.send_connection_close(reason);
+        } else {
+            self.start_channel_close(channel, reason);
+        }
+        Ok(())
+    }
+
     /// Sends a method without content on `channel` (0 for connection-class
     /// methods such as `connection.blocked` or `update-secret`).
     ///

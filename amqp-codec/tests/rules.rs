@@ -429,3 +429,110 @@ fn close_ok_behind_unread_events_ends_the_close_handshake() {
     assert!(acks_seen <= amqp_codec::MAX_PENDING_EVENTS, "{acks_seen}");
     assert!(closed_locally);
 }
+
+/// The close frames `s` transmits: (channel, code, text, class, method).
+fn closes(s: &mut Connection) -> Vec<(u16, u16, String, u16, u16)> {
+    let mut out = BytesMut::new();
+    while let Some(b) = s.poll_transmit() {
+        out.extend_from_slice(&b);
+    }
+    let mut dec = amqp_codec::FrameDecoder::new();
+    dec.set_frame_max(0);
+    dec.push(out.freeze());
+    let mut v = vec![];
+    while let Ok(Some(amqp_codec::Decoded::Frame(f))) = dec.decode() {
+        match f.payload {
+            amqp_codec::wire::FramePayload::Method(Method::ConnectionClose(c)) => v.push((
+                0,
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            )),
+            amqp_codec::wire::FramePayload::Method(Method::ChannelClose(c)) => v.push((
+                f.channel,
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            )),
+            _ => {}
+        }
+    }
+    v
+}
+
+#[test]
+fn refuse_error_closes_with_the_errors_code_text_and_method() {
+    use amqp_codec::CommandError;
+    use amqp_codec::types::{ErrorKind, ProtocolError};
+    let declare = Frame::method(1, ExchangeDeclare::default());
+
+    // A soft error naming its method: channel.close with all of it.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::channel(
+        1,
+        ReplyCode::NOT_FOUND,
+        ErrorKind::Refused("no queue 'q' in vhost '/'".into()),
+    )
+    .with_method(50, 20);
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            1,
+            404,
+            "NOT_FOUND - no queue 'q' in vhost '/'".into(),
+            50,
+            20
+        )]
+    );
+    assert!(s.is_open());
+
+    // No method in the error: the last one received on the channel.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::channel(
+        1,
+        ReplyCode::PRECONDITION_FAILED,
+        ErrorKind::Refused("inequivalent arg 'type'".into()),
+    );
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            1,
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type'".into(),
+            40,
+            10
+        )]
+    );
+
+    // A hard code closes the connection.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::connection(
+        ReplyCode::COMMAND_INVALID,
+        ErrorKind::Refused("unknown exchange type 'x-nope'".into()),
+    );
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            0,
+            503,
+            "COMMAND_INVALID - unknown exchange type 'x-nope'".into(),
+            40,
+            10
+        )]
+    );
+
+    // A channel that is not open is the caller's mistake.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    assert_eq!(s.refuse_error(7, &e), Err(CommandError::ChannelNotOpen(7)));
+}
