@@ -182,3 +182,24 @@ fn not_an_amqp_server_is_named() {
         assert!(!err.contains("too large"), "{err}");
     }
 }
+
+/// `--help` is output asked for: usage on stdout, exit status 0 (an
+/// unknown option is still an error on stderr).
+#[test]
+fn help_goes_to_stdout_and_succeeds() {
+    for args in [&["--help"][..], &["-h"], &["publish", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
+            .args(args)
+            .output()
+            .expect("run amqp-client");
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: amqp-client"));
+        assert!(out.stderr.is_empty());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
+        .arg("--nope")
+        .output()
+        .expect("run amqp-client");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option --nope"));
+}

@@ -493,7 +493,13 @@ async fn run(a: Args) -> Result<(), Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let result = match parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Asked-for help is output, not an error: stdout, exit status 0.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match parse_args(args) {
         Ok(a) => run(a).await,
         Err(e) => Err(e),
     };
