@@ -4,20 +4,21 @@
 //!
 //! A corpus directory comes from an environment variable
 //! (`AMQP_WIRE_CORPUS`, `AMQP_ROUTING_CORPUS`); set to something that is not
-//! a directory, the test fails. Unset, it is `../shared/corpus/<kind>`
-//! beside the workspace root (every crate sits one level below the root).
+//! a directory, the test fails. Unset, it is the copy committed in this
+//! repository, `tests-data/corpus/<kind>` (every crate sits one level below
+//! the root); `tests-data/corpus/README.md` describes the formats.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-/// The wire corpus: `AMQP_WIRE_CORPUS`, else `../shared/corpus/wire`.
+/// The wire corpus: `AMQP_WIRE_CORPUS`, else `tests-data/corpus/wire`.
 pub fn wire_dir() -> PathBuf {
     dir_from("AMQP_WIRE_CORPUS", "wire")
 }
 
 /// The routing corpus: `AMQP_ROUTING_CORPUS`, else
-/// `../shared/corpus/routing`.
+/// `tests-data/corpus/routing`.
 pub fn routing_dir() -> PathBuf {
     dir_from("AMQP_ROUTING_CORPUS", "routing")
 }
@@ -30,7 +31,7 @@ fn dir_from(var: &str, kind: &str) -> PathBuf {
             dir
         }
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/corpus")
+            .join("../tests-data/corpus")
             .join(kind),
     }
 }

@@ -246,7 +246,7 @@ impl Connection {
                 Phase::AwaitHeader
             },
             decoder: if role == Role::Client {
-                FrameDecoder::new()
+                FrameDecoder::for_client()
             } else {
                 FrameDecoder::expecting_protocol_header()
             },
@@ -750,21 +750,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes the channel (soft code) or the connection (hard code, or
-    /// channel 0) because of `error`, with its reply text and the class and
-    /// method ids it names — so an embedder hands a router's or its own
-    /// [`ProtocolError`] over as is. An error that names no method is
-    /// reported against the last method received on `channel`, as
-    /// [`refuse`](Self::refuse) does.
+    /// Hands a [`ProtocolError`] found by the embedder (say, `amqp-router`
+    /// refusing a declare, bind or publish) to the connection, which closes
+    /// with it: `channel.close` on `channel` for a soft error, or
+    /// `connection.close` when the error's code is hard, its scope is the
+    /// connection, or `channel` is 0. The close carries the error's reply
+    /// text ([`ProtocolError::reply_text`], e.g. `NOT_FOUND - no exchange
+    /// 'x' in vhost '/'`) and its class and method ids; an error that names
+    /// no method gets the last method received on `channel`, as
+    /// [`refuse`](Self::refuse) gives.
+    ///
+    /// Errors: the connection is not open, or `channel` is not open.
     pub fn refuse_error(
         &mut self,
         channel: u16,
         error: &ProtocolError,
     ) -> Result<(), CommandError> {
         self.check_open()?;
-        let (class_id, method_id) = if error.class_id() != 0 || error.method_id() != 0 {
-            (error.class_id(), error.method_id())
-        } else if channel == 0 {
+        let last = if channel == 0 {
             (0, 0)
         } else {
             self.channels
@@ -773,14 +776,13 @@ impl Connection {
                 .last_in
         };
         let mut reason = CloseReason::from_error(error);
-        reason.class_id = class_id;
-        reason.method_id = method_id;
-        if channel == 0 || error.code().is_hard() {
+        if reason.class_id == 0 {
+            (reason.class_id, reason.method_id) = last;
+        }
+        if channel == 0 || error.code().is_hard() || error.scope() == amqp_types::Scope::Connection
+        {
             self.send_connection_close(reason);
         } else {
-            if !self.channels.contains_key(&channel) {
-                return Err(CommandError::ChannelNotOpen(channel));
-            }
             self.start_channel_close(channel, reason);
         }
         Ok(())
@@ -1194,6 +1196,16 @@ impl Connection {
     }
 
     fn on_protocol_header(&mut self, h: ProtocolHeader) {
+        if self.role == Role::Client {
+            // A server refusing our version names its own and closes.
+            self.finish(CloseCause::Failed(
+                ProtocolError::frame_error(ErrorKind::ProtocolVersionRefused {
+                    version: h.version,
+                })
+                .at_offset(0),
+            ));
+            return;
+        }
         if !h.is_0_9_1() {
             self.encoder.push_raw(&PROTOCOL_HEADER);
             self.finish(CloseCause::Failed(ProtocolError::connection(
@@ -1587,7 +1599,8 @@ impl Connection {
                         ReplyCode::NOT_ALLOWED,
                         format!("number of channels opened ({}) has reached the negotiated channel_max ({max})", self.channels.len()),
                     )
-                    // RabbitMQ names no method here (class 0, method 0).
+                    // RabbitMQ's close names no method (class 0, method 0):
+                    // the limit is the connection's, not channel.open's.
                     .on_channel(channel));
                 }
                 self.channels.insert(channel, Channel::new(ChState::Open));

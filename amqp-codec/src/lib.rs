@@ -75,7 +75,15 @@
 //!
 //! * `tokio-util`: [`codec::AmqpCodec`], a `Decoder`/`Encoder` of frames for
 //!   `tokio_util::codec::Framed`.
-
+//!
+// The link resolves only where the module exists (docs.rs builds with every
+// feature); without the feature it points at this section.
+#![cfg_attr(
+    feature = "tokio-util",
+    doc = "[`codec::AmqpCodec`]: crate::codec::AmqpCodec"
+)]
+#![cfg_attr(not(feature = "tokio-util"), doc = "[`codec::AmqpCodec`]: #features")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -2,10 +2,11 @@
 
 use crate::sasl::Credentials;
 use amqp_types::{
-    BasicProperties, FieldTable, FieldValue, LongString, Method, MethodKind, ProtocolError,
-    ReplyCode, ShortString,
+    BasicProperties, ErrorKind, FieldTable, FieldValue, LongString, Method, MethodKind,
+    ProtocolError, ReplyCode, ShortString,
 };
 use bytes::Bytes;
+use std::fmt;
 use std::time::Duration;
 
 /// Which side of the connection this machine plays.
@@ -247,6 +248,29 @@ impl CloseReason {
     }
 }
 
+/// `404 NOT_FOUND - no exchange 'x' in vhost '/' (basic.publish)`: the
+/// code with its name, the text (RabbitMQ's texts start with the code's
+/// name, which is then not repeated) and the failing method, if any.
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Non-UTF-8 bytes are shown as ShortString's Display shows them.
+        let text = self.text.to_string();
+        let text = text.as_str();
+        match self.code.name() {
+            Some(name) if text.starts_with(name) => write!(f, "{} {text}", self.code.0)?,
+            _ if text.is_empty() => write!(f, "{}", self.code)?,
+            _ => write!(f, "{} - {text}", self.code)?,
+        }
+        if self.class_id != 0 {
+            match MethodKind::from_ids(self.class_id, self.method_id) {
+                Some(m) => write!(f, " ({m})")?,
+                None => write!(f, " (method {}/{})", self.class_id, self.method_id)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A string cut to fit a short string.
 pub(crate) fn short(s: &str) -> ShortString {
     let mut cut = s.len().min(255);
@@ -296,6 +320,64 @@ pub enum CloseCause {
     Failed(ProtocolError),
     /// The peer closed its end of the transport ([`Connection::handle_eof`](crate::Connection::handle_eof)).
     TransportClosed,
+}
+
+/// `handshake timeout`, `close-ok timeout`, `heartbeat timeout`.
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Handshake => "handshake timeout",
+            TimeoutKind::CloseOk => "close-ok timeout",
+            TimeoutKind::Heartbeat => "heartbeat timeout",
+        })
+    }
+}
+
+/// Why the connection ended, in words for a person:
+///
+/// * `closed by peer: 320 CONNECTION_FORCED - broker forced connection closure`
+///   or `closed by us: 200 REPLY_SUCCESS - bye` (see [`CloseReason`]'s
+///   `Display`);
+/// * `heartbeat timeout` (and `handshake timeout`, `close-ok timeout`);
+/// * `protocol error: FRAME_ERROR - invalid frame end octet 0x00 (expected
+///   0xce)`, or for a peer that is no AMQP 0-9-1 server, what it is: `not an
+///   AMQP server: it answered "HTTP/1.1 400 Bad Request..."`, `the server
+///   refused AMQP 0-9-1: ...`;
+/// * `connection closed by peer without a close handshake`.
+///
+/// ```
+/// use amqp_codec::{CloseCause, CloseReason, Initiator, TimeoutKind};
+/// use amqp_codec::types::ReplyCode;
+/// let cause = CloseCause::Closed {
+///     initiator: Initiator::Peer,
+///     reason: CloseReason::new(ReplyCode::NOT_FOUND, "NOT_FOUND - no queue 'q'"),
+/// };
+/// assert_eq!(cause.to_string(), "closed by peer: 404 NOT_FOUND - no queue 'q'");
+/// assert_eq!(CloseCause::Timeout(TimeoutKind::Heartbeat).to_string(), "heartbeat timeout");
+/// ```
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseCause::Closed {
+                initiator: Initiator::Peer,
+                reason,
+            } => write!(f, "closed by peer: {reason}"),
+            CloseCause::Closed {
+                initiator: Initiator::Local,
+                reason,
+            } => write!(f, "closed by us: {reason}"),
+            CloseCause::Timeout(kind) => write!(f, "{kind}"),
+            CloseCause::Failed(e) => match e.kind() {
+                ErrorKind::NotAmqp { .. } | ErrorKind::ProtocolVersionRefused { .. } => {
+                    write!(f, "{}", e.kind())
+                }
+                _ => write!(f, "protocol error: {e}"),
+            },
+            CloseCause::TransportClosed => {
+                f.write_str("connection closed by peer without a close handshake")
+            }
+        }
+    }
 }
 
 /// A message assembled from a content method, its header and body frames.

@@ -3,11 +3,16 @@
 
 use amqp_types::{BasicProperties, ErrorKind, Method, ProtocolError, ReplyCode};
 use amqp_wire::{
-    EncodeError, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, FrameLimits, Parsed,
-    ProtocolHeader, parse_frame, parse_protocol_header, write_body_frame_header,
+    EncodeError, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    FRAME_MIN_SIZE, FRAME_OVERHEAD, Frame, FrameLimits, Parsed, ProtocolHeader, parse_frame,
+    parse_protocol_header, write_body_frame_header,
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
+
+/// The most the decoder reserves for an incomplete frame before its bytes
+/// arrive (a larger frame's buffer grows by doubling as they do).
+const PARTIAL_RESERVE_MAX: usize = 1 << 20;
 
 /// What the decoder produced.
 // Frames are the common case; boxing them would cost an allocation each.
@@ -25,7 +30,8 @@ pub enum Decoded {
 /// Input is handed over as owned [`Bytes`] chunks of any size (down to one
 /// byte); frames come out in order. Frames that lie wholly inside a chunk
 /// are parsed in place (bodies are slices of the chunk); only a frame that
-/// straddles chunks is copied, and only that frame's bytes. What the decoder
+/// straddles chunks is copied, and only that frame's bytes, each once
+/// however finely the frame is chunked. What the decoder
 /// holds is bounded: the unconsumed chunks the caller handed over, plus at
 /// most one incomplete frame of at most `frame_max` + 8 bytes (the frame
 /// size is checked from the 7-byte header before the rest is waited for).
@@ -33,10 +39,17 @@ pub enum Decoded {
 pub struct FrameDecoder {
     /// Bytes of one incomplete frame, gathered across chunks.
     partial: BytesMut,
+    /// The length `partial` must reach before it is parsed again (the
+    /// frame's whole length once its header is known).
+    partial_want: usize,
     /// Input not looked at yet.
     rest: VecDeque<Bytes>,
     frame_max: u32,
     expect_header: bool,
+    /// Client side, before the first frame: a protocol header (a server
+    /// refusing our version) or bytes that are no frame at all are told
+    /// apart from frames.
+    expect_greeting: bool,
     /// Stream offset of the first byte of `partial` (or of `rest` when
     /// `partial` is empty).
     offset: u64,
@@ -55,9 +68,11 @@ impl FrameDecoder {
     pub fn new() -> Self {
         FrameDecoder {
             partial: BytesMut::new(),
+            partial_want: 0,
             rest: VecDeque::new(),
             frame_max: FRAME_MIN_SIZE,
             expect_header: false,
+            expect_greeting: false,
             offset: 0,
             failed: false,
         }
@@ -68,6 +83,21 @@ impl FrameDecoder {
     pub fn expecting_protocol_header() -> Self {
         FrameDecoder {
             expect_header: true,
+            ..Self::new()
+        }
+    }
+
+    /// A decoder for the client side of a connection: frames, except that
+    /// before the first one it recognises what a client may get instead of
+    /// `connection.start`. A server refusing the protocol version answers
+    /// with its own protocol header: that comes out as
+    /// [`Decoded::ProtocolHeader`]. A first byte that is neither a frame
+    /// type nor the `A` of `AMQP` is an error,
+    /// [`ErrorKind::NotAmqp`] (an HTTP server, say), rather than a frame
+    /// header read from text (whose "size" is some gigabytes).
+    pub fn for_client() -> Self {
+        FrameDecoder {
+            expect_greeting: true,
             ..Self::new()
         }
     }
@@ -131,7 +161,7 @@ impl FrameDecoder {
     /// parses it again.
     #[inline]
     pub(crate) fn front_chunk(&self) -> Option<(&Bytes, FrameLimits)> {
-        if self.failed || self.expect_header || !self.partial.is_empty() {
+        if self.failed || self.expect_header || self.expect_greeting || !self.partial.is_empty() {
             return None;
         }
         Some((self.rest.front()?, FrameLimits::new(self.frame_max)))
@@ -155,6 +185,22 @@ impl FrameDecoder {
         if self.expect_header {
             return self.decode_header();
         }
+        if self.expect_greeting {
+            let Some(&first) = self
+                .partial
+                .first()
+                .or(self.rest.front().and_then(|b| b.first()))
+            else {
+                return Ok(None);
+            };
+            match first {
+                FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT => {
+                    self.expect_greeting = false;
+                }
+                b'A' => return self.decode_greeting_header(),
+                _ => return Err(self.not_amqp()),
+            }
+        }
         let limits = FrameLimits::new(self.frame_max);
         loop {
             if self.partial.is_empty() {
@@ -170,38 +216,84 @@ impl FrameDecoder {
                         self.offset += consumed as u64;
                         return Ok(Some(Decoded::Frame(frame)));
                     }
-                    Parsed::Incomplete { .. } => {
+                    Parsed::Incomplete { needed } => {
                         // Move the incomplete frame's bytes aside (at most
                         // frame_max + 8, checked above when the header was
-                        // there; otherwise fewer than 7 bytes).
+                        // there; otherwise fewer than 7 bytes), with room
+                        // for the rest of the frame.
                         let front = self.rest.pop_front().unwrap_or_default();
-                        self.partial.extend_from_slice(&front);
+                        self.gather_into_partial(&front, needed.get());
                     }
                 }
+            } else if self.partial.len() < self.partial_want {
+                // Gather up to the length the last parse asked for before
+                // parsing again: each byte of a trickled frame is copied
+                // once, not once per chunk.
+                let Some(front) = self.rest.front_mut() else {
+                    return Ok(None);
+                };
+                let take = (self.partial_want - self.partial.len()).min(front.len());
+                self.partial.extend_from_slice(&front[..take]);
+                front.advance(take);
+                if front.is_empty() {
+                    self.rest.pop_front();
+                }
             } else {
-                let frozen = self.partial.split().freeze();
+                // `partial` has what the last parse asked for: the whole
+                // frame, or (when its header was short) 8 bytes.
+                let frozen = std::mem::take(&mut self.partial).freeze();
                 match parse_frame(&frozen, limits).map_err(|e| e.offset_by(self.offset))? {
                     Parsed::Complete { frame, consumed } => {
                         // `partial` never holds more than one frame.
                         debug_assert_eq!(consumed, frozen.len());
+                        self.partial_want = 0;
                         self.offset += consumed as u64;
                         return Ok(Some(Decoded::Frame(frame)));
                     }
                     Parsed::Incomplete { needed } => {
-                        self.partial = BytesMut::from(frozen);
-                        let Some(front) = self.rest.front_mut() else {
-                            return Ok(None);
-                        };
-                        let take = needed.get().min(front.len());
-                        self.partial.extend_from_slice(&front[..take]);
-                        front.advance(take);
-                        if front.is_empty() {
-                            self.rest.pop_front();
-                        }
+                        // Only the frame header was short: now its size is
+                        // known (and checked against frame_max).
+                        self.gather_into_partial(&frozen, needed.get());
                     }
                 }
             }
         }
+    }
+
+    /// Starts (or restarts) gathering an incomplete frame: `partial` gets
+    /// `bytes` and room for the `needed` more that the parser asked for
+    /// (capped, so that a header announcing a huge frame reserves no more
+    /// than [`PARTIAL_RESERVE_MAX`] before its bytes arrive; past that the
+    /// buffer grows by doubling).
+    fn gather_into_partial(&mut self, bytes: &[u8], needed: usize) {
+        let want = bytes.len().saturating_add(needed);
+        let mut partial = BytesMut::with_capacity(want.min(PARTIAL_RESERVE_MAX));
+        partial.extend_from_slice(bytes);
+        self.partial = partial;
+        self.partial_want = want;
+    }
+
+    /// Client side: 8 bytes starting with `A`, a server's protocol header
+    /// or not AMQP at all.
+    fn decode_greeting_header(&mut self) -> Result<Option<Decoded>, ProtocolError> {
+        match self.decode_header() {
+            Ok(Some(h)) => {
+                self.expect_greeting = false;
+                Ok(Some(h))
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(self.not_amqp()),
+        }
+    }
+
+    /// [`ErrorKind::NotAmqp`] with the first bytes received (at most 32).
+    fn not_amqp(&self) -> ProtocolError {
+        let mut received: Vec<u8> = self.partial.iter().copied().take(32).collect();
+        for chunk in &self.rest {
+            let room = 32 - received.len();
+            received.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        ProtocolError::frame_error(ErrorKind::NotAmqp { received }).at_offset(0)
     }
 
     fn decode_header(&mut self) -> Result<Option<Decoded>, ProtocolError> {

@@ -3,11 +3,11 @@
 //! random chunk sizes), issue the local side's recorded frames as commands,
 //! and compare what the machine transmits with the recording.
 //!
-//! The corpus directory comes from `AMQP_WIRE_CORPUS` (default: the shared
-//! copy next to the workspace); a variable that is set but points nowhere
+//! The corpus directory comes from `AMQP_WIRE_CORPUS` (default: the copy in
+//! this repository, `tests-data/corpus/wire`); a variable that is set but points nowhere
 //! fails. Replies the machine produces itself (closes for protocol faults)
 //! are compared by reply code and failing method (the reply text is ours);
-//! DESIGN.md's deliberate deviations from RabbitMQ 3.10 are accepted where
+//! docs/DESIGN.md's deliberate deviations from RabbitMQ 3.10 are accepted where
 //! they apply and printed.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Targeted protocol rules: each malformed or out-of-order input gets the
-//! reply code DESIGN.md states; limits hold.
+//! reply code docs/DESIGN.md states; limits hold.
 
 mod common;
 
@@ -149,7 +149,7 @@ fn channel_max_counts_open_channels() {
     s.handle_input(enc(&[Frame::method(3, ChannelOpen::default())]));
     assert_eq!(s.channel_count(), 2, "a closed channel frees a slot");
     s.handle_input(enc(&[Frame::method(4, ChannelOpen::default())]));
-    // RabbitMQ's close names class 0 and method 0 here, not channel.open.
+    // As RabbitMQ: the close names no method (class 0, method 0).
     assert_eq!(last_close(&mut s), Some((0, 530, 0, 0)));
 }
 
@@ -168,43 +168,6 @@ fn channel_faults_are_504() {
         )),
         "RabbitMQ's text"
     );
-}
-
-#[test]
-fn refuse_error_closes_with_the_errors_own_method_and_scope() {
-    use amqp_codec::types::ProtocolError;
-    // A soft error naming basic.publish closes the channel with those ids,
-    // whatever arrived on the channel since.
-    let (mut s, _) = with_channel(ServerConfig::default());
-    s.handle_input(enc(&[Frame::method(1, QueueDeclare::default())]));
-    while s.poll_event().is_some() {}
-    let e = ProtocolError::refused(1, ReplyCode::NOT_FOUND, "no exchange 'x' in vhost '/'")
-        .with_method(60, 40);
-    s.refuse_error(1, &e).unwrap();
-    assert_eq!(
-        last_close_with_text(&mut s),
-        Some((
-            (1, 404, 60, 40),
-            "NOT_FOUND - no exchange 'x' in vhost '/'".to_owned()
-        ))
-    );
-    // A hard one closes the connection.
-    let (mut s, _) = with_channel(ServerConfig::default());
-    let e = ProtocolError::refused(
-        1,
-        ReplyCode::NOT_ALLOWED,
-        "attempt to reuse consumer tag 'a'",
-    )
-    .with_method(60, 20);
-    s.refuse_error(1, &e).unwrap();
-    assert_eq!(last_close(&mut s), Some((0, 530, 60, 20)));
-    // One that names no method falls back to the last method received.
-    let (mut s, _) = with_channel(ServerConfig::default());
-    s.handle_input(enc(&[Frame::method(1, QueueDeclare::default())]));
-    while s.poll_event().is_some() {}
-    let e = ProtocolError::refused(1, ReplyCode::PRECONDITION_FAILED, "nope");
-    s.refuse_error(1, &e).unwrap();
-    assert_eq!(last_close(&mut s), Some((1, 406, 50, 10)));
 }
 
 #[test]
@@ -483,4 +446,111 @@ fn close_ok_behind_unread_events_ends_the_close_handshake() {
     // The events queued before the close are kept; the rest were dropped.
     assert!(acks_seen <= amqp_codec::MAX_PENDING_EVENTS, "{acks_seen}");
     assert!(closed_locally);
+}
+
+/// The close frames `s` transmits: (channel, code, text, class, method).
+fn closes(s: &mut Connection) -> Vec<(u16, u16, String, u16, u16)> {
+    let mut out = BytesMut::new();
+    while let Some(b) = s.poll_transmit() {
+        out.extend_from_slice(&b);
+    }
+    let mut dec = amqp_codec::FrameDecoder::new();
+    dec.set_frame_max(0);
+    dec.push(out.freeze());
+    let mut v = vec![];
+    while let Ok(Some(amqp_codec::Decoded::Frame(f))) = dec.decode() {
+        match f.payload {
+            amqp_codec::wire::FramePayload::Method(Method::ConnectionClose(c)) => v.push((
+                0,
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            )),
+            amqp_codec::wire::FramePayload::Method(Method::ChannelClose(c)) => v.push((
+                f.channel,
+                c.reply_code,
+                c.reply_text.to_string(),
+                c.class_id,
+                c.method_id,
+            )),
+            _ => {}
+        }
+    }
+    v
+}
+
+#[test]
+fn refuse_error_closes_with_the_errors_code_text_and_method() {
+    use amqp_codec::CommandError;
+    use amqp_codec::types::{ErrorKind, ProtocolError};
+    let declare = Frame::method(1, ExchangeDeclare::default());
+
+    // A soft error naming its method: channel.close with all of it.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::channel(
+        1,
+        ReplyCode::NOT_FOUND,
+        ErrorKind::Refused("no queue 'q' in vhost '/'".into()),
+    )
+    .with_method(50, 20);
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            1,
+            404,
+            "NOT_FOUND - no queue 'q' in vhost '/'".into(),
+            50,
+            20
+        )]
+    );
+    assert!(s.is_open());
+
+    // No method in the error: the last one received on the channel.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::channel(
+        1,
+        ReplyCode::PRECONDITION_FAILED,
+        ErrorKind::Refused("inequivalent arg 'type'".into()),
+    );
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            1,
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type'".into(),
+            40,
+            10
+        )]
+    );
+
+    // A hard code closes the connection.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    s.handle_input(enc(std::slice::from_ref(&declare)));
+    while s.poll_transmit().is_some() {}
+    let e = ProtocolError::connection(
+        ReplyCode::COMMAND_INVALID,
+        ErrorKind::Refused("unknown exchange type 'x-nope'".into()),
+    );
+    s.refuse_error(1, &e).unwrap();
+    assert_eq!(
+        closes(&mut s),
+        vec![(
+            0,
+            503,
+            "COMMAND_INVALID - unknown exchange type 'x-nope'".into(),
+            40,
+            10
+        )]
+    );
+
+    // A channel that is not open is the caller's mistake.
+    let (mut s, _) = with_channel(ServerConfig::default());
+    assert_eq!(s.refuse_error(7, &e), Err(CommandError::ChannelNotOpen(7)));
 }

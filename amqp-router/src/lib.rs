@@ -42,8 +42,17 @@
 //! assert_eq!(err.reply_text(), "NOT_FOUND - no exchange 'nope' in vhost '/'");
 //! # Ok::<(), amqp_router::types::ProtocolError>(())
 //! ```
-
+//!
+//! # Features
+//!
+//! * `serde`: [`definitions`], RabbitMQ's definitions export (topology).
+//!
+// The link resolves only where the module exists (docs.rs builds with every
+// feature); without the feature it points at this section.
+#![cfg_attr(feature = "serde", doc = "[`definitions`]: crate::definitions")]
+#![cfg_attr(not(feature = "serde"), doc = "[`definitions`]: #features")]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod erl;

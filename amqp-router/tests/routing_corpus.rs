@@ -1,7 +1,7 @@
 //! Conformance: replays every case of the routing corpus (what RabbitMQ
 //! 3.10 answered to each step) through the router and compares every
 //! outcome. The corpus directory comes from `AMQP_ROUTING_CORPUS`, default
-//! `../shared/corpus/routing` relative to the workspace root; a variable
+//! `tests-data/corpus/routing` in this repository; a variable
 //! that is set but names no directory is a failure.
 //!
 //! Message counts and channel conveniences (queue `""` = the channel's last

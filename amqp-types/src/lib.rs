@@ -34,6 +34,7 @@
 //!   strings of at most 255 bytes, nesting within [`MAX_NESTING_DEPTH`]).
 //!   For fuzzing your own code with well-formed AMQP values.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -237,6 +237,26 @@ pub enum ErrorKind {
         /// The bytes received (up to 8).
         header: Vec<u8>,
     },
+    /// Client side: the server answered with a protocol header instead of
+    /// `connection.start`, which is how a server refuses the protocol
+    /// version the client asked for (it names its own, then closes).
+    #[error(
+        "the server refused AMQP 0-9-1: it answered with the protocol header of {}",
+        describe_protocol(*.version)
+    )]
+    ProtocolVersionRefused {
+        /// The four octets after `AMQP` in the server's header (protocol
+        /// id, major, minor, revision; `0 1 0 0` is AMQP 1.0).
+        version: [u8; 4],
+    },
+    /// Client side: the peer's first bytes are neither a frame nor a
+    /// protocol header; it is not an AMQP server (an HTTP server, a TLS
+    /// port spoken to in plain text, ...).
+    #[error("not an AMQP server: it answered \"{}\"", .received.escape_ascii())]
+    NotAmqp {
+        /// The first bytes received (at most 32).
+        received: Vec<u8>,
+    },
     /// A frame that is valid in itself but not at this point of the
     /// conversation.
     #[error("unexpected frame: {what}")]
@@ -259,6 +279,19 @@ pub enum ErrorKind {
     /// and the embedder's semantic errors).
     #[error("{0}")]
     Refused(String),
+}
+
+/// A protocol header's version octets in words: `AMQP 0-9-1`, `AMQP 1.0.0`
+/// (AMQP 1.0 headers carry protocol id 0, 2 for TLS or 3 for SASL, then
+/// major, minor, revision).
+fn describe_protocol(v: [u8; 4]) -> String {
+    match v {
+        [0, 0, 9, 1] => "AMQP 0-9-1 (its own version: it refused this connection)".to_string(),
+        [0, 0, m, r] => format!("AMQP 0-{m}-{r}"),
+        [id, major, minor, rev] => {
+            format!("AMQP {major}.{minor}.{rev} (protocol id {id})")
+        }
+    }
 }
 
 fn describe_letter(b: u8) -> String {

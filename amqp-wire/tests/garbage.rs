@@ -1,5 +1,5 @@
 //! Hostile input, on purpose: each malformed, truncated or oversized frame
-//! becomes the typed error with the reply code DESIGN.md gives it, and never
+//! becomes the typed error with the reply code docs/DESIGN.md gives it, and never
 //! a panic, an overflow or an allocation sized by an unchecked length.
 
 use amqp_types::method::{self, BasicAck, QueueDeclare};

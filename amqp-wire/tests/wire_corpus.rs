@@ -1,7 +1,7 @@
 //! Conformance against recorded RabbitMQ conversations.
 //!
 //! Walks every capture of the wire corpus (directory from `AMQP_WIRE_CORPUS`,
-//! default `../shared/corpus/wire` beside the workspace; a variable that is
+//! default `tests-data/corpus/wire` in this repository; a variable that is
 //! set but names no directory is a failure). For every record of both
 //! directions it:
 //!
@@ -13,7 +13,7 @@
 //!   255, are re-encoded canonically and listed);
 //! * checks that every proper prefix of every valid frame is "incomplete";
 //! * checks that records malformed at the frame level get the reply code
-//!   DESIGN.md gives them, and truncated records are "incomplete".
+//!   docs/DESIGN.md gives them, and truncated records are "incomplete".
 //!
 //! It also walks each stream from its first byte with `parse_frame` alone and
 //! checks that the frames it finds tile the stream as the records do.
@@ -305,7 +305,7 @@ struct Tally {
     failures: Vec<String>,
 }
 
-/// The reply code DESIGN.md gives a record malformed at the frame level,
+/// The reply code docs/DESIGN.md gives a record malformed at the frame level,
 /// judged from the corpus's own description of the fault.
 fn expected_code(reason: &str) -> Option<ReplyCode> {
     let r = reason.to_ascii_lowercase();

@@ -138,3 +138,68 @@ fn broker_refusals_are_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --routing-key"));
 }
+
+/// Pointed at something that is not an AMQP server (here an HTTP server
+/// on loopback, or an AMQP 1.0 server's protocol header), the client says
+/// so instead of reporting a frame of ~1.3 GB. Needs no broker.
+#[test]
+fn not_an_amqp_server_is_named() {
+    use std::io::{Read, Write};
+    for (answer, expected) in [
+        (
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+            "not an AMQP server: it answered \"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            &b"AMQP\x00\x01\x00\x00"[..],
+            "the server refused AMQP 0-9-1: it answered with the protocol header of AMQP 1.0.0",
+        ),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut header = [0u8; 8];
+            s.read_exact(&mut header).expect("client header");
+            s.write_all(answer).expect("answer");
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
+            .args([
+                "--uri",
+                &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                "--timeout",
+                "5",
+                "declare",
+                "--queue",
+                "q",
+            ])
+            .output()
+            .expect("run amqp-client");
+        server.join().expect("fake server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(expected), "{err}");
+        assert!(!err.contains("too large"), "{err}");
+    }
+}
+
+/// `--help` is output asked for: usage on stdout, exit status 0 (an
+/// unknown option is still an error on stderr).
+#[test]
+fn help_goes_to_stdout_and_succeeds() {
+    for args in [&["--help"][..], &["-h"], &["publish", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
+            .args(args)
+            .output()
+            .expect("run amqp-client");
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: amqp-client"));
+        assert!(out.stderr.is_empty());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
+        .arg("--nope")
+        .output()
+        .expect("run amqp-client");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option --nope"));
+}

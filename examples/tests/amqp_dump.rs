@@ -5,7 +5,7 @@
 //! loopback.
 //!
 //! The corpus directory comes from `AMQP_WIRE_CORPUS`, default
-//! `../shared/corpus/wire` beside the workspace; a directory that does not
+//! `tests-data/corpus/wire` in this repository; a directory that does not
 //! exist is a failure, not a skip.
 
 use amqp_types::method::{

@@ -4,7 +4,7 @@
 //! cargo run -p amqp-fuzz --example seed_corpus [WIRE_CORPUS [OUT_DIR]]
 //! ```
 //!
-//! `WIRE_CORPUS` defaults to `$AMQP_WIRE_CORPUS`, else `../shared/corpus/wire`
+//! `WIRE_CORPUS` defaults to `$AMQP_WIRE_CORPUS`, else `tests-data/corpus/wire`
 //! relative to the workspace root; `OUT_DIR` defaults to `fuzz/corpus`. Writes
 //!
 //! * `parse_frames/`: every record of every `frames.jsonl` (its `hex`) alone,
@@ -42,7 +42,7 @@ fn main() {
         .next()
         .map(PathBuf::from)
         .or_else(|| env::var_os("AMQP_WIRE_CORPUS").map(PathBuf::from))
-        .unwrap_or_else(|| root.join("../shared/corpus/wire"));
+        .unwrap_or_else(|| root.join("../tests-data/corpus/wire"));
     let out = args
         .next()
         .map(PathBuf::from)

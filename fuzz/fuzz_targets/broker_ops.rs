@@ -3,4 +3,15 @@
 //! amqp-broker's core over in-memory connections; never panics, the core's
 //! bookkeeping holds, the network settles).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::broker::broker_ops(data));
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use std::alloc::System;
+
+// Counts allocations so that each input's total is bounded (see
+// `amqp_fuzz::ALLOCATION_LIMIT`).
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::bounded_allocation(GLOBAL, || {
+    amqp_fuzz::broker::broker_ops(data)
+}));

@@ -3,4 +3,15 @@
 //! wired client/server `amqp-codec` connections; never panics, every
 //! transmitted byte parses as frames within frame_max).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::codec::codec_ops(data));
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use std::alloc::System;
+
+// Counts allocations so that each input's total is bounded (see
+// `amqp_fuzz::ALLOCATION_LIMIT`).
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_fuzz::bounded_allocation(GLOBAL, || {
+    amqp_fuzz::codec::codec_ops(data)
+}));

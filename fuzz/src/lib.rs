@@ -6,8 +6,40 @@ pub mod codec;
 pub mod router;
 pub mod wire;
 
+use stats_alloc::{Region, StatsAlloc};
+use std::alloc::System;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// The most one input of any target may allocate in total (every
+/// allocation added up, freed or not): 256 MiB. libFuzzer's
+/// `-malloc_limit_mb` and `-rss_limit_mb` only see single allocations and
+/// the peak; this catches work that is quadratic in the input (a 581-byte
+/// `codec_ops` input once made 8.3 GB of short-lived allocations).
+pub const ALLOCATION_LIMIT: usize = 256 << 20;
+
+/// Bytes allocated in total while `f` ran, counted by `counter` (the
+/// binary's `#[global_allocator]`, a [`StatsAlloc`]); reallocations count
+/// their growth.
+pub fn allocated_by(counter: &'static StatsAlloc<System>, f: impl FnOnce()) -> usize {
+    let region = Region::new(counter);
+    f();
+    let stats = region.change();
+    stats
+        .bytes_allocated
+        .saturating_add(stats.bytes_reallocated.max(0) as usize)
+}
+
+/// Runs one input's check `f` and panics (a finding, for the fuzzer) if it
+/// allocated more than [`ALLOCATION_LIMIT`] in total. The fuzz targets run
+/// every input through this, with a counting global allocator.
+pub fn bounded_allocation(counter: &'static StatsAlloc<System>, f: impl FnOnce()) {
+    let allocated = allocated_by(counter, f);
+    assert!(
+        allocated <= ALLOCATION_LIMIT,
+        "one input allocated {allocated} bytes in total (limit {ALLOCATION_LIMIT})"
+    );
+}
 
 /// Every file of `dir`, sorted, with its bytes; panics if `dir` is missing
 /// or empty.

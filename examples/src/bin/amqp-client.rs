@@ -22,7 +22,7 @@ use amqp_codec::types::method::{
 use amqp_codec::types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, ReplyCode, ShortString,
 };
-use amqp_codec::{ClientConfig, CloseCause, Connection, Credentials, Event};
+use amqp_codec::{ClientConfig, Connection, Credentials, Event};
 use bytes::Bytes;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -156,21 +156,13 @@ impl Client {
                     Event::ChannelClosed { reason, .. }
                         if reason.code != ReplyCode::REPLY_SUCCESS =>
                     {
-                        return Err(format!(
-                            "channel closed by the broker: {} {}",
-                            reason.code.0, reason.text
-                        ));
+                        return Err(format!("channel closed by the broker: {reason}"));
                     }
                     Event::Closed { cause } => {
                         if let Some(t) = want(&e) {
                             return Ok(t);
                         }
-                        return Err(match cause {
-                            CloseCause::Closed { reason, .. } => {
-                                format!("connection closed: {} {}", reason.code.0, reason.text)
-                            }
-                            other => format!("connection ended: {other:?}"),
-                        });
+                        return Err(format!("connection ended: {cause}"));
                     }
                     _ => {}
                 }
@@ -501,7 +493,13 @@ async fn run(a: Args) -> Result<(), Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let result = match parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Asked-for help is output, not an error: stdout, exit status 0.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match parse_args(args) {
         Ok(a) => run(a).await,
         Err(e) => Err(e),
     };
