@@ -38,6 +38,19 @@ impl Permission {
         })
     }
 
+    /// Whether this permission grants `access` to the resource `name`.
+    pub fn allows(&self, access: Access, name: &[u8]) -> bool {
+        let re = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        match std::str::from_utf8(name) {
+            Ok(s) => re.is_match(s),
+            Err(_) => re.is_match(&String::from_utf8_lossy(name)),
+        }
+    }
+
     /// `.*` for all three.
     pub fn all() -> Self {
         // The pattern is a constant known to compile.
@@ -46,7 +59,7 @@ impl Permission {
 }
 
 /// Which permission an operation needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
     /// Declare, delete.
     Configure,
@@ -112,18 +125,9 @@ impl Auth {
 
     /// Whether `user` has `access` to the resource `name` in `vhost`.
     pub fn allowed(&self, user: &str, vhost: &str, access: Access, name: &[u8]) -> bool {
-        let Some(p) = self.permissions.get(&(user.to_owned(), vhost.to_owned())) else {
-            return false;
-        };
-        let re = match access {
-            Access::Configure => &p.configure,
-            Access::Write => &p.write,
-            Access::Read => &p.read,
-        };
-        match std::str::from_utf8(name) {
-            Ok(s) => re.is_match(s),
-            Err(_) => re.is_match(&String::from_utf8_lossy(name)),
-        }
+        self.permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .is_some_and(|p| p.allows(access, name))
     }
 }
 

@@ -185,7 +185,13 @@ struct Chan {
 struct Conn {
     peer: Peer,
     user: Option<String>,
-    vhost: Option<String>,
+    vhost: Option<Arc<str>>,
+    /// The user's permission in the vhost, resolved when it opened.
+    permission: Option<crate::auth::Permission>,
+    /// Permission checks already made on this connection (bounded), so a
+    /// publisher's regular expressions run once per exchange, not per
+    /// message.
+    allowed: HashMap<(Access, ShortString), bool>,
     caps: Capabilities,
     channels: HashMap<u16, Chan>,
     outbox: Vec<Out>,
@@ -235,6 +241,8 @@ pub struct Core {
     woken: Vec<ConnId>,
     current: ConnId,
     scratch: RouteScratch,
+    /// The queues a publish reached (reused).
+    route_buf: Vec<QueueId>,
     /// Direct reply-to suffixes and the channel whose consumer they reach.
     reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
@@ -285,6 +293,7 @@ impl Core {
             current: 0,
             scratch: RouteScratch::new(),
             reply_to: HashMap::new(),
+            route_buf: Vec::new(),
             now: None,
         }
     }
@@ -592,8 +601,10 @@ impl Core {
                         format!("NOT_ALLOWED - access to vhost '{v}' refused for user '{user}'"),
                     )
                 } else {
+                    let permission = self.auth.permissions.get(&(user, v.clone())).cloned();
                     if let Some(c) = self.conns.get_mut(&id) {
-                        c.vhost = Some(v);
+                        c.vhost = Some(v.into());
+                        c.permission = permission;
                     }
                     Answer::Accept
                 }
@@ -605,11 +616,11 @@ impl Core {
 
     // ----- helpers ---------------------------------------------------------
 
-    fn vhost_name(&self, id: ConnId) -> String {
+    fn vhost_name(&self, id: ConnId) -> Arc<str> {
         self.conns
             .get(&id)
             .and_then(|c| c.vhost.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     fn chan(&mut self, id: ConnId, channel: u16) -> Option<&mut Chan> {
@@ -628,7 +639,7 @@ impl Core {
 
     /// Checks a permission; the refusal is RabbitMQ's 403.
     fn check(
-        &self,
+        &mut self,
         id: ConnId,
         channel: u16,
         access: Access,
@@ -636,19 +647,34 @@ impl Core {
         name: &[u8],
         ids: (u16, u16),
     ) -> Res {
-        let Some(c) = self.conns.get(&id) else {
+        let Some(c) = self.conns.get_mut(&id) else {
             return Ok(());
         };
-        let user = c.user.as_deref().unwrap_or("");
-        let vhost = c.vhost.as_deref().unwrap_or("");
         let name: &[u8] = if kind == "exchange" && name.is_empty() {
             b"amq.default"
         } else {
             name
         };
-        if self.auth.allowed(user, vhost, access, name) {
+        let key = ShortString::from_bytes(name).unwrap_or_default();
+        let ok = match c.allowed.get(&(access, key.clone())) {
+            Some(ok) => *ok,
+            None => {
+                let ok = c
+                    .permission
+                    .as_ref()
+                    .is_some_and(|p| p.allows(access, name));
+                if c.allowed.len() >= 1024 {
+                    c.allowed.clear();
+                }
+                c.allowed.insert((access, key), ok);
+                ok
+            }
+        };
+        if ok {
             return Ok(());
         }
+        let user = c.user.as_deref().unwrap_or("");
+        let vhost = c.vhost.as_deref().unwrap_or("");
         Err(refused(
             channel,
             ReplyCode::ACCESS_REFUSED,
@@ -699,7 +725,7 @@ impl Core {
                     m.exchange.as_bytes(),
                     (40, 10),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router
                     .declare_exchange(&r::ExchangeDeclare::from_method(&m))?;
                 if !m.nowait {
@@ -715,7 +741,7 @@ impl Core {
                     m.exchange.as_bytes(),
                     (40, 20),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed = v
                     .router
                     .delete_exchange(m.exchange.as_bytes(), m.if_unused)?;
@@ -741,7 +767,7 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 30),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router
                     .bind_exchange(&Bind::from_exchange_bind(&m, owner))?;
                 if !m.nowait {
@@ -765,7 +791,7 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 40),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed = v
                     .router
                     .unbind_exchange(&Bind::from_exchange_unbind(&m, owner))?;
@@ -786,7 +812,7 @@ impl Core {
                     m.exchange.as_bytes(),
                     (50, 20),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router.bind_queue(&Bind::from_queue_bind(&m, owner))?;
                 if !m.nowait {
                     self.reply(id, ch, QueueBindOk {});
@@ -803,7 +829,7 @@ impl Core {
                     m.exchange.as_bytes(),
                     (50, 50),
                 )?;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed = v.router.unbind_queue(&Bind::from_queue_unbind(&m, owner))?;
                 self.removed(removed);
                 self.reply(id, ch, QueueUnbindOk {});
@@ -811,7 +837,7 @@ impl Core {
             Method::QueuePurge(mut m) => {
                 m.queue = self.queue_name(id, ch, &m.queue, (50, 30))?;
                 self.check(id, ch, Access::Read, "queue", m.queue.as_bytes(), (50, 30))?;
-                let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
                 let qid = *v
                     .router
                     .check_queue(m.queue.as_bytes(), owner, (50, 30))?
@@ -839,7 +865,7 @@ impl Core {
                 )?;
                 let queues = &self.queues;
                 let mut ready = 0;
-                let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+                let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed =
                     v.router
                         .delete_queue(&r::QueueDelete::from_method(&m, owner), |q| {
@@ -1061,7 +1087,7 @@ impl Core {
         );
         let exists = self
             .vhosts
-            .get(&vh)
+            .get(&*vh)
             .is_some_and(|v| v.router.queue(m.queue.as_bytes()).is_some());
         if replicated && !m.passive && !exists {
             // What quorum (and stream) queues cannot be, in RabbitMQ's order.
@@ -1087,7 +1113,7 @@ impl Core {
             }
         }
         let next = self.next_queue;
-        let v = self.vhosts.get_mut(&vh).ok_or_else(no_vhost)?;
+        let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
         let declared = v
             .router
             .declare_queue(&r::QueueDeclare::from_method(&m, owner), |_| next)?;
@@ -1101,7 +1127,7 @@ impl Core {
             self.queues.insert(
                 qid,
                 QState {
-                    vhost: vh,
+                    vhost: vh.to_string(),
                     name: declared.name.clone(),
                     ready: Ready::new(),
                     consumers: Vec::new(),
@@ -1142,7 +1168,7 @@ impl Core {
         let vh = self.vhost_name(id);
         let queue = self.queue_name(id, ch, &m.queue, ids)?;
         self.check(id, ch, Access::Read, "queue", queue.as_bytes(), ids)?;
-        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let qid = *v.router.check_queue(queue.as_bytes(), owner, ids)?.handle();
         let priority = match m.arguments.get("x-priority") {
             None => 0,
@@ -1343,7 +1369,7 @@ impl Core {
         let vh = self.vhost_name(id);
         let queue = self.queue_name(id, ch, &m.queue, ids)?;
         self.check(id, ch, Access::Read, "queue", queue.as_bytes(), ids)?;
-        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let qid = *v
             .router
             .check_queue(queue.as_bytes(), OwnerId(id), ids)?
@@ -1603,13 +1629,16 @@ impl Core {
             return Ok(());
         }
         let vh = self.vhost_name(id);
-        let v = self.vhosts.get(&vh).ok_or_else(no_vhost)?;
+        let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let routed = v.router.publish(
             &Publish::from_method(&p, props.headers.as_ref()),
             &mut self.scratch,
         )?;
         let returned = routed.returned();
-        let queues: Vec<QueueId> = routed.handles().copied().collect();
+        // The queues reached, in a buffer kept between publishes.
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        queues.extend(routed.handles().copied());
         let msg = Arc::new(Msg {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
@@ -1641,6 +1670,7 @@ impl Core {
             );
         }
         self.enqueue(&queues, &msg);
+        self.route_buf = queues;
         if let Some(seq) = seqno
             && let Some(c) = self.chan(id, ch)
         {
@@ -1945,7 +1975,7 @@ impl Core {
         for ch in chans {
             self.close_channel(id, ch);
         }
-        if let Some(v) = vh.and_then(|v| self.vhosts.get_mut(&v)) {
+        if let Some(v) = vh.and_then(|v| self.vhosts.get_mut(&*v)) {
             let removed = v.router.delete_exclusive_queues(OwnerId(id));
             self.removed(removed);
         }
