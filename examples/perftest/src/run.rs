@@ -183,7 +183,7 @@ impl Plan {
     /// (and returns) per named queue (index `queues.len()` holds sends
     /// with no known queue). `None` when it cannot be known.
     pub fn expected_received(&self, sent_q: &[u64], returned_q: &[u64]) -> Option<u64> {
-        if self.args.cmessages > 0 || self.consumers.is_empty() {
+        if self.args.cmessages > 0 || self.consumers.is_empty() || self.producers.is_empty() {
             return None;
         }
         let routed = |i: usize| sent_q[i].saturating_sub(returned_q[i]);
@@ -887,7 +887,7 @@ pub fn run(args: RunArgs, progress: Progress) -> Summary {
 
 fn failed(args: &RunArgs, error: String) -> Summary {
     Summary {
-        id: args.id.clone().unwrap_or_default(),
+        id: args.id.clone().unwrap_or_else(default_id),
         duration: Duration::ZERO,
         totals: Totals::default(),
         expected_received: None,

@@ -334,14 +334,27 @@ impl Summary {
         );
         match self.expected_received {
             Some(e) if t.received >= e => counts += &format!(" of {e} expected (all received)"),
-            Some(e) => counts += &format!(" of {e} expected (MISSING {})", e - t.received),
+            Some(e) if self.count_limited => {
+                counts += &format!(" of {e} expected (MISSING {})", e - t.received)
+            }
+            Some(e) => {
+                counts += &format!(
+                    " of {e} routed ({} still queued or in flight when the run stopped)",
+                    e - t.received
+                )
+            }
             None => {}
         }
         if self.confirms {
             if self.all_confirmed() {
                 counts += ", every publish confirmed";
-            } else {
+            } else if self.count_limited {
                 counts += &format!(", {} publishes UNCONFIRMED", self.unconfirmed);
+            } else {
+                counts += &format!(
+                    ", {} publishes awaiting a confirm when the run stopped",
+                    self.unconfirmed
+                );
             }
         }
         v.push(counts);
