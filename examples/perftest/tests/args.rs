@@ -30,7 +30,10 @@ fn defaults_are_perftests() {
     assert_eq!(a.confirm, None);
     assert!(!a.autoack);
     assert_eq!((a.qos, a.global_qos, a.multi_ack_every), (0, 0, 0));
-    assert_eq!((a.exchange.as_str(), a.exchange_type.as_str()), ("direct", "direct"));
+    assert_eq!(
+        (a.exchange.as_str(), a.exchange_type.as_str()),
+        ("direct", "direct")
+    );
     assert_eq!((a.routing_key.clone(), a.queue.clone()), (None, None));
     assert!(a.flags.is_empty() && !a.persistent() && !a.mandatory());
     assert_eq!((a.rate, a.consumer_rate), (None, None));
@@ -47,17 +50,57 @@ fn defaults_are_perftests() {
 #[test]
 fn every_short_option_parses() {
     let a = parse(&[
-        "-h", "amqp://u:p@h:1234/v", "-x", "3", "-y", "4", "-s", "1024", "-z", "10", "-c", "1000",
-        "-a", "-q", "100", "-Q", "200", "-A", "10", "-t", "topic", "-e", "ex", "-k", "rk", "-u",
-        "q1", "-f", "persistent", "-f", "mandatory", "-r", "500", "-R", "400", "-C", "2000", "-D",
-        "3000", "-i", "2",
+        "-h",
+        "amqp://u:p@h:1234/v",
+        "-x",
+        "3",
+        "-y",
+        "4",
+        "-s",
+        "1024",
+        "-z",
+        "10",
+        "-c",
+        "1000",
+        "-a",
+        "-q",
+        "100",
+        "-Q",
+        "200",
+        "-A",
+        "10",
+        "-t",
+        "topic",
+        "-e",
+        "ex",
+        "-k",
+        "rk",
+        "-u",
+        "q1",
+        "-f",
+        "persistent",
+        "-f",
+        "mandatory",
+        "-r",
+        "500",
+        "-R",
+        "400",
+        "-C",
+        "2000",
+        "-D",
+        "3000",
+        "-i",
+        "2",
     ]);
     assert_eq!(a.uri, "amqp://u:p@h:1234/v");
     assert_eq!((a.producers, a.consumers, a.size, a.time), (3, 4, 1024, 10));
     assert_eq!(a.confirm, Some(1000));
     assert!(a.autoack);
     assert_eq!((a.qos, a.global_qos, a.multi_ack_every), (100, 200, 10));
-    assert_eq!((a.exchange_type.as_str(), a.exchange.as_str()), ("topic", "ex"));
+    assert_eq!(
+        (a.exchange_type.as_str(), a.exchange.as_str()),
+        ("topic", "ex")
+    );
     assert_eq!(a.routing_key.as_deref(), Some("rk"));
     assert_eq!(a.queue.as_deref(), Some("q1"));
     assert!(a.persistent() && a.mandatory());
@@ -69,9 +112,27 @@ fn every_short_option_parses() {
 #[test]
 fn long_options_parse() {
     let a = parse(&[
-        "--uri", "amqp://h", "--producers", "2", "--consumers", "0", "--confirm", "5",
-        "--autoack", "--queue-args", "x-max-length=10", "--json", "--broker-pid", "1",
-        "--auto-delete", "false", "--threads", "1", "--id", "t1", "--quiet",
+        "--uri",
+        "amqp://h",
+        "--producers",
+        "2",
+        "--consumers",
+        "0",
+        "--confirm",
+        "5",
+        "--autoack",
+        "--queue-args",
+        "x-max-length=10",
+        "--json",
+        "--broker-pid",
+        "1",
+        "--auto-delete",
+        "false",
+        "--threads",
+        "1",
+        "--id",
+        "t1",
+        "--quiet",
     ]);
     assert_eq!((a.producers, a.consumers, a.confirm), (2, 0, Some(5)));
     assert!(a.json && a.quiet && !a.auto_delete);
@@ -91,7 +152,16 @@ fn bad_options_are_refused_with_a_hint() {
     assert!(bad(&["-x", "-1"]));
     assert!(bad(&["--queue-pattern", "q-%d"]), "needs from/to");
     assert!(bad(&["--queue-pattern-from", "1"]), "needs the pattern");
-    assert!(bad(&["-u", "q", "--queue-pattern", "q-%d", "--queue-pattern-from", "1", "--queue-pattern-to", "2"]));
+    assert!(bad(&[
+        "-u",
+        "q",
+        "--queue-pattern",
+        "q-%d",
+        "--queue-pattern-from",
+        "1",
+        "--queue-pattern-to",
+        "2"
+    ]));
     assert!(bad(&["--queue-args", "novalue"]));
     let invalid = |args: &[&str]| parse(args).validate().unwrap_err();
     assert!(invalid(&["-c", "0"]).contains("-c"));
@@ -106,11 +176,34 @@ fn bad_options_are_refused_with_a_hint() {
 fn help_is_complete() {
     let help = Cli::command().render_long_help().to_string();
     for opt in [
-        "--uri", "--producers", "--consumers", "--size", "--time", "--confirm", "--autoack",
-        "--qos", "--global-qos", "--multi-ack-every", "--type", "--exchange", "--routing-key",
-        "--queue", "--queue-pattern", "--queue-pattern-from", "--queue-pattern-to", "--flag",
-        "--rate", "--consumer-rate", "--pmessages", "--cmessages", "--queue-args", "--interval",
-        "--json", "--broker-pid", "--help", "sink",
+        "--uri",
+        "--producers",
+        "--consumers",
+        "--size",
+        "--time",
+        "--confirm",
+        "--autoack",
+        "--qos",
+        "--global-qos",
+        "--multi-ack-every",
+        "--type",
+        "--exchange",
+        "--routing-key",
+        "--queue",
+        "--queue-pattern",
+        "--queue-pattern-from",
+        "--queue-pattern-to",
+        "--flag",
+        "--rate",
+        "--consumer-rate",
+        "--pmessages",
+        "--cmessages",
+        "--queue-args",
+        "--interval",
+        "--json",
+        "--broker-pid",
+        "--help",
+        "sink",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }
@@ -128,7 +221,11 @@ fn queue_patterns_expand() {
         ["q-009-x", "q-010-x"]
     );
     assert_eq!(expand_queue_pattern("100%%-%d", 5, 5).unwrap(), ["100%-5"]);
-    assert!(expand_queue_pattern("q-%d", 3, 1).unwrap_err().contains("greater"));
+    assert!(
+        expand_queue_pattern("q-%d", 3, 1)
+            .unwrap_err()
+            .contains("greater")
+    );
     assert!(expand_queue_pattern("q", 1, 2).unwrap_err().contains("%d"));
     assert!(expand_queue_pattern("q-%s", 1, 2).is_err());
 }
@@ -136,22 +233,48 @@ fn queue_patterns_expand() {
 #[test]
 fn producers_and_consumers_spread_over_the_pattern_queues() {
     let a = parse(&[
-        "-x", "4", "-y", "5", "--queue-pattern", "pq-%d", "--queue-pattern-from", "1",
-        "--queue-pattern-to", "3",
+        "-x",
+        "4",
+        "-y",
+        "5",
+        "--queue-pattern",
+        "pq-%d",
+        "--queue-pattern-from",
+        "1",
+        "--queue-pattern-to",
+        "3",
     ]);
     let p = Plan::new(a).unwrap();
     assert_eq!(p.queues, ["pq-1", "pq-2", "pq-3"]);
-    assert_eq!(p.binding_keys, p.queues, "pattern queues are bound with their names");
-    let targets: Vec<_> = p.producers.iter().map(|t| (t.routing_key.as_str(), t.queue)).collect();
+    assert_eq!(
+        p.binding_keys, p.queues,
+        "pattern queues are bound with their names"
+    );
+    let targets: Vec<_> = p
+        .producers
+        .iter()
+        .map(|t| (t.routing_key.as_str(), t.queue))
+        .collect();
     assert_eq!(
         targets,
-        [("pq-1", Some(0)), ("pq-2", Some(1)), ("pq-3", Some(2)), ("pq-1", Some(0))]
+        [
+            ("pq-1", Some(0)),
+            ("pq-2", Some(1)),
+            ("pq-3", Some(2)),
+            ("pq-1", Some(0))
+        ]
     );
     assert_eq!(p.consumers, [Some(0), Some(1), Some(2), Some(0), Some(1)]);
     assert!(!p.broadcast);
     // Sends per queue (plus the unknown slot); queue 3 has a consumer.
-    assert_eq!(p.expected_received(&[10, 20, 30, 0], &[0, 0, 0, 0]), Some(60));
-    assert_eq!(p.expected_received(&[10, 20, 30, 0], &[1, 0, 0, 0]), Some(59));
+    assert_eq!(
+        p.expected_received(&[10, 20, 30, 0], &[0, 0, 0, 0]),
+        Some(60)
+    );
+    assert_eq!(
+        p.expected_received(&[10, 20, 30, 0], &[1, 0, 0, 0]),
+        Some(59)
+    );
 }
 
 #[test]
@@ -165,8 +288,18 @@ fn expected_deliveries_follow_the_topology() {
     assert_eq!(p.expected_received(&[100, 0], &[0, 0]), Some(100));
     // Fanout over pattern queues: every queue gets every message.
     let p = Plan::new(parse(&[
-        "-t", "fanout", "-e", "fx", "--queue-pattern", "f-%d", "--queue-pattern-from", "1",
-        "--queue-pattern-to", "2", "-y", "2",
+        "-t",
+        "fanout",
+        "-e",
+        "fx",
+        "--queue-pattern",
+        "f-%d",
+        "--queue-pattern-from",
+        "1",
+        "--queue-pattern-to",
+        "2",
+        "-y",
+        "2",
     ]))
     .unwrap();
     assert_eq!(p.expected_received(&[5, 5, 0], &[0, 0, 0]), Some(20));
@@ -183,8 +316,9 @@ fn expected_deliveries_follow_the_topology() {
 
 #[test]
 fn queue_args_are_typed() {
-    let q = parse_queue_args("x-max-length=1000, x-queue-type=quorum,x-single-active-consumer=true")
-        .unwrap();
+    let q =
+        parse_queue_args("x-max-length=1000, x-queue-type=quorum,x-single-active-consumer=true")
+            .unwrap();
     assert_eq!(
         q.0,
         vec![
@@ -199,7 +333,10 @@ fn queue_args_are_typed() {
         t.get("x-queue-type"),
         Some(&FieldValue::LongString(LongString::from_static("quorum")))
     );
-    assert_eq!(t.get("x-single-active-consumer"), Some(&FieldValue::Bool(true)));
+    assert_eq!(
+        t.get("x-single-active-consumer"),
+        Some(&FieldValue::Bool(true))
+    );
     assert!(parse_queue_args("").unwrap().0.is_empty());
     assert!(parse_queue_args("=1").is_err());
     assert!(parse_queue_args("a").is_err());
@@ -209,13 +346,30 @@ fn queue_args_are_typed() {
 fn uris_parse() {
     let u = parse_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
     assert_eq!(
-        (u.user.as_str(), u.password.as_str(), u.host.as_str(), u.port, u.vhost.as_str()),
+        (
+            u.user.as_str(),
+            u.password.as_str(),
+            u.host.as_str(),
+            u.port,
+            u.vhost.as_str()
+        ),
         ("guest", "guest", "127.0.0.1", 5672, "/")
     );
     let u = parse_uri("amqp://h").unwrap();
-    assert_eq!((u.user.as_str(), u.port, u.vhost.as_str()), ("guest", 5672, "/"));
+    assert_eq!(
+        (u.user.as_str(), u.port, u.vhost.as_str()),
+        ("guest", 5672, "/")
+    );
     let u = parse_uri("amqp://a%40b:p%3Aw@h:5711/dev").unwrap();
-    assert_eq!((u.user.as_str(), u.password.as_str(), u.port, u.vhost.as_str()), ("a@b", "p:w", 5711, "dev"));
+    assert_eq!(
+        (
+            u.user.as_str(),
+            u.password.as_str(),
+            u.port,
+            u.vhost.as_str()
+        ),
+        ("a@b", "p:w", 5711, "dev")
+    );
     assert!(parse_uri("amqp://h:notaport").is_err());
     assert!(parse_uri("amqps://h").is_err());
     assert!(parse_uri("amqp://h/%zz").is_err());
