@@ -10,13 +10,15 @@ use std::io;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 256 * 1024;
 /// Above this many unsent bytes, producers and the sink stop generating.
 pub const OUT_HIGH: usize = 256 * 1024;
-/// The longest a driver sleeps before it looks at its stop flag again.
-pub const MAX_IDLE: Duration = Duration::from_millis(20);
+/// The longest a driver sleeps without a reason to wake (a safety net: the
+/// stop signal, socket readiness and deadlines wake it).
+pub const MAX_IDLE: Duration = Duration::from_millis(500);
 
 /// A connection and its socket.
 #[derive(Debug)]
@@ -119,8 +121,14 @@ impl Link {
     }
 
     /// Waits until the socket is readable (if `read`), writable (if bytes
-    /// are pending), `until`, a codec timer, or [`MAX_IDLE`].
-    pub async fn wait(&mut self, read: bool, until: Option<Instant>) -> io::Result<()> {
+    /// are pending), `until`, a codec timer, a change of `stop`, or
+    /// [`MAX_IDLE`].
+    pub async fn wait(
+        &mut self,
+        read: bool,
+        until: Option<Instant>,
+        stop: Option<&mut watch::Receiver<bool>>,
+    ) -> io::Result<()> {
         let now = Instant::now();
         let mut deadline = now + MAX_IDLE;
         for t in [until, self.conn.poll_timeout()].into_iter().flatten() {
@@ -134,14 +142,30 @@ impl Link {
             (false, false) => None,
         };
         let sleep = tokio::time::sleep_until(deadline.into());
+        let stopped = async {
+            // A dropped sender means no stop will come: sleep on.
+            let changed = match stop {
+                Some(r) => r.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
         match interest {
             Some(i) => {
                 tokio::select! {
                     r = self.tcp.ready(i) => { r?; }
                     _ = sleep => {}
+                    _ = stopped => {}
                 }
             }
-            None => sleep.await,
+            None => {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = stopped => {}
+                }
+            }
         }
         self.tick(Instant::now());
         Ok(())
@@ -177,7 +201,7 @@ impl Link {
                     "{what}: no answer from the broker within {timeout:?} (is it overloaded or blocked?)"
                 ));
             }
-            self.wait(true, Some(deadline))
+            self.wait(true, Some(deadline), None)
                 .await
                 .map_err(|e| io_error(what, &e))?;
         }
@@ -208,7 +232,7 @@ impl Link {
                 Ok(false) => {}
                 Err(_) => return,
             }
-            if self.wait(true, Some(deadline)).await.is_err() {
+            if self.wait(true, Some(deadline), None).await.is_err() {
                 return;
             }
         }

@@ -224,6 +224,8 @@ struct Shared {
     latency: SharedHistogram,
     confirm_latency: SharedHistogram,
     stop: AtomicBool,
+    /// Wakes idle agents when the run stops.
+    stop_tx: watch::Sender<bool>,
     error: Mutex<Option<String>>,
     ready: AtomicUsize,
     producers_done: AtomicUsize,
@@ -240,7 +242,13 @@ impl Shared {
         if slot.is_none() {
             *slot = Some(e);
         }
+        drop(slot);
+        self.halt();
+    }
+
+    fn halt(&self) {
         self.stop.store(true, Relaxed);
+        self.stop_tx.send_replace(true);
     }
 
     fn stopped(&self) -> bool {
@@ -449,10 +457,12 @@ struct Producer {
     sent: u64,
     local: LocalCounts,
     samples: Vec<u64>,
+    stop: watch::Receiver<bool>,
 }
 
 impl Producer {
     async fn setup(plan: &Plan, i: usize, shared: Arc<Shared>) -> Result<Producer, String> {
+        let stop = shared.stop_tx.subscribe();
         let who = format!("producer {i}");
         let a = &plan.args;
         let t = &plan.producers[i];
@@ -487,6 +497,7 @@ impl Producer {
             sent: 0,
             local: LocalCounts::default(),
             samples: Vec::new(),
+            stop,
         })
     }
 
@@ -617,7 +628,10 @@ impl Producer {
                 let due = self
                     .rate
                     .map(|r| start + Duration::from_secs_f64(self.sent as f64 / r));
-                self.link.wait(true, due).await.map_err(io)?;
+                self.link
+                    .wait(true, due, Some(&mut self.stop))
+                    .await
+                    .map_err(io)?;
             }
         }
     }
@@ -637,10 +651,12 @@ struct Consumer {
     received: u64,
     local: LocalCounts,
     samples: Vec<u64>,
+    stop: watch::Receiver<bool>,
 }
 
 impl Consumer {
     async fn setup(plan: &Plan, j: usize, shared: Arc<Shared>) -> Result<Consumer, String> {
+        let stop = shared.stop_tx.subscribe();
         let who = format!("consumer {j}");
         let a = &plan.args;
         let mut link = connect(plan, &who).await?;
@@ -723,6 +739,7 @@ impl Consumer {
             received: 0,
             local: LocalCounts::default(),
             samples: Vec::new(),
+            stop,
         })
     }
 
@@ -838,7 +855,10 @@ impl Consumer {
                     .rate
                     .filter(|_| !may_read)
                     .map(|r| start + Duration::from_secs_f64(self.received as f64 / r));
-                self.link.wait(may_read, due).await.map_err(io)?;
+                self.link
+                    .wait(may_read, due, Some(&mut self.stop))
+                    .await
+                    .map_err(io)?;
             }
         }
     }
@@ -917,6 +937,7 @@ pub async fn run_async(args: RunArgs, progress: Progress) -> Summary {
         latency: SharedHistogram::default(),
         confirm_latency: SharedHistogram::default(),
         stop: AtomicBool::new(false),
+        stop_tx: watch::channel(false).0,
         error: Mutex::new(None),
         ready: AtomicUsize::new(0),
         producers_done: AtomicUsize::new(0),
@@ -1036,7 +1057,7 @@ async fn coordinate(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            _ = &mut ctrl_c => { shared.stop.store(true, Relaxed); }
+            _ = &mut ctrl_c => { shared.halt(); }
         }
         let now = Instant::now();
         if now >= next_report {
@@ -1095,7 +1116,7 @@ async fn coordinate(
             _ => {}
         }
     }
-    shared.stop.store(true, Relaxed);
+    shared.halt();
     // Samples recorded after the last report.
     hist.add(&shared.latency.take(), &shared.confirm_latency.take());
     hist
@@ -1117,7 +1138,7 @@ async fn finish(
     broker_cpu_s: Option<f64>,
     self_cpu_s: Option<f64>,
 ) -> Summary {
-    shared.stop.store(true, Relaxed);
+    shared.halt();
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(10), t)
             .await

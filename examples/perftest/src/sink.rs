@@ -312,7 +312,7 @@ impl Session {
             if progress {
                 tokio::task::yield_now().await;
             } else {
-                self.link.wait(true, None).await.map_err(io)?;
+                self.link.wait(true, None, None).await.map_err(io)?;
             }
         }
     }
