@@ -821,6 +821,11 @@ impl Consumer {
                     }
                     progress = true;
                     self.on_events(allowed)?;
+                    if !self.no_ack {
+                        // Acks out at once: with a small prefetch the
+                        // broker waits for them.
+                        self.link.try_flush().map_err(io)?;
+                    }
                     if self.received >= allowed {
                         break;
                     }
