@@ -55,6 +55,11 @@ pub struct SinkArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Route publishes to the consumers of the queues they are bound to
+    /// (in memory, unbounded: limit producers with -c or -r) instead of
+    /// flooding consumers and discarding publishes.
+    #[arg(long)]
+    pub loopback: bool,
 }
 
 /// Options of a load test run (PerfTest's letters and meanings).

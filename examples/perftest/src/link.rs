@@ -10,7 +10,7 @@ use std::io;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 256 * 1024;
@@ -19,6 +19,17 @@ pub const OUT_HIGH: usize = 256 * 1024;
 /// The longest a driver sleeps without a reason to wake (a safety net: the
 /// stop signal, socket readiness and deadlines wake it).
 pub const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// What else ends a [`Link::wait`].
+#[derive(Debug)]
+pub enum Wake<'a> {
+    /// Nothing else.
+    Nothing,
+    /// A change of this value (the run's stop signal).
+    Changed(&'a mut watch::Receiver<bool>),
+    /// A notification (the sink's inbox).
+    Notified(&'a Notify),
+}
 
 /// A connection and its socket.
 #[derive(Debug)]
@@ -121,13 +132,12 @@ impl Link {
     }
 
     /// Waits until the socket is readable (if `read`), writable (if bytes
-    /// are pending), `until`, a codec timer, a change of `stop`, or
-    /// [`MAX_IDLE`].
+    /// are pending), `until`, a codec timer, `wake`, or [`MAX_IDLE`].
     pub async fn wait(
         &mut self,
         read: bool,
         until: Option<Instant>,
-        stop: Option<&mut watch::Receiver<bool>>,
+        wake: Wake<'_>,
     ) -> io::Result<()> {
         let now = Instant::now();
         let mut deadline = now + MAX_IDLE;
@@ -143,12 +153,16 @@ impl Link {
         };
         let sleep = tokio::time::sleep_until(deadline.into());
         let stopped = async {
-            // A dropped sender means no stop will come: sleep on.
-            let changed = match stop {
-                Some(r) => r.changed().await.is_ok(),
-                None => false,
+            let woken = match wake {
+                Wake::Nothing => false,
+                // A dropped sender means no stop will come: sleep on.
+                Wake::Changed(r) => r.changed().await.is_ok(),
+                Wake::Notified(n) => {
+                    n.notified().await;
+                    true
+                }
             };
-            if !changed {
+            if !woken {
                 std::future::pending::<()>().await;
             }
         };
@@ -201,7 +215,7 @@ impl Link {
                     "{what}: no answer from the broker within {timeout:?} (is it overloaded or blocked?)"
                 ));
             }
-            self.wait(true, Some(deadline), None)
+            self.wait(true, Some(deadline), Wake::Nothing)
                 .await
                 .map_err(|e| io_error(what, &e))?;
         }
@@ -232,7 +246,11 @@ impl Link {
                 Ok(false) => {}
                 Err(_) => return,
             }
-            if self.wait(true, Some(deadline), None).await.is_err() {
+            if self
+                .wait(true, Some(deadline), Wake::Nothing)
+                .await
+                .is_err()
+            {
                 return;
             }
         }

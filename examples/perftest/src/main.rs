@@ -35,11 +35,17 @@ fn run_sink(s: &amqp_perftest::SinkArgs) -> ExitCode {
             }
         };
         eprintln!(
-            "amqp-perftest sink: listening on {} (body size {} B); Ctrl-C stops",
-            s.listen, s.body_size
+            "amqp-perftest sink: listening on {} ({}); Ctrl-C stops",
+            s.listen,
+            if s.loopback {
+                "loopback: publishes go to the consumers of their queues".to_owned()
+            } else {
+                format!("flooding consumers with {} B bodies", s.body_size)
+            }
         );
         let cfg = sink::SinkConfig {
             body_size: s.body_size,
+            loopback: s.loopback,
         };
         tokio::select! {
             _ = sink::serve(listener, cfg) => {}

@@ -3,7 +3,7 @@
 //! prints progress and decides when the run is over.
 
 use crate::cli::{RunArgs, Uri, parse_uri};
-use crate::link::{Link, OUT_HIGH, fatal};
+use crate::link::{Link, OUT_HIGH, Wake, fatal};
 use crate::stats::{
     Columns, Counters, LocalCounts, Percentiles, RunHistograms, SharedHistogram, Summary, Totals,
     process_cpu_seconds, progress_line,
@@ -629,7 +629,7 @@ impl Producer {
                     .rate
                     .map(|r| start + Duration::from_secs_f64(self.sent as f64 / r));
                 self.link
-                    .wait(true, due, Some(&mut self.stop))
+                    .wait(true, due, Wake::Changed(&mut self.stop))
                     .await
                     .map_err(io)?;
             }
@@ -861,7 +861,7 @@ impl Consumer {
                     .filter(|_| !may_read)
                     .map(|r| start + Duration::from_secs_f64(self.received as f64 / r));
                 self.link
-                    .wait(may_read, due, Some(&mut self.stop))
+                    .wait(may_read, due, Wake::Changed(&mut self.stop))
                     .await
                     .map_err(io)?;
             }

@@ -10,6 +10,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Starts a sink on an ephemeral port on its own runtime thread.
 fn start_sink(body_size: usize) -> String {
+    start(SinkConfig {
+        body_size,
+        loopback: false,
+    })
+}
+
+/// Starts a loopback sink (publishes routed to consumers).
+fn start_loopback() -> String {
+    start(SinkConfig {
+        body_size: 0,
+        loopback: true,
+    })
+}
+
+fn start(cfg: SinkConfig) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -20,7 +35,7 @@ fn start_sink(body_size: usize) -> String {
         rt.block_on(async move {
             let l = sink::bind("127.0.0.1:0").await.expect("bind the sink");
             tx.send(l.local_addr().expect("address")).expect("send");
-            sink::serve(l, SinkConfig { body_size }).await;
+            sink::serve(l, cfg).await;
         });
     });
     let addr = rx.recv().expect("sink address");
@@ -103,6 +118,77 @@ fn sink_publish_only_with_many_producers() {
     );
     assert_exact(&s, 20_000, 0);
     assert_eq!(s.totals.confirmed, 20_000);
+}
+
+#[test]
+fn loopback_sink_confirms_and_manual_acks_are_exact() {
+    let uri = start_loopback();
+    let s = go(
+        &uri,
+        &["-x", "1", "-y", "1", "-C", "2000", "-c", "100", "-q", "100"],
+    );
+    assert_exact(&s, 2000, 2000);
+    assert_eq!(s.totals.confirmed, 2000);
+    assert_eq!(s.latency.count, 2000, "every delivery's latency measured");
+}
+
+#[test]
+fn loopback_sink_auto_ack_pattern_run_is_exact() {
+    let uri = start_loopback();
+    let s = go(
+        &uri,
+        &[
+            "-x",
+            "3",
+            "-y",
+            "2",
+            "--queue-pattern",
+            "lq-%d",
+            "--queue-pattern-from",
+            "1",
+            "--queue-pattern-to",
+            "2",
+            "-C",
+            "1000",
+            "-a",
+            "-c",
+            "50",
+            "-A",
+            "7",
+        ],
+    );
+    assert_exact(&s, 3000, 3000);
+}
+
+#[test]
+fn loopback_sink_returns_and_server_named_queues() {
+    let uri = start_loopback();
+    // Two consumers with server-named queues bound with the same key: every
+    // message reaches both.
+    let s = go(&uri, &["-x", "1", "-y", "2", "-C", "500", "-c", "10"]);
+    assert_exact(&s, 500, 1000);
+    let s = go(
+        &uri,
+        &[
+            "-x",
+            "1",
+            "-y",
+            "0",
+            "-e",
+            "",
+            "-k",
+            "nowhere",
+            "-f",
+            "mandatory",
+            "-C",
+            "50",
+            "-c",
+            "10",
+        ],
+    );
+    assert_eq!(s.error, None);
+    assert_eq!(s.totals.returned, 50);
+    assert_eq!(s.totals.confirmed, 50);
 }
 
 #[test]
