@@ -6,6 +6,7 @@
 use amqp_perftest::cli::RunArgs;
 use amqp_perftest::sink::{self, SinkConfig};
 use amqp_perftest::{Progress, Summary, run};
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Starts a sink on an ephemeral port on its own runtime thread.
@@ -216,7 +217,12 @@ fn an_unreachable_broker_is_an_error() {
 
 fn broker() -> Option<String> {
     if std::env::var("AMQP_INTEROP").as_deref() == Ok("0") {
-        eprintln!("note: AMQP_INTEROP=0, skipping the test against a real broker");
+        // Straight to stderr (not eprintln!, which the harness captures),
+        // so that the skip is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: AMQP_INTEROP=0: skipping a test against a real broker"
+        );
         return None;
     }
     Some(
