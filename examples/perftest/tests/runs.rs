@@ -225,10 +225,17 @@ fn broker() -> Option<String> {
         );
         return None;
     }
-    Some(
-        std::env::var("AMQP_PERFTEST_URI")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-    )
+    let uri = std::env::var("AMQP_PERFTEST_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let u = amqp_perftest::cli::parse_uri(&uri).expect("AMQP_PERFTEST_URI must be an amqp:// URI");
+    if let Err(e) = std::net::TcpStream::connect((u.host.as_str(), u.port)) {
+        panic!(
+            "no broker at {}:{} ({e}): start RabbitMQ (bash .ci/services), point \
+             AMQP_PERFTEST_URI at another broker, or set AMQP_INTEROP=0 to skip",
+            u.host, u.port
+        );
+    }
+    Some(uri)
 }
 
 #[test]
