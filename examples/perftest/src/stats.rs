@@ -152,7 +152,8 @@ impl Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }
-        let us = |ns: u64| ns / 1000;
+        // Nearest µs: bucket bounds sit just below or above round values.
+        let us = |ns: u64| (ns + 500) / 1000;
         Percentiles {
             count: h.len(),
             min: us(h.min()),
@@ -476,5 +477,109 @@ impl RunHistograms {
         // Same bounds everywhere, so adding cannot fail.
         let _ = self.latency.add(latency);
         let _ = self.confirm.add(confirm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        Summary {
+            id: "test-1".into(),
+            duration: Duration::from_secs(2),
+            totals: Totals {
+                sent: 100,
+                returned: 0,
+                confirmed: 100,
+                nacked: 0,
+                received: 90,
+            },
+            expected_received: Some(100),
+            unconfirmed: 0,
+            confirms: true,
+            count_limited: true,
+            latency: Percentiles::default(),
+            confirm_latency: Percentiles::default(),
+            broker_cpu_s: Some(0.5),
+            self_cpu_s: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn progress_lines_read_like_perftests() {
+        let mut h = new_histogram();
+        for us in [100u64, 200, 300, 400, 500] {
+            h.record(us * 1000).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        let d = Totals {
+            sent: 2000,
+            returned: 10,
+            confirmed: 1990,
+            nacked: 0,
+            received: 1000,
+        };
+        let cols = Columns {
+            returned: true,
+            confirms: true,
+        };
+        let line = progress_line(
+            "test-1",
+            Duration::from_secs(1),
+            d,
+            Duration::from_secs(2),
+            cols,
+            &p,
+            &p,
+        );
+        assert_eq!(
+            line,
+            "id: test-1, time: 1.000 s, sent: 1000 msg/s, returned: 5 msg/s, confirmed: 995 msg/s, \
+             nacked: 0 msg/s, received: 500 msg/s, min/median/75th/95th/99th consumer latency: \
+             100/300/400/500/500 µs, confirm latency: 100/300/400/500/500 µs"
+        );
+        let plain = Columns {
+            returned: false,
+            confirms: false,
+        };
+        let line = progress_line(
+            "t",
+            Duration::ZERO,
+            d,
+            Duration::from_secs(1),
+            plain,
+            &p,
+            &p,
+        );
+        assert!(!line.contains("confirmed") && !line.contains("returned"));
+    }
+
+    #[test]
+    fn a_missing_delivery_is_a_count_mismatch() {
+        let s = summary();
+        assert!(!s.all_received() && s.all_confirmed() && !s.counts_exact());
+        assert_eq!(s.exit_code(), 2);
+        assert!(s.lines().iter().any(|l| l.contains("MISSING 10")));
+        let j = s.to_json();
+        assert_eq!(j["counts_exact"], false);
+        assert_eq!(j["sent"], 100);
+        assert_eq!(j["broker_cpu_us_per_sent"], 5000.0);
+        let mut t = summary();
+        t.count_limited = false;
+        assert_eq!(
+            t.exit_code(),
+            0,
+            "time-limited runs leave messages in flight"
+        );
+        t.error = Some("x".into());
+        assert_eq!(t.exit_code(), 1);
+    }
+
+    #[test]
+    fn proc_stat_is_read() {
+        assert!(process_cpu_seconds("self").unwrap() >= 0.0);
+        assert!(process_cpu_seconds("999999999").is_err());
     }
 }

@@ -357,3 +357,28 @@ fn broker_errors_name_the_reply_code() {
     );
     assert_eq!(s.exit_code(), 1);
 }
+
+#[test]
+fn broker_errors_during_the_run_stop_it() {
+    let Some(uri) = broker() else { return };
+    // amq.* exchanges are not declared: publishing to a missing one makes
+    // the broker close the channel with 404 mid-run.
+    let s = go(
+        &uri,
+        &[
+            "-x",
+            "1",
+            "-y",
+            "0",
+            "-e",
+            "amq.perftest-missing",
+            "-C",
+            "100",
+            "-c",
+            "10",
+        ],
+    );
+    let e = s.error.clone().expect("the broker closes the channel");
+    assert!(e.contains("404") && e.contains("NOT_FOUND"), "{e}");
+    assert_eq!(s.exit_code(), 1);
+}
