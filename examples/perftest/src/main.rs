@@ -1,0 +1,86 @@
+//! `amqp-perftest`: see `amqp-perftest --help`.
+
+#![forbid(unsafe_code)]
+
+use amqp_perftest::{Cli, Command, Progress, sink};
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Sink(s)) => run_sink(&s),
+        None => run_test(cli.run),
+    }
+}
+
+fn run_sink(s: &amqp_perftest::SinkArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amqp-perftest sink: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let listener = match sink::bind(&s.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("amqp-perftest sink: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        eprintln!(
+            "amqp-perftest sink: listening on {} ({}); Ctrl-C stops",
+            s.listen,
+            if s.loopback {
+                "loopback: publishes go to the consumers of their queues".to_owned()
+            } else {
+                format!("flooding consumers with {} B bodies", s.body_size)
+            }
+        );
+        let cfg = sink::SinkConfig {
+            body_size: s.body_size,
+            loopback: s.loopback,
+        };
+        tokio::select! {
+            _ = sink::serve(listener, cfg) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_test(args: amqp_perftest::RunArgs) -> ExitCode {
+    let json = args.json;
+    let progress = if args.quiet {
+        amqp_perftest::Progress::Off
+    } else if json {
+        Progress::Stderr
+    } else {
+        Progress::Stdout
+    };
+    let summary = amqp_perftest::run(args, progress);
+    for line in summary.lines() {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    if json {
+        println!("{}", summary.to_json());
+    }
+    if let Some(e) = &summary.error {
+        eprintln!("amqp-perftest: error: {e}");
+    } else if !summary.counts_exact() {
+        eprintln!(
+            "amqp-perftest: the counts are not exact (see the counts line): messages or confirms were lost"
+        );
+    }
+    ExitCode::from(summary.exit_code())
+}
