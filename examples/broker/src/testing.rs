@@ -209,6 +209,9 @@ impl Default for Harness {
 }
 
 fn take_chunk(q: &mut VecDeque<Bytes>, size: &mut dyn FnMut(usize) -> usize) -> Option<Bytes> {
+    while q.front().is_some_and(|b| b.is_empty()) {
+        q.pop_front();
+    }
     let front = q.front_mut()?;
     let n = size(front.len()).clamp(1, front.len());
     let chunk = front.split_to(n);
