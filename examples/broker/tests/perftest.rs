@@ -5,7 +5,6 @@ mod support;
 
 use amqp_perftest::cli::RunArgs;
 use amqp_perftest::{Progress, Summary, run};
-use clap::Parser;
 
 fn go(uri: &str, args: &[&str]) -> Summary {
     let mut v = vec!["amqp-perftest", "-h", uri, "--threads", "2", "-z", "60"];

@@ -21,7 +21,7 @@
 //!   (nothing lost, nothing invented).
 //!
 //! `AMQP_SIM_SEED=n` replays one seed; `AMQP_SIM_SEEDS=N` sets how many a
-//! run covers (default 300).
+//! run covers (default 2000).
 
 use amqp_broker::core::CoreConfig;
 use amqp_broker::testing::Harness;
@@ -818,7 +818,7 @@ fn simulation() {
     let seeds: u64 = std::env::var("AMQP_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(2000);
     let mut total = 0;
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run(seed));
