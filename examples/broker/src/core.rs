@@ -21,7 +21,11 @@ use amqp_codec::{Decision, Message};
 use amqp_router as r;
 use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Router};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// The core's hash maps: foldhash, seeded per process (the keys are the
+/// broker's own ids and names; SipHash's cost showed in profiles).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -273,7 +277,7 @@ type Res = Result<(), ProtocolError>;
 impl Core {
     /// A core with the configured users and virtual hosts.
     pub fn new(config: CoreConfig) -> Self {
-        let mut vhosts = HashMap::new();
+        let mut vhosts = HashMap::default();
         for v in &config.vhosts {
             vhosts.insert(
                 v.clone(),
@@ -285,14 +289,14 @@ impl Core {
         Core {
             auth: config.auth,
             vhosts,
-            conns: HashMap::new(),
-            queues: HashMap::new(),
+            conns: HashMap::default(),
+            queues: HashMap::default(),
             next_queue: 1,
             rng: config.seed | 1,
             woken: Vec::new(),
             current: 0,
             scratch: RouteScratch::new(),
-            reply_to: HashMap::new(),
+            reply_to: HashMap::default(),
             route_buf: Vec::new(),
             now: None,
         }
@@ -397,7 +401,7 @@ impl Core {
         }
         for (id, c) in &self.conns {
             for (n, ch) in &c.channels {
-                let mut per: HashMap<&ShortString, u32> = HashMap::new();
+                let mut per: HashMap<&ShortString, u32> = HashMap::default();
                 let mut total = 0;
                 for u in ch.unacked.values() {
                     if let Some(t) = &u.consumer {

@@ -12,6 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+// mimalloc: malloc and free were a sixth of the broker's CPU under load with
+// the system allocator (perf, 1 KiB publish/deliver).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A RabbitMQ-compatible AMQP 0-9-1 broker.
 ///
 /// With no options it listens on 127.0.0.1:5672 and [::1]:5672 with
