@@ -10,6 +10,7 @@
 //! cancels). Time comes in as an argument.
 
 use crate::auth::{Access, Auth};
+use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::queue::{Entry, Msg, Ready};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
@@ -21,7 +22,7 @@ use amqp_codec::{Decision, Message};
 use amqp_router as r;
 use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Router};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The core's hash maps: foldhash, seeded per process (the keys are the
 /// broker's own ids and names; SipHash's cost showed in profiles).
@@ -228,6 +229,12 @@ struct QState {
     exclusive_consumer: bool,
     auto_delete: bool,
     had_consumers: bool,
+    /// TTL, expiry, dead-lettering, limits, priorities.
+    args: QueueArgs,
+    /// The deadline this queue has in the core's timers, if any.
+    armed: Option<Instant>,
+    /// Last declared, consumed from or read (`x-expires`).
+    last_used: Option<Instant>,
 }
 
 struct Vhost {
@@ -247,6 +254,12 @@ pub struct Core {
     scratch: RouteScratch,
     /// The queues a publish reached (reused).
     route_buf: Vec<QueueId>,
+    /// Queue deadlines: the head's expiry, or `x-expires`.
+    timers: BTreeSet<(Instant, QueueId)>,
+    timers_changed: bool,
+    /// A wall-clock reading (`x-death`'s `time`): this instant was this many
+    /// seconds since the Unix epoch.
+    clock: Option<(Instant, u64)>,
     /// Direct reply-to suffixes and the channel whose consumer they reach.
     reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
@@ -298,6 +311,9 @@ impl Core {
             scratch: RouteScratch::new(),
             reply_to: HashMap::default(),
             route_buf: Vec::new(),
+            timers: BTreeSet::new(),
+            timers_changed: false,
+            clock: None,
             now: None,
         }
     }
@@ -353,6 +369,168 @@ impl Core {
             self.dispatch(q);
         }
         true
+    }
+
+    /// Sets the wall clock: `now` is `unix_secs` seconds since the Unix
+    /// epoch (the core reads no clock; `x-death` timestamps need one).
+    pub fn set_clock(&mut self, now: Instant, unix_secs: u64) {
+        self.clock = Some((now, unix_secs));
+        self.now = Some(now);
+    }
+
+    fn wall_secs(&self) -> u64 {
+        match (self.clock, self.now) {
+            (Some((at, secs)), Some(now)) => secs + now.saturating_duration_since(at).as_secs(),
+            _ => 0,
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run (a
+    /// message expiring at a queue's head, an unused queue expiring).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Whether the earliest deadline may have changed since the last call
+    /// (the shell's timer then re-reads [`poll_timeout`](Self::poll_timeout)).
+    pub fn take_timers_changed(&mut self) -> bool {
+        std::mem::take(&mut self.timers_changed)
+    }
+
+    /// Runs the deadlines due by `now`: expired messages leave the heads of
+    /// their queues (dead-lettered where configured), unused queues with
+    /// `x-expires` are deleted. Output for connections is in their
+    /// outboxes; [`take_woken`](Self::take_woken) names them.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.current = 0;
+        while let Some(&(t, q)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(qs) = self.queues.get_mut(&q) else {
+                continue;
+            };
+            qs.armed = None;
+            let unused = qs.consumers.is_empty()
+                && qs.args.expires.is_some_and(|ms| {
+                    qs.last_used
+                        .is_some_and(|u| u + std::time::Duration::from_millis(ms) <= now)
+                });
+            if unused {
+                let (vh, name) = (qs.vhost.clone(), qs.name.clone());
+                self.delete_queue_named(&vh, &name);
+                continue;
+            }
+            self.dispatch(q);
+        }
+    }
+
+    /// Queue `q` was declared, consumed from or read (restarts `x-expires`).
+    fn used(&mut self, q: QueueId) {
+        if let Some(qs) = self.queues.get_mut(&q) {
+            qs.last_used = self.now;
+        }
+        self.arm(q);
+    }
+
+    /// Puts queue `q`'s next deadline in the timers.
+    fn arm(&mut self, q: QueueId) {
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        let expiry = qs.ready.next_expiry();
+        let unused = match (qs.args.expires, qs.last_used) {
+            (Some(ms), Some(u)) if qs.consumers.is_empty() => {
+                Some(u + std::time::Duration::from_millis(ms))
+            }
+            _ => None,
+        };
+        let next = match (expiry, unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next == qs.armed {
+            return;
+        }
+        if let Some(old) = qs.armed.take() {
+            self.timers.remove(&(old, q));
+        }
+        if let Some(t) = next {
+            self.timers.insert((t, q));
+            qs.armed = Some(t);
+        }
+        self.timers_changed = true;
+    }
+
+    /// Takes expired messages from queue `q`'s heads (dead-lettered as
+    /// `expired` where configured).
+    fn expire(&mut self, q: QueueId) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        while let Some(e) = qs.ready.pop_expired(now) {
+            gone.push(e);
+        }
+        if !gone.is_empty() {
+            self.dead_letter(q, gone, Reason::Expired);
+        }
+    }
+
+    /// Dead-letters messages that leave queue `q` for `reason`: to its
+    /// dead-letter exchange with the dead-letter routing key (or their own
+    /// keys), with `x-death` updated; dropped when the queue has none, the
+    /// exchange is missing, or a target would close a cycle.
+    fn dead_letter(&mut self, q: QueueId, entries: Vec<Entry>, reason: Reason) {
+        let Some(qs) = self.queues.get(&q) else {
+            return;
+        };
+        let Some(dlx) = qs.args.dead_letter_exchange.clone() else {
+            return;
+        };
+        let dlrk = qs.args.dead_letter_routing_key.clone();
+        let (vhost, qname) = (qs.vhost.clone(), qs.name.clone());
+        let time = self.wall_secs();
+        for e in entries {
+            let props = lifecycle::dead_letter_properties(
+                &e.msg.properties,
+                &e.msg.exchange,
+                &e.msg.routing_key,
+                &qname,
+                reason,
+                time,
+                dlrk.is_some(),
+            );
+            let key = dlrk.clone().unwrap_or_else(|| e.msg.routing_key.clone());
+            let Some(v) = self.vhosts.get(&vhost) else {
+                return;
+            };
+            let Ok(routed) = v.router.route(
+                dlx.as_bytes(),
+                key.as_bytes(),
+                props.headers.as_ref(),
+                &mut self.scratch,
+            ) else {
+                continue;
+            };
+            let targets: Vec<QueueId> = routed
+                .queues()
+                .filter(|t| !lifecycle::is_cycle(&props, t.name().as_bytes()))
+                .map(|t| *t.handle())
+                .collect();
+            let msg = Arc::new(Msg {
+                exchange: dlx.clone(),
+                routing_key: key,
+                properties: props,
+                body: e.msg.body.clone(),
+            });
+            self.enqueue(&targets, &msg);
+        }
     }
 
     /// Connections (other than the one being handled) that have new
@@ -1139,9 +1317,16 @@ impl Core {
                     exclusive_consumer: false,
                     auto_delete: m.auto_delete,
                     had_consumers: false,
+                    args: QueueArgs::from_arguments(&m.arguments),
+                    armed: None,
+                    last_used: None,
                 },
             );
+            if let Some(qs) = self.queues.get_mut(&qid) {
+                qs.ready = Ready::with_priorities(qs.args.max_priority.unwrap_or(0));
+            }
         }
+        self.used(qid);
         let (messages, consumers) = self
             .queues
             .get(&qid)
@@ -1248,6 +1433,7 @@ impl Core {
         if !m.nowait {
             self.reply(id, ch, BasicConsumeOk { consumer_tag: tag });
         }
+        self.used(qid);
         self.dispatch(qid);
         Ok(())
     }
@@ -1312,6 +1498,9 @@ impl Core {
         if q.consumers.is_empty() && q.auto_delete && q.had_consumers {
             let (vh, name) = (q.vhost.clone(), q.name.clone());
             self.delete_queue_named(&vh, &name);
+        } else if q.consumers.is_empty() {
+            // Unused from now on (x-expires).
+            self.used(k.queue);
         }
     }
 
@@ -1378,6 +1567,8 @@ impl Core {
             .router
             .check_queue(queue.as_bytes(), OwnerId(id), ids)?
             .handle();
+        self.expire(qid);
+        self.used(qid);
         let Some(q) = self.queues.get_mut(&qid) else {
             return Ok(());
         };
@@ -1483,18 +1674,33 @@ impl Core {
                 return;
             }
         }
-        for (_, u) in taken {
-            if how == TxAck::Requeue
-                && let Some(q) = self.queues.get_mut(&u.queue)
-            {
-                q.ready.requeue(u.entry);
-                touched.push(u.queue);
-            }
-        }
+        self.settle_now(taken.into_iter().map(|(_, u)| (u, how)), &mut touched);
         touched.sort_unstable();
         touched.dedup();
         for q in touched {
             self.dispatch(q);
+        }
+    }
+
+    /// Requeues (in place) or drops (dead-letters as `rejected`) settled
+    /// deliveries; acknowledged ones just go. Queues that got messages
+    /// back are added to `touched`.
+    fn settle_now(
+        &mut self,
+        settled: impl Iterator<Item = (Unacked, TxAck)>,
+        touched: &mut Vec<QueueId>,
+    ) {
+        for (u, how) in settled {
+            match how {
+                TxAck::Requeue => {
+                    if let Some(q) = self.queues.get_mut(&u.queue) {
+                        q.ready.requeue(u.entry);
+                        touched.push(u.queue);
+                    }
+                }
+                TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
+                TxAck::Ack => {}
+            }
         }
     }
 
@@ -1544,14 +1750,10 @@ impl Core {
             self.enqueue(&queues, &msg);
         }
         let mut touched = Vec::new();
-        for (_, u, how) in tx.acks {
-            if how == TxAck::Requeue
-                && let Some(q) = self.queues.get_mut(&u.queue)
-            {
-                q.ready.requeue(u.entry);
-                touched.push(u.queue);
-            }
-        }
+        self.settle_now(
+            tx.acks.into_iter().map(|(_, u, how)| (u, how)),
+            &mut touched,
+        );
         if let Some(c) = self.chan(id, ch) {
             touched.extend(c.consumers.values().map(|k| k.queue));
         }
@@ -1595,6 +1797,9 @@ impl Core {
                     ids,
                 ));
             }
+        }
+        if let Err(why) = lifecycle::expiration_ms(&props) {
+            return Err(refused(ch, ReplyCode::PRECONDITION_FAILED, why, ids));
         }
         let mut props = props;
         if props
@@ -1673,12 +1878,12 @@ impl Core {
                 },
             );
         }
-        self.enqueue(&queues, &msg);
+        let refused = self.enqueue(&queues, &msg);
         self.route_buf = queues;
         if let Some(seq) = seqno
             && let Some(c) = self.chan(id, ch)
         {
-            c.confirms.push((seq, true));
+            c.confirms.push((seq, !refused));
         }
         Ok(())
     }
@@ -1747,13 +1952,67 @@ impl Core {
         }
     }
 
-    fn enqueue(&mut self, queues: &[QueueId], msg: &Arc<Msg>) {
+    /// Puts a message in queues, as their limits allow; returns whether a
+    /// queue refused it (`x-overflow` `reject-publish[-dlx]`: the publisher
+    /// gets a nack).
+    fn enqueue(&mut self, queues: &[QueueId], msg: &Arc<Msg>) -> bool {
+        let mut refused = false;
+        let msg_ttl = lifecycle::expiration_ms(&msg.properties).ok().flatten();
         for &q in queues {
-            if let Some(qs) = self.queues.get_mut(&q) {
-                qs.ready.push(msg.clone());
-                self.dispatch(q);
+            self.expire(q);
+            let Some(qs) = self.queues.get_mut(&q) else {
+                continue;
+            };
+            let a = &qs.args;
+            let full = a.max_length.is_some_and(|m| qs.ready.len() as u64 >= m)
+                || a.max_length_bytes
+                    .is_some_and(|m| (qs.ready.bytes() + msg.size()) as u64 > m);
+            if full && a.overflow != Overflow::DropHead {
+                refused = true;
+                if a.overflow == Overflow::RejectPublishDlx {
+                    let e = Entry {
+                        seq: 0,
+                        msg: msg.clone(),
+                        redelivered: false,
+                        level: 0,
+                        expires: None,
+                    };
+                    self.dead_letter(q, vec![e], Reason::Maxlen);
+                }
+                continue;
             }
+            let ttl = match (a.message_ttl, msg_ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
+            qs.ready.push(msg.clone(), expires);
+            // drop-head: the oldest go (dead-lettered as maxlen).
+            let mut dropped = Vec::new();
+            while qs
+                .args
+                .max_length
+                .is_some_and(|m| qs.ready.len() as u64 > m)
+                || qs
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| qs.ready.bytes() as u64 > m)
+            {
+                match qs.ready.pop() {
+                    Some(e) => dropped.push(e),
+                    None => break,
+                }
+            }
+            if !dropped.is_empty() {
+                self.dead_letter(q, dropped, Reason::Maxlen);
+            }
+            // A TTL-0 message goes to a consumer that can take it now, or
+            // expires.
+            self.deliver_ready(q);
+            self.expire(q);
+            self.arm(q);
         }
+        refused
     }
 
     /// Sends the confirms settled in this batch, a run of acks as one
@@ -1815,6 +2074,13 @@ impl Core {
     /// take one: to the highest-priority consumers that can, round robin
     /// among equals.
     fn dispatch(&mut self, q: QueueId) {
+        self.expire(q);
+        self.deliver_ready(q);
+        self.arm(q);
+    }
+
+    /// The delivery loop of [`dispatch`](Self::dispatch), without expiry.
+    fn deliver_ready(&mut self, q: QueueId) {
         loop {
             let Some(qs) = self.queues.get(&q) else {
                 return;

@@ -2,7 +2,7 @@
 
 use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
-use amqp_broker::shell::{Shared, accept_loop};
+use amqp_broker::shell::{Shared, accept_loop, timer_loop};
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
 use clap::Parser;
@@ -143,6 +143,7 @@ async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _ = &args.data_dir;
+    tokio::spawn(timer_loop(shared.clone(), stop_rx.clone()));
     wait_for_signal().await;
     tracing::info!("shutting down: closing every connection");
     let _ = stop_tx.send(true);

@@ -1,18 +1,25 @@
-//! A queue's messages: ready ones in order, with requeued messages going
-//! back to their original place.
+//! A queue's messages: ready ones in order, by priority level, with
+//! requeued messages going back to their original place.
 //!
-//! Every message enqueued gets the next sequence number. Ready messages
-//! that were never delivered sit in a FIFO (`fresh`, O(1) at both ends);
-//! a message that comes back (nack/reject with requeue, channel closed,
-//! recover) goes into an ordered map keyed by its sequence number
-//! (`returned`, O(log n)), so it is served again before every message
-//! enqueued after it, as RabbitMQ's classic queues do. Taking the head
-//! compares the two fronts. No operation costs more than O(log n) in the
-//! queue's length.
+//! Every message enqueued gets the next sequence number. Within a priority
+//! level, ready messages that were never delivered sit in a FIFO (`fresh`,
+//! O(1) at both ends); a message that comes back (nack/reject with
+//! requeue, channel closed, recover) goes into an ordered map keyed by its
+//! sequence number (`returned`, O(log n)), so it is served again before
+//! every message enqueued after it, as RabbitMQ's classic queues do.
+//! Taking the head compares the two fronts of the highest non-empty level
+//! (a queue without `x-max-priority` has one level). No operation costs
+//! more than O(log n) in the queue's length (times the number of levels,
+//! at most 256).
+//!
+//! Messages may carry an expiry time; [`Ready::pop_expired`] takes expired
+//! messages from the heads only, as RabbitMQ expires them (a short-lived
+//! message behind a long-lived one stays, and stays counted).
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use amqp_types::{BasicProperties, ShortString};
 
@@ -45,31 +52,89 @@ pub struct Entry {
     pub msg: Arc<Msg>,
     /// Delivered before (and requeued).
     pub redelivered: bool,
+    /// Its priority level in the queue (0 without priorities).
+    pub level: u8,
+    /// When it expires (queue TTL or `expiration`, the lower), if ever.
+    pub expires: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Level {
+    fresh: VecDeque<Entry>,
+    returned: BTreeMap<u64, Entry>,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.fresh.is_empty() && self.returned.is_empty()
+    }
+
+    /// Whether the head is in `returned`.
+    fn head_returned(&self) -> bool {
+        match (self.fresh.front(), self.returned.first_key_value()) {
+            (Some(f), Some((&r, _))) => r < f.seq,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        }
+    }
+
+    fn peek(&self) -> Option<&Entry> {
+        if self.head_returned() {
+            self.returned.first_key_value().map(|(_, e)| e)
+        } else {
+            self.fresh.front()
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        if self.head_returned() {
+            self.returned.pop_first().map(|(_, e)| e)
+        } else {
+            self.fresh.pop_front()
+        }
+    }
 }
 
 /// The ready messages of one queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ready {
-    fresh: VecDeque<Entry>,
-    returned: BTreeMap<u64, Entry>,
+    /// One level per priority, highest last.
+    levels: Vec<Level>,
+    len: usize,
     next_seq: u64,
     bytes: usize,
 }
 
+impl Default for Ready {
+    fn default() -> Self {
+        Ready::new()
+    }
+}
+
 impl Ready {
-    /// An empty queue.
+    /// An empty queue without priorities.
     pub fn new() -> Self {
-        Self::default()
+        Ready::with_priorities(0)
+    }
+
+    /// An empty queue with priorities 0 to `max` (`x-max-priority`).
+    pub fn with_priorities(max: u8) -> Self {
+        Ready {
+            levels: (0..=max).map(|_| Level::default()).collect(),
+            len: 0,
+            next_seq: 0,
+            bytes: 0,
+        }
     }
 
     /// Ready messages.
     pub fn len(&self) -> usize {
-        self.fresh.len() + self.returned.len()
+        self.len
     }
 
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
-        self.fresh.is_empty() && self.returned.is_empty()
+        self.len == 0
     }
 
     /// Body bytes of the ready messages.
@@ -77,15 +142,26 @@ impl Ready {
         self.bytes
     }
 
-    /// Appends a new message at the tail.
-    pub fn push(&mut self, msg: Arc<Msg>) -> u64 {
+    /// The level a message of this priority goes to: priorities above the
+    /// queue's maximum count as the maximum.
+    pub fn level_of(&self, priority: Option<u8>) -> u8 {
+        let max = (self.levels.len() - 1) as u8;
+        priority.unwrap_or(0).min(max)
+    }
+
+    /// Appends a new message at the tail of its level.
+    pub fn push(&mut self, msg: Arc<Msg>, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += msg.size();
-        self.fresh.push_back(Entry {
+        self.len += 1;
+        let level = self.level_of(msg.properties.priority);
+        self.levels[usize::from(level)].fresh.push_back(Entry {
             seq,
             msg,
             redelivered: false,
+            level,
+            expires,
         });
         seq
     }
@@ -95,43 +171,58 @@ impl Ready {
     pub fn requeue(&mut self, mut e: Entry) {
         e.redelivered = true;
         self.bytes += e.msg.size();
-        // A message with a sequence number beyond the fresh FIFO's front
-        // cannot be ahead of anything there; ordered insertion by key
-        // keeps the head comparison right in every case.
-        self.returned.insert(e.seq, e);
+        self.len += 1;
+        let level = usize::from(e.level).min(self.levels.len() - 1);
+        self.levels[level].returned.insert(e.seq, e);
     }
 
-    /// The head message, without taking it.
+    fn top(&self) -> Option<usize> {
+        self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
+    /// The head message (of the highest non-empty level), without taking
+    /// it.
     pub fn peek(&self) -> Option<&Entry> {
-        match (self.fresh.front(), self.returned.first_key_value()) {
-            (Some(f), Some((&r, re))) => Some(if r < f.seq { re } else { f }),
-            (Some(f), None) => Some(f),
-            (None, Some((_, re))) => Some(re),
-            (None, None) => None,
-        }
+        self.levels[self.top()?].peek()
     }
 
     /// Takes the head message.
     pub fn pop(&mut self) -> Option<Entry> {
-        let from_returned = match (self.fresh.front(), self.returned.first_key_value()) {
-            (Some(f), Some((&r, _))) => r < f.seq,
-            (None, Some(_)) => true,
-            (_, None) => false,
-        };
-        let e = if from_returned {
-            self.returned.pop_first().map(|(_, e)| e)
-        } else {
-            self.fresh.pop_front()
-        }?;
+        let top = self.top()?;
+        let e = self.levels[top].pop()?;
+        self.len -= 1;
         self.bytes -= e.msg.size();
         Some(e)
     }
 
+    /// Takes a head message (of any level) that has expired by `now`.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<Entry> {
+        let i = self.levels.iter().rposition(|l| {
+            l.peek()
+                .is_some_and(|e| e.expires.is_some_and(|t| t <= now))
+        })?;
+        let e = self.levels[i].pop()?;
+        self.len -= 1;
+        self.bytes -= e.msg.size();
+        Some(e)
+    }
+
+    /// When the earliest head (of any level) expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.levels
+            .iter()
+            .filter_map(|l| l.peek().and_then(|e| e.expires))
+            .min()
+    }
+
     /// Removes every ready message; returns how many there were.
     pub fn purge(&mut self) -> usize {
-        let n = self.len();
-        self.fresh.clear();
-        self.returned.clear();
+        let n = self.len;
+        for l in &mut self.levels {
+            l.fresh.clear();
+            l.returned.clear();
+        }
+        self.len = 0;
         self.bytes = 0;
         n
     }
@@ -140,12 +231,16 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn msg(body: &'static str) -> Arc<Msg> {
+    fn msg(body: &'static str, priority: Option<u8>) -> Arc<Msg> {
         Arc::new(Msg {
             exchange: ShortString::EMPTY,
             routing_key: ShortString::EMPTY,
-            properties: BasicProperties::default(),
+            properties: BasicProperties {
+                priority,
+                ..Default::default()
+            },
             body: Bytes::from_static(body.as_bytes()),
         })
     }
@@ -165,7 +260,7 @@ mod tests {
     fn requeued_messages_go_back_to_their_place() {
         let mut r = Ready::new();
         for b in ["a", "b", "c", "d"] {
-            r.push(msg(b));
+            r.push(msg(b, None), None);
         }
         let a = r.pop().unwrap();
         let b = r.pop().unwrap();
@@ -174,7 +269,7 @@ mod tests {
         r.requeue(a);
         assert_eq!(r.len(), 3);
         assert_eq!(r.bytes(), 3);
-        r.push(msg("e"));
+        r.push(msg("e", None), None);
         drop(b);
         assert_eq!(
             bodies(&mut r),
@@ -192,12 +287,42 @@ mod tests {
     #[test]
     fn purge_counts_both_parts() {
         let mut r = Ready::new();
-        r.push(msg("x"));
-        r.push(msg("y"));
+        r.push(msg("x", None), None);
+        r.push(msg("y", None), None);
         let x = r.pop().unwrap();
         r.requeue(x);
         assert_eq!(r.peek().unwrap().seq, 0);
         assert_eq!(r.purge(), 2);
         assert!(r.pop().is_none());
+    }
+
+    #[test]
+    fn higher_priorities_first_fifo_within_and_capped_at_the_max() {
+        let mut r = Ready::with_priorities(5);
+        r.push(msg("low1", Some(1)), None);
+        r.push(msg("none", None), None);
+        r.push(msg("high1", Some(5)), None);
+        r.push(msg("over", Some(200)), None);
+        r.push(msg("low2", Some(1)), None);
+        let h = r.pop().unwrap();
+        assert_eq!(&h.msg.body[..], b"high1");
+        r.requeue(h);
+        let got: Vec<String> = bodies(&mut r).into_iter().map(|(b, _)| b).collect();
+        assert_eq!(got, ["high1", "over", "low1", "low2", "none"]);
+    }
+
+    #[test]
+    fn only_heads_expire() {
+        let t0 = Instant::now();
+        let mut r = Ready::new();
+        r.push(msg("long", None), Some(t0 + Duration::from_secs(10)));
+        r.push(msg("short", None), Some(t0 + Duration::from_millis(1)));
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(10)));
+        assert!(r.pop_expired(t0 + Duration::from_secs(1)).is_none());
+        assert_eq!(r.len(), 2, "the expired message behind a live one stays");
+        let e = r.pop_expired(t0 + Duration::from_secs(11)).unwrap();
+        assert_eq!(&e.msg.body[..], b"long");
+        assert!(r.pop_expired(t0 + Duration::from_secs(11)).is_some());
+        assert!(r.is_empty());
     }
 }

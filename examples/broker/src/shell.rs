@@ -33,6 +33,8 @@ pub const SHUTDOWN_TEXT: &str =
 /// What every connection task shares.
 pub struct Shared {
     core: Mutex<Core>,
+    /// Wakes the timer task when the core's earliest deadline changed.
+    timer: Notify,
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
     next_id: AtomicU64,
     config: ServerConfig,
@@ -49,6 +51,7 @@ impl Shared {
     pub fn new(core: Core, config: ServerConfig) -> Arc<Self> {
         Arc::new(Shared {
             core: Mutex::new(core),
+            timer: Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             config,
@@ -74,6 +77,38 @@ impl Shared {
             if let Some(n) = w.get(id) {
                 n.notify_one();
             }
+        }
+    }
+}
+
+/// Runs the core's deadlines (message expiry at queue heads, `x-expires`)
+/// until `shutdown` turns true, waking the connections they concern.
+pub async fn timer_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        shared.core().set_clock(Instant::now(), unix);
+    }
+    loop {
+        let next = shared.core().poll_timeout();
+        let sleep = async {
+            match next {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                let woken = {
+                    let mut core = shared.core();
+                    core.handle_timeout(Instant::now());
+                    core.take_woken()
+                };
+                shared.wake(&woken);
+            }
+            _ = shared.timer.notified() => {}
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -206,6 +241,9 @@ fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec:
             let mut core = shared.core();
             if had_events {
                 core.handle(id, events, Instant::now());
+            }
+            if core.take_timers_changed() {
+                shared.timer.notify_one();
             }
             (core.take_outbox(id), core.take_woken())
         };

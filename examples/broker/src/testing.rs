@@ -42,10 +42,14 @@ pub struct Harness {
 impl Harness {
     /// A core with `config`.
     pub fn new(config: CoreConfig) -> Harness {
+        let now = Instant::now();
+        let mut core = Core::new(config);
+        // A fixed wall clock: x-death timestamps are reproducible.
+        core.set_clock(now, 1_700_000_000);
         Harness {
-            core: Core::new(config),
+            core,
             links: Vec::new(),
-            now: Instant::now(),
+            now,
             next_id: 1,
         }
     }
@@ -98,7 +102,8 @@ impl Harness {
         std::iter::from_fn(|| l.client.poll_event()).collect()
     }
 
-    /// Advances the clock; timers of every connection run.
+    /// Advances the clock; timers of every connection and of the core
+    /// run (the core's output is applied).
     pub fn advance(&mut self, by: std::time::Duration) {
         self.now += by;
         let now = self.now;
@@ -106,6 +111,8 @@ impl Harness {
             l.client.handle_timeout(now);
             l.server.handle_timeout(now);
         }
+        self.core.handle_timeout(now);
+        self.apply_all();
     }
 
     /// The core's output for every connection, applied to its server side.

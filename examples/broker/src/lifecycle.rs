@@ -1,0 +1,340 @@
+//! What a queue's arguments say about its messages' lifecycle (TTL,
+//! expiry, dead-lettering, length limits, priorities), and the `x-death`
+//! bookkeeping of dead-lettered messages, as RabbitMQ 3.10 does them.
+//!
+//! Pure functions of their inputs: the core calls them with its own time.
+
+use amqp_types::{BasicProperties, FieldArray, FieldTable, FieldValue, LongString, ShortString};
+
+/// What happens when a queue is full (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (dead-letter) the oldest message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (nack under confirms).
+    RejectPublish,
+    /// Refuse it and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// A queue's lifecycle settings, read from its arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`, ms.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, ms.
+    pub expires: Option<u64>,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<ShortString>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<ShortString>,
+    /// `x-max-length`.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-max-priority`.
+    pub max_priority: Option<u8>,
+}
+
+fn int(v: Option<&FieldValue>) -> Option<i128> {
+    v.and_then(FieldValue::as_integer)
+}
+
+fn short(v: Option<&FieldValue>) -> Option<ShortString> {
+    match v {
+        Some(FieldValue::LongString(s)) => ShortString::from_bytes(s.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
+impl QueueArgs {
+    /// Reads validated arguments (see the core's checks); unknown or
+    /// ill-typed ones are ignored here.
+    pub fn from_arguments(args: &FieldTable) -> QueueArgs {
+        let u = |k: &str| int(args.get(k)).and_then(|v| u64::try_from(v).ok());
+        QueueArgs {
+            message_ttl: u("x-message-ttl"),
+            expires: u("x-expires"),
+            dead_letter_exchange: short(args.get("x-dead-letter-exchange")),
+            dead_letter_routing_key: short(args.get("x-dead-letter-routing-key")),
+            max_length: u("x-max-length"),
+            max_length_bytes: u("x-max-length-bytes"),
+            overflow: match args.get("x-overflow") {
+                Some(FieldValue::LongString(s)) if s.as_bytes() == b"reject-publish" => {
+                    Overflow::RejectPublish
+                }
+                Some(FieldValue::LongString(s)) if s.as_bytes() == b"reject-publish-dlx" => {
+                    Overflow::RejectPublishDlx
+                }
+                _ => Overflow::DropHead,
+            },
+            max_priority: u("x-max-priority").map(|p| p.min(255) as u8),
+        }
+    }
+}
+
+/// A message's `expiration` property as a TTL in ms: `Ok(None)` when absent,
+/// an error text (RabbitMQ's) when it is not a non-negative integer.
+pub fn expiration_ms(p: &BasicProperties) -> Result<Option<u64>, String> {
+    let Some(e) = &p.expiration else {
+        return Ok(None);
+    };
+    let s = e.to_string_lossy();
+    match s.parse::<i64>() {
+        Ok(v) if v >= 0 => Ok(Some(v as u64)),
+        Ok(v) => Err(format!("invalid expiration '{s}': {{value_negative,{v}}}")),
+        Err(_) => Err(format!("invalid expiration '{s}': {{error,no_integer}}")),
+    }
+}
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// basic.reject / basic.nack with requeue=false.
+    Rejected,
+    /// Its TTL passed.
+    Expired,
+    /// A length limit dropped it.
+    Maxlen,
+}
+
+impl Reason {
+    /// RabbitMQ's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+        }
+    }
+}
+
+fn ls(s: &[u8]) -> FieldValue {
+    FieldValue::LongString(LongString::copy_from(s))
+}
+
+/// The routing keys a message was published with: its routing key, then
+/// its `CC` header's strings (`BCC` is gone by then).
+pub fn routing_keys(routing_key: &ShortString, p: &BasicProperties) -> Vec<ShortString> {
+    let mut keys = vec![routing_key.clone()];
+    if let Some(FieldValue::Array(a)) = p.headers.as_ref().and_then(|h| h.get("CC")) {
+        for v in a.iter() {
+            if let FieldValue::LongString(s) = v
+                && let Ok(k) = ShortString::from_bytes(s.as_bytes())
+            {
+                keys.push(k);
+            }
+        }
+    }
+    keys
+}
+
+/// The properties a message is dead-lettered with from `queue` for
+/// `reason` at `time` (seconds since the epoch): the `x-death` entry for
+/// (queue, reason) counted up and moved first, or a new one first;
+/// `x-first-death-*` set once; `expiration` removed (kept in the entry as
+/// `original-expiration`); CC removed when a dead-letter routing key
+/// replaces the routing keys.
+pub fn dead_letter_properties(
+    p: &BasicProperties,
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    queue: &ShortString,
+    reason: Reason,
+    time: u64,
+    replaces_keys: bool,
+) -> BasicProperties {
+    let mut out = p.clone();
+    let keys = routing_keys(routing_key, p);
+    let mut headers = p.headers.clone().unwrap_or_default();
+    let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
+        Some(FieldValue::Array(a)) => a.into_inner(),
+        _ => Vec::new(),
+    };
+    let same = |t: &FieldTable| {
+        matches!(t.get("queue"), Some(FieldValue::LongString(q)) if q.as_bytes() == queue.as_bytes())
+            && matches!(t.get("reason"), Some(FieldValue::LongString(r)) if r.as_bytes() == reason.as_str().as_bytes())
+    };
+    let found = deaths
+        .iter()
+        .position(|d| matches!(d, FieldValue::Table(t) if same(t)));
+    let entry = match found {
+        Some(i) => {
+            let FieldValue::Table(mut t) = deaths.remove(i) else {
+                unreachable!("matched a table")
+            };
+            let n = int(t.get("count")).unwrap_or(0) + 1;
+            t.set(ShortString::from_static("count"), FieldValue::I64(n as i64));
+            t.set(
+                ShortString::from_static("time"),
+                FieldValue::Timestamp(time),
+            );
+            t
+        }
+        None => {
+            let mut t = FieldTable::new();
+            t.insert("count", FieldValue::I64(1));
+            t.insert("reason", ls(reason.as_str().as_bytes()));
+            t.insert("queue", ls(queue.as_bytes()));
+            t.insert("time", FieldValue::Timestamp(time));
+            t.insert("exchange", ls(exchange.as_bytes()));
+            let mut a = FieldArray::new();
+            for k in &keys {
+                a.push(ls(k.as_bytes()));
+            }
+            t.insert("routing-keys", FieldValue::Array(a));
+            if let Some(e) = &p.expiration {
+                t.insert("original-expiration", ls(e.as_bytes()));
+            }
+            t
+        }
+    };
+    deaths.insert(0, FieldValue::Table(entry));
+    let mut a = FieldArray::new();
+    for d in deaths {
+        a.push(d);
+    }
+    headers.set(ShortString::from_static("x-death"), FieldValue::Array(a));
+    if !headers.contains_key("x-first-death-reason") {
+        headers.set(
+            ShortString::from_static("x-first-death-exchange"),
+            ls(exchange.as_bytes()),
+        );
+        headers.set(
+            ShortString::from_static("x-first-death-queue"),
+            ls(queue.as_bytes()),
+        );
+        headers.set(
+            ShortString::from_static("x-first-death-reason"),
+            ls(reason.as_str().as_bytes()),
+        );
+    }
+    if replaces_keys {
+        headers.remove("CC");
+    }
+    out.headers = Some(sorted(headers));
+    out.expiration = None;
+    out
+}
+
+/// The table sorted by key, as RabbitMQ 3.10 leaves a headers table it
+/// rewrote.
+fn sorted(t: FieldTable) -> FieldTable {
+    let mut v = t.into_inner();
+    v.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut out = FieldTable::with_capacity(v.len());
+    for (k, val) in v {
+        out.push(k, val);
+    }
+    out
+}
+
+/// Whether dead-lettering a message into `target` would go round a cycle
+/// RabbitMQ drops: `target` is already in the message's `x-death` path and
+/// no death on the way was a rejection (a consumer's decision breaks the
+/// cycle).
+pub fn is_cycle(p: &BasicProperties, target: &[u8]) -> bool {
+    let Some(FieldValue::Array(deaths)) = p.headers.as_ref().and_then(|h| h.get("x-death")) else {
+        return false;
+    };
+    for d in deaths.iter() {
+        let FieldValue::Table(t) = d else { continue };
+        if matches!(t.get("reason"), Some(FieldValue::LongString(r)) if r.as_bytes() == b"rejected")
+        {
+            return false;
+        }
+        if matches!(t.get("queue"), Some(FieldValue::LongString(q)) if q.as_bytes() == target) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &'static str) -> ShortString {
+        ShortString::from_static(x)
+    }
+
+    #[test]
+    fn x_death_counts_per_queue_and_reason_and_moves_the_latest_first() {
+        let p = BasicProperties {
+            expiration: Some(s("100")),
+            ..Default::default()
+        };
+        let once =
+            dead_letter_properties(&p, &s("x"), &s("k"), &s("q1"), Reason::Expired, 10, false);
+        assert_eq!(once.expiration, None);
+        let h = once.headers.clone().unwrap();
+        let keys: Vec<_> = h.keys().map(|k| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            keys,
+            [
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason"
+            ]
+        );
+        let twice = dead_letter_properties(
+            &once,
+            &s("x"),
+            &s("k"),
+            &s("q2"),
+            Reason::Rejected,
+            11,
+            false,
+        );
+        let thrice = dead_letter_properties(
+            &twice,
+            &s("x"),
+            &s("k"),
+            &s("q1"),
+            Reason::Expired,
+            12,
+            false,
+        );
+        let Some(FieldValue::Array(d)) = thrice.headers.as_ref().unwrap().get("x-death") else {
+            panic!()
+        };
+        assert_eq!(d.len(), 2);
+        let FieldValue::Table(first) = &d.as_slice()[0] else {
+            panic!()
+        };
+        assert_eq!(first.get("count"), Some(&FieldValue::I64(2)));
+        assert_eq!(first.get("time"), Some(&FieldValue::Timestamp(12)));
+        assert!(
+            matches!(first.get("original-expiration"), Some(FieldValue::LongString(e)) if e.as_bytes() == b"100")
+        );
+        assert!(
+            matches!(thrice.headers.as_ref().unwrap().get("x-first-death-queue"), Some(FieldValue::LongString(q)) if q.as_bytes() == b"q1")
+        );
+    }
+
+    #[test]
+    fn cycles_are_broken_by_rejections_only() {
+        let p = BasicProperties::default();
+        let d = dead_letter_properties(&p, &s(""), &s("q"), &s("q"), Reason::Expired, 0, false);
+        assert!(is_cycle(&d, b"q"));
+        assert!(!is_cycle(&d, b"other"));
+        let r = dead_letter_properties(&p, &s(""), &s("q"), &s("q"), Reason::Rejected, 0, false);
+        assert!(!is_cycle(&r, b"q"));
+    }
+
+    #[test]
+    fn expiration_must_be_a_non_negative_integer() {
+        let p = |e: &'static str| BasicProperties {
+            expiration: Some(s(e)),
+            ..Default::default()
+        };
+        assert_eq!(expiration_ms(&p("0")), Ok(Some(0)));
+        assert_eq!(expiration_ms(&BasicProperties::default()), Ok(None));
+        assert!(expiration_ms(&p("-1")).is_err());
+        assert!(expiration_ms(&p("abc")).is_err());
+    }
+}
