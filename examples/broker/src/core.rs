@@ -214,6 +214,8 @@ struct QConsumer {
     tag: ShortString,
     /// `x-priority` (0 by default).
     priority: i64,
+    /// Registration order (single active consumer: the oldest receives).
+    since: u64,
 }
 
 #[derive(Debug)]
@@ -254,6 +256,8 @@ pub struct Core {
     scratch: RouteScratch,
     /// The queues a publish reached (reused).
     route_buf: Vec<QueueId>,
+    /// Consumers registered so far (their order).
+    next_consumer: u64,
     /// Queue deadlines: the head's expiry, or `x-expires`.
     timers: BTreeSet<(Instant, QueueId)>,
     timers_changed: bool,
@@ -311,6 +315,7 @@ impl Core {
             scratch: RouteScratch::new(),
             reply_to: HashMap::default(),
             route_buf: Vec::new(),
+            next_consumer: 0,
             timers: BTreeSet::new(),
             timers_changed: false,
             clock: None,
@@ -1417,8 +1422,10 @@ impl Core {
                 ch,
                 tag: tag.clone(),
                 priority,
+                since: self.next_consumer,
             },
         );
+        self.next_consumer += 1;
         if let Some(c) = self.chan(id, ch) {
             c.consumers.insert(
                 tag.clone(),
@@ -2089,6 +2096,20 @@ impl Core {
                 return;
             }
             let n = qs.consumers.len();
+            if qs.args.single_active {
+                // Only the oldest consumer receives; the others wait.
+                let Some(c) = qs.consumers.iter().min_by_key(|k| k.since).cloned() else {
+                    return;
+                };
+                if !self.can_deliver(c.conn, c.ch, &c.tag) {
+                    return;
+                }
+                let Some(entry) = self.queues.get_mut(&q).and_then(|qs| qs.ready.pop()) else {
+                    return;
+                };
+                self.deliver(c.conn, c.ch, c.tag, q, entry);
+                continue;
+            }
             // One priority (the usual case): a rotating start, O(1) when
             // the next consumer can take the message.
             let single = qs.consumers[0].priority == qs.consumers[n - 1].priority;

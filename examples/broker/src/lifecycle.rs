@@ -37,6 +37,8 @@ pub struct QueueArgs {
     pub overflow: Overflow,
     /// `x-max-priority`.
     pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: only the oldest consumer receives.
+    pub single_active: bool,
 }
 
 fn int(v: Option<&FieldValue>) -> Option<i128> {
@@ -72,6 +74,10 @@ impl QueueArgs {
                 _ => Overflow::DropHead,
             },
             max_priority: u("x-max-priority").map(|p| p.min(255) as u8),
+            single_active: matches!(
+                args.get("x-single-active-consumer"),
+                Some(FieldValue::Bool(true))
+            ),
         }
     }
 }
