@@ -2,7 +2,9 @@
 //! client role) wired in memory to server-role connections and one
 //! [`Core`], a simulated clock, seeded scheduling and random chunking.
 //!
-//! Random declares are fixed up front (four queues, a fanout exchange);
+//! Random declares are fixed up front (four queues, a fanout exchange; `q3`
+//! gets a random message TTL and length limit and dead-letters to a queue
+//! `dead` through a fanout exchange);
 //! then random publishes (with and without confirms, to the default
 //! exchange and to the fanout), consumes (manual ack with per-consumer and
 //! global prefetch, or no-ack), gets, acks (single and multiple), nacks and
@@ -18,7 +20,10 @@
 //!   at the end none is outstanding;
 //! * at the end, after every channel is closed, each queue holds exactly
 //!   the messages routed to it that were neither acknowledged nor dropped
-//!   (nothing lost, nothing invented).
+//!   (nothing lost, nothing invented); every message that left `q3`
+//!   without being acknowledged (expired, dropped by its length limit,
+//!   rejected) is in `dead` exactly once, with an `x-death` naming `q3`
+//!   and the right reason (rejected only when a consumer rejected it).
 //!
 //! `AMQP_SIM_SEED=n` replays one seed; `AMQP_SIM_SEEDS=N` sets how many a
 //! run covers (default 2000).
@@ -26,7 +31,9 @@
 use amqp_broker::core::CoreConfig;
 use amqp_broker::testing::Harness;
 use amqp_codec::types::method::*;
-use amqp_codec::types::{BasicProperties, FieldTable, Method, ReplyCode, ShortString};
+use amqp_codec::types::{
+    BasicProperties, FieldTable, FieldValue, LongString, Method, ReplyCode, ShortString,
+};
 use amqp_codec::{ClientConfig, Event, ServerConfig};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -51,11 +58,18 @@ impl Rng {
 }
 
 const QUEUES: [&str; 4] = ["q0", "q1", "q2", "q3"];
+/// The queue with lifecycle arguments, dead-lettering to [`DEAD`].
+const LIFECYCLE: usize = 3;
+/// The dead-letter queue (not published to directly); gets from it are
+/// marked with this index.
+const DEAD: usize = usize::MAX;
 
 /// Where a (queue, message) pair is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Where {
     Ready,
+    /// Rejected without requeue from `q3`: expected in `dead`.
+    Rejected,
     /// Delivered with a manual ack: (client, channel, delivery tag).
     Out(usize, u16, u64),
     Done,
@@ -115,6 +129,8 @@ struct World {
     delivered_once: HashSet<(usize, u64)>,
     max_chunk: u64,
     steps: u64,
+    /// Messages found in `dead`: expired, maxlen, rejected.
+    dead: [u64; 3],
 }
 
 fn body_id(b: &[u8]) -> u64 {
@@ -135,6 +151,7 @@ impl World {
             delivered_once: HashSet::new(),
             max_chunk,
             steps: 0,
+            dead: [0; 3],
         };
         let n = 2 + w.rng.below(3) as usize;
         for _ in 0..n {
@@ -142,18 +159,51 @@ impl World {
         }
         // Topology, declared by client 0.
         w.open_channel(0, 1);
-        for q in QUEUES {
-            let c = &mut w.h.links[0];
-            c.client
-                .send_method(
-                    1,
-                    QueueDeclare {
-                        queue: q.try_into().unwrap(),
-                        ..Default::default()
-                    },
-                )
+        let mut lifecycle = FieldTable::new();
+        lifecycle.insert("x-dead-letter-exchange", LongString::from_static("dlx"));
+        if let Some(ttl) = [None, Some(0), Some(20), Some(100)][w.rng.below(4) as usize] {
+            lifecycle.insert("x-message-ttl", FieldValue::I32(ttl));
+        }
+        if let Some(max) = [None, Some(3), Some(10)][w.rng.below(3) as usize] {
+            lifecycle.insert("x-max-length", FieldValue::I32(max));
+        }
+        let declare = |q: &str, arguments: FieldTable| QueueDeclare {
+            queue: q.try_into().unwrap(),
+            arguments,
+            ..Default::default()
+        };
+        for (i, q) in QUEUES.iter().enumerate() {
+            let args = if i == LIFECYCLE {
+                lifecycle.clone()
+            } else {
+                FieldTable::new()
+            };
+            w.h.links[0]
+                .client
+                .send_method(1, declare(q, args))
                 .unwrap();
         }
+        let c = &mut w.h.links[0].client;
+        c.send_method(1, declare("dead", FieldTable::new()))
+            .unwrap();
+        c.send_method(
+            1,
+            ExchangeDeclare {
+                exchange: "dlx".try_into().unwrap(),
+                kind: "fanout".try_into().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        c.send_method(
+            1,
+            QueueBind {
+                queue: "dead".try_into().unwrap(),
+                exchange: "dlx".try_into().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         w.h.links[0]
             .client
             .send_method(
@@ -240,6 +290,18 @@ impl World {
     }
 
     fn client_event(&mut self, c: usize, e: Event) {
+        if std::env::var("AMQP_SIM_TRACE").is_ok() {
+            match &e {
+                Event::Message {
+                    channel, message, ..
+                } => eprintln!(
+                    "   client {c} ch {channel}: {:?} id {}",
+                    message.method,
+                    body_id(&message.body)
+                ),
+                other => eprintln!("   client {c}: {other:?}"),
+            }
+        }
         match e {
             Event::Message {
                 channel, message, ..
@@ -266,6 +328,10 @@ impl World {
                     Method::BasicGetOk(g) => {
                         let ch = self.clients[c].channels.get_mut(&channel).expect("channel");
                         let (q, no_ack) = ch.pending_gets.pop_front().expect("a get was sent");
+                        if q == DEAD {
+                            self.dead_lettered(id, &message.properties);
+                            return;
+                        }
                         self.delivered(
                             c,
                             channel,
@@ -352,11 +418,21 @@ impl World {
         consumer: Option<ShortString>,
         no_ack: bool,
     ) {
+        if !no_ack
+            && self.clients[c]
+                .channels
+                .get(&channel)
+                .is_some_and(|m| m.expect_406)
+        {
+            // Sent before the broker refused this channel's bad ack; the
+            // broker has requeued it since.
+            return;
+        }
         let st = self.state.get(&(q, id)).copied();
         assert_eq!(
             st,
             Some(Where::Ready),
-            "message {id} delivered from {} while {st:?}",
+            "message {id} delivered from {} to client {c} channel {channel} (tag {tag}, redelivered {redelivered}, consumer {consumer:?}) while {st:?}",
             QUEUES[q]
         );
         let first = self.delivered_once.insert((q, id));
@@ -406,6 +482,41 @@ impl World {
         }
     }
 
+    /// A message got from `dead`: it left `q3` once, for a reason the model
+    /// allows.
+    fn dead_lettered(&mut self, id: u64, p: &BasicProperties) {
+        let Some(FieldValue::Array(deaths)) = p.headers.as_ref().and_then(|h| h.get("x-death"))
+        else {
+            panic!("message {id} in dead without x-death: {p:?}");
+        };
+        assert_eq!(deaths.len(), 1, "message {id} died once: {deaths:?}");
+        let FieldValue::Table(d) = &deaths.as_slice()[0] else {
+            panic!("x-death entry is a table")
+        };
+        let text = |k: &str| match d.get(k) {
+            Some(FieldValue::LongString(s)) => s.to_string_lossy().into_owned(),
+            other => panic!("x-death {k}: {other:?}"),
+        };
+        assert_eq!(text("queue"), "q3");
+        assert_eq!(d.get("count"), Some(&FieldValue::I64(1)));
+        let reason = text("reason");
+        let st = self.state.get(&(LIFECYCLE, id)).copied();
+        match st {
+            Some(Where::Rejected) => assert_eq!(reason, "rejected", "message {id}"),
+            Some(Where::Ready) => assert!(
+                reason == "expired" || reason == "maxlen",
+                "message {id} dead-lettered as {reason} while ready"
+            ),
+            other => panic!("message {id} dead-lettered ({reason}) while {other:?}"),
+        }
+        self.state.insert((LIFECYCLE, id), Where::Done);
+        let i = ["expired", "maxlen", "rejected"]
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dead[i] += 1;
+    }
+
     /// Every message delivered on the channel and not settled is ready
     /// again.
     fn channel_gone(&mut self, c: usize, channel: u16) {
@@ -434,6 +545,7 @@ impl World {
             }
             let to = match requeue {
                 Some(true) => Where::Ready,
+                Some(false) if q == LIFECYCLE => Where::Rejected,
                 _ => Where::Done,
             };
             self.state.insert((q, id), to);
@@ -481,6 +593,9 @@ impl World {
     /// One random operation.
     fn step(&mut self) {
         self.steps += 1;
+        if std::env::var("AMQP_SIM_TRACE").is_ok() {
+            eprintln!("-- step {} (now +{:?})", self.steps, self.h.now);
+        }
         let c = self.rng.below(self.clients.len() as u64) as usize;
         if !self.clients[c].open {
             return;
@@ -495,6 +610,9 @@ impl World {
         }
         let ch = chans[self.rng.below(chans.len() as u64) as usize];
         let op = self.rng.below(100);
+        if std::env::var("AMQP_SIM_TRACE").is_ok() {
+            eprintln!("   op {op} on client {c} channel {ch}");
+        }
         match op {
             0..=34 => {
                 // Publish to a queue or to the fanout.
@@ -658,6 +776,15 @@ impl World {
                 if let Some(free) = (1..max).find(|t| !m.unacked.contains_key(t)) {
                     m.expect_406 = true;
                     self.h.links[c].client.ack(ch, free, false).unwrap();
+                    // The broker requeues what the channel holds the moment
+                    // it refuses the ack; another consumer may get it before
+                    // this client sees the close.
+                    let held: Vec<(usize, u64)> =
+                        m.unacked.values().map(|(q, id, _)| (*q, *id)).collect();
+                    m.unacked.clear();
+                    for (q, id) in held {
+                        self.state.insert((q, id), Where::Ready);
+                    }
                 }
             }
             82..=84 => {
@@ -781,11 +908,35 @@ impl World {
                         .count();
                     let (ready, _) = self.h.core.queue_counts("/", name).expect("queue");
                     if ready == 0 {
-                        assert_eq!(still, 0, "{name}: {still} messages lost");
+                        // q3's missing ones must be in dead (checked next).
+                        if q != LIFECYCLE {
+                            assert_eq!(still, 0, "{name}: {still} messages lost");
+                        }
                         break;
                     }
                 }
             }
+        }
+        // Drain dead: every message q3 lost is there once.
+        while self.h.core.queue_counts("/", "dead").expect("dead").0 > 0 {
+            self.clients[c]
+                .channels
+                .get_mut(&1)
+                .unwrap()
+                .pending_gets
+                .push_back((DEAD, true));
+            self.h.links[c]
+                .client
+                .send_method(
+                    1,
+                    BasicGet {
+                        queue: "dead".try_into().unwrap(),
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            self.pump();
         }
         let left: Vec<_> = self
             .state
@@ -796,22 +947,21 @@ impl World {
     }
 }
 
-fn run(seed: u64) -> u64 {
+fn run(seed: u64) -> (u64, [u64; 3]) {
     let mut w = World::new(seed);
     let steps = 40 + w.rng.below(160);
     for _ in 0..steps {
         w.step();
     }
     w.finish();
-    let _ = FieldTable::new();
-    w.steps
+    (w.steps, w.dead)
 }
 
 #[test]
 fn simulation() {
     if let Ok(s) = std::env::var("AMQP_SIM_SEED") {
         let seed: u64 = s.parse().expect("AMQP_SIM_SEED is a number");
-        let n = run(seed);
+        let (n, _) = run(seed);
         eprintln!("seed {seed}: {n} steps");
         return;
     }
@@ -820,10 +970,16 @@ fn simulation() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     let mut total = 0;
+    let mut dead = [0u64; 3];
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run(seed));
         match r {
-            Ok(n) => total += n,
+            Ok((n, d)) => {
+                total += n;
+                for (a, b) in dead.iter_mut().zip(d) {
+                    *a += b;
+                }
+            }
             Err(e) => {
                 let msg = e
                     .downcast_ref::<String>()
@@ -834,5 +990,12 @@ fn simulation() {
             }
         }
     }
-    eprintln!("{seeds} seeds, {total} steps");
+    eprintln!(
+        "{seeds} seeds, {total} steps; dead-lettered from q3: {} expired, {} maxlen, {} rejected",
+        dead[0], dead[1], dead[2]
+    );
+    assert!(
+        seeds < 200 || dead.iter().all(|n| *n > 0),
+        "the runs reach every dead-letter reason"
+    );
 }
