@@ -24,6 +24,10 @@ use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Rou
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 
+// Management: read-only snapshots, counters and admin operations.
+#[path = "snapshot.rs"]
+pub mod snapshot;
+
 /// The core's hash maps: foldhash, seeded per process (the keys are the
 /// broker's own ids and names; SipHash's cost showed in profiles).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -198,6 +202,8 @@ struct Conn {
     /// message.
     allowed: HashMap<(Access, ShortString), bool>,
     caps: Capabilities,
+    /// Management: addresses, client properties, tuning.
+    mgmt: snapshot::ConnInfo,
     channels: HashMap<u16, Chan>,
     outbox: Vec<Out>,
     outbox_bytes: usize,
@@ -237,6 +243,8 @@ struct QState {
     armed: Option<Instant>,
     /// Last declared, consumed from or read (`x-expires`).
     last_used: Option<Instant>,
+    /// Management: message counters.
+    stats: snapshot::MessageStats,
 }
 
 struct Vhost {
@@ -267,6 +275,8 @@ pub struct Core {
     /// Direct reply-to suffixes and the channel whose consumer they reach.
     reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
+    /// Management: global message counters.
+    counters: snapshot::MessageStats,
 }
 
 impl std::fmt::Debug for Core {
@@ -320,6 +330,7 @@ impl Core {
             timers_changed: false,
             clock: None,
             now: None,
+            counters: snapshot::MessageStats::default(),
         }
     }
 
@@ -677,10 +688,13 @@ impl Core {
         match e {
             Event::Decision { id: did, decision } => self.decision(id, did, decision),
             Event::Connected {
-                peer_capabilities, ..
+                peer_capabilities,
+                tuning,
+                peer_properties,
             } => {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.caps = peer_capabilities;
+                    c.mgmt.connected(tuning, peer_properties); // management
                 }
             }
             Event::ChannelOpened { channel } => {
@@ -1325,6 +1339,7 @@ impl Core {
                     args: QueueArgs::from_arguments(&m.arguments),
                     armed: None,
                     last_used: None,
+                    stats: snapshot::MessageStats::default(),
                 },
             );
             if let Some(qs) = self.queues.get_mut(&qid) {
@@ -1580,6 +1595,8 @@ impl Core {
             return Ok(());
         };
         let Some(entry) = q.ready.pop() else {
+            q.stats.get_empty += 1; // management
+            self.counters.get_empty += 1; // management
             self.reply(
                 id,
                 ch,
@@ -1590,6 +1607,8 @@ impl Core {
             return Ok(());
         };
         let remaining = count(q.ready.len());
+        q.stats.count_get(m.no_ack, entry.redelivered); // management
+        self.counters.count_get(m.no_ack, entry.redelivered); // management
         let Some(c) = self.chan(id, ch) else {
             return Ok(());
         };
@@ -1706,7 +1725,7 @@ impl Core {
                     }
                 }
                 TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
-                TxAck::Ack => {}
+                TxAck::Ack => self.count_ack(u.queue), // management
             }
         }
     }
@@ -1851,6 +1870,7 @@ impl Core {
             &mut self.scratch,
         )?;
         let returned = routed.returned();
+        self.counters.count_publish(routed.is_empty(), returned); // management
         // The queues reached, in a buffer kept between publishes.
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
@@ -1891,6 +1911,7 @@ impl Core {
             && let Some(c) = self.chan(id, ch)
         {
             c.confirms.push((seq, !refused));
+            self.counters.confirm += u64::from(!refused); // management
         }
         Ok(())
     }
@@ -1994,6 +2015,7 @@ impl Core {
             };
             let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
             qs.ready.push(msg.clone(), expires);
+            qs.stats.publish += 1; // management
             // drop-head: the oldest go (dead-lettered as maxlen).
             let mut dropped = Vec::new();
             while qs
@@ -2192,6 +2214,7 @@ impl Core {
             routing_key: entry.msg.routing_key.clone(),
         };
         let msg = entry.msg.clone();
+        let redelivered = entry.redelivered; // management
         if !no_ack {
             if let Some(k) = chan.consumers.get_mut(&tag) {
                 k.unacked += 1;
@@ -2206,6 +2229,7 @@ impl Core {
                 },
             );
         }
+        self.count_deliver(q, no_ack, redelivered); // management
         self.push(
             conn,
             Out::Content {
