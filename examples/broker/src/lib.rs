@@ -44,6 +44,7 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod lifecycle;
+pub mod management;
 pub mod queue;
 pub mod shell;
 pub mod testing;

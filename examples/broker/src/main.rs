@@ -2,6 +2,7 @@
 
 use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
+use amqp_broker::management;
 use amqp_broker::shell::{Shared, accept_loop, timer_loop};
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
@@ -38,6 +39,28 @@ struct Args {
     /// the durability work).
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
+    /// Address of the management HTTP API (RabbitMQ's `/api/...`), or
+    /// `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:15672")]
+    management: String,
+    /// Address of the Prometheus exporter (`/metrics`,
+    /// `/metrics/per-object`), or `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:15692")]
+    prometheus: String,
+    /// Seconds between the management API's rate samples (RabbitMQ's
+    /// `collect_statistics_interval`).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    management_sample_interval: f64,
+}
+
+/// `ADDR` or `none`.
+fn optional_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|e| format!("--{flag} {v}: {e} (an address such as 127.0.0.1:15672, or none)"))
 }
 
 fn main() -> ExitCode {
@@ -117,11 +140,13 @@ async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tasks = Arc::new(tokio::sync::Mutex::new(tokio::task::JoinSet::new()));
     let mut listeners = 0;
+    let mut addrs_shown = Vec::new();
     for addr in addrs {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!("listening on {addr}");
                 listeners += 1;
+                addrs_shown.push(addr);
                 tokio::spawn(accept_loop(
                     l,
                     shared.clone(),
@@ -144,6 +169,10 @@ async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
     }
     let _ = &args.data_dir;
     tokio::spawn(timer_loop(shared.clone(), stop_rx.clone()));
+    if let Err(e) = start_management(&args, &addrs_shown, &shared, &stop_rx).await {
+        eprintln!("amqp-broker: {e}");
+        return ExitCode::FAILURE;
+    }
     wait_for_signal().await;
     tracing::info!("shutting down: closing every connection");
     let _ = stop_tx.send(true);
@@ -156,6 +185,46 @@ async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
         tracing::warn!("some connections did not close within 5 s");
     }
     ExitCode::SUCCESS
+}
+
+/// Starts the management API, its rate sampler and the Prometheus
+/// exporter, as the flags say.
+async fn start_management(
+    args: &Args,
+    amqp: &[SocketAddr],
+    shared: &Arc<Shared>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let management = optional_addr("management", &args.management)?;
+    let prometheus = optional_addr("prometheus", &args.prometheus)?;
+    if management.is_none() && prometheus.is_none() {
+        return Ok(());
+    }
+    let interval = args.management_sample_interval;
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(format!("--management-sample-interval {interval}: must be positive"));
+    }
+    let config = management::Config {
+        sample_interval: Duration::from_secs_f64(interval),
+        amqp_listeners: amqp.to_vec(),
+        management,
+        prometheus,
+        ..management::Config::default()
+    };
+    let m = management::Management::new(shared.clone(), config);
+    for (addr, router, what) in [
+        (management, management::router(m.clone()), "management API"),
+        (prometheus, management::prometheus_router(m.clone()), "Prometheus metrics"),
+    ] {
+        let Some(addr) = addr else { continue };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for the {what}: {e} (choose another address, or none)"))?;
+        tracing::info!("{what} on http://{addr}");
+        tokio::spawn(management::serve(l, router, stop.clone()));
+    }
+    tokio::spawn(management::sample_loop(m, stop.clone()));
+    Ok(())
 }
 
 async fn wait_for_signal() {

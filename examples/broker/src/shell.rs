@@ -64,6 +64,22 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the core under its lock (the management API's reads and
+    /// admin operations), then wakes the connections it gave output to and
+    /// the timer task if a deadline moved.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let (r, woken) = {
+            let mut core = self.core();
+            let r = f(&mut core);
+            if core.take_timers_changed() {
+                self.timer.notify_one();
+            }
+            (r, core.take_woken())
+        };
+        self.wake(&woken);
+        r
+    }
+
     fn wakers(&self) -> MutexGuard<'_, HashMap<ConnId, Arc<Notify>>> {
         self.wakers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -158,6 +174,8 @@ pub async fn serve(
             loopback: peer.ip().is_loopback(),
         },
     );
+    let local = stream.local_addr().unwrap_or(peer); // management
+    shared.with_core(|c| c.set_conn_info(id, peer, local, crate::management::unix_ms()));
     tracing::info!(conn = id, %peer, "connection accepted");
     let mut conn = Connection::server(shared.config.clone(), Instant::now());
     let (mut rd, mut wr) = stream.into_split();

@@ -879,3 +879,32 @@ impl Core {
         Ok(out)
     }
 }
+
+impl Core {
+    /// The topology part of a definitions export, every virtual host
+    /// (exclusive queues and their bindings left out, as RabbitMQ's export
+    /// does).
+    pub fn topology(&self) -> r::definitions::Topology {
+        let mut t = r::definitions::Topology::default();
+        let mut names: Vec<&String> = self.vhosts.keys().collect();
+        names.sort();
+        for n in names {
+            let router = &self.vhosts[n].router;
+            let mut part = r::definitions::Topology::from_router(router);
+            let exclusive: std::collections::HashSet<String> = router
+                .queues()
+                .filter(|q| q.exclusive_owner().is_some())
+                .map(|q| lossy(q.name()))
+                .collect();
+            part.queues.retain(|q| !exclusive.contains(&q.name));
+            part.bindings.retain(|b| {
+                !(b.destination_type == "queue" && exclusive.contains(&b.destination))
+            });
+            t.exchanges.extend(part.exchanges);
+            t.queues.extend(part.queues);
+            t.bindings.extend(part.bindings);
+            t.policies.extend(part.policies);
+        }
+        t
+    }
+}
