@@ -40,13 +40,14 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
     /// Address of the management HTTP API (RabbitMQ's `/api/...`), or
-    /// `none`.
-    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:15672")]
-    management: String,
+    /// `none`. Default: 127.0.0.1:15672 (skipped with a warning if taken).
+    #[arg(long, value_name = "ADDR|none")]
+    management: Option<String>,
     /// Address of the Prometheus exporter (`/metrics`,
-    /// `/metrics/per-object`), or `none`.
-    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:15692")]
-    prometheus: String,
+    /// `/metrics/per-object`), or `none`. Default: 127.0.0.1:15692
+    /// (skipped with a warning if taken).
+    #[arg(long, value_name = "ADDR|none")]
+    prometheus: Option<String>,
     /// Seconds between the management API's rate samples (RabbitMQ's
     /// `collect_statistics_interval`).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -195,8 +196,11 @@ async fn start_management(
     shared: &Arc<Shared>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let management = optional_addr("management", &args.management)?;
-    let prometheus = optional_addr("prometheus", &args.prometheus)?;
+    let flag = |name: &str, v: &Option<String>, default: &str| {
+        optional_addr(name, v.as_deref().unwrap_or(default)).map(|a| (a, v.is_some()))
+    };
+    let (management, m_explicit) = flag("management", &args.management, "127.0.0.1:15672")?;
+    let (prometheus, p_explicit) = flag("prometheus", &args.prometheus, "127.0.0.1:15692")?;
     if management.is_none() && prometheus.is_none() {
         return Ok(());
     }
@@ -212,14 +216,23 @@ async fn start_management(
         ..management::Config::default()
     };
     let m = management::Management::new(shared.clone(), config);
-    for (addr, router, what) in [
-        (management, management::router(m.clone()), "management API"),
-        (prometheus, management::prometheus_router(m.clone()), "Prometheus metrics"),
+    for (addr, explicit, router, what) in [
+        (management, m_explicit, management::router(m.clone()), "management API"),
+        (prometheus, p_explicit, management::prometheus_router(m.clone()), "Prometheus metrics"),
     ] {
         let Some(addr) = addr else { continue };
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for the {what}: {e} (choose another address, or none)"))?;
+        let l = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if explicit => {
+                return Err(format!(
+                    "cannot listen on {addr} for the {what}: {e} (choose another address, or none)"
+                ));
+            }
+            Err(e) => {
+                tracing::warn!("no {what}: cannot listen on {addr}: {e}");
+                continue;
+            }
+        };
         tracing::info!("{what} on http://{addr}");
         tokio::spawn(management::serve(l, router, stop.clone()));
     }
