@@ -249,6 +249,8 @@ struct QState {
 
 struct Vhost {
     router: Router<QueueId>,
+    /// Management: messages in and out per exchange.
+    xstats: snapshot::ExchangeStats,
 }
 
 /// The broker's state: every virtual host, queue and connection.
@@ -310,6 +312,7 @@ impl Core {
                 v.clone(),
                 Vhost {
                     router: Router::new(v.clone()),
+                    xstats: snapshot::ExchangeStats::default(),
                 },
             );
         }
@@ -1871,6 +1874,7 @@ impl Core {
         )?;
         let returned = routed.returned();
         self.counters.count_publish(routed.is_empty(), returned); // management
+        let routed_any = !routed.is_empty(); // management
         // The queues reached, in a buffer kept between publishes.
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
@@ -1882,6 +1886,7 @@ impl Core {
             body: compact(message.body),
         });
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
+        self.count_exchange(&vh, &p.exchange, routed_any); // management
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
         if in_tx {
             if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {

@@ -99,6 +99,7 @@ struct Sample {
     totals: MessageStats,
     depths: Depths,
     queues: HashMap<(String, String), (MessageStats, Depths)>,
+    exchanges: HashMap<(String, String), [u64; 2]>,
 }
 
 /// Rates, per second, computed from the last two samples.
@@ -107,6 +108,7 @@ struct Rates {
     totals: HashMap<&'static str, f64>,
     depths: [f64; 3],
     queues: HashMap<(String, String), (HashMap<&'static str, f64>, [f64; 3])>,
+    exchanges: HashMap<(String, String), [f64; 2]>,
 }
 
 fn stat_rates(new: &MessageStats, old: &MessageStats, secs: f64) -> HashMap<&'static str, f64> {
@@ -131,10 +133,19 @@ fn sample_of(s: &Snapshot) -> Sample {
         }
         queues.insert((q.vhost.clone(), q.name.clone()), (q.stats, d));
     }
+    let exchanges = s
+        .exchanges
+        .iter()
+        .filter_map(|x| {
+            let n = x.publish_in?;
+            Some(((x.vhost.clone(), x.name.clone()), [n, x.publish_out]))
+        })
+        .collect();
     Sample {
         totals: s.totals,
         depths,
         queues,
+        exchanges,
     }
 }
 
@@ -187,7 +198,13 @@ impl Management {
                 totals: stat_rates(&s.totals, &old.totals, secs),
                 depths: depth_rates(&s.depths, &old.depths, secs),
                 queues: HashMap::new(),
+                exchanges: HashMap::new(),
             };
+            for (k, n) in &s.exchanges {
+                let o = old.exchanges.get(k).copied().unwrap_or_default();
+                let r = std::array::from_fn(|i| n[i].saturating_sub(o[i]) as f64 / secs);
+                rates.exchanges.insert(k.clone(), r);
+            }
             for (k, (st, d)) in &s.queues {
                 let (ost, od) = old.queues.get(k).copied().unwrap_or_default();
                 rates.queues.insert(
@@ -502,7 +519,12 @@ impl Management {
         o
     }
 
-    fn exchange_json(&self, x: &crate::core::snapshot::ExchangeSnap, detail: bool) -> Value {
+    fn exchange_json(
+        &self,
+        x: &crate::core::snapshot::ExchangeSnap,
+        rates: &Rates,
+        detail: bool,
+    ) -> Value {
         let mut o = json!({
             "arguments": table(&x.arguments),
             "auto_delete": x.auto_delete,
@@ -517,6 +539,24 @@ impl Management {
             },
             "vhost": x.vhost,
         });
+        if let Some(n) = x.publish_in
+            && let Value::Object(m) = &mut o
+        {
+            let r = rates
+                .exchanges
+                .get(&(x.vhost.clone(), x.name.clone()))
+                .copied()
+                .unwrap_or_default();
+            m.insert(
+                "message_stats".into(),
+                json!({
+                    "publish_in": n,
+                    "publish_in_details": rate(r[0]),
+                    "publish_out": x.publish_out,
+                    "publish_out_details": rate(r[1]),
+                }),
+            );
+        }
         if detail && let Value::Object(m) = &mut o {
             m.insert("incoming".into(), json!([]));
             m.insert("outgoing".into(), json!([]));
@@ -634,6 +674,14 @@ impl Management {
     }
 }
 
+/// What RabbitMQ's `properties_key` leaves unescaped besides letters and
+/// digits (as in URI paths).
+const KEY_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// RabbitMQ's `properties_key` of a binding: the routing key,
 /// percent-encoded (`~` when empty), and a digest of the arguments when
 /// there are any.
@@ -641,8 +689,7 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     let key = if routing_key.is_empty() {
         "~".to_owned()
     } else {
-        percent_encoding::utf8_percent_encode(routing_key, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
+        percent_encoding::utf8_percent_encode(routing_key, KEY_SET).to_string()
     };
     if arguments.is_empty() {
         return key;
@@ -953,11 +1000,12 @@ async fn exchanges_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiRe
     if let Some(v) = vhost {
         check_vhost(&s, user, v)?;
     }
+    let rates = m.rates();
     ok(Value::Array(
         s.exchanges
             .iter()
             .filter(|x| user.sees_vhost(&s.auth, &x.vhost) && vhost.is_none_or(|v| v == x.vhost))
-            .map(|x| m.exchange_json(x, false))
+            .map(|x| m.exchange_json(x, &rates, false))
             .collect(),
     ))
 }
@@ -979,7 +1027,7 @@ async fn exchange(State(m): St, user: User, Path((vhost, name)): Path<(String, S
         .iter()
         .find(|x| x.vhost == vhost && x.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok(m.exchange_json(x, true))
+    ok(m.exchange_json(x, &m.rates(), true))
 }
 
 fn body_json(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
@@ -1018,10 +1066,10 @@ fn check_access(
     name: &str,
 ) -> Result<(), ApiError> {
     let (exists, allowed) = m.shared.with_core(|c| {
-        let s_auth = c.auth();
+        let auth = c.auth();
         (
-            c.auth().may_open(&user.name, vhost) || user.admin,
-            s_auth.allowed(&user.name, vhost, access, name.as_bytes()),
+            c.has_vhost(vhost) && (user.admin || auth.may_open(&user.name, vhost)),
+            auth.allowed(&user.name, vhost, access, name.as_bytes()),
         )
     });
     if !exists {
@@ -1630,7 +1678,7 @@ async fn definitions(State(m): St, user: User) -> ApiResult {
         "product_name": "amqp-broker",
         "product_version": env!("CARGO_PKG_VERSION"),
         "users": users_json(&auth),
-        "vhosts": vhosts.iter().map(|v| json!({"name": v.name, "limits": [], "metadata": {"description": "", "tags": []}})).collect::<Vec<_>>(),
+        "vhosts": vhosts.iter().map(|v| json!({"name": v.name})).collect::<Vec<_>>(),
         "permissions": permissions_json(&auth),
         "topic_permissions": [],
         "parameters": [],

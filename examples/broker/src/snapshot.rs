@@ -109,6 +109,11 @@ impl MessageStats {
     }
 }
 
+/// Messages published into each exchange of a vhost (`publish_in`) and
+/// routed on from it to at least one queue (`publish_out`).
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeStats(std::collections::HashMap<ShortString, [u64; 2], foldhash::fast::RandomState>);
+
 /// What the management API shows of a connection besides the core's own
 /// state: addresses, the client's properties, tuning, connect time.
 #[derive(Debug, Clone, Default)]
@@ -155,6 +160,10 @@ pub struct ExchangeSnap {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// Messages published into it (`None`: none yet).
+    pub publish_in: Option<u64>,
+    /// Messages it routed to at least one queue.
+    pub publish_out: u64,
 }
 
 /// A queue.
@@ -376,8 +385,26 @@ impl Core {
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
         for (vname, v) in &self.vhosts {
-            for x in v.router.exchanges() {
+            if v.router.exchange(b"").is_none() {
+                // The default exchange (built into the router's routing).
+                let st = v.xstats.0.get(&b""[..]);
                 exchanges.push(ExchangeSnap {
+                    vhost: vname.clone(),
+                    name: String::new(),
+                    kind: "direct".into(),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::new(),
+                    publish_in: st.map(|s| s[0]),
+                    publish_out: st.map_or(0, |s| s[1]),
+                });
+            }
+            for x in v.router.exchanges() {
+                let st = v.xstats.0.get(x.name().as_bytes());
+                exchanges.push(ExchangeSnap {
+                    publish_in: st.map(|s| s[0]),
+                    publish_out: st.map_or(0, |s| s[1]),
                     vhost: vname.clone(),
                     name: lossy(x.name()),
                     kind: x.type_name().to_owned(),
@@ -527,6 +554,11 @@ impl Core {
         }
     }
 
+    /// Whether virtual host `name` exists.
+    pub fn has_vhost(&self, name: &str) -> bool {
+        self.vhosts.contains_key(name)
+    }
+
     /// The users, virtual hosts and permissions.
     pub fn auth(&self) -> &Auth {
         &self.auth
@@ -552,6 +584,19 @@ impl Core {
         if let Some(qs) = self.queues.get_mut(&q) {
             qs.stats.count_deliver(no_ack, redelivered);
         }
+    }
+
+    /// Counts a client's publish into `exchange` of `vhost`.
+    pub(super) fn count_exchange(&mut self, vhost: &str, exchange: &ShortString, routed: bool) {
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return;
+        };
+        let st = match v.xstats.0.get_mut(exchange.as_bytes()) {
+            Some(st) => st,
+            None => v.xstats.0.entry(exchange.clone()).or_default(),
+        };
+        st[0] += 1;
+        st[1] += u64::from(routed);
     }
 
     /// Counts an acknowledgement of a message of queue `q`.
@@ -821,6 +866,7 @@ impl Core {
         let routed = v.router.publish(&p, &mut self.scratch)?;
         let queues: Vec<QueueId> = routed.handles().copied().collect();
         self.counters.count_publish(queues.is_empty(), false);
+        self.count_exchange(vhost, &short(exchange)?, !queues.is_empty());
         let msg = Arc::new(Msg {
             exchange: short(exchange)?,
             routing_key: short(routing_key)?,

@@ -1,0 +1,1025 @@
+//! The management HTTP API and the Prometheus exporter: the broker binary
+//! on free ports (AMQP 5790..5799, HTTP 15700..15709), topology and
+//! traffic from a client, then the JSON RabbitMQ's clients read and the
+//! metrics text. `rabbitmq_shapes_match` compares with a live RabbitMQ
+//! 3.10 whose management plugin is enabled (skipped with
+//! `AMQP_INTEROP=0`).
+
+mod support;
+
+use amqp_codec::types::method::*;
+use amqp_codec::types::{BasicProperties, FieldTable, FieldValue, Method, ReplyCode};
+use amqp_codec::{ClientConfig, Connection, Event};
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+// ----- a blocking AMQP client (amqp-codec's client role) --------------------
+
+struct Client {
+    conn: Connection,
+    sock: TcpStream,
+    events: Vec<Event>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, channels: &[u16]) -> Client {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut c = Client {
+            conn: Connection::client(ClientConfig::default(), Instant::now()),
+            sock,
+            events: Vec::new(),
+        };
+        c.until(|e| matches!(e, Event::Connected { .. }));
+        for &ch in channels {
+            c.conn.open_channel_with(ch).unwrap();
+            c.until(|e| matches!(e, Event::ChannelOpened { .. }));
+        }
+        c
+    }
+
+    /// Moves bytes until an event matches (at most 10 s).
+    fn until(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(b) = self.conn.poll_transmit() {
+                self.sock.write_all(&b).expect("write");
+            }
+            while let Some(e) = self.conn.poll_event() {
+                if f(&e) {
+                    return e;
+                }
+                self.events.push(e);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; events: {:?}",
+                self.events
+            );
+            match self.sock.read(&mut buf) {
+                Ok(0) => panic!("the broker closed the connection"),
+                Ok(n) => self.conn.handle_input(Bytes::copy_from_slice(&buf[..n])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+            self.conn.handle_timeout(Instant::now());
+        }
+    }
+
+    fn call(&mut self, ch: u16, m: impl Into<Method>) -> Method {
+        self.conn.send_method(ch, m).unwrap();
+        match self.until(|e| matches!(e, Event::Method { channel, .. } if *channel == ch)) {
+            Event::Method { method, .. } => method,
+            _ => unreachable!(),
+        }
+    }
+
+    fn publish(&mut self, ch: u16, exchange: &str, key: &str, body: &str) {
+        self.conn
+            .publish(
+                ch,
+                BasicPublish {
+                    exchange: exchange.try_into().unwrap(),
+                    routing_key: key.try_into().unwrap(),
+                    ..Default::default()
+                },
+                &BasicProperties::default(),
+                Bytes::from(body.to_owned()),
+            )
+            .unwrap();
+    }
+}
+
+/// The same topology and traffic as `tests/clients/management_traffic.py`:
+/// exchange `P-x` (topic), queue `P-q` (x-max-length 100) bound with
+/// `a.#`; 5 confirmed publishes and 1 unroutable; a consumer (prefetch 2,
+/// tag ctag-1) holding 2 unacked; one get, acked. The client stays
+/// connected.
+fn traffic(addr: SocketAddr, prefix: &str) -> Client {
+    let (x, q) = (format!("{prefix}-x"), format!("{prefix}-q"));
+    let mut c = Client::connect(addr, &[1, 2, 3]);
+    c.call(
+        1,
+        ExchangeDeclare {
+            exchange: x.as_str().try_into().unwrap(),
+            kind: "topic".try_into().unwrap(),
+            ..Default::default()
+        },
+    );
+    let mut args = FieldTable::new();
+    args.insert("x-max-length", FieldValue::I64(100));
+    c.call(
+        1,
+        QueueDeclare {
+            queue: q.as_str().try_into().unwrap(),
+            arguments: args,
+            ..Default::default()
+        },
+    );
+    c.call(
+        1,
+        QueueBind {
+            queue: q.as_str().try_into().unwrap(),
+            exchange: x.as_str().try_into().unwrap(),
+            routing_key: "a.#".try_into().unwrap(),
+            ..Default::default()
+        },
+    );
+    c.call(1, ConfirmSelect { nowait: false });
+    for i in 0..5 {
+        c.publish(1, &x, "a.b", &format!("hello{i}"));
+    }
+    c.publish(1, &x, "z", "nowhere");
+    let mut confirmed = 0;
+    while confirmed < 6 {
+        if let Event::Confirm { settled, .. } = c.until(|e| matches!(e, Event::Confirm { .. })) {
+            confirmed += settled.len();
+        }
+    }
+    c.call(
+        2,
+        BasicQos {
+            prefetch_count: 2,
+            ..Default::default()
+        },
+    );
+    c.call(
+        2,
+        BasicConsume {
+            queue: q.as_str().try_into().unwrap(),
+            consumer_tag: "ctag-1".try_into().unwrap(),
+            ..Default::default()
+        },
+    );
+    for _ in 0..2 {
+        c.until(|e| matches!(e, Event::Message { channel: 2, .. }));
+    }
+    c.conn
+        .send_method(
+            3,
+            BasicGet {
+                queue: q.as_str().try_into().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let Event::Message { message, .. } = c.until(|e| matches!(e, Event::Message { channel: 3, .. }))
+    else {
+        unreachable!()
+    };
+    let Method::BasicGetOk(ok) = message.method else {
+        panic!("get-ok expected, got {:?}", message.method)
+    };
+    c.conn
+        .send_method(
+            3,
+            BasicAck {
+                delivery_tag: ok.delivery_tag,
+                multiple: false,
+            },
+        )
+        .unwrap();
+    // A round trip on channel 3 so that the ack has arrived.
+    c.call(
+        3,
+        BasicQos {
+            prefetch_count: 0,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+// ----- a tiny HTTP/1.1 client ------------------------------------------------
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect to HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(a) = auth {
+        use base64::Engine as _;
+        let enc = base64::engine::general_purpose::STANDARD.encode(a);
+        req.push_str(&format!("Authorization: Basic {enc}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+            rest = &rest[eol + 4 + n..];
+        }
+        body = out;
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+const GUEST: Option<&str> = Some("guest:guest");
+
+fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let r = http(addr, "GET", path, GUEST, "");
+    assert_eq!(
+        r.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()
+}
+
+fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
+    let ports: Vec<u16> = range
+        .clone()
+        .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .take(n)
+        .collect();
+    assert_eq!(ports.len(), n, "{n} free ports in {range:?}");
+    ports
+}
+
+struct Ours {
+    broker: support::Broker,
+    api: SocketAddr,
+    metrics: SocketAddr,
+}
+
+/// The tests take ports from the same ranges: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn start() -> Ours {
+    let p = free_ports(15700..15710, 2);
+    let api = SocketAddr::from(([127, 0, 0, 1], p[0]));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], p[1]));
+    let broker = support::Broker::start(
+        5790..5800,
+        &[
+            "--management",
+            &api.to_string(),
+            "--prometheus",
+            &metrics.to_string(),
+            "--management-sample-interval",
+            "0.5",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(api).is_err() || TcpStream::connect(metrics).is_err() {
+        assert!(Instant::now() < deadline, "HTTP listeners did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ours {
+        broker,
+        api,
+        metrics,
+    }
+}
+
+fn typed(v: &Value, key: &str) -> &'static str {
+    match &v[key] {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn assert_types(v: &Value, what: &str, expected: &[(&str, &str)]) {
+    for (k, t) in expected {
+        assert_eq!(typed(v, k), *t, "{what}.{k} in {v}");
+    }
+}
+
+#[test]
+fn management_api_serves_what_rabbitmq_clients_read() {
+    let _serial = serial();
+    let ours = start();
+    let api = ours.api;
+    let client = traffic(ours.broker.addr, "mgmt-test");
+
+    // Authentication and errors, as RabbitMQ's bodies.
+    let r = http(api, "GET", "/api/overview", None, "");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "not_authorised", "reason": "Login failed"})
+    );
+    assert!(r.header("www-authenticate").is_some());
+    let r = http(api, "GET", "/api/overview", Some("guest:wrong"), "");
+    assert_eq!(r.status, 401);
+    let r = http(api, "GET", "/api/queues/%2F/no-such-queue", GUEST, "");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "Object Not Found", "reason": "Not Found"})
+    );
+
+    // The queue, as /api/queues/vhost/name.
+    let q = get_json(api, "/api/queues/%2F/mgmt-test-q");
+    assert_types(
+        &q,
+        "queue",
+        &[
+            ("name", "string"),
+            ("vhost", "string"),
+            ("durable", "bool"),
+            ("auto_delete", "bool"),
+            ("exclusive", "bool"),
+            ("arguments", "object"),
+            ("messages", "int"),
+            ("messages_ready", "int"),
+            ("messages_unacknowledged", "int"),
+            ("consumers", "int"),
+            ("memory", "int"),
+            ("message_bytes", "int"),
+            ("message_stats", "object"),
+            ("messages_details", "object"),
+            ("node", "string"),
+            ("state", "string"),
+            ("type", "string"),
+            ("consumer_details", "array"),
+        ],
+    );
+    assert_eq!(q["name"], "mgmt-test-q");
+    assert_eq!(q["vhost"], "/");
+    assert_eq!(q["arguments"]["x-max-length"], 100);
+    assert_eq!(q["messages_ready"], 2);
+    assert_eq!(q["messages_unacknowledged"], 2);
+    assert_eq!(q["messages"], 4);
+    assert_eq!(q["consumers"], 1);
+    assert_eq!(q["message_bytes_ready"], 12);
+    assert!(q["memory"].as_u64().unwrap() >= 24);
+    let st = &q["message_stats"];
+    assert_eq!(st["publish"], 5);
+    assert_eq!(st["deliver"], 2);
+    assert_eq!(st["get"], 1);
+    assert_eq!(st["deliver_get"], 3);
+    assert_eq!(st["ack"], 1);
+    assert!(st["publish_details"]["rate"].is_f64());
+    let k = &q["consumer_details"][0];
+    assert_eq!(k["consumer_tag"], "ctag-1");
+    assert_eq!(k["prefetch_count"], 2);
+    assert_eq!(k["ack_required"], true);
+    assert_eq!(k["channel_details"]["number"], 2);
+    assert_eq!(k["queue"]["name"], "mgmt-test-q");
+
+    let queues = get_json(api, "/api/queues");
+    assert_eq!(queues.as_array().unwrap().len(), 1);
+    assert_eq!(get_json(api, "/api/queues/%2F")[0]["name"], "mgmt-test-q");
+
+    // Exchanges.
+    let x = get_json(api, "/api/exchanges/%2F/mgmt-test-x");
+    assert_eq!(x["type"], "topic");
+    assert_eq!(x["durable"], false);
+    assert_eq!(x["internal"], false);
+    assert_eq!(x["message_stats"]["publish_in"], 6);
+    assert_eq!(x["message_stats"]["publish_out"], 5);
+    let xs = get_json(api, "/api/exchanges/%2F");
+    let names: Vec<&str> = xs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    for n in ["", "amq.direct", "amq.fanout", "amq.topic", "mgmt-test-x"] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert_eq!(
+        get_json(api, "/api/exchanges/%2F/amq.default")["name"],
+        "",
+        "amq.default names the default exchange"
+    );
+
+    // Overview.
+    let o = get_json(api, "/api/overview");
+    assert_eq!(o["object_totals"]["queues"], 1);
+    assert_eq!(o["object_totals"]["connections"], 1);
+    assert_eq!(o["object_totals"]["channels"], 3);
+    assert_eq!(o["object_totals"]["consumers"], 1);
+    assert_eq!(o["queue_totals"]["messages"], 4);
+    assert_eq!(o["message_stats"]["publish"], 6);
+    assert_eq!(o["message_stats"]["confirm"], 6);
+    assert_eq!(o["message_stats"]["drop_unroutable"], 1);
+    assert!(o["rabbitmq_version"].as_str().unwrap().starts_with("3."));
+    assert!(o["node"].is_string());
+
+    // Connections, channels, consumers.
+    let c = &get_json(api, "/api/connections")[0];
+    assert_types(
+        c,
+        "connection",
+        &[
+            ("name", "string"),
+            ("user", "string"),
+            ("vhost", "string"),
+            ("channels", "int"),
+            ("peer_host", "string"),
+            ("peer_port", "int"),
+            ("client_properties", "object"),
+            ("connected_at", "int"),
+            ("frame_max", "int"),
+            ("channel_max", "int"),
+            ("timeout", "int"),
+        ],
+    );
+    assert_eq!(c["user"], "guest");
+    assert_eq!(c["channels"], 3);
+    assert!(c["client_properties"]["capabilities"].is_object());
+    let name = c["name"].as_str().unwrap().to_owned();
+    let one = get_json(
+        api,
+        &format!(
+            "/api/connections/{}",
+            name.replace(' ', "%20").replace('>', "%3E")
+        ),
+    );
+    assert_eq!(one["name"], name.as_str());
+    let chans = get_json(api, "/api/channels");
+    let chans = chans.as_array().unwrap();
+    assert_eq!(chans.len(), 3);
+    assert_eq!(chans[0]["confirm"], true);
+    assert_eq!(chans[1]["prefetch_count"], 2);
+    assert_eq!(chans[1]["consumer_count"], 1);
+    assert_eq!(chans[1]["messages_unacknowledged"], 2);
+    assert_eq!(chans[1]["name"], format!("{name} (2)"));
+    let cons = get_json(api, "/api/consumers");
+    assert_eq!(cons[0]["consumer_tag"], "ctag-1");
+    assert_eq!(get_json(api, "/api/consumers/%2F")[0]["consumer_tag"], "ctag-1");
+
+    // Bindings: the default exchange's and ours.
+    let b = get_json(api, "/api/bindings/%2F");
+    let b = b.as_array().unwrap();
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert_eq!(b[0]["source"], "");
+    assert_eq!(b[1]["source"], "mgmt-test-x");
+    assert_eq!(b[1]["routing_key"], "a.#");
+    assert_eq!(b[1]["properties_key"], "a.%23");
+    let bq = get_json(api, "/api/queues/%2F/mgmt-test-q/bindings");
+    assert_eq!(bq.as_array().unwrap().len(), 2);
+
+    // Vhosts, users, permissions, whoami, health, nodes, definitions.
+    let v = get_json(api, "/api/vhosts");
+    assert_eq!(v[0]["name"], "/");
+    assert_eq!(v[0]["messages"], 4);
+    let u = get_json(api, "/api/users");
+    assert_eq!(u[0]["name"], "guest");
+    assert_eq!(u[0]["tags"], serde_json::json!(["administrator"]));
+    assert_eq!(u[0]["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    let p = get_json(api, "/api/permissions");
+    assert_eq!(
+        p[0],
+        serde_json::json!({"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"})
+    );
+    assert_eq!(
+        get_json(api, "/api/whoami"),
+        serde_json::json!({"name": "guest", "tags": ["administrator"]})
+    );
+    assert_eq!(
+        get_json(api, "/api/health/checks/alarms"),
+        serde_json::json!({"status": "ok"})
+    );
+    let n = get_json(api, "/api/nodes");
+    assert_eq!(n[0]["running"], true);
+    assert!(n[0]["mem_used"].is_u64());
+    let d = get_json(api, "/api/definitions");
+    assert_eq!(d["queues"][0]["name"], "mgmt-test-q");
+    assert_eq!(d["exchanges"][0]["name"], "mgmt-test-x");
+    assert_eq!(d["bindings"][0]["routing_key"], "a.#");
+    assert_eq!(d["users"][0]["name"], "guest");
+    assert_eq!(d["vhosts"][0]["name"], "/");
+
+    // Rates: the sampler runs every 0.5 s here; after traffic stops the
+    // last interval's rates fall to 0.
+    std::thread::sleep(Duration::from_millis(1300));
+    let q = get_json(api, "/api/queues/%2F/mgmt-test-q");
+    assert_eq!(q["message_stats"]["publish_details"]["rate"], 0.0);
+
+    drop(client);
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn management_api_mutations() {
+    let _serial = serial();
+    let ours = start();
+    let api = ours.api;
+    let put = |path: &str, body: &str| http(api, "PUT", path, GUEST, body).status;
+    assert_eq!(
+        put(
+            "/api/exchanges/%2F/m-x",
+            r#"{"type":"fanout","durable":false,"auto_delete":false,"internal":false,"arguments":{}}"#
+        ),
+        201
+    );
+    assert_eq!(put("/api/exchanges/%2F/m-x", r#"{"type":"fanout","durable":false}"#), 204);
+    assert_eq!(
+        put("/api/queues/%2F/m-q", r#"{"durable":false,"arguments":{"x-max-length":10}}"#),
+        201
+    );
+    assert_eq!(put("/api/queues/%2F/m-q", r#"{"durable":false,"arguments":{"x-max-length":10}}"#), 204);
+    let r = http(
+        api,
+        "PUT",
+        "/api/queues/%2F/m-q",
+        GUEST,
+        r#"{"durable":true}"#,
+    );
+    assert_eq!(r.status, 400, "inequivalent redeclare");
+    assert_eq!(r.json()["error"], "bad_request");
+    assert_eq!(put("/api/queues/no-vhost/m-q", "{}"), 404);
+    let r = http(
+        api,
+        "POST",
+        "/api/bindings/%2F/e/m-x/q/m-q",
+        GUEST,
+        r#"{"routing_key":"k","arguments":{}}"#,
+    );
+    assert_eq!(r.status, 201);
+    assert!(r.header("location").is_some_and(|l| l.ends_with("/k")));
+    assert_eq!(
+        get_json(api, "/api/bindings/%2F/e/m-x/q/m-q")[0]["routing_key"],
+        "k"
+    );
+
+    // A consumer on the queue: what the API publishes reaches it.
+    let mut c = Client::connect(ours.broker.addr, &[1]);
+    c.call(
+        1,
+        BasicConsume {
+            queue: "m-q".try_into().unwrap(),
+            no_ack: true,
+            ..Default::default()
+        },
+    );
+    let r = http(
+        api,
+        "POST",
+        "/api/exchanges/%2F/m-x/publish",
+        GUEST,
+        r#"{"properties":{"content_type":"text/plain","headers":{"h":1}},"routing_key":"any","payload":"to the consumer","payload_encoding":"string"}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"routed": true}));
+    let Event::Message { message, .. } = c.until(|e| matches!(e, Event::Message { .. })) else {
+        unreachable!()
+    };
+    assert_eq!(&message.body[..], b"to the consumer");
+    assert_eq!(
+        message.properties.content_type.as_ref().map(|s| s.to_string_lossy().into_owned()),
+        Some("text/plain".into())
+    );
+    c.conn.close(ReplyCode::REPLY_SUCCESS, "bye").unwrap();
+    c.until(|e| matches!(e, Event::Closed { .. }));
+
+    // Without a consumer: publish (default exchange), get with requeue,
+    // get without, purge.
+    for i in 0..3 {
+        let r = http(
+            api,
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            GUEST,
+            &format!(r#"{{"properties":{{}},"routing_key":"m-q","payload":"bSVk","payload_encoding":"base64","i":{i}}}"#),
+        );
+        assert_eq!(r.json()["routed"], true);
+    }
+    let r = http(
+        api,
+        "POST",
+        "/api/queues/%2F/m-q/get",
+        GUEST,
+        r#"{"count":2,"ackmode":"ack_requeue_true","encoding":"auto","truncate":50000}"#,
+    );
+    assert_eq!(r.status, 200);
+    let got = r.json();
+    assert_eq!(got.as_array().unwrap().len(), 2);
+    assert_eq!(got[0]["payload"], "m%d");
+    assert_eq!(got[0]["payload_encoding"], "string");
+    assert_eq!(got[0]["payload_bytes"], 3);
+    assert_eq!(got[0]["routing_key"], "m-q");
+    assert_eq!(got[0]["message_count"], 2);
+    assert_eq!(get_json(api, "/api/queues/%2F/m-q")["messages_ready"], 3);
+    let r = http(
+        api,
+        "POST",
+        "/api/queues/%2F/m-q/get",
+        GUEST,
+        r#"{"count":1,"ackmode":"ack_requeue_false","encoding":"base64"}"#,
+    );
+    let got = r.json();
+    assert_eq!(got[0]["redelivered"], true);
+    assert_eq!(got[0]["payload_encoding"], "base64");
+    assert_eq!(get_json(api, "/api/queues/%2F/m-q")["messages_ready"], 2);
+    assert_eq!(
+        http(api, "DELETE", "/api/queues/%2F/m-q/contents", GUEST, "").status,
+        204
+    );
+    assert_eq!(get_json(api, "/api/queues/%2F/m-q")["messages_ready"], 0);
+
+    // Unbind, delete.
+    assert_eq!(
+        http(api, "DELETE", "/api/bindings/%2F/e/m-x/q/m-q/k", GUEST, "").status,
+        204
+    );
+    assert_eq!(
+        get_json(api, "/api/bindings/%2F/e/m-x/q/m-q"),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        http(api, "DELETE", "/api/queues/%2F/m-q", GUEST, "").status,
+        204
+    );
+    assert_eq!(
+        http(api, "DELETE", "/api/exchanges/%2F/m-x", GUEST, "").status,
+        204
+    );
+    assert_eq!(
+        http(api, "GET", "/api/queues/%2F/m-q", GUEST, "").status,
+        404
+    );
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
+
+/// Parses the Prometheus text format: every line is a comment (`# HELP`,
+/// `# TYPE`) or `name{labels} value`. Returns the samples.
+fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix("# ") {
+            let mut w = c.split(' ');
+            let kind = w.next().unwrap();
+            assert!(kind == "HELP" || kind == "TYPE", "comment {line}");
+            let name = w.next().expect("metric name");
+            if kind == "TYPE" {
+                let t = w.next().expect("type");
+                assert!(
+                    ["counter", "gauge", "untyped", "histogram", "summary"].contains(&t),
+                    "{line}"
+                );
+                typed.insert(name.to_owned());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("name value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = BTreeMap::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (k, v) = rest.split_once("=\"").expect("label=\"");
+                    let mut val = String::new();
+                    let mut chars = v.char_indices();
+                    let mut end = None;
+                    while let Some((i, ch)) = chars.next() {
+                        match ch {
+                            '\\' => {
+                                let (_, e) = chars.next().expect("escape");
+                                val.push(if e == 'n' { '\n' } else { e });
+                            }
+                            '"' => {
+                                end = Some(i);
+                                break;
+                            }
+                            c => val.push(c),
+                        }
+                    }
+                    let end = end.expect("closing quote");
+                    labels.insert(k.to_owned(), val);
+                    rest = v[end + 1..].strip_prefix(',').unwrap_or(&v[end + 1..]);
+                }
+                (n, labels)
+            }
+            None => (series, BTreeMap::new()),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{name}"
+        );
+        assert!(typed.contains(name), "{name} has a TYPE line before it");
+        out.push((name.to_owned(), labels, value));
+    }
+    out
+}
+
+#[test]
+fn prometheus_metrics_parse_and_name_as_rabbitmq() {
+    let _serial = serial();
+    let ours = start();
+    let client = traffic(ours.broker.addr, "prom-test");
+    let r = http(ours.metrics, "GET", "/metrics", None, "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(r.body).unwrap();
+    let samples = parse_metrics(&text);
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+            .2
+    };
+    for name in [
+        "rabbitmq_identity_info",
+        "rabbitmq_build_info",
+        "rabbitmq_global_publishers",
+        "rabbitmq_global_consumers",
+    ] {
+        value(name);
+    }
+    assert_eq!(value("rabbitmq_global_messages_received_total"), 6.0);
+    assert_eq!(value("rabbitmq_global_messages_routed_total"), 5.0);
+    assert_eq!(value("rabbitmq_global_messages_delivered_total"), 3.0);
+    assert_eq!(value("rabbitmq_global_messages_acknowledged_total"), 1.0);
+    assert_eq!(value("rabbitmq_global_messages_confirmed_total"), 6.0);
+    assert_eq!(value("rabbitmq_connections"), 1.0);
+    assert_eq!(value("rabbitmq_channels"), 3.0);
+    assert_eq!(value("rabbitmq_queues"), 1.0);
+    assert_eq!(value("rabbitmq_queue_messages_ready"), 2.0);
+    assert_eq!(value("rabbitmq_queue_messages_unacked"), 2.0);
+    assert_eq!(value("rabbitmq_queue_messages"), 4.0);
+    assert_eq!(value("rabbitmq_queue_consumers"), 1.0);
+    let (_, labels, _) = samples
+        .iter()
+        .find(|(n, _, _)| n == "rabbitmq_global_messages_received_total")
+        .unwrap();
+    assert_eq!(labels.get("protocol").map(String::as_str), Some("amqp091"));
+
+    let text = String::from_utf8(
+        http(ours.metrics, "GET", "/metrics/per-object", None, "").body,
+    )
+    .unwrap();
+    let samples = parse_metrics(&text);
+    let q = samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == "rabbitmq_queue_messages_ready"
+                && l.get("queue").map(String::as_str) == Some("prom-test-q")
+        })
+        .unwrap_or_else(|| panic!("per-object queue metric in\n{text}"));
+    assert_eq!(q.1.get("vhost").map(String::as_str), Some("/"));
+    assert_eq!(q.2, 2.0);
+    drop(client);
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
+
+// ----- comparison with RabbitMQ ------------------------------------------------
+
+/// Runs the pika traffic script against `port`; the returned child keeps
+/// its connection until its stdin closes.
+fn pika_traffic(port: u16, prefix: &str) -> std::process::Child {
+    let script = support::workspace().join("examples/broker/tests/clients/management_traffic.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &port.to_string(), prefix])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY", "the traffic script is ready");
+    child
+}
+
+fn finish(mut child: std::process::Child) {
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// Keys whose values differ between brokers by nature (names of nodes and
+/// connections, ports, times, rates, versions) or by implementation
+/// (Erlang internals): their presence and type are compared, not their
+/// value.
+const VOLATILE: &[&str] = &[
+    "node",
+    "name",
+    "connection_name",
+    "peer_port",
+    "port",
+    "memory",
+    "consumer_capacity",
+    "consumer_utilisation",
+    "rate",
+    "user_who_performed_action",
+    "idle_since",
+];
+
+/// Keys RabbitMQ has that are Erlang VM internals or not implemented here
+/// (listed in the report); skipped.
+const NOT_SERVED: &[&str] = &[
+    "garbage_collection",
+    "reductions",
+    "reductions_details",
+    "idle_since",
+    "backing_queue_status",
+    "churn_rates",
+    "listeners",
+    "contexts",
+];
+
+/// Differences between RabbitMQ's JSON `a` and ours `b`: missing keys,
+/// different types, different values (outside [`VOLATILE`]).
+fn compare(path: &str, key: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                if NOT_SERVED.contains(&k.as_str()) {
+                    continue;
+                }
+                match y.get(k) {
+                    None => out.push(format!("{path}.{k}: missing")),
+                    Some(vb) => compare(&format!("{path}.{k}"), k, va, vb, out),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            if let (Some(a0), Some(b0)) = (x.first(), y.first()) {
+                compare(&format!("{path}[0]"), key, a0, b0, out);
+            }
+            if !VOLATILE.contains(&key) && x.len() != y.len() {
+                out.push(format!("{path}: {} items, ours {}", x.len(), y.len()));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            if x.is_f64() != y.is_f64() {
+                out.push(format!("{path}: {a} ({}), ours {b}", typed_of(a)));
+            } else if !VOLATILE.contains(&key) && a != b {
+                out.push(format!("{path}: {a}, ours {b}"));
+            }
+        }
+        _ if std::mem::discriminant(a) != std::mem::discriminant(b) => {
+            out.push(format!("{path}: {a} ({}), ours {b}", typed_of(a)));
+        }
+        _ => {
+            if !VOLATILE.contains(&key) && a != b {
+                out.push(format!("{path}: {a}, ours {b}"));
+            }
+        }
+    }
+}
+
+fn typed_of(v: &Value) -> &'static str {
+    let o = serde_json::json!({ "v": v });
+    typed(&o, "v")
+}
+
+#[test]
+fn rabbitmq_shapes_match() {
+    if !support::interop("rabbitmq_shapes_match") {
+        return;
+    }
+    // RabbitMQ's management plugin must be on (rabbitmq-plugins enable
+    // rabbitmq_management); without it there is nothing to compare with.
+    let rabbit_api = SocketAddr::from(([127, 0, 0, 1], 15672));
+    if TcpStream::connect(rabbit_api).is_err() {
+        panic!(
+            "RabbitMQ's management API is not on 127.0.0.1:15672: run `rabbitmq-plugins enable rabbitmq_management` (or set AMQP_INTEROP=0)"
+        );
+    }
+    let prefix = format!("mgmt-cmp-{}", std::process::id());
+    let _serial = serial();
+    let ours = start();
+    let rabbit = pika_traffic(5672, &prefix);
+    let mine = pika_traffic(ours.broker.addr.port(), &prefix);
+    // RabbitMQ's statistics reach its API after its emission interval (5 s).
+    let qpath = format!("/api/queues/%2F/{prefix}-q");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rq = loop {
+        let r = http(rabbit_api, "GET", &qpath, GUEST, "");
+        if r.status == 200 {
+            let v = r.json();
+            if v["messages"] == 4 && v["message_stats"]["ack"] == 1 && v["consumers"] == 1 {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "RabbitMQ's queue stats settle");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let xpath = format!("/api/exchanges/%2F/{prefix}-x");
+    let mut diffs = Vec::new();
+    compare("queue", "", &rq, &get_json(ours.api, &qpath), &mut diffs);
+    compare(
+        "exchange",
+        "",
+        &get_json(rabbit_api, &xpath),
+        &get_json(ours.api, &xpath),
+        &mut diffs,
+    );
+    // The overview's totals count everything on each broker (RabbitMQ is
+    // shared): keys and types only.
+    let mut overview = Vec::new();
+    compare(
+        "overview",
+        "",
+        &get_json(rabbit_api, "/api/overview"),
+        &get_json(ours.api, "/api/overview"),
+        &mut overview,
+    );
+    diffs.extend(
+        overview
+            .into_iter()
+            .filter(|d| d.contains("missing") || d.contains("), ours")),
+    );
+    // Identity of the products and versions differs by design.
+    diffs.retain(|d| {
+        !["product_name", "product_version", "rabbitmq_version", "management_version", "erlang_", "cluster_name"]
+            .iter()
+            .any(|k| d.contains(k))
+    });
+    finish(rabbit);
+    finish(mine);
+    assert!(
+        diffs.is_empty(),
+        "differences from RabbitMQ:\n{}",
+        diffs.join("\n")
+    );
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
