@@ -206,7 +206,9 @@ async fn start_management(
     }
     let interval = args.management_sample_interval;
     if !(interval.is_finite() && interval > 0.0) {
-        return Err(format!("--management-sample-interval {interval}: must be positive"));
+        return Err(format!(
+            "--management-sample-interval {interval}: must be positive"
+        ));
     }
     let config = management::Config {
         sample_interval: Duration::from_secs_f64(interval),
@@ -217,8 +219,18 @@ async fn start_management(
     };
     let m = management::Management::new(shared.clone(), config);
     for (addr, explicit, router, what) in [
-        (management, m_explicit, management::router(m.clone()), "management API"),
-        (prometheus, p_explicit, management::prometheus_router(m.clone()), "Prometheus metrics"),
+        (
+            management,
+            m_explicit,
+            management::router(m.clone()),
+            "management API",
+        ),
+        (
+            prometheus,
+            p_explicit,
+            management::prometheus_router(m.clone()),
+            "Prometheus metrics",
+        ),
     ] {
         let Some(addr) = addr else { continue };
         let l = match tokio::net::TcpListener::bind(addr).await {

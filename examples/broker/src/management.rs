@@ -102,12 +102,15 @@ struct Sample {
     exchanges: HashMap<(String, String), [u64; 2]>,
 }
 
+/// Per-second rates of [`MessageStats`] counters, by key.
+type StatRates = HashMap<&'static str, f64>;
+
 /// Rates, per second, computed from the last two samples.
 #[derive(Debug, Clone, Default)]
 struct Rates {
-    totals: HashMap<&'static str, f64>,
+    totals: StatRates,
     depths: [f64; 3],
-    queues: HashMap<(String, String), (HashMap<&'static str, f64>, [f64; 3])>,
+    queues: HashMap<(String, String), (StatRates, [f64; 3])>,
     exchanges: HashMap<(String, String), [f64; 2]>,
 }
 
@@ -391,7 +394,11 @@ fn rate(r: f64) -> Value {
 }
 
 /// `message_stats` with the `keys` wanted, each with `<key>_details`.
-fn message_stats(s: &MessageStats, rates: Option<&HashMap<&'static str, f64>>, keys: &[&str]) -> Value {
+fn message_stats(
+    s: &MessageStats,
+    rates: Option<&HashMap<&'static str, f64>>,
+    keys: &[&str],
+) -> Value {
     let mut o = Map::new();
     for (k, v) in s.fields() {
         if !keys.contains(&k) {
@@ -619,7 +626,13 @@ impl Management {
                     c.vhost.clone().unwrap_or_default(),
                 )
             }
-            None => (String::new(), Value::Null, Value::Null, String::new(), String::new()),
+            None => (
+                String::new(),
+                Value::Null,
+                Value::Null,
+                String::new(),
+                String::new(),
+            ),
         };
         json!({
             "acks_uncommitted": 0,
@@ -952,7 +965,11 @@ async fn connection(State(m): St, user: User, Path(name): Path<String>) -> ApiRe
 
 async fn channels(State(m): St, user: User) -> ApiResult {
     let s = m.snapshot();
-    let visible = |id| s.connections.iter().any(|c| c.id == id && user.sees_conn(c));
+    let visible = |id| {
+        s.connections
+            .iter()
+            .any(|c| c.id == id && user.sees_conn(c))
+    };
     ok(Value::Array(
         s.channels
             .iter()
@@ -969,7 +986,11 @@ async fn consumers_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiRe
     {
         return Err(ApiError::not_found());
     }
-    let visible = |id| s.connections.iter().any(|c| c.id == id && user.sees_conn(c));
+    let visible = |id| {
+        s.connections
+            .iter()
+            .any(|c| c.id == id && user.sees_conn(c))
+    };
     ok(Value::Array(
         s.consumers
             .iter()
@@ -1018,7 +1039,11 @@ async fn exchanges_vhost(State(m): St, user: User, Path(vhost): Path<String>) ->
     exchanges_in(&m, &user, Some(&vhost)).await
 }
 
-async fn exchange(State(m): St, user: User, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+async fn exchange(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
     let s = m.snapshot();
     check_vhost(&s, &user, &vhost)?;
     let name = exchange_path_name(&name);
@@ -1194,9 +1219,13 @@ fn properties_json(p: &BasicProperties) -> Value {
     put("delivery_mode", p.delivery_mode.map(|v| json!(v)));
     put(
         "headers",
-        p.headers
-            .as_ref()
-            .map(|h| Value::Object(h.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), value_to_json(v))).collect())),
+        p.headers.as_ref().map(|h| {
+            Value::Object(
+                h.iter()
+                    .map(|(k, v)| (k.to_string_lossy().into_owned(), value_to_json(v)))
+                    .collect(),
+            )
+        }),
     );
     if o.is_empty() {
         // RabbitMQ answers an empty property list as [].
@@ -1218,7 +1247,11 @@ async fn publish(
         &user,
         &vhost,
         Access::Write,
-        if name.is_empty() { "amq.default" } else { &name },
+        if name.is_empty() {
+            "amq.default"
+        } else {
+            &name
+        },
     )?;
     let props = match o.get("properties") {
         Some(Value::Object(p)) => properties_from_json(p)?,
@@ -1236,9 +1269,9 @@ async fn publish(
             .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
         _ => payload.as_bytes().to_vec(),
     };
-    let routed = m.shared.with_core(|c| {
-        c.admin_publish(&vhost, &name, &key, props, body.into(), Instant::now())
-    })?;
+    let routed = m
+        .shared
+        .with_core(|c| c.admin_publish(&vhost, &name, &key, props, body.into(), Instant::now()))?;
     ok(json!({ "routed": routed }))
 }
 
@@ -1301,9 +1334,8 @@ async fn delete_queue(
     check_access(&m, &user, &vhost, Access::Configure, &name)?;
     let if_unused = q.if_unused.as_deref() == Some("true");
     let if_empty = q.if_empty.as_deref() == Some("true");
-    m.shared.with_core(|c| {
-        c.admin_delete_queue(&vhost, &name, if_unused, if_empty, Instant::now())
-    })?;
+    m.shared
+        .with_core(|c| c.admin_delete_queue(&vhost, &name, if_unused, if_empty, Instant::now()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1332,7 +1364,10 @@ async fn get_messages(
         Some(other) => return Err(ApiError::bad_request(format!("unknown ackmode {other}"))),
     };
     let encoding = o.get("encoding").and_then(Value::as_str).unwrap_or("auto");
-    let truncate = o.get("truncate").and_then(Value::as_u64).map(|t| t as usize);
+    let truncate = o
+        .get("truncate")
+        .and_then(Value::as_u64)
+        .map(|t| t as usize);
     let got = m
         .shared
         .with_core(|c| c.admin_get(&vhost, &name, count, requeue, Instant::now()))?;
@@ -1975,11 +2010,9 @@ pub fn prometheus_text(s: &Snapshot, node: &str, per_object: bool) -> String {
             "Size in bytes of ready messages",
             |q| q.message_bytes_ready,
         ),
-        (
-            "rabbitmq_queue_consumers",
-            "Consumers on a queue",
-            |q| q.consumers,
-        ),
+        ("rabbitmq_queue_consumers", "Consumers on a queue", |q| {
+            q.consumers
+        }),
         (
             "rabbitmq_queue_process_memory_bytes",
             "Memory in bytes used by the Erlang queue process",
@@ -2018,7 +2051,11 @@ pub fn prometheus_text(s: &Snapshot, node: &str, per_object: bool) -> String {
         m.family(name, "counter", help);
         if per_object {
             for q in &s.queues {
-                m.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], f(&q.stats));
+                m.sample(
+                    name,
+                    &[("vhost", &q.vhost), ("queue", &q.name)],
+                    f(&q.stats),
+                );
             }
         } else {
             m.sample(name, &[], s.queues.iter().map(|q| f(&q.stats)).sum());

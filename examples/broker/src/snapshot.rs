@@ -112,7 +112,9 @@ impl MessageStats {
 /// Messages published into each exchange of a vhost (`publish_in`) and
 /// routed on from it to at least one queue (`publish_out`).
 #[derive(Debug, Clone, Default)]
-pub struct ExchangeStats(std::collections::HashMap<ShortString, [u64; 2], foldhash::fast::RandomState>);
+pub struct ExchangeStats(
+    std::collections::HashMap<ShortString, [u64; 2], foldhash::fast::RandomState>,
+);
 
 /// What the management API shows of a connection besides the core's own
 /// state: addresses, the client's properties, tuning, connect time.
@@ -727,9 +729,10 @@ impl Core {
             .vhosts
             .get(vhost)
             .ok_or_else(|| AdminError::NotFound(format!("no vhost '{vhost}'")))?;
-        let q = v.router.queue(name.as_bytes()).ok_or_else(|| {
-            AdminError::NotFound(format!("no queue '{name}' in vhost '{vhost}'"))
-        })?;
+        let q = v
+            .router
+            .queue(name.as_bytes())
+            .ok_or_else(|| AdminError::NotFound(format!("no queue '{name}' in vhost '{vhost}'")))?;
         Ok((*q.handle(), q.exclusive_owner().unwrap_or(OwnerId(0))))
     }
 
@@ -943,9 +946,8 @@ impl Core {
                 .map(|q| lossy(q.name()))
                 .collect();
             part.queues.retain(|q| !exclusive.contains(&q.name));
-            part.bindings.retain(|b| {
-                !(b.destination_type == "queue" && exclusive.contains(&b.destination))
-            });
+            part.bindings
+                .retain(|b| !(b.destination_type == "queue" && exclusive.contains(&b.destination)));
             t.exchanges.extend(part.exchanges);
             t.queues.extend(part.queues);
             t.bindings.extend(part.bindings);
