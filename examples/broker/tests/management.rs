@@ -101,7 +101,7 @@ impl Client {
     }
 }
 
-/// The same topology and traffic as `tests/clients/management_traffic.py`:
+/// The same topology and traffic as `tests/support/management_traffic.py`:
 /// exchange `P-x` (topic), queue `P-q` (x-max-length 100) bound with
 /// `a.#`; 5 confirmed publishes and 1 unroutable; a consumer (prefetch 2,
 /// tag ctag-1) holding 2 unacked; one get, acked. The client stays
@@ -872,7 +872,7 @@ fn prometheus_metrics_parse_and_name_as_rabbitmq() {
 /// Runs the pika traffic script against `port`; the returned child keeps
 /// its connection until its stdin closes.
 fn pika_traffic(port: u16, prefix: &str) -> std::process::Child {
-    let script = support::workspace().join("examples/broker/tests/clients/management_traffic.py");
+    let script = support::workspace().join("examples/broker/tests/support/management_traffic.py");
     let mut child = Command::new("python3")
         .arg(script)
         .args(["127.0.0.1", &port.to_string(), prefix])
