@@ -322,6 +322,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start() -> Ours {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Ours {
     let p = free_ports(15700..15710, 2);
     let api = SocketAddr::from(([127, 0, 0, 1], p[0]));
     let metrics = SocketAddr::from(([127, 0, 0, 1], p[1]));
@@ -334,7 +338,10 @@ fn start() -> Ours {
             &metrics.to_string(),
             "--management-sample-interval",
             "0.5",
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(api).is_err() || TcpStream::connect(metrics).is_err() {
@@ -737,6 +744,92 @@ fn management_api_mutations() {
         http(api, "GET", "/api/queues/%2F/m-q", GUEST, "").status,
         404
     );
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn management_access_follows_user_tags() {
+    let _serial = serial();
+    let config = std::env::temp_dir().join(format!("amqp-broker-mgmt-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        r#"
+[[vhosts]]
+name = "/"
+[[vhosts]]
+name = "other"
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+[[users]]
+name = "mon"
+password = "pw"
+tags = ["monitoring"]
+[[users]]
+name = "mgr"
+password = "pw"
+tags = ["management"]
+[[users]]
+name = "plain"
+password = "pw"
+[[permissions]]
+user = "guest"
+vhost = "/"
+configure = ".*"
+write = ".*"
+read = ".*"
+[[permissions]]
+user = "guest"
+vhost = "other"
+configure = ".*"
+write = ".*"
+read = ".*"
+[[permissions]]
+user = "mgr"
+vhost = "/"
+configure = "^mgr-"
+write = "^mgr-"
+read = "^mgr-"
+"#,
+    )
+    .unwrap();
+    let ours = start_with(&["--config", config.to_str().unwrap()]);
+    let api = ours.api;
+    let status = |method: &str, path: &str, user: &str, body: &str| {
+        http(api, method, path, Some(user), body).status
+    };
+    // No management tag: refused everywhere.
+    let r = http(api, "GET", "/api/overview", Some("plain:pw"), "");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "Not management user");
+    // management: its vhosts only; no nodes, users, definitions.
+    assert_eq!(status("GET", "/api/overview", "mgr:pw", ""), 200);
+    assert_eq!(status("GET", "/api/nodes", "mgr:pw", ""), 401);
+    assert_eq!(status("GET", "/api/users", "mgr:pw", ""), 401);
+    assert_eq!(status("GET", "/api/definitions", "mgr:pw", ""), 401);
+    let v = http(api, "GET", "/api/vhosts", Some("mgr:pw"), "").json();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(status("GET", "/api/queues/other", "mgr:pw", ""), 404);
+    assert_eq!(status("PUT", "/api/queues/%2F/mgr-q", "mgr:pw", "{}"), 201);
+    assert_eq!(
+        status("PUT", "/api/queues/%2F/not-mine", "mgr:pw", "{}"),
+        401
+    );
+    assert_eq!(
+        status("PUT", "/api/queues/other/mgr-q", "mgr:pw", "{}"),
+        404
+    );
+    // monitoring: every vhost and the nodes, not the users.
+    assert_eq!(status("GET", "/api/nodes", "mon:pw", ""), 200);
+    assert_eq!(status("GET", "/api/users", "mon:pw", ""), 401);
+    let v = http(api, "GET", "/api/vhosts", Some("mon:pw"), "").json();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    // administrator: everything.
+    assert_eq!(status("GET", "/api/users", "guest:guest", ""), 200);
+    let u = http(api, "GET", "/api/users", GUEST, "").json();
+    assert_eq!(u.as_array().unwrap().len(), 4);
+    let _ = std::fs::remove_file(&config);
     assert!(ours.broker.terminate().is_some_and(|s| s.success()));
 }
 
