@@ -1696,6 +1696,90 @@ async fn alarms(_user: User) -> ApiResult {
     ok(json!({"status": "ok"}))
 }
 
+async fn extensions(_user: User) -> ApiResult {
+    ok(json!([]))
+}
+
+async fn cluster_name(State(m): St, _user: User) -> ApiResult {
+    ok(json!({ "name": m.config.node }))
+}
+
+async fn vhosts_healthy(State(m): St, _user: User) -> ApiResult {
+    // Every virtual host lives in the one process: up while it answers.
+    let _ = m.shared.with_core(|c| c.has_vhost("/"));
+    ok(json!({"status": "ok"}))
+}
+
+/// `/api/aliveness-test/vhost`: declares the queue `aliveness-test`,
+/// publishes a message to it and takes it back, as RabbitMQ does.
+async fn aliveness(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
+    check_access(&m, &user, &vhost, Access::Configure, "aliveness-test")?;
+    let now = Instant::now();
+    let got = m.shared.with_core(|c| {
+        c.admin_declare_queue(
+            &vhost,
+            "aliveness-test",
+            false,
+            false,
+            &FieldTable::new(),
+            now,
+        )?;
+        c.admin_publish(
+            &vhost,
+            "",
+            "aliveness-test",
+            BasicProperties::default(),
+            Bytes::from_static(b"test_message"),
+            now,
+        )?;
+        c.admin_get(&vhost, "aliveness-test", 1, false, now)
+    })?;
+    if got.iter().any(|g| &g.msg.body[..] == b"test_message") {
+        ok(json!({"status": "ok"}))
+    } else {
+        ok(json!({"status": "failed", "reason": "the test message did not come back"}))
+    }
+}
+
+async fn conns_of_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
+    let s = m.snapshot();
+    check_vhost(&s, &user, &vhost)?;
+    ok(Value::Array(
+        s.connections
+            .iter()
+            .filter(|c| user.sees_conn(c) && c.vhost.as_deref() == Some(vhost.as_str()))
+            .map(|c| m.conn_json(c))
+            .collect(),
+    ))
+}
+
+async fn channels_where(m: &Management, user: &User, f: impl Fn(&ConnSnap) -> bool) -> ApiResult {
+    let s = m.snapshot();
+    let visible = |id| {
+        s.connections
+            .iter()
+            .any(|c| c.id == id && user.sees_conn(c) && f(c))
+    };
+    ok(Value::Array(
+        s.channels
+            .iter()
+            .filter(|ch| visible(ch.conn))
+            .map(|ch| m.channel_json(ch, &s))
+            .collect(),
+    ))
+}
+
+async fn channels_of_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
+    if !m.shared.with_core(|c| c.has_vhost(&vhost)) {
+        return Err(ApiError::not_found());
+    }
+    channels_where(&m, &user, |c| c.vhost.as_deref() == Some(vhost.as_str())).await
+}
+
+async fn channels_of_conn(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
+    channels_where(&m, &user, |c| conn_name(c) == name).await
+}
+
 async fn whoami(user: User) -> ApiResult {
     ok(json!({"name": user.name, "tags": user.tags}))
 }
@@ -1783,6 +1867,19 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/users/{name}", get(user_one))
         .route("/api/permissions", get(permissions))
         .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(alarms))
+        .route("/api/health/checks/virtual-hosts", get(vhosts_healthy))
+        .route("/api/health/checks/node-is-quorum-critical", get(alarms))
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(alarms),
+        )
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+        .route("/api/extensions", get(extensions))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/vhosts/{vhost}/connections", get(conns_of_vhost))
+        .route("/api/vhosts/{vhost}/channels", get(channels_of_vhost))
+        .route("/api/connections/{name}/channels", get(channels_of_conn))
         .route("/api/whoami", get(whoami))
         .route("/api/definitions", get(definitions))
         .fallback(not_found)

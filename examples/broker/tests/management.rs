@@ -580,6 +580,39 @@ fn management_api_serves_what_rabbitmq_clients_read() {
     let q = get_json(api, "/api/queues/%2F/mgmt-test-q");
     assert_eq!(q["message_stats"]["publish_details"]["rate"], 0.0);
 
+    // The smaller endpoints monitoring tools poll.
+    let enc_name = name.replace(' ', "%20").replace('>', "%3E");
+    assert_eq!(
+        get_json(api, &format!("/api/connections/{enc_name}/channels"))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        get_json(api, "/api/vhosts/%2F/channels")
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        get_json(api, "/api/vhosts/%2F/connections")[0]["name"],
+        name.as_str()
+    );
+    assert_eq!(get_json(api, "/api/extensions"), serde_json::json!([]));
+    assert!(get_json(api, "/api/cluster-name")["name"].is_string());
+    for check in ["local-alarms", "virtual-hosts", "node-is-quorum-critical"] {
+        assert_eq!(
+            get_json(api, &format!("/api/health/checks/{check}")),
+            serde_json::json!({"status": "ok"})
+        );
+    }
+    assert_eq!(
+        get_json(api, "/api/aliveness-test/%2F"),
+        serde_json::json!({"status": "ok"})
+    );
+
     drop(client);
     assert!(ours.broker.terminate().is_some_and(|s| s.success()));
 }
