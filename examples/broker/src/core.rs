@@ -239,6 +239,25 @@ struct QState {
     last_used: Option<Instant>,
 }
 
+impl QState {
+    fn new(vhost: &str, name: ShortString, auto_delete: bool, arguments: &FieldTable) -> QState {
+        let args = QueueArgs::from_arguments(arguments);
+        QState {
+            vhost: vhost.to_owned(),
+            name,
+            ready: Ready::with_priorities(args.max_priority.unwrap_or(0)),
+            consumers: Vec::new(),
+            rr: 0,
+            exclusive_consumer: false,
+            auto_delete,
+            had_consumers: false,
+            args,
+            armed: None,
+            last_used: None,
+        }
+    }
+}
+
 struct Vhost {
     router: Router<QueueId>,
 }
@@ -321,6 +340,44 @@ impl Core {
             clock: None,
             now: None,
         }
+    }
+
+    /// Loads a definitions export's topology (exchanges, queues, bindings,
+    /// alternate-exchange policies) into every vhost it names that this
+    /// core has, replacing what they held (for an empty broker at boot).
+    /// Returns a warning per binding left out because an end is missing.
+    pub fn load_topology(
+        &mut self,
+        topology: &amqp_router::definitions::Topology,
+    ) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        let names: Vec<String> = self.vhosts.keys().cloned().collect();
+        for vh in names {
+            let mut next = self.next_queue;
+            let loaded = topology
+                .load(&vh, |_| {
+                    next += 1;
+                    next - 1
+                })
+                .map_err(|e| format!("vhost '{vh}': {e}"))?;
+            self.next_queue = next;
+            for b in &loaded.skipped {
+                warnings.push(format!(
+                    "vhost '{vh}': binding {} -> {} left out: an end is missing",
+                    b.source, b.destination
+                ));
+            }
+            for q in loaded.router.queues() {
+                self.queues.insert(
+                    *q.handle(),
+                    QState::new(&vh, q.name().clone(), q.auto_delete(), q.arguments()),
+                );
+            }
+            if let Some(v) = self.vhosts.get_mut(&vh) {
+                v.router = loaded.router;
+            }
+        }
+        Ok(warnings)
     }
 
     /// A new connection (before its handshake).
@@ -1313,23 +1370,8 @@ impl Core {
             self.next_queue += 1;
             self.queues.insert(
                 qid,
-                QState {
-                    vhost: vh.to_string(),
-                    name: declared.name.clone(),
-                    ready: Ready::new(),
-                    consumers: Vec::new(),
-                    rr: 0,
-                    exclusive_consumer: false,
-                    auto_delete: m.auto_delete,
-                    had_consumers: false,
-                    args: QueueArgs::from_arguments(&m.arguments),
-                    armed: None,
-                    last_used: None,
-                },
+                QState::new(&vh, declared.name.clone(), m.auto_delete, &m.arguments),
             );
-            if let Some(qs) = self.queues.get_mut(&qid) {
-                qs.ready = Ready::with_priorities(qs.args.max_priority.unwrap_or(0));
-            }
         }
         self.used(qid);
         let (messages, consumers) = self

@@ -43,6 +43,7 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod definitions;
 pub mod lifecycle;
 pub mod queue;
 pub mod shell;

@@ -1,7 +1,9 @@
 //! amqp-broker: a RabbitMQ-compatible AMQP 0-9-1 broker.
 
+use amqp_broker::auth::{HashAlgorithm, Password};
 use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
+use amqp_broker::definitions::Definitions;
 use amqp_broker::shell::{Shared, accept_loop, timer_loop};
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
@@ -34,14 +36,55 @@ struct Args {
     /// the README for its keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`)
+    /// to import at boot: users with their password hashes, vhosts,
+    /// permissions, exchanges, queues and bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<PathBuf>,
     /// Directory for durable state (accepted now; persistence comes with
     /// the durability work).
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints PASSWORD hashed as RabbitMQ stores it (base64 of a random
+    /// 4-byte salt and the digest of salt and password), for the
+    /// `password_hash` of a `[[users]]` entry in the config file.
+    HashPassword {
+        /// The password.
+        password: String,
+        /// rabbit_password_hashing_sha256 (default), _sha512 or _md5.
+        #[arg(long, default_value = "rabbit_password_hashing_sha256")]
+        algorithm: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HashPassword {
+        password,
+        algorithm,
+    }) = &args.command
+    {
+        let algo = match HashAlgorithm::from_name(Some(algorithm)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("amqp-broker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A random salt: std seeds its hasher keys from the OS's randomness.
+        let salt = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
+        };
+        println!("{}", Password::hash(password, salt.to_be_bytes(), algo));
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -69,13 +112,42 @@ fn main() -> ExitCode {
             }
         }
     };
-    let core_config = match config.core() {
+    let mut core_config = match config.core() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("amqp-broker: configuration: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let definitions = match &args.definitions {
+        None => None,
+        Some(path) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Definitions::from_json(&t));
+            match read.and_then(|d| d.apply(&mut core_config).map(|()| d)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("amqp-broker: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let mut core = Core::new(core_config);
+    if let Some(d) = &definitions {
+        match core.load_topology(&d.topology) {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("definitions: {w}");
+                }
+            }
+            Err(e) => {
+                eprintln!("amqp-broker: definitions: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut server = ServerConfig {
         properties: server_properties(config.product.as_deref().unwrap_or("amqp-broker")),
         mechanisms: LongString::from_static("PLAIN AMQPLAIN"),
@@ -100,7 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, Core::new(core_config), server))
+    runtime.block_on(run(args, core, server))
 }
 
 async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {

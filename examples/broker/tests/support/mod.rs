@@ -114,11 +114,16 @@ pub struct Client {
 impl Client {
     /// Connects as guest and opens channel 1.
     pub fn connect(addr: SocketAddr) -> Client {
+        Client::connect_with(addr, ClientConfig::default())
+    }
+
+    /// Connects with this configuration and opens channel 1.
+    pub fn connect_with(addr: SocketAddr, config: ClientConfig) -> Client {
         let sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let mut c = Client {
-            conn: Connection::client(ClientConfig::default(), Instant::now()),
+            conn: Connection::client(config, Instant::now()),
             sock,
             events: Vec::new(),
         };
