@@ -47,4 +47,5 @@ pub mod definitions;
 pub mod lifecycle;
 pub mod queue;
 pub mod shell;
+pub mod store;
 pub mod testing;
