@@ -50,8 +50,8 @@ pub enum Record {
         exchange: ShortString,
         /// Routing key.
         routing_key: ShortString,
-        /// Properties.
-        properties: BasicProperties,
+        /// Properties (boxed: they are most of the record's size).
+        properties: Box<BasicProperties>,
         /// Body.
         body: Bytes,
     },
@@ -108,7 +108,7 @@ impl Record {
                 put_short(out, exchange.as_bytes());
                 put_short(out, routing_key.as_bytes());
                 let mut header = Vec::new();
-                let _ = Frame::header(0, body.len() as u64, properties.clone())
+                let _ = Frame::header(0, body.len() as u64, (**properties).clone())
                     .encode_to_vec(&mut header);
                 out.extend_from_slice(&(header.len() as u32).to_le_bytes());
                 out.extend_from_slice(&header);
@@ -218,7 +218,7 @@ pub fn decode(input: &[u8]) -> Result<(Record, usize), Damage> {
                             ..
                         },
                     ..
-                }) => h.properties,
+                }) => Box::new(h.properties),
                 _ => return Err(Damage::Malformed("content header")),
             };
             let blen = r.u32()? as usize;
@@ -400,7 +400,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
                                         id,
                                         exchange,
                                         routing_key,
-                                        properties,
+                                        properties: *properties,
                                         body,
                                         redelivered: false,
                                     },
@@ -572,10 +572,10 @@ mod tests {
             queues,
             exchange: ShortString::from_static("x"),
             routing_key: ShortString::from_static("k"),
-            properties: BasicProperties {
+            properties: Box::new(BasicProperties {
                 delivery_mode: Some(2),
                 ..Default::default()
-            },
+            }),
             body: Bytes::from_static(body.as_bytes()),
         }
     }
