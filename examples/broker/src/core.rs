@@ -12,6 +12,7 @@
 use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::queue::{Entry, Msg, Ready};
+use crate::store::{QueueKey, Record};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, ProtocolError, ReplyCode,
@@ -22,7 +23,7 @@ use amqp_codec::{Decision, Message};
 use amqp_router as r;
 use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Router};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The core's hash maps: foldhash, seeded per process (the keys are the
 /// broker's own ids and names; SipHash's cost showed in profiles).
@@ -144,6 +145,15 @@ struct Unacked {
     consumer: Option<ShortString>,
 }
 
+/// What waits for the store to make records durable.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// A publisher confirm: (sequence number, ack).
+    Confirm(u64, bool),
+    /// A `tx.commit-ok`.
+    CommitOk,
+}
+
 /// A publish held by a transaction until commit.
 #[derive(Debug)]
 struct TxPublish {
@@ -180,6 +190,9 @@ struct Chan {
     confirm: bool,
     /// Publish sequence numbers settled in this batch: (seqno, ack).
     confirms: Vec<(u64, bool)>,
+    /// Publish sequence numbers not confirmed yet (a `multiple` confirm may
+    /// only cover settled ones).
+    unsettled: BTreeSet<u64>,
     tx: Option<Tx>,
     last_queue: Option<ShortString>,
     /// Direct reply-to: the consumer tag and the reply-to suffix.
@@ -237,10 +250,18 @@ struct QState {
     armed: Option<Instant>,
     /// Last declared, consumed from or read (`x-expires`).
     last_used: Option<Instant>,
+    /// Durable: its persistent messages are in the store.
+    durable: bool,
 }
 
 impl QState {
-    fn new(vhost: &str, name: ShortString, auto_delete: bool, arguments: &FieldTable) -> QState {
+    fn new(
+        vhost: &str,
+        name: ShortString,
+        durable: bool,
+        auto_delete: bool,
+        arguments: &FieldTable,
+    ) -> QState {
         let args = QueueArgs::from_arguments(arguments);
         QState {
             vhost: vhost.to_owned(),
@@ -254,7 +275,12 @@ impl QState {
             args,
             armed: None,
             last_used: None,
+            durable,
         }
+    }
+
+    fn key(&self) -> QueueKey {
+        (self.vhost.clone(), self.name.clone())
     }
 }
 
@@ -283,6 +309,19 @@ pub struct Core {
     /// A wall-clock reading (`x-death`'s `time`): this instant was this many
     /// seconds since the Unix epoch.
     clock: Option<(Instant, u64)>,
+    /// Persistence is on (a message store is attached).
+    persistence: bool,
+    /// Records for the store, not yet taken by the shell.
+    store_ops: Vec<Record>,
+    /// Records emitted so far (the number of the last one).
+    store_seq: u64,
+    /// Confirms waiting for their record to be durable: (record number,
+    /// connection, channel, publish sequence number, ack).
+    waiting: VecDeque<(u64, ConnId, u16, Settle)>,
+    /// The next store id for a persistent message.
+    next_persist: u64,
+    /// Durable topology changed since the last snapshot.
+    definitions_dirty: bool,
     /// Direct reply-to suffixes and the channel whose consumer they reach.
     reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
@@ -338,6 +377,12 @@ impl Core {
             timers: BTreeSet::new(),
             timers_changed: false,
             clock: None,
+            persistence: false,
+            store_ops: Vec::new(),
+            store_seq: 0,
+            waiting: VecDeque::new(),
+            next_persist: 1,
+            definitions_dirty: false,
             now: None,
         }
     }
@@ -370,13 +415,20 @@ impl Core {
             for q in loaded.router.queues() {
                 self.queues.insert(
                     *q.handle(),
-                    QState::new(&vh, q.name().clone(), q.auto_delete(), q.arguments()),
+                    QState::new(
+                        &vh,
+                        q.name().clone(),
+                        q.durable(),
+                        q.auto_delete(),
+                        q.arguments(),
+                    ),
                 );
             }
             if let Some(v) = self.vhosts.get_mut(&vh) {
                 v.router = loaded.router;
             }
         }
+        self.definitions_dirty = true;
         Ok(warnings)
     }
 
@@ -431,6 +483,190 @@ impl Core {
             self.dispatch(q);
         }
         true
+    }
+
+    /// Turns persistence on: persistent messages reaching durable queues
+    /// become store records ([`take_store_ops`](Self::take_store_ops)), and
+    /// their confirms wait for [`durable`](Self::durable).
+    pub fn enable_persistence(&mut self) {
+        self.persistence = true;
+    }
+
+    /// The records the store must write, and the number of the last one
+    /// (to hand back to [`durable`](Self::durable) once synced).
+    pub fn take_store_ops(&mut self) -> Option<(Vec<Record>, u64)> {
+        if self.store_ops.is_empty() {
+            return None;
+        }
+        Some((std::mem::take(&mut self.store_ops), self.store_seq))
+    }
+
+    /// Records up to number `upto` are on disk: their confirms and
+    /// commit-oks go out (connections to wake: [`take_woken`](Self::take_woken)).
+    pub fn durable(&mut self, upto: u64) {
+        self.current = 0;
+        let mut conns = Vec::new();
+        while let Some(&(n, conn, ch, settle)) = self.waiting.front() {
+            if n > upto {
+                break;
+            }
+            self.waiting.pop_front();
+            match settle {
+                Settle::Confirm(seq, ack) => {
+                    if let Some(c) = self.chan(conn, ch) {
+                        c.confirms.push((seq, ack));
+                        conns.push(conn);
+                    }
+                }
+                Settle::CommitOk => {
+                    if self.chan(conn, ch).is_some_and(|c| !c.closing) {
+                        self.reply(conn, ch, TxCommitOk {});
+                    }
+                }
+            }
+        }
+        conns.sort_unstable();
+        conns.dedup();
+        for c in conns {
+            self.flush_confirms(c);
+        }
+    }
+
+    /// The durable topology (exchanges, queues, bindings of every vhost),
+    /// as a RabbitMQ definitions export, when it changed since the last
+    /// call.
+    pub fn take_definitions(&mut self) -> Option<String> {
+        if !std::mem::take(&mut self.definitions_dirty) {
+            return None;
+        }
+        let mut all = amqp_router::definitions::Topology::default();
+        for v in self.vhosts.values() {
+            let t = amqp_router::definitions::Topology::from_router(&v.router);
+            let durable_x: BTreeSet<String> = t
+                .exchanges
+                .iter()
+                .filter(|x| x.durable)
+                .map(|x| x.name.clone())
+                .collect();
+            let durable_q: BTreeSet<String> = v
+                .router
+                .queues()
+                .filter(|q| q.durable() && q.exclusive_owner().is_none())
+                .map(|q| q.name().to_string_lossy().into_owned())
+                .collect();
+            let builtin = |n: &str| n.is_empty() || n.starts_with("amq.");
+            all.exchanges
+                .extend(t.exchanges.into_iter().filter(|x| x.durable));
+            all.queues
+                .extend(t.queues.into_iter().filter(|q| durable_q.contains(&q.name)));
+            all.bindings.extend(t.bindings.into_iter().filter(|b| {
+                (builtin(&b.source) || durable_x.contains(&b.source))
+                    && if b.destination_type == "queue" {
+                        durable_q.contains(&b.destination)
+                    } else {
+                        durable_x.contains(&b.destination) || builtin(&b.destination)
+                    }
+            }));
+            all.policies.extend(t.policies);
+        }
+        Some(all.to_json())
+    }
+
+    /// Puts recovered messages back in their queues, in order; messages of
+    /// queues that no longer exist are removed from the store. Returns how
+    /// many were recovered.
+    pub fn recover_messages(&mut self, r: crate::store::Recovered) -> usize {
+        self.next_persist = self.next_persist.max(r.next_id);
+        let mut n = 0;
+        for ((vhost, name), msgs) in r.queues {
+            let qid = self
+                .vhosts
+                .get(&vhost)
+                .and_then(|v| v.router.queue(name.as_bytes()))
+                .map(|q| *q.handle());
+            let Some(qs) = qid.and_then(|q| self.queues.get_mut(&q)) else {
+                for m in msgs {
+                    self.record(Record::Remove {
+                        id: m.id,
+                        queue: (vhost.clone(), name.clone()),
+                    });
+                }
+                continue;
+            };
+            for m in msgs {
+                n += 1;
+                qs.ready.push_recovered(
+                    Arc::new(Msg {
+                        exchange: m.exchange,
+                        routing_key: m.routing_key,
+                        properties: m.properties,
+                        body: m.body,
+                        persist: Some(m.id),
+                    }),
+                    m.redelivered,
+                );
+            }
+        }
+        n
+    }
+
+    fn record(&mut self, r: Record) {
+        if self.persistence {
+            self.store_ops.push(r);
+            self.store_seq += 1;
+        }
+    }
+
+    /// A message that goes to `queues`: persistent and reaching a durable
+    /// queue, it gets a store id and a publish record (before anything
+    /// can remove it from a queue).
+    fn store_publish(&mut self, queues: &[QueueId], mut msg: Msg) -> Arc<Msg> {
+        if self.persistence && msg.properties.is_persistent() {
+            let keys: Vec<QueueKey> = queues
+                .iter()
+                .filter_map(|q| self.queues.get(q))
+                .filter(|q| q.durable)
+                .map(QState::key)
+                .collect();
+            if !keys.is_empty() {
+                let id = self.next_persist;
+                self.next_persist += 1;
+                msg.persist = Some(id);
+                self.record(Record::Publish {
+                    id,
+                    queues: keys,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    properties: Box::new(msg.properties.clone()),
+                    body: msg.body.clone(),
+                });
+            }
+        }
+        Arc::new(msg)
+    }
+
+    /// Entry `e` left queue `q` for good: the store forgets it there.
+    fn gone(&mut self, q: QueueId, e: &Entry) {
+        if let Some(id) = e.msg.persist
+            && let Some(qs) = self.queues.get(&q)
+            && qs.durable
+        {
+            let key = qs.key();
+            self.record(Record::Remove { id, queue: key });
+        }
+    }
+
+    /// Entry `e` of queue `q` is delivered for the first time, awaiting an
+    /// ack: it recovers redelivered.
+    fn delivered_once(&mut self, q: QueueId, e: &Entry) {
+        if !e.redelivered
+            && let Some(id) = e.msg.persist
+            && let Some(qs) = self.queues.get(&q)
+            && qs.durable
+        {
+            let key = qs.key();
+            self.record(Record::Delivered { id, queue: key });
+        }
     }
 
     /// Sets the wall clock: `now` is `unix_secs` seconds since the Unix
@@ -549,6 +785,9 @@ impl Core {
     /// keys), with `x-death` updated; dropped when the queue has none, the
     /// exchange is missing, or a target would close a cycle.
     fn dead_letter(&mut self, q: QueueId, entries: Vec<Entry>, reason: Reason) {
+        for e in &entries {
+            self.gone(q, e);
+        }
         let Some(qs) = self.queues.get(&q) else {
             return;
         };
@@ -585,12 +824,16 @@ impl Core {
                 .filter(|t| !lifecycle::is_cycle(&props, t.name().as_bytes()))
                 .map(|t| *t.handle())
                 .collect();
-            let msg = Arc::new(Msg {
-                exchange: dlx.clone(),
-                routing_key: key,
-                properties: props,
-                body: e.msg.body.clone(),
-            });
+            let msg = self.store_publish(
+                &targets,
+                Msg {
+                    exchange: dlx.clone(),
+                    routing_key: key,
+                    properties: props,
+                    body: e.msg.body.clone(),
+                    persist: None,
+                },
+            );
             self.enqueue(&targets, &msg);
         }
     }
@@ -957,6 +1200,20 @@ impl Core {
     // ----- methods -------------------------------------------------------
 
     fn method(&mut self, id: ConnId, ch: u16, m: Method) -> Res {
+        if matches!(
+            m,
+            Method::ExchangeDeclare(_)
+                | Method::ExchangeDelete(_)
+                | Method::ExchangeBind(_)
+                | Method::ExchangeUnbind(_)
+                | Method::QueueDeclare(_)
+                | Method::QueueBind(_)
+                | Method::QueueUnbind(_)
+                | Method::QueueDelete(_)
+        ) {
+            // The durable topology may change (a snapshot is cheap).
+            self.definitions_dirty = true;
+        }
         let owner = OwnerId(id);
         let vh = self.vhost_name(id);
         match m {
@@ -1086,7 +1343,14 @@ impl Core {
                     .router
                     .check_queue(m.queue.as_bytes(), owner, (50, 30))?
                     .handle();
-                let n = self.queues.get_mut(&qid).map_or(0, |q| q.ready.purge());
+                let purged = self
+                    .queues
+                    .get_mut(&qid)
+                    .map_or(Vec::new(), |q| q.ready.drain());
+                let n = purged.len();
+                for e in &purged {
+                    self.gone(qid, e);
+                }
                 if !m.nowait {
                     self.reply(
                         id,
@@ -1252,8 +1516,15 @@ impl Core {
             }
             Method::TxCommit(_) => {
                 let tx = self.tx_take(id, ch, (90, 20))?;
+                let before = self.store_seq;
                 self.commit(id, ch, tx);
-                self.reply(id, ch, TxCommitOk {});
+                if self.store_seq > before {
+                    // commit-ok once the transaction's records are durable.
+                    self.waiting
+                        .push_back((self.store_seq, id, ch, Settle::CommitOk));
+                } else {
+                    self.reply(id, ch, TxCommitOk {});
+                }
             }
             Method::TxRollback(_) => {
                 let tx = self.tx_take(id, ch, (90, 30))?;
@@ -1370,7 +1641,13 @@ impl Core {
             self.next_queue += 1;
             self.queues.insert(
                 qid,
-                QState::new(&vh, declared.name.clone(), m.auto_delete, &m.arguments),
+                QState::new(
+                    &vh,
+                    declared.name.clone(),
+                    m.durable && !m.exclusive,
+                    m.auto_delete,
+                    &m.arguments,
+                ),
             );
         }
         self.used(qid);
@@ -1575,7 +1852,26 @@ impl Core {
     /// Drops the state of queues the router removed; their consumers are
     /// cancelled (with basic.cancel to clients that take it).
     fn removed(&mut self, removed: Removed<QueueId>) {
+        if !removed.is_empty() {
+            self.definitions_dirty = true;
+        }
         for rq in removed.queues {
+            // Its messages, ready and unacknowledged, go with it.
+            let mut gone: Vec<Entry> = self
+                .queues
+                .get_mut(&rq.handle)
+                .map_or(Vec::new(), |q| q.ready.drain());
+            gone.extend(
+                self.conns
+                    .values()
+                    .flat_map(|c| c.channels.values())
+                    .flat_map(|ch| ch.unacked.values())
+                    .filter(|u| u.queue == rq.handle)
+                    .map(|u| u.entry.clone()),
+            );
+            for e in &gone {
+                self.gone(rq.handle, e);
+            }
             let Some(q) = self.queues.remove(&rq.handle) else {
                 continue;
             };
@@ -1645,15 +1941,20 @@ impl Core {
             message_count: remaining,
         };
         let msg = entry.msg.clone();
-        if !m.no_ack {
-            c.unacked.insert(
-                tag,
-                Unacked {
-                    queue: qid,
-                    entry,
-                    consumer: None,
-                },
-            );
+        if m.no_ack {
+            self.gone(qid, &entry);
+        } else {
+            self.delivered_once(qid, &entry);
+            if let Some(c) = self.chan(id, ch) {
+                c.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: qid,
+                        entry,
+                        consumer: None,
+                    },
+                );
+            }
         }
         self.push(
             id,
@@ -1748,7 +2049,7 @@ impl Core {
                     }
                 }
                 TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
-                TxAck::Ack => {}
+                TxAck::Ack => self.gone(u.queue, &u.entry),
             }
         }
     }
@@ -1780,6 +2081,7 @@ impl Core {
 
     fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) {
         for TxPublish { queues, msg, ret } in tx.publishes {
+            let msg = self.store_publish(&queues, Arc::unwrap_or_clone(msg));
             if let Some((exchange, routing_key)) = ret {
                 self.push(
                     id,
@@ -1817,6 +2119,11 @@ impl Core {
 
     fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
         let ids = (60, 40);
+        if let Some(seq) = seqno
+            && let Some(c) = self.chan(id, ch)
+        {
+            c.unsettled.insert(seq);
+        }
         let Method::BasicPublish(p) = message.method else {
             return Ok(());
         };
@@ -1882,6 +2189,7 @@ impl Core {
                 routing_key: p.routing_key.clone(),
                 properties: props,
                 body: compact(message.body),
+                persist: None,
             });
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
@@ -1897,15 +2205,17 @@ impl Core {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         queues.extend(routed.handles().copied());
-        let msg = Arc::new(Msg {
+        let msg = Msg {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(props),
             body: compact(message.body),
-        });
+            persist: None,
+        };
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
         if in_tx {
+            let msg = Arc::new(msg);
             if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {
                 tx.publishes.push(TxPublish { queues, msg, ret });
             }
@@ -1923,16 +2233,21 @@ impl Core {
                         routing_key,
                     }
                     .into(),
-                    msg: msg.clone(),
+                    msg: Arc::new(msg.clone()),
                 },
             );
         }
+        let msg = self.store_publish(&queues, msg);
         let refused = self.enqueue(&queues, &msg);
         self.route_buf = queues;
-        if let Some(seq) = seqno
-            && let Some(c) = self.chan(id, ch)
-        {
-            c.confirms.push((seq, !refused));
+        if let Some(seq) = seqno {
+            if msg.persist.is_some() {
+                // Confirmed once its record is on disk.
+                self.waiting
+                    .push_back((self.store_seq, id, ch, Settle::Confirm(seq, !refused)));
+            } else if let Some(c) = self.chan(id, ch) {
+                c.confirms.push((seq, !refused));
+            }
         }
         Ok(())
     }
@@ -2018,6 +2333,18 @@ impl Core {
                     .is_some_and(|m| (qs.ready.bytes() + msg.size()) as u64 > m);
             if full && a.overflow != Overflow::DropHead {
                 refused = true;
+                let e = Entry {
+                    seq: 0,
+                    msg: msg.clone(),
+                    redelivered: false,
+                    level: 0,
+                    expires: None,
+                };
+                self.gone(q, &e);
+                let Some(qs) = self.queues.get_mut(&q) else {
+                    continue;
+                };
+                let a = &qs.args;
                 if a.overflow == Overflow::RejectPublishDlx {
                     let e = Entry {
                         seq: 0,
@@ -2078,9 +2405,12 @@ impl Core {
             }
             let mut cs = std::mem::take(&mut chan.confirms);
             cs.sort_unstable();
-            // Every sequence number below this batch's is settled already
-            // (confirms are settled in publish order), so a run of
-            // consecutive numbers with the same outcome is one `multiple`.
+            for (seq, _) in &cs {
+                chan.unsettled.remove(seq);
+            }
+            // A run of consecutive numbers with the same outcome is one
+            // `multiple` confirm, when nothing below it is still unsettled
+            // (a persistent message waiting for the disk).
             let mut i = 0;
             while i < cs.len() {
                 let ack = cs[i].1;
@@ -2088,7 +2418,14 @@ impl Core {
                 while j + 1 < cs.len() && cs[j + 1].1 == ack && cs[j + 1].0 == cs[j].0 + 1 {
                     j += 1;
                 }
-                outs.push((ch, cs[j].0, j > i, ack));
+                let below_settled = chan.unsettled.first().is_none_or(|&u| u > cs[j].0);
+                if j > i && below_settled {
+                    outs.push((ch, cs[j].0, true, ack));
+                } else {
+                    for &(seq, ack) in &cs[i..=j] {
+                        outs.push((ch, seq, false, ack));
+                    }
+                }
                 i = j + 1;
             }
         }
@@ -2220,6 +2557,15 @@ impl Core {
     }
 
     fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
+        let no_ack = self
+            .chan(conn, ch)
+            .and_then(|c| c.consumers.get(&tag))
+            .is_none_or(|k| k.no_ack);
+        if no_ack {
+            self.gone(q, &entry);
+        } else {
+            self.delivered_once(q, &entry);
+        }
         let Some(chan) = self.chan(conn, ch) else {
             return;
         };

@@ -4,7 +4,8 @@ use amqp_broker::auth::{HashAlgorithm, Password};
 use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
 use amqp_broker::definitions::Definitions;
-use amqp_broker::shell::{Shared, accept_loop, timer_loop};
+use amqp_broker::shell::{Shared, accept_loop, store_thread, timer_loop};
+use amqp_broker::store;
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
 use clap::Parser;
@@ -41,8 +42,9 @@ struct Args {
     /// permissions, exchanges, queues and bindings.
     #[arg(long, value_name = "FILE")]
     definitions: Option<PathBuf>,
-    /// Directory for durable state (accepted now; persistence comes with
-    /// the durability work).
+    /// Directory for durable state: the durable topology
+    /// (`definitions.json`) and persistent messages of durable queues
+    /// (`messages/`). Locked while the broker runs.
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
     #[command(subcommand)]
@@ -135,7 +137,33 @@ fn main() -> ExitCode {
         }
     };
     let mut core = Core::new(core_config);
-    if let Some(d) = &definitions {
+    // The data directory: once it holds state, that state is authoritative
+    // (the --definitions topology seeds only an empty broker).
+    let data = match DataDir::open(&args.data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "amqp-broker: data directory {}: {e}",
+                args.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let saved = match std::fs::read_to_string(data.definitions()) {
+        Ok(text) => match Definitions::from_json(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!(
+                    "amqp-broker: {}: {e} (move it away to start from --definitions)",
+                    data.definitions().display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => None,
+    };
+    let topology = saved.as_ref().or(definitions.as_ref());
+    if let Some(d) = topology {
         match core.load_topology(&d.topology) {
             Ok(warnings) => {
                 for w in warnings {
@@ -148,6 +176,37 @@ fn main() -> ExitCode {
             }
         }
     }
+    let started = std::time::Instant::now();
+    let mut recovered = match store::recover(&data.messages()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("amqp-broker: reading {}: {e}", data.messages().display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &recovered.warnings {
+        tracing::warn!("message store: {w}");
+    }
+    let live = std::mem::take(&mut recovered.live);
+    let records = recovered.records;
+    let messages = core.recover_messages(recovered);
+    if records > 0 {
+        tracing::info!(
+            "recovered {messages} persistent messages ({records} records) in {:?}",
+            started.elapsed()
+        );
+    }
+    let log = match store::Log::open(&data.messages(), live) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "amqp-broker: opening the message store in {}: {e}",
+                data.messages().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    core.enable_persistence();
     let mut server = ServerConfig {
         properties: server_properties(config.product.as_deref().unwrap_or("amqp-broker")),
         mechanisms: LongString::from_static("PLAIN AMQPLAIN"),
@@ -172,11 +231,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, core, server))
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = Shared::new(core, server, Some(tx));
+    {
+        let shared = shared.clone();
+        let defs = data.definitions();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || store_thread(shared, log, defs, rx))
+            .expect("spawn the store thread");
+    }
+    let code = runtime.block_on(run(args, shared));
+    drop(data);
+    code
 }
 
-async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
-    let shared = Shared::new(core, server);
+async fn run(args: Args, shared: std::sync::Arc<Shared>) -> ExitCode {
     let explicit = !args.listen.is_empty();
     let addrs = if explicit {
         args.listen.clone()
@@ -249,5 +319,38 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The data directory, locked for this process.
+struct DataDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl DataDir {
+    fn open(path: &std::path::Path) -> Result<DataDir, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))
+            .map_err(|e| e.to_string())?;
+        lock.try_lock().map_err(|_| {
+            "another amqp-broker is using it (choose another with --data-dir)".to_owned()
+        })?;
+        Ok(DataDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    fn definitions(&self) -> PathBuf {
+        self.path.join("definitions.json")
+    }
+
+    fn messages(&self) -> PathBuf {
+        self.path.join("messages")
     }
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use amqp_types::{BasicProperties, ShortString};
 
 /// A published message, stored once however many queues it reaches.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Msg {
     /// The exchange it was published to.
     pub exchange: ShortString,
@@ -34,6 +34,9 @@ pub struct Msg {
     pub properties: BasicProperties,
     /// Its body.
     pub body: Bytes,
+    /// Its id in the message store, when it is persistent and reached a
+    /// durable queue.
+    pub persist: Option<u64>,
 }
 
 impl Msg {
@@ -149,6 +152,16 @@ impl Ready {
         priority.unwrap_or(0).min(max)
     }
 
+    /// Appends a recovered message (redelivered if it was delivered
+    /// before the restart).
+    pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool) {
+        let level = usize::from(self.level_of(msg.properties.priority));
+        self.push(msg, None);
+        if let Some(e) = self.levels[level].fresh.back_mut() {
+            e.redelivered = redelivered;
+        }
+    }
+
     /// Appends a new message at the tail of its level.
     pub fn push(&mut self, msg: Arc<Msg>, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
@@ -215,6 +228,18 @@ impl Ready {
             .min()
     }
 
+    /// Removes and returns every ready message.
+    pub fn drain(&mut self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.len);
+        for l in &mut self.levels {
+            out.extend(l.fresh.drain(..));
+            out.extend(std::mem::take(&mut l.returned).into_values());
+        }
+        self.len = 0;
+        self.bytes = 0;
+        out
+    }
+
     /// Removes every ready message; returns how many there were.
     pub fn purge(&mut self) -> usize {
         let n = self.len;
@@ -242,6 +267,7 @@ mod tests {
                 ..Default::default()
             },
             body: Bytes::from_static(body.as_bytes()),
+            persist: None,
         })
     }
 

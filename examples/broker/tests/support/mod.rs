@@ -29,10 +29,20 @@ impl Broker {
             .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
             .unwrap_or_else(|| panic!("no free port in {ports:?}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_amqp-broker"));
+        cmd.arg("--listen").arg(addr.to_string()).args(extra);
+        if !extra.contains(&"--data-dir") {
+            // A fresh data directory per broker (tests run in parallel).
+            let dir = std::env::temp_dir().join(format!(
+                "amqp-broker-test-{}-{port}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("AMQP_BROKER_LOG").unwrap_or("warn".into()),
