@@ -573,9 +573,11 @@ impl Core {
     }
 
     /// Puts recovered messages back in their queues, in order; messages of
-    /// queues that no longer exist are removed from the store. Returns how
-    /// many were recovered.
-    pub fn recover_messages(&mut self, r: crate::store::Recovered) -> usize {
+    /// queues that no longer exist are removed from the store. After an
+    /// unclean shutdown every message comes back redelivered (a delivery's
+    /// marker may not have reached the disk). Returns how many were
+    /// recovered.
+    pub fn recover_messages(&mut self, r: crate::store::Recovered, unclean: bool) -> usize {
         self.next_persist = self.next_persist.max(r.next_id);
         let mut n = 0;
         for ((vhost, name), msgs) in r.queues {
@@ -603,7 +605,7 @@ impl Core {
                         body: m.body,
                         persist: Some(m.id),
                     }),
-                    m.redelivered,
+                    m.redelivered || unclean,
                 );
             }
         }

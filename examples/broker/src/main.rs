@@ -189,7 +189,13 @@ fn main() -> ExitCode {
     }
     let live = std::mem::take(&mut recovered.live);
     let records = recovered.records;
-    let messages = core.recover_messages(recovered);
+    let clean = data.take_clean_mark();
+    if !clean && records > 0 {
+        tracing::warn!(
+            "the last run did not shut down cleanly: recovered messages are flagged redelivered"
+        );
+    }
+    let messages = core.recover_messages(recovered, !clean);
     if records > 0 {
         tracing::info!(
             "recovered {messages} persistent messages ({records} records) in {:?}",
@@ -233,16 +239,21 @@ fn main() -> ExitCode {
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let shared = Shared::new(core, server, Some(tx));
-    {
+    let store = {
         let shared = shared.clone();
         let defs = data.definitions();
         std::thread::Builder::new()
             .name("store".into())
             .spawn(move || store_thread(shared, log, defs, rx))
-            .expect("spawn the store thread");
+            .expect("spawn the store thread")
+    };
+    let code = runtime.block_on(run(args, shared.clone()));
+    // Shutdown: what the store has is written, then the mark that lets the
+    // next start trust the delivery markers.
+    shared.close_store();
+    if store.join().unwrap_or(false) {
+        data.set_clean_mark();
     }
-    let code = runtime.block_on(run(args, shared));
-    drop(data);
     code
 }
 
@@ -352,5 +363,21 @@ impl DataDir {
 
     fn messages(&self) -> PathBuf {
         self.path.join("messages")
+    }
+
+    /// Whether the last run shut down cleanly (and forgets it: a crash of
+    /// this run must not look clean).
+    fn take_clean_mark(&self) -> bool {
+        let mark = self.path.join("clean-shutdown");
+        let clean = mark.exists();
+        if clean {
+            let _ = std::fs::remove_file(&mark);
+            let _ = std::fs::File::open(&self.path).and_then(|d| d.sync_all());
+        }
+        clean
+    }
+
+    fn set_clean_mark(&self) {
+        let _ = store::write_atomically(&self.path.join("clean-shutdown"), b"");
     }
 }

@@ -33,8 +33,9 @@ pub const SHUTDOWN_TEXT: &str =
 /// What every connection task shares.
 pub struct Shared {
     core: Mutex<Core>,
-    /// The store thread's queue, when persistence is on.
-    store: Option<std::sync::mpsc::Sender<StoreBatch>>,
+    /// The store thread's queue, when persistence is on (taken away to
+    /// let the thread finish at shutdown).
+    store: Mutex<Option<std::sync::mpsc::Sender<StoreBatch>>>,
     /// Wakes the timer task when the core's earliest deadline changed.
     timer: Notify,
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
@@ -57,7 +58,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Shared {
             core: Mutex::new(core),
-            store,
+            store: Mutex::new(store),
             timer: Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -71,7 +72,6 @@ impl Shared {
         if core.take_timers_changed() {
             self.timer.notify_one();
         }
-        self.store.as_ref()?;
         let records = core.take_store_ops();
         let definitions = core.take_definitions();
         if records.is_none() && definitions.is_none() {
@@ -86,11 +86,24 @@ impl Shared {
     }
 
     fn after(&self, batch: Option<StoreBatch>) {
-        if let (Some(b), Some(tx)) = (batch, &self.store) {
+        let Some(b) = batch else { return };
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = &*store {
             // A closed channel means the store thread stopped on a disk
             // error (logged there): confirms stay withheld.
             let _ = tx.send(b);
         }
+    }
+
+    /// Lets the store thread finish what it has (at shutdown): nothing is
+    /// sent to it after this.
+    pub fn close_store(&self) {
+        let last = {
+            let mut core = self.core();
+            self.take_side_work(&mut core)
+        };
+        self.after(last);
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -344,12 +357,13 @@ pub struct StoreBatch {
 /// batches queue up and share the next sync), then releases their
 /// confirms. On a write or sync error it logs and stops: confirms are
 /// withheld from then on rather than given for what may not be on disk.
+/// Returns whether everything sent to it was written and synced.
 pub fn store_thread(
     shared: Arc<Shared>,
     mut log: crate::store::Log,
     definitions: std::path::PathBuf,
     rx: std::sync::mpsc::Receiver<StoreBatch>,
-) {
+) -> bool {
     while let Ok(first) = rx.recv() {
         let mut b = first;
         while let Ok(more) = rx.try_recv() {
@@ -374,7 +388,7 @@ pub fn store_thread(
                 "message store: {e}: no further publisher confirms or transaction commits \
                  will be sent; stop the broker and free the disk"
             );
-            return;
+            return false;
         }
         let woken = {
             let mut core = shared.core();
@@ -383,4 +397,5 @@ pub fn store_thread(
         };
         shared.wake(&woken);
     }
+    true
 }
