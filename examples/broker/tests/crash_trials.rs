@@ -227,8 +227,9 @@ fn consumer(addr: SocketAddr, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>, see
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 held.push_back((d.delivery_tag, id));
-                if rng % 3 != 0 || held.len() > 20 {
-                    let (tag, id) = if rng % 3 != 0 {
+                let keep = !rng.is_multiple_of(3);
+                if keep || held.len() > 20 {
+                    let (tag, id) = if keep {
                         held.pop_back().unwrap_or((d.delivery_tag, id))
                     } else {
                         held.pop_front().unwrap_or((d.delivery_tag, id))
