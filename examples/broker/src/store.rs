@@ -365,16 +365,35 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// torn or corrupt tail of the last segment is cut off; damage elsewhere
 /// is reported and the rest is read.
 pub fn recover(dir: &Path) -> io::Result<Recovered> {
+    let segs = segments(dir)?;
+    let mut files = Vec::with_capacity(segs.len());
+    for &seg in &segs {
+        files.push((seg, fs::read(segment_path(dir, seg))?));
+    }
+    recover_from(files, |seg, len| {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, seg))?;
+        f.set_len(len)?;
+        f.sync_all()
+    })
+}
+
+/// [`recover`] over segments given as (number, bytes), in order;
+/// `truncate(segment, length)` cuts the last segment's damaged tail.
+pub fn recover_from(
+    segments: Vec<(u64, Vec<u8>)>,
+    mut truncate: impl FnMut(u64, u64) -> io::Result<()>,
+) -> io::Result<Recovered> {
     let mut out = Recovered {
         next_id: 1,
         ..Default::default()
     };
-    let segs = segments(dir)?;
     // id -> message and where it is.
     let mut msgs: BTreeMap<u64, (RecoveredMessage, Vec<QueueKey>)> = BTreeMap::new();
-    for (i, &seg) in segs.iter().enumerate() {
-        let path = segment_path(dir, seg);
-        let data = fs::read(&path)?;
+    let n = segments.len();
+    for (i, (seg, data)) in segments.into_iter().enumerate() {
+        let path = format!("segment {seg:016}");
         out.live.touch(seg);
         let mut off = 0;
         while off < data.len() {
@@ -391,7 +410,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
                             properties,
                             body,
                         } => {
-                            out.next_id = out.next_id.max(id + 1);
+                            out.next_id = out.next_id.max(id.saturating_add(1));
                             out.live.publish(seg, id, &queues);
                             msgs.insert(
                                 id,
@@ -422,22 +441,15 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
                     }
                 }
                 Err(d) => {
-                    let last = i + 1 == segs.len();
-                    if last {
+                    if i + 1 == n {
                         out.warnings.push(format!(
-                            "{}: {:?} record at byte {off}: the tail ({} bytes) is cut off",
-                            path.display(),
-                            d,
+                            "{path}: {d:?} record at byte {off}: the tail ({} bytes) is cut off",
                             data.len() - off
                         ));
-                        let f = OpenOptions::new().write(true).open(&path)?;
-                        f.set_len(off as u64)?;
-                        f.sync_all()?;
+                        truncate(seg, off as u64)?;
                     } else {
                         out.warnings.push(format!(
-                            "{}: {:?} record at byte {off}: the remaining {} bytes of this segment are unreadable and skipped",
-                            path.display(),
-                            d,
+                            "{path}: {d:?} record at byte {off}: the remaining {} bytes of this segment are unreadable and skipped",
                             data.len() - off
                         ));
                     }
