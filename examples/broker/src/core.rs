@@ -604,6 +604,7 @@ impl Core {
                         properties: m.properties,
                         body: m.body,
                         persist: Some(m.id),
+                        bcc: Vec::new(),
                     }),
                     m.redelivered || unclean,
                 );
@@ -813,10 +814,21 @@ impl Core {
             let Some(v) = self.vhosts.get(&vhost) else {
                 return;
             };
+            // Without a dead-letter routing key the message goes by all the
+            // keys it was published with, BCC ones included.
+            let with_bcc = (dlrk.is_none() && !e.msg.bcc.is_empty()).then(|| {
+                let mut h = props.headers.clone().unwrap_or_default();
+                let mut a = amqp_codec::types::FieldArray::new();
+                for k in &e.msg.bcc {
+                    a.push(FieldValue::LongString(LongString::copy_from(k.as_bytes())));
+                }
+                h.set(ShortString::from_static("BCC"), FieldValue::Array(a));
+                h
+            });
             let Ok(routed) = v.router.route(
                 dlx.as_bytes(),
                 key.as_bytes(),
-                props.headers.as_ref(),
+                with_bcc.as_ref().or(props.headers.as_ref()),
                 &mut self.scratch,
             ) else {
                 continue;
@@ -834,6 +846,11 @@ impl Core {
                     properties: props,
                     body: e.msg.body.clone(),
                     persist: None,
+                    bcc: if dlrk.is_some() {
+                        Vec::new()
+                    } else {
+                        e.msg.bcc.clone()
+                    },
                 },
             );
             self.enqueue(&targets, &msg);
@@ -1519,7 +1536,14 @@ impl Core {
             Method::TxCommit(_) => {
                 let tx = self.tx_take(id, ch, (90, 20))?;
                 let before = self.store_seq;
-                self.commit(id, ch, tx);
+                if self.commit(id, ch, tx) {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::PRECONDITION_FAILED,
+                        "partial tx completion".into(),
+                        (90, 20),
+                    ));
+                }
                 if self.store_seq > before {
                     // commit-ok once the transaction's records are durable.
                     self.waiting
@@ -1586,17 +1610,8 @@ impl Core {
             } else {
                 m.queue.to_string_lossy().into_owned()
             };
-            check_queue_args(&m.arguments).map_err(|e| {
-                refused(
-                    ch,
-                    ReplyCode::PRECONDITION_FAILED,
-                    format!(
-                        "invalid arg '{}' for queue '{name}' in vhost '{vh}': {}",
-                        e.0, e.1
-                    ),
-                    (50, 10),
-                )
-            })?;
+            check_queue_args(&m.arguments, &name, &vh)
+                .map_err(|e| refused(ch, ReplyCode::PRECONDITION_FAILED, e, (50, 10)))?;
         }
         let replicated = matches!(
             m.arguments.get("x-queue-type"),
@@ -1717,7 +1732,9 @@ impl Core {
         }
         let prefetch = c.prefetch;
         let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
-        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+        if q.exclusive_consumer
+            || (m.exclusive && (!q.consumers.is_empty() || q.args.single_active))
+        {
             return Err(refused(
                 ch,
                 ReplyCode::ACCESS_REFUSED,
@@ -1929,7 +1946,11 @@ impl Core {
             );
             return Ok(());
         };
-        let remaining = count(q.ready.len());
+        // Expired messages the get uncovered go now (the count says so);
+        // the new head's expiry is armed.
+        self.expire(qid);
+        self.arm(qid);
+        let remaining = self.queues.get(&qid).map_or(0, |q| count(q.ready.len()));
         let Some(c) = self.chan(id, ch) else {
             return Ok(());
         };
@@ -2049,6 +2070,8 @@ impl Core {
                         q.ready.requeue(u.entry);
                         touched.push(u.queue);
                     }
+                    // Back over a length limit: the head goes, as RabbitMQ.
+                    self.drop_over_limit(u.queue);
                 }
                 TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
                 TxAck::Ack => self.gone(u.queue, &u.entry),
@@ -2081,7 +2104,10 @@ impl Core {
         Ok(())
     }
 
-    fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) {
+    /// Applies a transaction; returns whether a queue refused a publish
+    /// (`x-overflow` reject-publish).
+    fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) -> bool {
+        let mut refused = false;
         for TxPublish { queues, msg, ret } in tx.publishes {
             let msg = self.store_publish(&queues, Arc::unwrap_or_clone(msg));
             if let Some((exchange, routing_key)) = ret {
@@ -2100,7 +2126,7 @@ impl Core {
                     },
                 );
             }
-            self.enqueue(&queues, &msg);
+            refused |= self.enqueue(&queues, &msg);
         }
         let mut touched = Vec::new();
         self.settle_now(
@@ -2115,6 +2141,7 @@ impl Core {
         for q in touched {
             self.dispatch(q);
         }
+        refused
     }
 
     // ----- publishing ------------------------------------------------------
@@ -2192,6 +2219,7 @@ impl Core {
                 properties: props,
                 body: compact(message.body),
                 persist: None,
+                bcc: Vec::new(),
             });
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
@@ -2207,12 +2235,14 @@ impl Core {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         queues.extend(routed.handles().copied());
+        let bcc = bcc_keys(&props);
         let msg = Msg {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(props),
             body: compact(message.body),
             persist: None,
+            bcc,
         };
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
@@ -2365,32 +2395,40 @@ impl Core {
             };
             let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
             qs.ready.push(msg.clone(), expires);
-            // drop-head: the oldest go (dead-lettered as maxlen).
-            let mut dropped = Vec::new();
-            while qs
-                .args
-                .max_length
-                .is_some_and(|m| qs.ready.len() as u64 > m)
-                || qs
-                    .args
-                    .max_length_bytes
-                    .is_some_and(|m| qs.ready.bytes() as u64 > m)
-            {
-                match qs.ready.pop() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            if !dropped.is_empty() {
-                self.dead_letter(q, dropped, Reason::Maxlen);
-            }
-            // A TTL-0 message goes to a consumer that can take it now, or
-            // expires.
+            // A consumer that can take it now gets it (a TTL-0 message
+            // too, and one over a limit of 0); then drop-head.
             self.deliver_ready(q);
+            self.drop_over_limit(q);
             self.expire(q);
             self.arm(q);
         }
         refused
+    }
+
+    /// drop-head: the oldest ready messages of queue `q` go (dead-lettered
+    /// as `maxlen`) while it is over its length limits.
+    fn drop_over_limit(&mut self, q: QueueId) {
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        while qs
+            .args
+            .max_length
+            .is_some_and(|m| qs.ready.len() as u64 > m)
+            || qs
+                .args
+                .max_length_bytes
+                .is_some_and(|m| qs.ready.bytes() as u64 > m)
+        {
+            match qs.ready.pop() {
+                Some(e) => dropped.push(e),
+                None => break,
+            }
+        }
+        if !dropped.is_empty() {
+            self.dead_letter(q, dropped, Reason::Maxlen);
+        }
     }
 
     /// Sends the confirms settled in this batch, a run of acks as one
@@ -2685,47 +2723,90 @@ fn integer_arg(value: &FieldValue) -> Result<i128, String> {
     })
 }
 
-/// Checks the queue arguments RabbitMQ 3.10 validates; the error is the
-/// argument and RabbitMQ's explanation, as it formats them.
-fn check_queue_args(args: &FieldTable) -> Result<(), (String, String)> {
-    // (name, least value allowed, most value allowed)
-    const INTEGER_ARGS: &[(&str, i128, i128)] = &[
-        ("x-expires", 1, u32::MAX as i128),
-        ("x-message-ttl", 0, u32::MAX as i128),
-        ("x-max-length", 0, i64::MAX as i128),
-        ("x-max-length-bytes", 0, i64::MAX as i128),
-        ("x-max-priority", 0, 255),
-        ("x-delivery-limit", 0, i64::MAX as i128),
-    ];
-    if let Some(t) = args.get("x-queue-type") {
-        let k = || "x-queue-type".to_owned();
-        let FieldValue::LongString(name) = t else {
-            return Err((
-                k(),
-                format!("{{unacceptable_type,{}}}", amqp_router::erlang_type_name(t)),
-            ));
-        };
-        if !matches!(name.as_bytes(), b"classic" | b"quorum" | b"stream") {
-            return Err((
-                k(),
-                format!("\"unsupported queue type '{}'\"", name.to_string_lossy()),
-            ));
-        }
-    }
-    for (key, value) in args.iter() {
-        let k = key.to_string_lossy();
-        let Some(&(_, min, max)) = INTEGER_ARGS.iter().find(|(n, _, _)| *n == k) else {
-            continue;
-        };
-        let n = integer_arg(value).map_err(|why| (k.to_string(), why))?;
+/// Checks the queue arguments RabbitMQ 3.10 validates, in its order; the
+/// error is RabbitMQ's text for queue `queue` in `vhost`.
+fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), String> {
+    let invalid = |k: &str, why: String| {
+        format!("invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}")
+    };
+    let unacceptable =
+        |v: &FieldValue| format!("{{unacceptable_type,{}}}", amqp_router::erlang_type_name(v));
+    // Integer arguments: (name, least allowed, most allowed, how "too
+    // large" is said).
+    let integer = |k: &str, v: &FieldValue, min: i128, max: Option<i128>| -> Result<(), String> {
+        let n = integer_arg(v).map_err(|why| invalid(k, why))?;
         if n < 0 {
-            return Err((k.to_string(), format!("{{value_negative,{n}}}")));
+            return Err(invalid(k, format!("{{value_negative,{n}}}")));
         }
         if n < min {
-            return Err((k.to_string(), format!("{{value_zero,{n}}}")));
+            return Err(invalid(k, format!("{{value_zero,{n}}}")));
         }
-        if n > max {
-            return Err((k.to_string(), format!("{{value_too_large,{n},{max}}}")));
+        match max {
+            Some(m) if n > m && k == "x-max-priority" => {
+                Err(invalid(k, format!("{{max_value_exceeded,{n}}}")))
+            }
+            Some(m) if n > m => Err(invalid(k, format!("{{value_too_large,{n}}}"))),
+            _ => Ok(()),
+        }
+    };
+    let ttl = i128::from(lifecycle::MAX_TTL);
+    for key in [
+        "x-expires",
+        "x-message-ttl",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-overflow",
+        "x-queue-type",
+        "x-single-active-consumer",
+        "x-delivery-limit",
+    ] {
+        let Some(v) = args.get(key) else { continue };
+        match key {
+            "x-expires" => integer(key, v, 1, Some(ttl))?,
+            "x-message-ttl" => integer(key, v, 0, Some(ttl))?,
+            "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => integer(key, v, 0, None)?,
+            "x-max-priority" => integer(key, v, 0, Some(255))?,
+            "x-dead-letter-exchange" if !matches!(v, FieldValue::LongString(_)) => {
+                return Err(format!(
+                    "invalid type '{}' for arg '{key}' in queue '{queue}' in vhost '{vhost}'",
+                    amqp_router::erlang_type_name(v)
+                ));
+            }
+            "x-dead-letter-routing-key" => {
+                if !matches!(v, FieldValue::LongString(_)) {
+                    return Err(invalid(key, unacceptable(v)));
+                }
+                if !args.contains_key("x-dead-letter-exchange") {
+                    return Err(invalid(key, "routing_key_but_no_dlx_defined".into()));
+                }
+            }
+            "x-overflow" => match v {
+                FieldValue::LongString(s)
+                    if matches!(
+                        s.as_bytes(),
+                        b"drop-head" | b"reject-publish" | b"reject-publish-dlx"
+                    ) => {}
+                FieldValue::LongString(_) => return Err(invalid(key, "invalid_overflow".into())),
+                other => return Err(invalid(key, unacceptable(other))),
+            },
+            "x-queue-type" => match v {
+                FieldValue::LongString(s)
+                    if matches!(s.as_bytes(), b"classic" | b"quorum" | b"stream") => {}
+                FieldValue::LongString(s) => {
+                    return Err(invalid(
+                        key,
+                        format!("\"unsupported queue type '{}'\"", s.to_string_lossy()),
+                    ));
+                }
+                other => return Err(invalid(key, unacceptable(other))),
+            },
+            "x-single-active-consumer" if !matches!(v, FieldValue::Bool(_)) => {
+                return Err(invalid(key, unacceptable(v)));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -2750,6 +2831,20 @@ fn no_vhost() -> ProtocolError {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The long strings of a `BCC` header array.
+fn bcc_keys(p: &BasicProperties) -> Vec<ShortString> {
+    match p.headers.as_ref().and_then(|h| h.get("BCC")) {
+        Some(FieldValue::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v {
+                FieldValue::LongString(s) => ShortString::from_bytes(s.as_bytes()).ok(),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The properties a message is stored with: a `BCC` header is removed
