@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +42,12 @@ SCENARIOS = [
      ["-x", "1", "-y", "1", "-a", "-s", "1024"]),
     ("confirms", "confirms (1,000 outstanding) + manual acks, prefetch 100, 1 KiB",
      ["-x", "1", "-y", "1", "-c", "1000", "-q", "100", "-s", "1024"]),
+    ("persist1", "persistent 1 KiB to a durable queue, confirms (1,000 outstanding), 1 producer, 1 consumer, auto-ack",
+     ["-x", "1", "-y", "1", "-a", "-s", "1024", "-c", "1000", "-f", "persistent",
+      "-u", "perf-durable-1"]),
+    ("persist4", "persistent 1 KiB to a durable queue, confirms (1,000 outstanding), 4 producers, 1 consumer, auto-ack",
+     ["-x", "4", "-y", "1", "-a", "-s", "1024", "-c", "1000", "-f", "persistent",
+      "-u", "perf-durable-4"]),
     ("fanout50", "fan-out to 50 queues, 1 producer, 50 consumers, auto-ack, 16 B",
      ["-x", "1", "-y", "50", "-a", "-s", "16", "-t", "fanout", "-e", "perf-fanout",
       "-c", "1000"]),
@@ -121,7 +128,9 @@ def main():
         print(f"rabbitmq   {name}: {results[(name, 'rabbitmq')].get('receive_rate')}", file=sys.stderr)
     # Then ours, with RabbitMQ's application stopped (its VM idles).
     rabbitmqctl("stop_app")
-    broker = subprocess.Popen([BROKER, "--listen", OURS], stderr=subprocess.DEVNULL)
+    data = tempfile.mkdtemp(prefix="amqp-broker-bench-")
+    broker = subprocess.Popen([BROKER, "--listen", OURS, "--data-dir", data],
+                              stderr=subprocess.DEVNULL)
     try:
         if not wait_port(OURS, 10):
             sys.exit("amqp-broker did not start")
@@ -131,6 +140,7 @@ def main():
     finally:
         broker.send_signal(signal.SIGTERM)
         broker.wait(timeout=10)
+        shutil.rmtree(data, ignore_errors=True)
         rabbitmqctl("start_app")
     cpu = os.cpu_count()
     print(f"\nRabbitMQ {version} and amqp-broker {sh('git', '-C', ROOT, 'rev-parse', '--short', 'HEAD').stdout.strip()}, "

@@ -18,8 +18,9 @@ type Target = (&'static str, fn(&[u8]));
 
 #[test]
 fn every_committed_input_allocates_within_the_limit() {
-    let targets: [Target; 6] = [
+    let targets: [Target; 7] = [
         ("broker_ops", broker::broker_ops),
+        ("store_recover", broker::store_recover),
         ("codec_ops", codec::codec_ops),
         ("router_ops", router::router_ops),
         ("parse_frames", wire::parse_frames),

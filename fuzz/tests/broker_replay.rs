@@ -9,3 +9,9 @@ fn broker_ops_corpus_replays() {
     let inputs = amqp_fuzz::replay("broker_ops", amqp_fuzz::broker::broker_ops);
     assert!(!inputs.is_empty());
 }
+
+#[test]
+fn store_recover_corpus_replays() {
+    let inputs = amqp_fuzz::replay("store_recover", amqp_fuzz::broker::store_recover);
+    assert!(!inputs.is_empty());
+}

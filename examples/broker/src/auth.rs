@@ -4,14 +4,119 @@
 use regex::Regex;
 use std::collections::HashMap;
 
+/// How RabbitMQ hashed a stored password (`hashing_algorithm` in a
+/// definitions export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// `rabbit_password_hashing_sha256`, the default.
+    Sha256,
+    /// `rabbit_password_hashing_sha512`.
+    Sha512,
+    /// `rabbit_password_hashing_md5` (and exports without
+    /// `hashing_algorithm`).
+    Md5,
+}
+
+impl HashAlgorithm {
+    /// From a definitions export's `hashing_algorithm` (absent: MD5, as
+    /// RabbitMQ reads old exports).
+    pub fn from_name(name: Option<&str>) -> Result<Self, String> {
+        match name {
+            None | Some("rabbit_password_hashing_md5") => Ok(HashAlgorithm::Md5),
+            Some("rabbit_password_hashing_sha256") => Ok(HashAlgorithm::Sha256),
+            Some("rabbit_password_hashing_sha512") => Ok(HashAlgorithm::Sha512),
+            Some(other) => Err(format!("unknown hashing_algorithm '{other}'")),
+        }
+    }
+
+    /// The name RabbitMQ exports.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "rabbit_password_hashing_sha256",
+            HashAlgorithm::Sha512 => "rabbit_password_hashing_sha512",
+            HashAlgorithm::Md5 => "rabbit_password_hashing_md5",
+        }
+    }
+
+    fn digest(self, salt: &[u8], password: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        let mut input = salt.to_vec();
+        input.extend_from_slice(password);
+        match self {
+            HashAlgorithm::Sha256 => sha2::Sha256::digest(&input).to_vec(),
+            HashAlgorithm::Sha512 => sha2::Sha512::digest(&input).to_vec(),
+            HashAlgorithm::Md5 => md5::Md5::digest(&input).to_vec(),
+        }
+    }
+}
+
+/// A stored password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// Given in clear in the configuration file.
+    Plain(String),
+    /// RabbitMQ's `password_hash`: a 4-byte salt followed by the digest of
+    /// salt and password.
+    Hashed {
+        /// The digest's algorithm.
+        algorithm: HashAlgorithm,
+        /// Salt then digest, as decoded from base64.
+        salted: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// `a == b` in time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Password {
+    /// A `password_hash` from a definitions export or `amqp-broker
+    /// hash-password`.
+    pub fn from_hash(hash: &str, algorithm: HashAlgorithm) -> Result<Self, String> {
+        use base64::Engine;
+        let salted = base64::engine::general_purpose::STANDARD
+            .decode(hash)
+            .map_err(|e| format!("password_hash is not base64: {e}"))?;
+        if salted.len() <= 4 {
+            return Err("password_hash is too short for a salt and a digest".into());
+        }
+        Ok(Password::Hashed { algorithm, salted })
+    }
+
+    /// RabbitMQ's hash of `password` with this 4-byte salt, base64.
+    pub fn hash(password: &str, salt: [u8; 4], algorithm: HashAlgorithm) -> String {
+        use base64::Engine;
+        let mut salted = salt.to_vec();
+        salted.extend(algorithm.digest(&salt, password.as_bytes()));
+        base64::engine::general_purpose::STANDARD.encode(salted)
+    }
+
+    /// Whether `given` is this password.
+    pub fn verify(&self, given: &str) -> bool {
+        match self {
+            Password::Plain(p) => same(p.as_bytes(), given.as_bytes()),
+            Password::Hashed { algorithm, salted } => {
+                let (salt, digest) = salted.split_at(4);
+                same(&algorithm.digest(salt, given.as_bytes()), digest)
+            }
+        }
+    }
+}
+
 /// A user and how to check their password.
 #[derive(Debug, Clone)]
 pub struct User {
     /// The user name.
     pub name: String,
-    /// The password, compared as given (hashed forms come with the security
-    /// work).
-    pub password: String,
+    /// The password.
+    pub password: Password,
     /// Tags (`administrator`, `monitoring`, ...).
     pub tags: Vec<String>,
 }
@@ -90,7 +195,7 @@ impl Default for Auth {
             "guest".to_owned(),
             User {
                 name: "guest".into(),
-                password: "guest".into(),
+                password: Password::Plain("guest".into()),
                 tags: vec!["administrator".into()],
             },
         );
@@ -114,7 +219,7 @@ impl Auth {
         if !loopback && self.loopback_users.iter().any(|l| l == user) {
             return false;
         }
-        u.password == password
+        u.password.verify(password)
     }
 
     /// Whether `user` may open `vhost` (has any permission there).
@@ -136,6 +241,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rabbitmq_password_hashes() {
+        // `rabbitmqctl hash_password guest`-style values: salt + digest.
+        for algo in [
+            HashAlgorithm::Sha256,
+            HashAlgorithm::Sha512,
+            HashAlgorithm::Md5,
+        ] {
+            let h = Password::hash("s3cret", [1, 2, 3, 4], algo);
+            let p = Password::from_hash(&h, algo).unwrap();
+            assert!(p.verify("s3cret"));
+            assert!(!p.verify("s3cre"));
+            assert!(!p.verify(""));
+        }
+        // A known vector: base64(salt 0xCAFEBABE ++ sha256(salt ++ "guest")).
+        let h = Password::hash("guest", [0xca, 0xfe, 0xba, 0xbe], HashAlgorithm::Sha256);
+        assert!(h.starts_with("yv66v"), "{h}");
+        assert!(Password::from_hash("!!", HashAlgorithm::Sha256).is_err());
+        assert!(Password::from_hash("AAAA", HashAlgorithm::Sha256).is_err());
+        assert_eq!(HashAlgorithm::from_name(None), Ok(HashAlgorithm::Md5));
+        assert!(HashAlgorithm::from_name(Some("nope")).is_err());
+    }
+
+    #[test]
     fn guest_only_over_loopback() {
         let a = Auth::default();
         assert!(a.login("guest", "guest", true));
@@ -151,7 +279,7 @@ mod tests {
             "bob".into(),
             User {
                 name: "bob".into(),
-                password: "pw".into(),
+                password: Password::Plain("pw".into()),
                 tags: vec![],
             },
         );

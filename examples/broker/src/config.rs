@@ -26,7 +26,7 @@
 //! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
 //! with every permission on `/`; without `vhosts`, the one vhost `/`.
 
-use crate::auth::{Auth, Permission, User};
+use crate::auth::{Auth, HashAlgorithm, Password, Permission, User};
 use crate::core::CoreConfig;
 use serde::Deserialize;
 
@@ -63,14 +63,20 @@ pub struct VhostDef {
     pub name: String,
 }
 
-/// `[[users]]`.
+/// `[[users]]`: `password` in clear, or `password_hash` (RabbitMQ's
+/// format, from `amqp-broker hash-password` or a definitions export) with
+/// `hashing_algorithm` (default SHA-256).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserDef {
     /// User name.
     pub name: String,
-    /// Password.
-    pub password: String,
+    /// Password in clear.
+    pub password: Option<String>,
+    /// RabbitMQ's salted hash, base64.
+    pub password_hash: Option<String>,
+    /// `rabbit_password_hashing_sha256` (default), `_sha512` or `_md5`.
+    pub hashing_algorithm: Option<String>,
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -111,11 +117,30 @@ impl Config {
                 loopback_users: vec!["guest".into()],
             };
             for u in &self.users {
+                let password = match (&u.password, &u.password_hash) {
+                    (Some(p), None) => Password::Plain(p.clone()),
+                    (None, Some(h)) => {
+                        let algo = HashAlgorithm::from_name(Some(
+                            u.hashing_algorithm
+                                .as_deref()
+                                .unwrap_or("rabbit_password_hashing_sha256"),
+                        ))
+                        .map_err(|e| format!("user '{}': {e}", u.name))?;
+                        Password::from_hash(h, algo)
+                            .map_err(|e| format!("user '{}': {e}", u.name))?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "user '{}': give exactly one of password and password_hash",
+                            u.name
+                        ));
+                    }
+                };
                 auth.users.insert(
                     u.name.clone(),
                     User {
                         name: u.name.clone(),
-                        password: u.password.clone(),
+                        password,
                         tags: u.tags.clone(),
                     },
                 );

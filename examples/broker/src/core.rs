@@ -12,6 +12,7 @@
 use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::queue::{Entry, Msg, Ready};
+use crate::store::{QueueKey, Record};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, ProtocolError, ReplyCode,
@@ -22,7 +23,7 @@ use amqp_codec::{Decision, Message};
 use amqp_router as r;
 use amqp_router::{Bind, OwnerId, Publish, QueueUsage, Removed, RouteScratch, Router};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 // Management: read-only snapshots, counters and admin operations.
 #[path = "snapshot.rs"]
@@ -148,6 +149,15 @@ struct Unacked {
     consumer: Option<ShortString>,
 }
 
+/// What waits for the store to make records durable.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// A publisher confirm: (sequence number, ack).
+    Confirm(u64, bool),
+    /// A `tx.commit-ok`.
+    CommitOk,
+}
+
 /// A publish held by a transaction until commit.
 #[derive(Debug)]
 struct TxPublish {
@@ -184,6 +194,9 @@ struct Chan {
     confirm: bool,
     /// Publish sequence numbers settled in this batch: (seqno, ack).
     confirms: Vec<(u64, bool)>,
+    /// Publish sequence numbers not confirmed yet (a `multiple` confirm may
+    /// only cover settled ones).
+    unsettled: BTreeSet<u64>,
     tx: Option<Tx>,
     last_queue: Option<ShortString>,
     /// Direct reply-to: the consumer tag and the reply-to suffix.
@@ -243,8 +256,41 @@ struct QState {
     armed: Option<Instant>,
     /// Last declared, consumed from or read (`x-expires`).
     last_used: Option<Instant>,
+    /// Durable: its persistent messages are in the store.
+    durable: bool,
     /// Management: message counters.
     stats: snapshot::MessageStats,
+}
+
+impl QState {
+    fn new(
+        vhost: &str,
+        name: ShortString,
+        durable: bool,
+        auto_delete: bool,
+        arguments: &FieldTable,
+    ) -> QState {
+        let args = QueueArgs::from_arguments(arguments);
+        QState {
+            vhost: vhost.to_owned(),
+            name,
+            ready: Ready::with_priorities(args.max_priority.unwrap_or(0)),
+            consumers: Vec::new(),
+            rr: 0,
+            exclusive_consumer: false,
+            auto_delete,
+            had_consumers: false,
+            args,
+            armed: None,
+            last_used: None,
+            durable,
+            stats: snapshot::MessageStats::default(),
+        }
+    }
+
+    fn key(&self) -> QueueKey {
+        (self.vhost.clone(), self.name.clone())
+    }
 }
 
 struct Vhost {
@@ -274,6 +320,19 @@ pub struct Core {
     /// A wall-clock reading (`x-death`'s `time`): this instant was this many
     /// seconds since the Unix epoch.
     clock: Option<(Instant, u64)>,
+    /// Persistence is on (a message store is attached).
+    persistence: bool,
+    /// Records for the store, not yet taken by the shell.
+    store_ops: Vec<Record>,
+    /// Records emitted so far (the number of the last one).
+    store_seq: u64,
+    /// Confirms waiting for their record to be durable: (record number,
+    /// connection, channel, publish sequence number, ack).
+    waiting: VecDeque<(u64, ConnId, u16, Settle)>,
+    /// The next store id for a persistent message.
+    next_persist: u64,
+    /// Durable topology changed since the last snapshot.
+    definitions_dirty: bool,
     /// Direct reply-to suffixes and the channel whose consumer they reach.
     reply_to: HashMap<String, (ConnId, u16)>,
     now: Option<Instant>,
@@ -332,9 +391,60 @@ impl Core {
             timers: BTreeSet::new(),
             timers_changed: false,
             clock: None,
+            persistence: false,
+            store_ops: Vec::new(),
+            store_seq: 0,
+            waiting: VecDeque::new(),
+            next_persist: 1,
+            definitions_dirty: false,
             now: None,
             counters: snapshot::MessageStats::default(),
         }
+    }
+
+    /// Loads a definitions export's topology (exchanges, queues, bindings,
+    /// alternate-exchange policies) into every vhost it names that this
+    /// core has, replacing what they held (for an empty broker at boot).
+    /// Returns a warning per binding left out because an end is missing.
+    pub fn load_topology(
+        &mut self,
+        topology: &amqp_router::definitions::Topology,
+    ) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        let names: Vec<String> = self.vhosts.keys().cloned().collect();
+        for vh in names {
+            let mut next = self.next_queue;
+            let loaded = topology
+                .load(&vh, |_| {
+                    next += 1;
+                    next - 1
+                })
+                .map_err(|e| format!("vhost '{vh}': {e}"))?;
+            self.next_queue = next;
+            for b in &loaded.skipped {
+                warnings.push(format!(
+                    "vhost '{vh}': binding {} -> {} left out: an end is missing",
+                    b.source, b.destination
+                ));
+            }
+            for q in loaded.router.queues() {
+                self.queues.insert(
+                    *q.handle(),
+                    QState::new(
+                        &vh,
+                        q.name().clone(),
+                        q.durable(),
+                        q.auto_delete(),
+                        q.arguments(),
+                    ),
+                );
+            }
+            if let Some(v) = self.vhosts.get_mut(&vh) {
+                v.router = loaded.router;
+            }
+        }
+        self.definitions_dirty = true;
+        Ok(warnings)
     }
 
     /// A new connection (before its handshake).
@@ -388,6 +498,193 @@ impl Core {
             self.dispatch(q);
         }
         true
+    }
+
+    /// Turns persistence on: persistent messages reaching durable queues
+    /// become store records ([`take_store_ops`](Self::take_store_ops)), and
+    /// their confirms wait for [`durable`](Self::durable).
+    pub fn enable_persistence(&mut self) {
+        self.persistence = true;
+    }
+
+    /// The records the store must write, and the number of the last one
+    /// (to hand back to [`durable`](Self::durable) once synced).
+    pub fn take_store_ops(&mut self) -> Option<(Vec<Record>, u64)> {
+        if self.store_ops.is_empty() {
+            return None;
+        }
+        Some((std::mem::take(&mut self.store_ops), self.store_seq))
+    }
+
+    /// Records up to number `upto` are on disk: their confirms and
+    /// commit-oks go out (connections to wake: [`take_woken`](Self::take_woken)).
+    pub fn durable(&mut self, upto: u64) {
+        self.current = 0;
+        let mut conns = Vec::new();
+        while let Some(&(n, conn, ch, settle)) = self.waiting.front() {
+            if n > upto {
+                break;
+            }
+            self.waiting.pop_front();
+            match settle {
+                Settle::Confirm(seq, ack) => {
+                    if let Some(c) = self.chan(conn, ch) {
+                        c.confirms.push((seq, ack));
+                        conns.push(conn);
+                    }
+                }
+                Settle::CommitOk => {
+                    if self.chan(conn, ch).is_some_and(|c| !c.closing) {
+                        self.reply(conn, ch, TxCommitOk {});
+                    }
+                }
+            }
+        }
+        conns.sort_unstable();
+        conns.dedup();
+        for c in conns {
+            self.flush_confirms(c);
+        }
+    }
+
+    /// The durable topology (exchanges, queues, bindings of every vhost),
+    /// as a RabbitMQ definitions export, when it changed since the last
+    /// call.
+    pub fn take_definitions(&mut self) -> Option<String> {
+        if !std::mem::take(&mut self.definitions_dirty) {
+            return None;
+        }
+        let mut all = amqp_router::definitions::Topology::default();
+        for v in self.vhosts.values() {
+            let t = amqp_router::definitions::Topology::from_router(&v.router);
+            let durable_x: BTreeSet<String> = t
+                .exchanges
+                .iter()
+                .filter(|x| x.durable)
+                .map(|x| x.name.clone())
+                .collect();
+            let durable_q: BTreeSet<String> = v
+                .router
+                .queues()
+                .filter(|q| q.durable() && q.exclusive_owner().is_none())
+                .map(|q| q.name().to_string_lossy().into_owned())
+                .collect();
+            let builtin = |n: &str| n.is_empty() || n.starts_with("amq.");
+            all.exchanges
+                .extend(t.exchanges.into_iter().filter(|x| x.durable));
+            all.queues
+                .extend(t.queues.into_iter().filter(|q| durable_q.contains(&q.name)));
+            all.bindings.extend(t.bindings.into_iter().filter(|b| {
+                (builtin(&b.source) || durable_x.contains(&b.source))
+                    && if b.destination_type == "queue" {
+                        durable_q.contains(&b.destination)
+                    } else {
+                        durable_x.contains(&b.destination) || builtin(&b.destination)
+                    }
+            }));
+            all.policies.extend(t.policies);
+        }
+        Some(all.to_json())
+    }
+
+    /// Puts recovered messages back in their queues, in order; messages of
+    /// queues that no longer exist are removed from the store. After an
+    /// unclean shutdown every message comes back redelivered (a delivery's
+    /// marker may not have reached the disk). Returns how many were
+    /// recovered.
+    pub fn recover_messages(&mut self, r: crate::store::Recovered, unclean: bool) -> usize {
+        self.next_persist = self.next_persist.max(r.next_id);
+        let mut n = 0;
+        for ((vhost, name), msgs) in r.queues {
+            let qid = self
+                .vhosts
+                .get(&vhost)
+                .and_then(|v| v.router.queue(name.as_bytes()))
+                .map(|q| *q.handle());
+            let Some(qs) = qid.and_then(|q| self.queues.get_mut(&q)) else {
+                for m in msgs {
+                    self.record(Record::Remove {
+                        id: m.id,
+                        queue: (vhost.clone(), name.clone()),
+                    });
+                }
+                continue;
+            };
+            for m in msgs {
+                n += 1;
+                qs.ready.push_recovered(
+                    Arc::new(Msg {
+                        exchange: m.exchange,
+                        routing_key: m.routing_key,
+                        properties: m.properties,
+                        body: m.body,
+                        persist: Some(m.id),
+                        bcc: Vec::new(),
+                    }),
+                    m.redelivered || unclean,
+                );
+            }
+        }
+        n
+    }
+
+    fn record(&mut self, r: Record) {
+        if self.persistence {
+            self.store_ops.push(r);
+            self.store_seq += 1;
+        }
+    }
+
+    /// A message that goes to `queues`: persistent and reaching a durable
+    /// queue, it gets a store id and a publish record (before anything
+    /// can remove it from a queue).
+    fn store_publish(&mut self, queues: &[QueueId], mut msg: Msg) -> Arc<Msg> {
+        if self.persistence && msg.properties.is_persistent() {
+            let keys: Vec<QueueKey> = queues
+                .iter()
+                .filter_map(|q| self.queues.get(q))
+                .filter(|q| q.durable)
+                .map(QState::key)
+                .collect();
+            if !keys.is_empty() {
+                let id = self.next_persist;
+                self.next_persist += 1;
+                msg.persist = Some(id);
+                self.record(Record::Publish {
+                    id,
+                    queues: keys,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    properties: Box::new(msg.properties.clone()),
+                    body: msg.body.clone(),
+                });
+            }
+        }
+        Arc::new(msg)
+    }
+
+    /// Entry `e` left queue `q` for good: the store forgets it there.
+    fn gone(&mut self, q: QueueId, e: &Entry) {
+        if let Some(id) = e.msg.persist
+            && let Some(qs) = self.queues.get(&q)
+            && qs.durable
+        {
+            let key = qs.key();
+            self.record(Record::Remove { id, queue: key });
+        }
+    }
+
+    /// Entry `e` of queue `q` is delivered for the first time, awaiting an
+    /// ack: it recovers redelivered.
+    fn delivered_once(&mut self, q: QueueId, e: &Entry) {
+        if !e.redelivered
+            && let Some(id) = e.msg.persist
+            && let Some(qs) = self.queues.get(&q)
+            && qs.durable
+        {
+            let key = qs.key();
+            self.record(Record::Delivered { id, queue: key });
+        }
     }
 
     /// Sets the wall clock: `now` is `unix_secs` seconds since the Unix
@@ -506,6 +803,9 @@ impl Core {
     /// keys), with `x-death` updated; dropped when the queue has none, the
     /// exchange is missing, or a target would close a cycle.
     fn dead_letter(&mut self, q: QueueId, entries: Vec<Entry>, reason: Reason) {
+        for e in &entries {
+            self.gone(q, e);
+        }
         let Some(qs) = self.queues.get(&q) else {
             return;
         };
@@ -529,10 +829,21 @@ impl Core {
             let Some(v) = self.vhosts.get(&vhost) else {
                 return;
             };
+            // Without a dead-letter routing key the message goes by all the
+            // keys it was published with, BCC ones included.
+            let with_bcc = (dlrk.is_none() && !e.msg.bcc.is_empty()).then(|| {
+                let mut h = props.headers.clone().unwrap_or_default();
+                let mut a = amqp_codec::types::FieldArray::new();
+                for k in &e.msg.bcc {
+                    a.push(FieldValue::LongString(LongString::copy_from(k.as_bytes())));
+                }
+                h.set(ShortString::from_static("BCC"), FieldValue::Array(a));
+                h
+            });
             let Ok(routed) = v.router.route(
                 dlx.as_bytes(),
                 key.as_bytes(),
-                props.headers.as_ref(),
+                with_bcc.as_ref().or(props.headers.as_ref()),
                 &mut self.scratch,
             ) else {
                 continue;
@@ -542,12 +853,21 @@ impl Core {
                 .filter(|t| !lifecycle::is_cycle(&props, t.name().as_bytes()))
                 .map(|t| *t.handle())
                 .collect();
-            let msg = Arc::new(Msg {
-                exchange: dlx.clone(),
-                routing_key: key,
-                properties: props,
-                body: e.msg.body.clone(),
-            });
+            let msg = self.store_publish(
+                &targets,
+                Msg {
+                    exchange: dlx.clone(),
+                    routing_key: key,
+                    properties: props,
+                    body: e.msg.body.clone(),
+                    persist: None,
+                    bcc: if dlrk.is_some() {
+                        Vec::new()
+                    } else {
+                        e.msg.bcc.clone()
+                    },
+                },
+            );
             self.enqueue(&targets, &msg);
         }
     }
@@ -917,6 +1237,20 @@ impl Core {
     // ----- methods -------------------------------------------------------
 
     fn method(&mut self, id: ConnId, ch: u16, m: Method) -> Res {
+        if matches!(
+            m,
+            Method::ExchangeDeclare(_)
+                | Method::ExchangeDelete(_)
+                | Method::ExchangeBind(_)
+                | Method::ExchangeUnbind(_)
+                | Method::QueueDeclare(_)
+                | Method::QueueBind(_)
+                | Method::QueueUnbind(_)
+                | Method::QueueDelete(_)
+        ) {
+            // The durable topology may change (a snapshot is cheap).
+            self.definitions_dirty = true;
+        }
         let owner = OwnerId(id);
         let vh = self.vhost_name(id);
         match m {
@@ -1046,7 +1380,14 @@ impl Core {
                     .router
                     .check_queue(m.queue.as_bytes(), owner, (50, 30))?
                     .handle();
-                let n = self.queues.get_mut(&qid).map_or(0, |q| q.ready.purge());
+                let purged = self
+                    .queues
+                    .get_mut(&qid)
+                    .map_or(Vec::new(), |q| q.ready.drain());
+                let n = purged.len();
+                for e in &purged {
+                    self.gone(qid, e);
+                }
                 if !m.nowait {
                     self.reply(
                         id,
@@ -1212,8 +1553,22 @@ impl Core {
             }
             Method::TxCommit(_) => {
                 let tx = self.tx_take(id, ch, (90, 20))?;
-                self.commit(id, ch, tx);
-                self.reply(id, ch, TxCommitOk {});
+                let before = self.store_seq;
+                if self.commit(id, ch, tx) {
+                    return Err(refused(
+                        ch,
+                        ReplyCode::PRECONDITION_FAILED,
+                        "partial tx completion".into(),
+                        (90, 20),
+                    ));
+                }
+                if self.store_seq > before {
+                    // commit-ok once the transaction's records are durable.
+                    self.waiting
+                        .push_back((self.store_seq, id, ch, Settle::CommitOk));
+                } else {
+                    self.reply(id, ch, TxCommitOk {});
+                }
             }
             Method::TxRollback(_) => {
                 let tx = self.tx_take(id, ch, (90, 30))?;
@@ -1273,17 +1628,8 @@ impl Core {
             } else {
                 m.queue.to_string_lossy().into_owned()
             };
-            check_queue_args(&m.arguments).map_err(|e| {
-                refused(
-                    ch,
-                    ReplyCode::PRECONDITION_FAILED,
-                    format!(
-                        "invalid arg '{}' for queue '{name}' in vhost '{vh}': {}",
-                        e.0, e.1
-                    ),
-                    (50, 10),
-                )
-            })?;
+            check_queue_args(&m.arguments, &name, &vh)
+                .map_err(|e| refused(ch, ReplyCode::PRECONDITION_FAILED, e, (50, 10)))?;
         }
         let replicated = matches!(
             m.arguments.get("x-queue-type"),
@@ -1330,24 +1676,14 @@ impl Core {
             self.next_queue += 1;
             self.queues.insert(
                 qid,
-                QState {
-                    vhost: vh.to_string(),
-                    name: declared.name.clone(),
-                    ready: Ready::new(),
-                    consumers: Vec::new(),
-                    rr: 0,
-                    exclusive_consumer: false,
-                    auto_delete: m.auto_delete,
-                    had_consumers: false,
-                    args: QueueArgs::from_arguments(&m.arguments),
-                    armed: None,
-                    last_used: None,
-                    stats: snapshot::MessageStats::default(),
-                },
+                QState::new(
+                    &vh,
+                    declared.name.clone(),
+                    m.durable && !m.exclusive,
+                    m.auto_delete,
+                    &m.arguments,
+                ),
             );
-            if let Some(qs) = self.queues.get_mut(&qid) {
-                qs.ready = Ready::with_priorities(qs.args.max_priority.unwrap_or(0));
-            }
         }
         self.used(qid);
         let (messages, consumers) = self
@@ -1414,7 +1750,9 @@ impl Core {
         }
         let prefetch = c.prefetch;
         let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
-        if q.exclusive_consumer || (m.exclusive && !q.consumers.is_empty()) {
+        if q.exclusive_consumer
+            || (m.exclusive && (!q.consumers.is_empty() || q.args.single_active))
+        {
             return Err(refused(
                 ch,
                 ReplyCode::ACCESS_REFUSED,
@@ -1551,7 +1889,26 @@ impl Core {
     /// Drops the state of queues the router removed; their consumers are
     /// cancelled (with basic.cancel to clients that take it).
     fn removed(&mut self, removed: Removed<QueueId>) {
+        if !removed.is_empty() {
+            self.definitions_dirty = true;
+        }
         for rq in removed.queues {
+            // Its messages, ready and unacknowledged, go with it.
+            let mut gone: Vec<Entry> = self
+                .queues
+                .get_mut(&rq.handle)
+                .map_or(Vec::new(), |q| q.ready.drain());
+            gone.extend(
+                self.conns
+                    .values()
+                    .flat_map(|c| c.channels.values())
+                    .flat_map(|ch| ch.unacked.values())
+                    .filter(|u| u.queue == rq.handle)
+                    .map(|u| u.entry.clone()),
+            );
+            for e in &gone {
+                self.gone(rq.handle, e);
+            }
             let Some(q) = self.queues.remove(&rq.handle) else {
                 continue;
             };
@@ -1609,9 +1966,12 @@ impl Core {
             );
             return Ok(());
         };
-        let remaining = count(q.ready.len());
-        q.stats.count_get(m.no_ack, entry.redelivered); // management
-        self.counters.count_get(m.no_ack, entry.redelivered); // management
+        // Expired messages the get uncovered go now (the count says so);
+        // the new head's expiry is armed.
+        self.expire(qid);
+        self.arm(qid);
+        let remaining = self.queues.get(&qid).map_or(0, |q| count(q.ready.len()));
+        self.count_get(qid, m.no_ack, entry.redelivered); // management
         let Some(c) = self.chan(id, ch) else {
             return Ok(());
         };
@@ -1625,15 +1985,20 @@ impl Core {
             message_count: remaining,
         };
         let msg = entry.msg.clone();
-        if !m.no_ack {
-            c.unacked.insert(
-                tag,
-                Unacked {
-                    queue: qid,
-                    entry,
-                    consumer: None,
-                },
-            );
+        if m.no_ack {
+            self.gone(qid, &entry);
+        } else {
+            self.delivered_once(qid, &entry);
+            if let Some(c) = self.chan(id, ch) {
+                c.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: qid,
+                        entry,
+                        consumer: None,
+                    },
+                );
+            }
         }
         self.push(
             id,
@@ -1726,9 +2091,14 @@ impl Core {
                         q.ready.requeue(u.entry);
                         touched.push(u.queue);
                     }
+                    // Back over a length limit: the head goes, as RabbitMQ.
+                    self.drop_over_limit(u.queue);
                 }
                 TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
-                TxAck::Ack => self.count_ack(u.queue), // management
+                TxAck::Ack => {
+                    self.gone(u.queue, &u.entry);
+                    self.count_ack(u.queue); // management
+                }
             }
         }
     }
@@ -1758,8 +2128,12 @@ impl Core {
         Ok(())
     }
 
-    fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) {
+    /// Applies a transaction; returns whether a queue refused a publish
+    /// (`x-overflow` reject-publish).
+    fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) -> bool {
+        let mut refused = false;
         for TxPublish { queues, msg, ret } in tx.publishes {
+            let msg = self.store_publish(&queues, Arc::unwrap_or_clone(msg));
             if let Some((exchange, routing_key)) = ret {
                 self.push(
                     id,
@@ -1776,7 +2150,7 @@ impl Core {
                     },
                 );
             }
-            self.enqueue(&queues, &msg);
+            refused |= self.enqueue(&queues, &msg);
         }
         let mut touched = Vec::new();
         self.settle_now(
@@ -1791,12 +2165,18 @@ impl Core {
         for q in touched {
             self.dispatch(q);
         }
+        refused
     }
 
     // ----- publishing ------------------------------------------------------
 
     fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
         let ids = (60, 40);
+        if let Some(seq) = seqno
+            && let Some(c) = self.chan(id, ch)
+        {
+            c.unsettled.insert(seq);
+        }
         let Method::BasicPublish(p) = message.method else {
             return Ok(());
         };
@@ -1862,6 +2242,8 @@ impl Core {
                 routing_key: p.routing_key.clone(),
                 properties: props,
                 body: compact(message.body),
+                persist: None,
+                bcc: Vec::new(),
             });
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
@@ -1879,16 +2261,20 @@ impl Core {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         queues.extend(routed.handles().copied());
-        let msg = Arc::new(Msg {
+        let bcc = bcc_keys(&props);
+        let msg = Msg {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: without_bcc(props),
             body: compact(message.body),
-        });
+            persist: None,
+            bcc,
+        };
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         self.count_exchange(&vh, &p.exchange, routed_any); // management
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
         if in_tx {
+            let msg = Arc::new(msg);
             if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {
                 tx.publishes.push(TxPublish { queues, msg, ret });
             }
@@ -1906,17 +2292,22 @@ impl Core {
                         routing_key,
                     }
                     .into(),
-                    msg: msg.clone(),
+                    msg: Arc::new(msg.clone()),
                 },
             );
         }
+        let msg = self.store_publish(&queues, msg);
         let refused = self.enqueue(&queues, &msg);
         self.route_buf = queues;
-        if let Some(seq) = seqno
-            && let Some(c) = self.chan(id, ch)
-        {
-            c.confirms.push((seq, !refused));
+        if let Some(seq) = seqno {
             self.counters.confirm += u64::from(!refused); // management
+            if msg.persist.is_some() {
+                // Confirmed once its record is on disk.
+                self.waiting
+                    .push_back((self.store_seq, id, ch, Settle::Confirm(seq, !refused)));
+            } else if let Some(c) = self.chan(id, ch) {
+                c.confirms.push((seq, !refused));
+            }
         }
         Ok(())
     }
@@ -2002,6 +2393,18 @@ impl Core {
                     .is_some_and(|m| (qs.ready.bytes() + msg.size()) as u64 > m);
             if full && a.overflow != Overflow::DropHead {
                 refused = true;
+                let e = Entry {
+                    seq: 0,
+                    msg: msg.clone(),
+                    redelivered: false,
+                    level: 0,
+                    expires: None,
+                };
+                self.gone(q, &e);
+                let Some(qs) = self.queues.get_mut(&q) else {
+                    continue;
+                };
+                let a = &qs.args;
                 if a.overflow == Overflow::RejectPublishDlx {
                     let e = Entry {
                         seq: 0,
@@ -2021,32 +2424,40 @@ impl Core {
             let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
             qs.ready.push(msg.clone(), expires);
             qs.stats.publish += 1; // management
-            // drop-head: the oldest go (dead-lettered as maxlen).
-            let mut dropped = Vec::new();
-            while qs
-                .args
-                .max_length
-                .is_some_and(|m| qs.ready.len() as u64 > m)
-                || qs
-                    .args
-                    .max_length_bytes
-                    .is_some_and(|m| qs.ready.bytes() as u64 > m)
-            {
-                match qs.ready.pop() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            if !dropped.is_empty() {
-                self.dead_letter(q, dropped, Reason::Maxlen);
-            }
-            // A TTL-0 message goes to a consumer that can take it now, or
-            // expires.
+            // A consumer that can take it now gets it (a TTL-0 message
+            // too, and one over a limit of 0); then drop-head.
             self.deliver_ready(q);
+            self.drop_over_limit(q);
             self.expire(q);
             self.arm(q);
         }
         refused
+    }
+
+    /// drop-head: the oldest ready messages of queue `q` go (dead-lettered
+    /// as `maxlen`) while it is over its length limits.
+    fn drop_over_limit(&mut self, q: QueueId) {
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        while qs
+            .args
+            .max_length
+            .is_some_and(|m| qs.ready.len() as u64 > m)
+            || qs
+                .args
+                .max_length_bytes
+                .is_some_and(|m| qs.ready.bytes() as u64 > m)
+        {
+            match qs.ready.pop() {
+                Some(e) => dropped.push(e),
+                None => break,
+            }
+        }
+        if !dropped.is_empty() {
+            self.dead_letter(q, dropped, Reason::Maxlen);
+        }
     }
 
     /// Sends the confirms settled in this batch, a run of acks as one
@@ -2063,9 +2474,12 @@ impl Core {
             }
             let mut cs = std::mem::take(&mut chan.confirms);
             cs.sort_unstable();
-            // Every sequence number below this batch's is settled already
-            // (confirms are settled in publish order), so a run of
-            // consecutive numbers with the same outcome is one `multiple`.
+            for (seq, _) in &cs {
+                chan.unsettled.remove(seq);
+            }
+            // A run of consecutive numbers with the same outcome is one
+            // `multiple` confirm, when nothing below it is still unsettled
+            // (a persistent message waiting for the disk).
             let mut i = 0;
             while i < cs.len() {
                 let ack = cs[i].1;
@@ -2073,7 +2487,14 @@ impl Core {
                 while j + 1 < cs.len() && cs[j + 1].1 == ack && cs[j + 1].0 == cs[j].0 + 1 {
                     j += 1;
                 }
-                outs.push((ch, cs[j].0, j > i, ack));
+                let below_settled = chan.unsettled.first().is_none_or(|&u| u > cs[j].0);
+                if j > i && below_settled {
+                    outs.push((ch, cs[j].0, true, ack));
+                } else {
+                    for &(seq, ack) in &cs[i..=j] {
+                        outs.push((ch, seq, false, ack));
+                    }
+                }
                 i = j + 1;
             }
         }
@@ -2205,6 +2626,15 @@ impl Core {
     }
 
     fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
+        let no_ack = self
+            .chan(conn, ch)
+            .and_then(|c| c.consumers.get(&tag))
+            .is_none_or(|k| k.no_ack);
+        if no_ack {
+            self.gone(q, &entry);
+        } else {
+            self.delivered_once(q, &entry);
+        }
         let Some(chan) = self.chan(conn, ch) else {
             return;
         };
@@ -2324,47 +2754,90 @@ fn integer_arg(value: &FieldValue) -> Result<i128, String> {
     })
 }
 
-/// Checks the queue arguments RabbitMQ 3.10 validates; the error is the
-/// argument and RabbitMQ's explanation, as it formats them.
-fn check_queue_args(args: &FieldTable) -> Result<(), (String, String)> {
-    // (name, least value allowed, most value allowed)
-    const INTEGER_ARGS: &[(&str, i128, i128)] = &[
-        ("x-expires", 1, u32::MAX as i128),
-        ("x-message-ttl", 0, u32::MAX as i128),
-        ("x-max-length", 0, i64::MAX as i128),
-        ("x-max-length-bytes", 0, i64::MAX as i128),
-        ("x-max-priority", 0, 255),
-        ("x-delivery-limit", 0, i64::MAX as i128),
-    ];
-    if let Some(t) = args.get("x-queue-type") {
-        let k = || "x-queue-type".to_owned();
-        let FieldValue::LongString(name) = t else {
-            return Err((
-                k(),
-                format!("{{unacceptable_type,{}}}", amqp_router::erlang_type_name(t)),
-            ));
-        };
-        if !matches!(name.as_bytes(), b"classic" | b"quorum" | b"stream") {
-            return Err((
-                k(),
-                format!("\"unsupported queue type '{}'\"", name.to_string_lossy()),
-            ));
-        }
-    }
-    for (key, value) in args.iter() {
-        let k = key.to_string_lossy();
-        let Some(&(_, min, max)) = INTEGER_ARGS.iter().find(|(n, _, _)| *n == k) else {
-            continue;
-        };
-        let n = integer_arg(value).map_err(|why| (k.to_string(), why))?;
+/// Checks the queue arguments RabbitMQ 3.10 validates, in its order; the
+/// error is RabbitMQ's text for queue `queue` in `vhost`.
+fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), String> {
+    let invalid = |k: &str, why: String| {
+        format!("invalid arg '{k}' for queue '{queue}' in vhost '{vhost}': {why}")
+    };
+    let unacceptable =
+        |v: &FieldValue| format!("{{unacceptable_type,{}}}", amqp_router::erlang_type_name(v));
+    // Integer arguments: (name, least allowed, most allowed, how "too
+    // large" is said).
+    let integer = |k: &str, v: &FieldValue, min: i128, max: Option<i128>| -> Result<(), String> {
+        let n = integer_arg(v).map_err(|why| invalid(k, why))?;
         if n < 0 {
-            return Err((k.to_string(), format!("{{value_negative,{n}}}")));
+            return Err(invalid(k, format!("{{value_negative,{n}}}")));
         }
         if n < min {
-            return Err((k.to_string(), format!("{{value_zero,{n}}}")));
+            return Err(invalid(k, format!("{{value_zero,{n}}}")));
         }
-        if n > max {
-            return Err((k.to_string(), format!("{{value_too_large,{n},{max}}}")));
+        match max {
+            Some(m) if n > m && k == "x-max-priority" => {
+                Err(invalid(k, format!("{{max_value_exceeded,{n}}}")))
+            }
+            Some(m) if n > m => Err(invalid(k, format!("{{value_too_large,{n}}}"))),
+            _ => Ok(()),
+        }
+    };
+    let ttl = i128::from(lifecycle::MAX_TTL);
+    for key in [
+        "x-expires",
+        "x-message-ttl",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-overflow",
+        "x-queue-type",
+        "x-single-active-consumer",
+        "x-delivery-limit",
+    ] {
+        let Some(v) = args.get(key) else { continue };
+        match key {
+            "x-expires" => integer(key, v, 1, Some(ttl))?,
+            "x-message-ttl" => integer(key, v, 0, Some(ttl))?,
+            "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => integer(key, v, 0, None)?,
+            "x-max-priority" => integer(key, v, 0, Some(255))?,
+            "x-dead-letter-exchange" if !matches!(v, FieldValue::LongString(_)) => {
+                return Err(format!(
+                    "invalid type '{}' for arg '{key}' in queue '{queue}' in vhost '{vhost}'",
+                    amqp_router::erlang_type_name(v)
+                ));
+            }
+            "x-dead-letter-routing-key" => {
+                if !matches!(v, FieldValue::LongString(_)) {
+                    return Err(invalid(key, unacceptable(v)));
+                }
+                if !args.contains_key("x-dead-letter-exchange") {
+                    return Err(invalid(key, "routing_key_but_no_dlx_defined".into()));
+                }
+            }
+            "x-overflow" => match v {
+                FieldValue::LongString(s)
+                    if matches!(
+                        s.as_bytes(),
+                        b"drop-head" | b"reject-publish" | b"reject-publish-dlx"
+                    ) => {}
+                FieldValue::LongString(_) => return Err(invalid(key, "invalid_overflow".into())),
+                other => return Err(invalid(key, unacceptable(other))),
+            },
+            "x-queue-type" => match v {
+                FieldValue::LongString(s)
+                    if matches!(s.as_bytes(), b"classic" | b"quorum" | b"stream") => {}
+                FieldValue::LongString(s) => {
+                    return Err(invalid(
+                        key,
+                        format!("\"unsupported queue type '{}'\"", s.to_string_lossy()),
+                    ));
+                }
+                other => return Err(invalid(key, unacceptable(other))),
+            },
+            "x-single-active-consumer" if !matches!(v, FieldValue::Bool(_)) => {
+                return Err(invalid(key, unacceptable(v)));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -2389,6 +2862,20 @@ fn no_vhost() -> ProtocolError {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The long strings of a `BCC` header array.
+fn bcc_keys(p: &BasicProperties) -> Vec<ShortString> {
+    match p.headers.as_ref().and_then(|h| h.get("BCC")) {
+        Some(FieldValue::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v {
+                FieldValue::LongString(s) => ShortString::from_bytes(s.as_bytes()).ok(),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The properties a message is stored with: a `BCC` header is removed

@@ -43,8 +43,10 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod definitions;
 pub mod lifecycle;
 pub mod management;
 pub mod queue;
 pub mod shell;
+pub mod store;
 pub mod testing;

@@ -82,17 +82,52 @@ impl QueueArgs {
     }
 }
 
+/// The longest TTL RabbitMQ accepts (ten years, in ms).
+pub const MAX_TTL: u64 = 315_360_000_000;
+
 /// A message's `expiration` property as a TTL in ms: `Ok(None)` when absent,
-/// an error text (RabbitMQ's) when it is not a non-negative integer.
+/// RabbitMQ's error text when it is not an integer from 0 to [`MAX_TTL`]
+/// (parsed as Erlang's `string:to_integer`: an optional sign and digits).
 pub fn expiration_ms(p: &BasicProperties) -> Result<Option<u64>, String> {
     let Some(e) = &p.expiration else {
         return Ok(None);
     };
     let s = e.to_string_lossy();
-    match s.parse::<i64>() {
-        Ok(v) if v >= 0 => Ok(Some(v as u64)),
-        Ok(v) => Err(format!("invalid expiration '{s}': {{value_negative,{v}}}")),
-        Err(_) => Err(format!("invalid expiration '{s}': {{error,no_integer}}")),
+    let prefix = format!("invalid expiration '{s}': ");
+    let b = s.as_bytes();
+    let sign = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let digits = b[sign..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(format!("{prefix}no_integer"));
+    }
+    let end = sign + digits;
+    if end < b.len() {
+        let rest = String::from_utf8_lossy(&b[end..]);
+        return Err(format!("{prefix}{{leftover_string,\"{rest}\"}}"));
+    }
+    let number = &s[sign..end];
+    let number = number.trim_start_matches('0');
+    let number = if number.is_empty() { "0" } else { number };
+    let negative = b.first() == Some(&b'-') && number != "0";
+    if negative {
+        return Err(format!("{prefix}{{value_negative,-{number}}}"));
+    }
+    match number.parse::<u64>() {
+        Ok(v) if v <= MAX_TTL => Ok(Some(v)),
+        _ => {
+            // io_lib's ~p: a term that would pass column 80 is broken after
+            // the first element, the rest indented under it.
+            let term = format!("{{value_too_large,{number}}}");
+            let col = prefix.chars().count();
+            if col + term.len() > 80 {
+                Err(format!(
+                    "{prefix}{{value_too_large,\n{}{number}}}",
+                    " ".repeat(col + 1)
+                ))
+            } else {
+                Err(format!("{prefix}{term}"))
+            }
+        }
     }
 }
 
@@ -156,31 +191,28 @@ pub fn dead_letter_properties(
     let mut out = p.clone();
     let keys = routing_keys(routing_key, p);
     let mut headers = p.headers.clone().unwrap_or_default();
-    let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
+    let old: Vec<FieldValue> = match headers.remove("x-death") {
         Some(FieldValue::Array(a)) => a.into_inner(),
         _ => Vec::new(),
     };
+    let first_death = old.is_empty();
     let same = |t: &FieldTable| {
         matches!(t.get("queue"), Some(FieldValue::LongString(q)) if q.as_bytes() == queue.as_bytes())
             && matches!(t.get("reason"), Some(FieldValue::LongString(r)) if r.as_bytes() == reason.as_str().as_bytes())
     };
-    let found = deaths
+    let mut rest = old;
+    let found = rest
         .iter()
         .position(|d| matches!(d, FieldValue::Table(t) if same(t)));
-    let entry = match found {
-        Some(i) => {
-            let FieldValue::Table(mut t) = deaths.remove(i) else {
-                unreachable!("matched a table")
-            };
+    let entry = match found.map(|i| rest.remove(i)) {
+        // The same queue and reason again: counted up; its first exchange,
+        // routing keys and time stay.
+        Some(FieldValue::Table(mut t)) => {
             let n = int(t.get("count")).unwrap_or(0) + 1;
             t.set(ShortString::from_static("count"), FieldValue::I64(n as i64));
-            t.set(
-                ShortString::from_static("time"),
-                FieldValue::Timestamp(time),
-            );
             t
         }
-        None => {
+        _ => {
             let mut t = FieldTable::new();
             t.insert("count", FieldValue::I64(1));
             t.insert("reason", ls(reason.as_str().as_bytes()));
@@ -198,9 +230,12 @@ pub fn dead_letter_properties(
             t
         }
     };
-    deaths.insert(0, FieldValue::Table(entry));
+    // RabbitMQ 3.10: on a message that died before, the updated entry goes
+    // first with its keys sorted, followed by the others in reverse order.
+    let entry = if first_death { entry } else { sorted(entry) };
     let mut a = FieldArray::new();
-    for d in deaths {
+    a.push(FieldValue::Table(entry));
+    for d in rest.into_iter().rev() {
         a.push(d);
     }
     headers.set(ShortString::from_static("x-death"), FieldValue::Array(a));
@@ -313,7 +348,11 @@ mod tests {
             panic!()
         };
         assert_eq!(first.get("count"), Some(&FieldValue::I64(2)));
-        assert_eq!(first.get("time"), Some(&FieldValue::Timestamp(12)));
+        assert_eq!(
+            first.get("time"),
+            Some(&FieldValue::Timestamp(10)),
+            "the first time stays"
+        );
         assert!(
             matches!(first.get("original-expiration"), Some(FieldValue::LongString(e)) if e.as_bytes() == b"100")
         );

@@ -1,9 +1,12 @@
 //! amqp-broker: a RabbitMQ-compatible AMQP 0-9-1 broker.
 
+use amqp_broker::auth::{HashAlgorithm, Password};
 use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
+use amqp_broker::definitions::Definitions;
 use amqp_broker::management;
-use amqp_broker::shell::{Shared, accept_loop, timer_loop};
+use amqp_broker::shell::{Shared, accept_loop, store_thread, timer_loop};
+use amqp_broker::store;
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
 use clap::Parser;
@@ -35,8 +38,14 @@ struct Args {
     /// the README for its keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Directory for durable state (accepted now; persistence comes with
-    /// the durability work).
+    /// A RabbitMQ definitions export (`rabbitmqctl export_definitions`)
+    /// to import at boot: users with their password hashes, vhosts,
+    /// permissions, exchanges, queues and bindings.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<PathBuf>,
+    /// Directory for durable state: the durable topology
+    /// (`definitions.json`) and persistent messages of durable queues
+    /// (`messages/`). Locked while the broker runs.
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
     /// Address of the management HTTP API (RabbitMQ's `/api/...`), or
@@ -52,6 +61,22 @@ struct Args {
     /// `collect_statistics_interval`).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     management_sample_interval: f64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints PASSWORD hashed as RabbitMQ stores it (base64 of a random
+    /// 4-byte salt and the digest of salt and password), for the
+    /// `password_hash` of a `[[users]]` entry in the config file.
+    HashPassword {
+        /// The password.
+        password: String,
+        /// rabbit_password_hashing_sha256 (default), _sha512 or _md5.
+        #[arg(long, default_value = "rabbit_password_hashing_sha256")]
+        algorithm: String,
+    },
 }
 
 /// `ADDR` or `none`.
@@ -66,6 +91,26 @@ fn optional_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HashPassword {
+        password,
+        algorithm,
+    }) = &args.command
+    {
+        let algo = match HashAlgorithm::from_name(Some(algorithm)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("amqp-broker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A random salt: std seeds its hasher keys from the OS's randomness.
+        let salt = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
+        };
+        println!("{}", Password::hash(password, salt.to_be_bytes(), algo));
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -93,13 +138,105 @@ fn main() -> ExitCode {
             }
         }
     };
-    let core_config = match config.core() {
+    let mut core_config = match config.core() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("amqp-broker: configuration: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let definitions = match &args.definitions {
+        None => None,
+        Some(path) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Definitions::from_json(&t));
+            match read.and_then(|d| d.apply(&mut core_config).map(|()| d)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("amqp-broker: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let mut core = Core::new(core_config);
+    // The data directory: once it holds state, that state is authoritative
+    // (the --definitions topology seeds only an empty broker).
+    let data = match DataDir::open(&args.data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "amqp-broker: data directory {}: {e}",
+                args.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let saved = match std::fs::read_to_string(data.definitions()) {
+        Ok(text) => match Definitions::from_json(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!(
+                    "amqp-broker: {}: {e} (move it away to start from --definitions)",
+                    data.definitions().display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => None,
+    };
+    let topology = saved.as_ref().or(definitions.as_ref());
+    if let Some(d) = topology {
+        match core.load_topology(&d.topology) {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("definitions: {w}");
+                }
+            }
+            Err(e) => {
+                eprintln!("amqp-broker: definitions: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut recovered = match store::recover(&data.messages()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("amqp-broker: reading {}: {e}", data.messages().display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &recovered.warnings {
+        tracing::warn!("message store: {w}");
+    }
+    let live = std::mem::take(&mut recovered.live);
+    let records = recovered.records;
+    let clean = data.take_clean_mark();
+    if !clean && records > 0 {
+        tracing::warn!(
+            "the last run did not shut down cleanly: recovered messages are flagged redelivered"
+        );
+    }
+    let messages = core.recover_messages(recovered, !clean);
+    if records > 0 {
+        tracing::info!(
+            "recovered {messages} persistent messages ({records} records) in {:?}",
+            started.elapsed()
+        );
+    }
+    let log = match store::Log::open(&data.messages(), live) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "amqp-broker: opening the message store in {}: {e}",
+                data.messages().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    core.enable_persistence();
     let mut server = ServerConfig {
         properties: server_properties(config.product.as_deref().unwrap_or("amqp-broker")),
         mechanisms: LongString::from_static("PLAIN AMQPLAIN"),
@@ -124,11 +261,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, Core::new(core_config), server))
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = Shared::new(core, server, Some(tx));
+    let store = {
+        let shared = shared.clone();
+        let defs = data.definitions();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || store_thread(shared, log, defs, rx))
+            .expect("spawn the store thread")
+    };
+    let code = runtime.block_on(run(args, shared.clone()));
+    // Shutdown: what the store has is written, then the mark that lets the
+    // next start trust the delivery markers.
+    shared.close_store();
+    if store.join().unwrap_or(false) {
+        data.set_clean_mark();
+    }
+    code
 }
 
-async fn run(args: Args, core: Core, server: ServerConfig) -> ExitCode {
-    let shared = Shared::new(core, server);
+async fn run(args: Args, shared: std::sync::Arc<Shared>) -> ExitCode {
     let explicit = !args.listen.is_empty();
     let addrs = if explicit {
         args.listen.clone()
@@ -271,5 +424,54 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The data directory, locked for this process.
+struct DataDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl DataDir {
+    fn open(path: &std::path::Path) -> Result<DataDir, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))
+            .map_err(|e| e.to_string())?;
+        lock.try_lock().map_err(|_| {
+            "another amqp-broker is using it (choose another with --data-dir)".to_owned()
+        })?;
+        Ok(DataDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    fn definitions(&self) -> PathBuf {
+        self.path.join("definitions.json")
+    }
+
+    fn messages(&self) -> PathBuf {
+        self.path.join("messages")
+    }
+
+    /// Whether the last run shut down cleanly (and forgets it: a crash of
+    /// this run must not look clean).
+    fn take_clean_mark(&self) -> bool {
+        let mark = self.path.join("clean-shutdown");
+        let clean = mark.exists();
+        if clean {
+            let _ = std::fs::remove_file(&mark);
+            let _ = std::fs::File::open(&self.path).and_then(|d| d.sync_all());
+        }
+        clean
+    }
+
+    fn set_clean_mark(&self) {
+        let _ = store::write_atomically(&self.path.join("clean-shutdown"), b"");
     }
 }

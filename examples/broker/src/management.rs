@@ -725,18 +725,26 @@ fn binding_json(b: &crate::core::snapshot::BindingSnap) -> Value {
     })
 }
 
-/// RabbitMQ's stored password hash (`rabbit_password_hashing_sha256`):
-/// base64 of a 4-byte salt followed by SHA-256(salt ++ password). The salt
-/// here is derived from the user name, so the hash is stable.
-pub fn password_hash(name: &str, password: &str) -> String {
-    use sha2::Digest as _;
-    let salt = &sha2::Sha256::digest(name.as_bytes())[..4];
-    let mut h = sha2::Sha256::new();
-    h.update(salt);
-    h.update(password.as_bytes());
-    let mut out = salt.to_vec();
-    out.extend_from_slice(&h.finalize());
-    base64::engine::general_purpose::STANDARD.encode(out)
+/// A user's password as RabbitMQ exports it: (`password_hash`,
+/// `hashing_algorithm`). A hash from the configuration or a definitions
+/// import is given back as it is; a clear-text password is hashed with
+/// SHA-256 and a salt derived from the user name (so the export is
+/// stable).
+pub fn password_hash(u: &crate::auth::User) -> (String, &'static str) {
+    use crate::auth::{HashAlgorithm, Password};
+    match &u.password {
+        Password::Hashed { algorithm, salted } => (
+            base64::engine::general_purpose::STANDARD.encode(salted),
+            algorithm.name(),
+        ),
+        Password::Plain(p) => {
+            use sha2::Digest as _;
+            let d = sha2::Sha256::digest(u.name.as_bytes());
+            let salt = [d[0], d[1], d[2], d[3]];
+            let algorithm = HashAlgorithm::Sha256;
+            (Password::hash(p, salt, algorithm), algorithm.name())
+        }
+    }
 }
 
 fn exchange_path_name(name: &str) -> &str {
@@ -749,10 +757,11 @@ fn users_json(auth: &Auth) -> Vec<Value> {
     users
         .iter()
         .map(|u| {
+            let (hash, algorithm) = password_hash(u);
             json!({
                 "name": u.name,
-                "password_hash": password_hash(&u.name, &u.password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "password_hash": hash,
+                "hashing_algorithm": algorithm,
                 "tags": u.tags,
                 "limits": {},
             })

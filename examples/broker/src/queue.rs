@@ -24,7 +24,7 @@ use std::time::Instant;
 use amqp_types::{BasicProperties, ShortString};
 
 /// A published message, stored once however many queues it reaches.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Msg {
     /// The exchange it was published to.
     pub exchange: ShortString,
@@ -34,6 +34,12 @@ pub struct Msg {
     pub properties: BasicProperties,
     /// Its body.
     pub body: Bytes,
+    /// Its id in the message store, when it is persistent and reached a
+    /// durable queue.
+    pub persist: Option<u64>,
+    /// The `BCC` routing keys it was published with (removed from its
+    /// headers; dead-lettering without a routing key routes by them too).
+    pub bcc: Vec<ShortString>,
 }
 
 impl Msg {
@@ -149,6 +155,16 @@ impl Ready {
         priority.unwrap_or(0).min(max)
     }
 
+    /// Appends a recovered message (redelivered if it was delivered
+    /// before the restart).
+    pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool) {
+        let level = usize::from(self.level_of(msg.properties.priority));
+        self.push(msg, None);
+        if let Some(e) = self.levels[level].fresh.back_mut() {
+            e.redelivered = redelivered;
+        }
+    }
+
     /// Appends a new message at the tail of its level.
     pub fn push(&mut self, msg: Arc<Msg>, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
@@ -195,24 +211,31 @@ impl Ready {
         Some(e)
     }
 
-    /// Takes a head message (of any level) that has expired by `now`.
+    /// Takes the head message if it has expired by `now` (only the head,
+    /// the one a consumer would get next: an expired lower-priority message
+    /// waits, counted, as in RabbitMQ).
     pub fn pop_expired(&mut self, now: Instant) -> Option<Entry> {
-        let i = self.levels.iter().rposition(|l| {
-            l.peek()
-                .is_some_and(|e| e.expires.is_some_and(|t| t <= now))
-        })?;
-        let e = self.levels[i].pop()?;
-        self.len -= 1;
-        self.bytes -= e.msg.size();
-        Some(e)
+        if self.peek()?.expires.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.pop()
     }
 
-    /// When the earliest head (of any level) expires.
+    /// When the head expires.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.levels
-            .iter()
-            .filter_map(|l| l.peek().and_then(|e| e.expires))
-            .min()
+        self.peek()?.expires
+    }
+
+    /// Removes and returns every ready message.
+    pub fn drain(&mut self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.len);
+        for l in &mut self.levels {
+            out.extend(l.fresh.drain(..));
+            out.extend(std::mem::take(&mut l.returned).into_values());
+        }
+        self.len = 0;
+        self.bytes = 0;
+        out
     }
 
     /// Removes every ready message; returns how many there were.
@@ -242,6 +265,8 @@ mod tests {
                 ..Default::default()
             },
             body: Bytes::from_static(body.as_bytes()),
+            persist: None,
+            bcc: Vec::new(),
         })
     }
 
@@ -312,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn only_heads_expire() {
+    fn only_the_head_expires() {
         let t0 = Instant::now();
         let mut r = Ready::new();
         r.push(msg("long", None), Some(t0 + Duration::from_secs(10)));
@@ -324,5 +349,12 @@ mod tests {
         assert_eq!(&e.msg.body[..], b"long");
         assert!(r.pop_expired(t0 + Duration::from_secs(11)).is_some());
         assert!(r.is_empty());
+        // Behind a higher priority that does not expire, a low one waits.
+        let mut r = Ready::with_priorities(10);
+        r.push(msg("hi", Some(9)), None);
+        r.push(msg("lo", Some(1)), Some(t0));
+        assert!(r.pop_expired(t0 + Duration::from_secs(1)).is_none());
+        assert_eq!(r.next_expiry(), None);
+        assert_eq!(r.len(), 2);
     }
 }

@@ -33,6 +33,9 @@ pub const SHUTDOWN_TEXT: &str =
 /// What every connection task shares.
 pub struct Shared {
     core: Mutex<Core>,
+    /// The store thread's queue, when persistence is on (taken away to
+    /// let the thread finish at shutdown).
+    store: Mutex<Option<std::sync::mpsc::Sender<StoreBatch>>>,
     /// Wakes the timer task when the core's earliest deadline changed.
     timer: Notify,
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
@@ -48,14 +51,59 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// State shared by the connections of one broker.
-    pub fn new(core: Core, config: ServerConfig) -> Arc<Self> {
+    pub fn new(
+        core: Core,
+        config: ServerConfig,
+        store: Option<std::sync::mpsc::Sender<StoreBatch>>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             core: Mutex::new(core),
+            store: Mutex::new(store),
             timer: Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             config,
         })
+    }
+
+    /// What the core has for the timer and the store after a call, taken
+    /// under its lock; [`Shared::after`] acts on it once the lock is free.
+    fn take_side_work(&self, core: &mut Core) -> Option<StoreBatch> {
+        if core.take_timers_changed() {
+            self.timer.notify_one();
+        }
+        let records = core.take_store_ops();
+        let definitions = core.take_definitions();
+        if records.is_none() && definitions.is_none() {
+            return None;
+        }
+        let (records, upto) = records.unwrap_or_default();
+        Some(StoreBatch {
+            records,
+            upto,
+            definitions,
+        })
+    }
+
+    fn after(&self, batch: Option<StoreBatch>) {
+        let Some(b) = batch else { return };
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = &*store {
+            // A closed channel means the store thread stopped on a disk
+            // error (logged there): confirms stay withheld.
+            let _ = tx.send(b);
+        }
+    }
+
+    /// Lets the store thread finish what it has (at shutdown): nothing is
+    /// sent to it after this.
+    pub fn close_store(&self) {
+        let last = {
+            let mut core = self.core();
+            self.take_side_work(&mut core)
+        };
+        self.after(last);
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -65,17 +113,16 @@ impl Shared {
     }
 
     /// Runs `f` on the core under its lock (the management API's reads and
-    /// admin operations), then wakes the connections it gave output to and
-    /// the timer task if a deadline moved.
+    /// admin operations), then hands the timer and the store what it left
+    /// them and wakes the connections it gave output to.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
-        let (r, woken) = {
+        let (r, woken, side) = {
             let mut core = self.core();
             let r = f(&mut core);
-            if core.take_timers_changed() {
-                self.timer.notify_one();
-            }
-            (r, core.take_woken())
+            let side = self.take_side_work(&mut core);
+            (r, core.take_woken(), side)
         };
+        self.after(side);
         self.wake(&woken);
         r
     }
@@ -116,11 +163,13 @@ pub async fn timer_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         };
         tokio::select! {
             _ = sleep => {
-                let woken = {
+                let (woken, side) = {
                     let mut core = shared.core();
                     core.handle_timeout(Instant::now());
-                    core.take_woken()
+                    let side = shared.take_side_work(&mut core);
+                    (core.take_woken(), side)
                 };
+                shared.after(side);
                 shared.wake(&woken);
             }
             _ = shared.timer.notified() => {}
@@ -255,16 +304,15 @@ fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec:
             events.push(e);
         }
         let had_events = !events.is_empty();
-        let (outs, woken) = {
+        let (outs, woken, side) = {
             let mut core = shared.core();
             if had_events {
                 core.handle(id, events, Instant::now());
             }
-            if core.take_timers_changed() {
-                shared.timer.notify_one();
-            }
-            (core.take_outbox(id), core.take_woken())
+            let side = shared.take_side_work(&mut core);
+            (core.take_outbox(id), core.take_woken(), side)
         };
+        shared.after(side);
         shared.wake(&woken);
         if !had_events && outs.is_empty() {
             return closed;
@@ -307,4 +355,64 @@ async fn write_all(
     }
     segments.clear();
     Ok(())
+}
+
+/// Records for the store thread, with the number of the last one and a
+/// new snapshot of the durable topology if it changed.
+#[derive(Debug, Default)]
+pub struct StoreBatch {
+    /// Records to append.
+    pub records: Vec<crate::store::Record>,
+    /// The core's number of the last record (for [`Core::durable`]).
+    pub upto: u64,
+    /// The durable topology, as a definitions export.
+    pub definitions: Option<String>,
+}
+
+/// The store thread: writes what the connections' batches carry, with
+/// one `fdatasync` for all of them (group commit: while it syncs, the next
+/// batches queue up and share the next sync), then releases their
+/// confirms. On a write or sync error it logs and stops: confirms are
+/// withheld from then on rather than given for what may not be on disk.
+/// Returns whether everything sent to it was written and synced.
+pub fn store_thread(
+    shared: Arc<Shared>,
+    mut log: crate::store::Log,
+    definitions: std::path::PathBuf,
+    rx: std::sync::mpsc::Receiver<StoreBatch>,
+) -> bool {
+    while let Ok(first) = rx.recv() {
+        let mut b = first;
+        while let Ok(more) = rx.try_recv() {
+            b.records.extend(more.records);
+            b.upto = b.upto.max(more.upto);
+            if more.definitions.is_some() {
+                b.definitions = more.definitions;
+            }
+        }
+        let written = (|| -> std::io::Result<()> {
+            if let Some(d) = &b.definitions {
+                crate::store::write_atomically(&definitions, d.as_bytes())?;
+            }
+            if !b.records.is_empty() {
+                log.append(&b.records)?;
+                log.sync()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tracing::error!(
+                "message store: {e}: no further publisher confirms or transaction commits \
+                 will be sent; stop the broker and free the disk"
+            );
+            return false;
+        }
+        let woken = {
+            let mut core = shared.core();
+            core.durable(b.upto);
+            core.take_woken()
+        };
+        shared.wake(&woken);
+    }
+    true
 }

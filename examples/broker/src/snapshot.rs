@@ -9,8 +9,7 @@
 
 use super::{Conn, ConnId, Core, QState, QueueId, TxAck, Unacked, check_queue_args, compact};
 use crate::auth::Auth;
-use crate::lifecycle::QueueArgs;
-use crate::queue::{Msg, Ready};
+use crate::queue::Msg;
 use amqp_codec::Capabilities;
 use amqp_codec::types::{BasicProperties, FieldTable, ProtocolError, ReplyCode, ShortString};
 use amqp_router as r;
@@ -601,6 +600,14 @@ impl Core {
         st[1] += u64::from(routed);
     }
 
+    /// Counts a `basic.get` that took a message from queue `q`.
+    pub(super) fn count_get(&mut self, q: QueueId, no_ack: bool, redelivered: bool) {
+        self.counters.count_get(no_ack, redelivered);
+        if let Some(qs) = self.queues.get_mut(&q) {
+            qs.stats.count_get(no_ack, redelivered);
+        }
+    }
+
     /// Counts an acknowledgement of a message of queue `q`.
     pub(super) fn count_ack(&mut self, q: QueueId) {
         self.counters.ack += 1;
@@ -636,6 +643,7 @@ impl Core {
         internal: bool,
         arguments: &FieldTable,
     ) -> Result<bool, AdminError> {
+        self.definitions_dirty = true;
         let router = self.router_mut(vhost)?;
         let d = r::ExchangeDeclare {
             name: name.as_bytes(),
@@ -676,12 +684,8 @@ impl Core {
         now: Instant,
     ) -> Result<bool, AdminError> {
         self.admin_begin(now);
-        check_queue_args(arguments).map_err(|e| {
-            AdminError::BadRequest(format!(
-                "PRECONDITION_FAILED - invalid arg '{}' for queue '{name}' in vhost '{vhost}': {}",
-                e.0, e.1
-            ))
-        })?;
+        check_queue_args(arguments, name, vhost)
+            .map_err(|e| AdminError::BadRequest(format!("PRECONDITION_FAILED - {e}")))?;
         if name.is_empty() {
             return Err(AdminError::BadRequest("queue name is empty".into()));
         }
@@ -700,25 +704,11 @@ impl Core {
         let created = declared.declared == r::Declared::Created;
         if created {
             self.next_queue += 1;
-            let args = QueueArgs::from_arguments(arguments);
-            let ready = Ready::with_priorities(args.max_priority.unwrap_or(0));
             self.queues.insert(
                 next,
-                QState {
-                    vhost: vhost.to_owned(),
-                    name: declared.name,
-                    ready,
-                    consumers: Vec::new(),
-                    rr: 0,
-                    exclusive_consumer: false,
-                    auto_delete,
-                    had_consumers: false,
-                    args,
-                    armed: None,
-                    last_used: None,
-                    stats: MessageStats::default(),
-                },
+                QState::new(vhost, declared.name, durable, auto_delete, arguments),
             );
+            self.definitions_dirty = true;
             self.used(next);
         }
         Ok(created)
@@ -773,7 +763,14 @@ impl Core {
     /// /api/queues/vhost/name/contents`); how many went.
     pub fn admin_purge(&mut self, vhost: &str, name: &str) -> Result<usize, AdminError> {
         let (q, _) = self.admin_queue(vhost, name)?;
-        Ok(self.queues.get_mut(&q).map_or(0, |q| q.ready.purge()))
+        let purged = self
+            .queues
+            .get_mut(&q)
+            .map_or(Vec::new(), |q| q.ready.drain());
+        for e in &purged {
+            self.gone(q, e);
+        }
+        Ok(purged.len())
     }
 
     /// Binds `destination` (a queue, or an exchange) to exchange `source`
@@ -792,6 +789,7 @@ impl Core {
         } else {
             OwnerId(0)
         };
+        self.definitions_dirty = true;
         let router = self.router_mut(vhost)?;
         let b = r::Bind::new(
             source.as_bytes(),
@@ -870,12 +868,15 @@ impl Core {
         let queues: Vec<QueueId> = routed.handles().copied().collect();
         self.counters.count_publish(queues.is_empty(), false);
         self.count_exchange(vhost, &short(exchange)?, !queues.is_empty());
-        let msg = Arc::new(Msg {
+        let msg = Msg {
             exchange: short(exchange)?,
             routing_key: short(routing_key)?,
             properties,
             body: compact(body),
-        });
+            persist: None,
+            bcc: Vec::new(),
+        };
+        let msg = self.store_publish(&queues, msg);
         self.enqueue(&queues, &msg);
         Ok(!queues.is_empty())
     }

@@ -1136,7 +1136,8 @@ async fn differential() {
     let b = match std::env::var("AMQP_DIFF_B") {
         Ok(b) => b,
         Err(_) => {
-            broker = support::Broker::start(5700..5710, &[]);
+            let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/differential.toml");
+            broker = support::Broker::start(5700..5710, &["--config", config]);
             broker.addr.to_string()
         }
     };

@@ -4,78 +4,14 @@
 
 mod support;
 
+use amqp_codec::Event;
 use amqp_codec::types::method::*;
-use amqp_codec::types::{BasicProperties, Method, ReplyCode};
-use amqp_codec::{ClientConfig, Connection, Event};
+use amqp_codec::types::{BasicProperties, ReplyCode};
 use bytes::Bytes;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-
-/// A blocking client on amqp-codec's client role.
-struct Client {
-    conn: Connection,
-    sock: TcpStream,
-    events: Vec<Event>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let mut c = Client {
-            conn: Connection::client(ClientConfig::default(), Instant::now()),
-            sock,
-            events: Vec::new(),
-        };
-        c.until(|e| matches!(e, Event::Connected { .. }));
-        c.conn.open_channel_with(1).unwrap();
-        c.until(|e| matches!(e, Event::ChannelOpened { .. }));
-        c
-    }
-
-    /// Moves bytes until an event matches (at most 10 s).
-    fn until(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            while let Some(b) = self.conn.poll_transmit() {
-                self.sock.write_all(&b).expect("write");
-            }
-            while let Some(e) = self.conn.poll_event() {
-                if f(&e) {
-                    return e;
-                }
-                self.events.push(e);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out; events: {:?}",
-                self.events
-            );
-            match self.sock.read(&mut buf) {
-                Ok(0) => panic!("the broker closed the connection"),
-                Ok(n) => self.conn.handle_input(Bytes::copy_from_slice(&buf[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read: {e}"),
-            }
-            self.conn.handle_timeout(Instant::now());
-        }
-    }
-
-    fn call(&mut self, m: impl Into<Method>) -> Method {
-        self.conn.send_method(1, m).unwrap();
-        match self.until(|e| matches!(e, Event::Method { .. })) {
-            Event::Method { method, .. } => method,
-            _ => unreachable!(),
-        }
-    }
-}
+use support::Client;
 
 /// The good client declares a queue, consumes it, and publishes and
 /// receives `n` messages; returns how long the round took.

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+use amqp_codec::types::Method;
+use amqp_codec::{ClientConfig, Connection, Event};
+use bytes::Bytes;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,10 +29,20 @@ impl Broker {
             .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
             .unwrap_or_else(|| panic!("no free port in {ports:?}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_amqp-broker"));
+        cmd.arg("--listen").arg(addr.to_string()).args(extra);
+        if !extra.contains(&"--data-dir") {
+            // A fresh data directory per broker (tests run in parallel).
+            let dir = std::env::temp_dir().join(format!(
+                "amqp-broker-test-{}-{port}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("AMQP_BROKER_LOG").unwrap_or("warn".into()),
@@ -45,6 +59,11 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Broker { addr, child }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `amqp://guest:guest@ADDR/%2f`.
@@ -90,4 +109,79 @@ pub fn interop(test: &str) -> bool {
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A blocking client on amqp-codec's client role.
+pub struct Client {
+    /// The connection.
+    pub conn: Connection,
+    /// The socket.
+    pub sock: TcpStream,
+    /// Events seen while waiting for others.
+    pub events: Vec<Event>,
+}
+
+impl Client {
+    /// Connects as guest and opens channel 1.
+    pub fn connect(addr: SocketAddr) -> Client {
+        Client::connect_with(addr, ClientConfig::default())
+    }
+
+    /// Connects with this configuration and opens channel 1.
+    pub fn connect_with(addr: SocketAddr, config: ClientConfig) -> Client {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut c = Client {
+            conn: Connection::client(config, Instant::now()),
+            sock,
+            events: Vec::new(),
+        };
+        c.until(|e| matches!(e, Event::Connected { .. }));
+        c.conn.open_channel_with(1).unwrap();
+        c.until(|e| matches!(e, Event::ChannelOpened { .. }));
+        c
+    }
+
+    /// Moves bytes until an event matches (at most 10 s).
+    pub fn until(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(b) = self.conn.poll_transmit() {
+                self.sock.write_all(&b).expect("write");
+            }
+            while let Some(e) = self.conn.poll_event() {
+                if f(&e) {
+                    return e;
+                }
+                self.events.push(e);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; events: {:?}",
+                self.events
+            );
+            match self.sock.read(&mut buf) {
+                Ok(0) => panic!("the broker closed the connection"),
+                Ok(n) => self.conn.handle_input(Bytes::copy_from_slice(&buf[..n])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+            self.conn.handle_timeout(Instant::now());
+        }
+    }
+
+    /// Sends a method on channel 1 and waits for a method back.
+    pub fn call(&mut self, m: impl Into<Method>) -> Method {
+        self.conn.send_method(1, m).unwrap();
+        match self.until(|e| matches!(e, Event::Method { .. })) {
+            Event::Method { method, .. } => method,
+            _ => unreachable!(),
+        }
+    }
 }

@@ -1,0 +1,109 @@
+//! `--definitions FILE` imports a real RabbitMQ export: its users log in
+//! with the passwords RabbitMQ hashed, its queues and bindings exist.
+
+mod support;
+
+use amqp_codec::types::Method;
+use amqp_codec::types::method::QueueDeclare;
+use amqp_codec::{ClientConfig, Credentials};
+use std::process::Command;
+use support::{Broker, Client};
+
+#[test]
+fn a_rabbitmq_export_is_imported_with_its_users_and_queues() {
+    if !support::interop("definitions") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("amqp-broker-defs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("defs.json");
+    // A user and a durable queue made in RabbitMQ for this test.
+    let ctl = |args: &[&str]| -> Vec<u8> {
+        let out = Command::new("rabbitmqctl")
+            .args(args)
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/sbin:/usr/lib/rabbitmq/bin",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("rabbitmqctl (bash .ci/services installs RabbitMQ)");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    // (A run that failed half-way may have left the user behind.)
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_user", "defs-user"])
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output();
+    ctl(&["add_user", "defs-user", "s3cret-pw"]);
+    ctl(&["set_permissions", "-p", "/", "defs-user", ".*", ".*", ".*"]);
+    // (To stdout: the node may not be allowed to write where the test is.)
+    std::fs::write(&path, ctl(&["export_definitions", "-", "--silent"])).unwrap();
+    ctl(&["delete_user", "defs-user"]);
+    let broker = Broker::start(5780..5790, &["--definitions", path.to_str().unwrap()]);
+    let config = |user: &str, pw: &str| ClientConfig {
+        credentials: Credentials::plain(user, pw),
+        ..ClientConfig::default()
+    };
+    // The export's user, with the password RabbitMQ hashed (SHA-256).
+    let mut c = Client::connect_with(broker.addr, config("defs-user", "s3cret-pw"));
+    let Method::QueueDeclareOk(ok) = c.call(QueueDeclare {
+        queue: "defs-test-queue".try_into().unwrap(),
+        ..Default::default()
+    }) else {
+        panic!("declare-ok expected")
+    };
+    assert_eq!(ok.queue.as_str(), Some("defs-test-queue"));
+    // guest (also in the export) and the test user `limited` log in too.
+    Client::connect_with(broker.addr, config("limited", "limited"));
+    Client::connect(broker.addr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wrong_password_is_refused_after_import() {
+    let dir = std::env::temp_dir().join(format!("amqp-broker-defs2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("defs.json");
+    // guest/guest hashed by RabbitMQ 3.10 (salt and SHA-256 digest).
+    std::fs::write(
+        &path,
+        r#"{"users":[{"name":"guest","password_hash":"jfsx+8mbmsQG4/GkyuDWoiCnfhDFATh+D0SP6OYjc92sBGoY",
+            "hashing_algorithm":"rabbit_password_hashing_sha256","tags":["administrator"]}],
+            "vhosts":[{"name":"/"}],
+            "permissions":[{"user":"guest","vhost":"/","configure":".*","write":".*","read":".*"}],
+            "queues":[{"name":"imported","vhost":"/","durable":true,"auto_delete":false,"arguments":{}}]}"#,
+    )
+    .unwrap();
+    let broker = Broker::start(5780..5790, &["--definitions", path.to_str().unwrap()]);
+    let mut c = Client::connect(broker.addr);
+    let Method::QueueDeclareOk(ok) = c.call(QueueDeclare {
+        queue: "imported".try_into().unwrap(),
+        passive: true,
+        ..Default::default()
+    }) else {
+        panic!("the imported queue exists")
+    };
+    assert_eq!(ok.message_count, 0);
+    let refused = std::panic::catch_unwind(|| {
+        Client::connect_with(
+            broker.addr,
+            ClientConfig {
+                credentials: Credentials::plain("guest", "wrong"),
+                ..ClientConfig::default()
+            },
+        )
+    });
+    assert!(refused.is_err(), "a wrong password must not log in");
+    let _ = std::fs::remove_dir_all(&dir);
+}
