@@ -7,99 +7,17 @@
 
 mod support;
 
+use support::Client;
+
+use amqp_codec::Event;
 use amqp_codec::types::method::*;
-use amqp_codec::types::{BasicProperties, FieldTable, FieldValue, Method, ReplyCode};
-use amqp_codec::{ClientConfig, Connection, Event};
-use bytes::Bytes;
+use amqp_codec::types::{FieldTable, FieldValue, Method, ReplyCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-// ----- a blocking AMQP client (amqp-codec's client role) --------------------
-
-struct Client {
-    conn: Connection,
-    sock: TcpStream,
-    events: Vec<Event>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, channels: &[u16]) -> Client {
-        let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let mut c = Client {
-            conn: Connection::client(ClientConfig::default(), Instant::now()),
-            sock,
-            events: Vec::new(),
-        };
-        c.until(|e| matches!(e, Event::Connected { .. }));
-        for &ch in channels {
-            c.conn.open_channel_with(ch).unwrap();
-            c.until(|e| matches!(e, Event::ChannelOpened { .. }));
-        }
-        c
-    }
-
-    /// Moves bytes until an event matches (at most 10 s).
-    fn until(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            while let Some(b) = self.conn.poll_transmit() {
-                self.sock.write_all(&b).expect("write");
-            }
-            while let Some(e) = self.conn.poll_event() {
-                if f(&e) {
-                    return e;
-                }
-                self.events.push(e);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out; events: {:?}",
-                self.events
-            );
-            match self.sock.read(&mut buf) {
-                Ok(0) => panic!("the broker closed the connection"),
-                Ok(n) => self.conn.handle_input(Bytes::copy_from_slice(&buf[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read: {e}"),
-            }
-            self.conn.handle_timeout(Instant::now());
-        }
-    }
-
-    fn call(&mut self, ch: u16, m: impl Into<Method>) -> Method {
-        self.conn.send_method(ch, m).unwrap();
-        match self.until(|e| matches!(e, Event::Method { channel, .. } if *channel == ch)) {
-            Event::Method { method, .. } => method,
-            _ => unreachable!(),
-        }
-    }
-
-    fn publish(&mut self, ch: u16, exchange: &str, key: &str, body: &str) {
-        self.conn
-            .publish(
-                ch,
-                BasicPublish {
-                    exchange: exchange.try_into().unwrap(),
-                    routing_key: key.try_into().unwrap(),
-                    ..Default::default()
-                },
-                &BasicProperties::default(),
-                Bytes::from(body.to_owned()),
-            )
-            .unwrap();
-    }
-}
 
 /// The same topology and traffic as `tests/support/management_traffic.py`:
 /// exchange `P-x` (topic), queue `P-q` (x-max-length 100) bound with
@@ -108,8 +26,8 @@ impl Client {
 /// connected.
 fn traffic(addr: SocketAddr, prefix: &str) -> Client {
     let (x, q) = (format!("{prefix}-x"), format!("{prefix}-q"));
-    let mut c = Client::connect(addr, &[1, 2, 3]);
-    c.call(
+    let mut c = Client::connect_on(addr, &[1, 2, 3]);
+    c.call_on(
         1,
         ExchangeDeclare {
             exchange: x.as_str().try_into().unwrap(),
@@ -119,7 +37,7 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
     );
     let mut args = FieldTable::new();
     args.insert("x-max-length", FieldValue::I64(100));
-    c.call(
+    c.call_on(
         1,
         QueueDeclare {
             queue: q.as_str().try_into().unwrap(),
@@ -127,7 +45,7 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
             ..Default::default()
         },
     );
-    c.call(
+    c.call_on(
         1,
         QueueBind {
             queue: q.as_str().try_into().unwrap(),
@@ -136,7 +54,7 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
             ..Default::default()
         },
     );
-    c.call(1, ConfirmSelect { nowait: false });
+    c.call_on(1, ConfirmSelect { nowait: false });
     for i in 0..5 {
         c.publish(1, &x, "a.b", &format!("hello{i}"));
     }
@@ -147,14 +65,14 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
             confirmed += settled.len();
         }
     }
-    c.call(
+    c.call_on(
         2,
         BasicQos {
             prefetch_count: 2,
             ..Default::default()
         },
     );
-    c.call(
+    c.call_on(
         2,
         BasicConsume {
             queue: q.as_str().try_into().unwrap(),
@@ -192,7 +110,7 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
         )
         .unwrap();
     // A round trip on channel 3 so that the ack has arrived.
-    c.call(
+    c.call_on(
         3,
         BasicQos {
             prefetch_count: 0,
@@ -676,8 +594,8 @@ fn management_api_mutations() {
     );
 
     // A consumer on the queue: what the API publishes reaches it.
-    let mut c = Client::connect(ours.broker.addr, &[1]);
-    c.call(
+    let mut c = Client::connect_on(ours.broker.addr, &[1]);
+    c.call_on(
         1,
         BasicConsume {
             queue: "m-q".try_into().unwrap(),

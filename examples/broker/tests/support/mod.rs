@@ -176,6 +176,41 @@ impl Client {
         }
     }
 
+    /// Connects as guest and opens these channels (1 always).
+    pub fn connect_on(addr: SocketAddr, channels: &[u16]) -> Client {
+        let mut c = Client::connect(addr);
+        for &ch in channels.iter().filter(|&&ch| ch != 1) {
+            c.conn.open_channel_with(ch).unwrap();
+            c.until(|e| matches!(e, Event::ChannelOpened { channel } if *channel == ch));
+        }
+        c
+    }
+
+    /// Sends a method on channel `ch` and waits for a method back on it.
+    pub fn call_on(&mut self, ch: u16, m: impl Into<Method>) -> Method {
+        self.conn.send_method(ch, m).unwrap();
+        match self.until(|e| matches!(e, Event::Method { channel, .. } if *channel == ch)) {
+            Event::Method { method, .. } => method,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Publishes a text body (no properties) on channel `ch`.
+    pub fn publish(&mut self, ch: u16, exchange: &str, key: &str, body: &str) {
+        self.conn
+            .publish(
+                ch,
+                amqp_codec::types::method::BasicPublish {
+                    exchange: exchange.try_into().unwrap(),
+                    routing_key: key.try_into().unwrap(),
+                    ..Default::default()
+                },
+                &amqp_codec::types::BasicProperties::default(),
+                Bytes::from(body.to_owned()),
+            )
+            .unwrap();
+    }
+
     /// Sends a method on channel 1 and waits for a method back.
     pub fn call(&mut self, m: impl Into<Method>) -> Method {
         self.conn.send_method(1, m).unwrap();
