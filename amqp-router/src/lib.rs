@@ -541,50 +541,32 @@ impl<'a> QueueDelete<'a> {
     }
 }
 
-impl<'a> Bind<'a> {
-    /// `queue.bind`: exchange to queue.
-    pub fn from_queue_bind(m: &'a am::QueueBind, owner: OwnerId) -> Self {
-        Bind::new(
-            m.exchange.as_bytes(),
-            m.queue.as_bytes(),
-            m.routing_key.as_bytes(),
-            &m.arguments,
-            owner,
-        )
-    }
+/// The four binding methods, each to a [`Bind`]: (constructor, method,
+/// source field, destination field, doc).
+macro_rules! bind_from_methods {
+    ($($f:ident($m:ident: $src:ident -> $dst:ident) $doc:literal;)*) => {
+        impl<'a> Bind<'a> {
+            $(
+                #[doc = $doc]
+                pub fn $f(m: &'a am::$m, owner: OwnerId) -> Self {
+                    Bind::new(
+                        m.$src.as_bytes(),
+                        m.$dst.as_bytes(),
+                        m.routing_key.as_bytes(),
+                        &m.arguments,
+                        owner,
+                    )
+                }
+            )*
+        }
+    };
+}
 
-    /// `queue.unbind`.
-    pub fn from_queue_unbind(m: &'a am::QueueUnbind, owner: OwnerId) -> Self {
-        Bind::new(
-            m.exchange.as_bytes(),
-            m.queue.as_bytes(),
-            m.routing_key.as_bytes(),
-            &m.arguments,
-            owner,
-        )
-    }
-
-    /// `exchange.bind`: source exchange to destination exchange.
-    pub fn from_exchange_bind(m: &'a am::ExchangeBind, owner: OwnerId) -> Self {
-        Bind::new(
-            m.source.as_bytes(),
-            m.destination.as_bytes(),
-            m.routing_key.as_bytes(),
-            &m.arguments,
-            owner,
-        )
-    }
-
-    /// `exchange.unbind`.
-    pub fn from_exchange_unbind(m: &'a am::ExchangeUnbind, owner: OwnerId) -> Self {
-        Bind::new(
-            m.source.as_bytes(),
-            m.destination.as_bytes(),
-            m.routing_key.as_bytes(),
-            &m.arguments,
-            owner,
-        )
-    }
+bind_from_methods! {
+    from_queue_bind(QueueBind: exchange -> queue) "`queue.bind`: exchange to queue.";
+    from_queue_unbind(QueueUnbind: exchange -> queue) "`queue.unbind`.";
+    from_exchange_bind(ExchangeBind: source -> destination) "`exchange.bind`: source exchange to destination exchange.";
+    from_exchange_unbind(ExchangeUnbind: source -> destination) "`exchange.unbind`.";
 }
 
 impl<'a> Publish<'a> {
