@@ -250,6 +250,10 @@ struct QState {
     exclusive_consumer: bool,
     auto_delete: bool,
     had_consumers: bool,
+    /// A quorum queue with `reject-publish` went over its limit: publishes
+    /// are refused until it is back under 80 % of it (RabbitMQ 3.10's
+    /// `rabbit_fifo` soft limit).
+    rejecting: bool,
     /// TTL, expiry, dead-lettering, limits, priorities.
     args: QueueArgs,
     /// The deadline this queue has in the core's timers, if any.
@@ -274,12 +278,17 @@ impl QState {
         QState {
             vhost: vhost.to_owned(),
             name,
-            ready: Ready::with_priorities(args.max_priority.unwrap_or(0)),
+            ready: if args.kind == lifecycle::QueueKind::Quorum {
+                Ready::returns_first()
+            } else {
+                Ready::with_priorities(args.max_priority.unwrap_or(0))
+            },
             consumers: Vec::new(),
             rr: 0,
             exclusive_consumer: false,
             auto_delete,
             had_consumers: false,
+            rejecting: false,
             args,
             armed: None,
             last_used: None,
@@ -290,6 +299,46 @@ impl QState {
 
     fn key(&self) -> QueueKey {
         (self.vhost.clone(), self.name.clone())
+    }
+
+    /// Whether `msg` is in the store for this queue: a durable queue's
+    /// persistent messages, and every message of a (durable) quorum queue
+    /// whatever its delivery mode, as RabbitMQ.
+    /// A quorum queue's `reject-publish` state after a change: over the
+    /// limit it refuses, at or under 80 % of every limit it accepts again,
+    /// in between it stays as it was.
+    fn update_rejecting(&mut self) {
+        let a = &self.args;
+        if a.kind != lifecycle::QueueKind::Quorum || a.overflow != Overflow::RejectPublish {
+            return;
+        }
+        let (len, bytes) = (self.ready.len() as u64, self.ready.bytes() as u64);
+        let over =
+            a.max_length.is_some_and(|m| len > m) || a.max_length_bytes.is_some_and(|m| bytes > m);
+        let soft = |limit: Option<u64>, n: u64| limit.is_none_or(|m| n <= m * 8 / 10);
+        if over {
+            self.rejecting = true;
+        } else if soft(a.max_length, len) && soft(a.max_length_bytes, bytes) {
+            self.rejecting = false;
+        }
+    }
+
+    /// Whether a publish of `size` body bytes is over the queue's length
+    /// limits (a quorum queue: whether it is rejecting).
+    fn full(&mut self, size: usize) -> bool {
+        if self.args.kind == lifecycle::QueueKind::Quorum {
+            self.update_rejecting();
+            return self.rejecting;
+        }
+        let a = &self.args;
+        a.max_length.is_some_and(|m| self.ready.len() as u64 >= m)
+            || a.max_length_bytes
+                .is_some_and(|m| (self.ready.bytes() + size) as u64 > m)
+    }
+
+    fn persists(&self, msg: &Msg) -> bool {
+        self.durable
+            && (msg.properties.is_persistent() || self.args.kind == lifecycle::QueueKind::Quorum)
     }
 }
 
@@ -639,11 +688,11 @@ impl Core {
     /// queue, it gets a store id and a publish record (before anything
     /// can remove it from a queue).
     fn store_publish(&mut self, queues: &[QueueId], mut msg: Msg) -> Arc<Msg> {
-        if self.persistence && msg.properties.is_persistent() {
+        if self.persistence {
             let keys: Vec<QueueKey> = queues
                 .iter()
                 .filter_map(|q| self.queues.get(q))
-                .filter(|q| q.durable)
+                .filter(|q| q.persists(&msg))
                 .map(QState::key)
                 .collect();
             if !keys.is_empty() {
@@ -667,7 +716,7 @@ impl Core {
     fn gone(&mut self, q: QueueId, e: &Entry) {
         if let Some(id) = e.msg.persist
             && let Some(qs) = self.queues.get(&q)
-            && qs.durable
+            && qs.persists(&e.msg)
         {
             let key = qs.key();
             self.record(Record::Remove { id, queue: key });
@@ -680,7 +729,7 @@ impl Core {
         if !e.redelivered
             && let Some(id) = e.msg.persist
             && let Some(qs) = self.queues.get(&q)
-            && qs.durable
+            && qs.persists(&e.msg)
         {
             let key = qs.key();
             self.record(Record::Delivered { id, queue: key });
@@ -1631,14 +1680,27 @@ impl Core {
             check_queue_args(&m.arguments, &name, &vh)
                 .map_err(|e| refused(ch, ReplyCode::PRECONDITION_FAILED, e, (50, 10)))?;
         }
-        let replicated = matches!(
-            m.arguments.get("x-queue-type"),
-            Some(FieldValue::LongString(t)) if matches!(t.as_bytes(), b"quorum" | b"stream")
-        );
+        let kind = lifecycle::QueueKind::from_arguments(&m.arguments);
+        let replicated = kind != lifecycle::QueueKind::Classic;
         let exists = self
             .vhosts
             .get(&*vh)
             .is_some_and(|v| v.router.queue(m.queue.as_bytes()).is_some());
+        if !m.passive
+            && !exists
+            && let Some(k) = kind.refused_argument(&m.arguments)
+        {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                format!(
+                    "invalid arg '{k}' for queue '{}' in vhost '{vh}' of queue type {}",
+                    m.queue.to_string_lossy(),
+                    kind.module()
+                ),
+                (50, 10),
+            ));
+        }
         if replicated && !m.passive && !exists {
             // What quorum (and stream) queues cannot be, in RabbitMQ's order.
             let property = if m.auto_delete {
@@ -1661,6 +1723,11 @@ impl Core {
                     (50, 10),
                 ));
             }
+        }
+        let mut m = m;
+        if exists && !m.passive {
+            // Only the arguments of the declared type are compared.
+            m.arguments = lifecycle::supported_arguments(kind, &m.arguments);
         }
         let next = self.next_queue;
         let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
@@ -1749,7 +1816,21 @@ impl Core {
             ));
         }
         let prefetch = c.prefetch;
+        let global = c.global_prefetch > 0;
         let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
+        if global && q.args.kind != lifecycle::QueueKind::Classic {
+            // A connection error in RabbitMQ 3.10.
+            return Err(refused(
+                0,
+                ReplyCode::NOT_IMPLEMENTED,
+                format!(
+                    "queue '{}' in vhost '{}' does not support global qos",
+                    q.name.to_string_lossy(),
+                    q.vhost
+                ),
+                ids,
+            ));
+        }
         if q.exclusive_consumer
             || (m.exclusive && (!q.consumers.is_empty() || q.args.single_active))
         {
@@ -1970,7 +2051,9 @@ impl Core {
         // the new head's expiry is armed.
         self.expire(qid);
         self.arm(qid);
-        let remaining = self.queues.get(&qid).map_or(0, |q| count(q.ready.len()));
+        let (remaining, kind) = self.queues.get(&qid).map_or((0, Default::default()), |q| {
+            (count(q.ready.len()), q.args.kind)
+        });
         self.count_get(qid, m.no_ack, entry.redelivered); // management
         let Some(c) = self.chan(id, ch) else {
             return Ok(());
@@ -1984,7 +2067,11 @@ impl Core {
             routing_key: entry.msg.routing_key.clone(),
             message_count: remaining,
         };
-        let msg = entry.msg.clone();
+        // A quorum queue's basic.get says how often it came back, 0 too.
+        let msg = match kind {
+            lifecycle::QueueKind::Quorum => delivery_counted(&entry),
+            _ => entry.msg.clone(),
+        };
         if m.no_ack {
             self.gone(qid, &entry);
         } else {
@@ -2086,14 +2173,7 @@ impl Core {
     ) {
         for (u, how) in settled {
             match how {
-                TxAck::Requeue => {
-                    if let Some(q) = self.queues.get_mut(&u.queue) {
-                        q.ready.requeue(u.entry);
-                        touched.push(u.queue);
-                    }
-                    // Back over a length limit: the head goes, as RabbitMQ.
-                    self.drop_over_limit(u.queue);
-                }
+                TxAck::Requeue => self.requeue(u, touched),
                 TxAck::Drop => self.dead_letter(u.queue, vec![u.entry], Reason::Rejected),
                 TxAck::Ack => {
                     self.gone(u.queue, &u.entry);
@@ -2101,6 +2181,33 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A delivery comes back unacknowledged (nack or reject with requeue,
+    /// recover, its channel closed): to its place in a classic queue, to
+    /// the returns of a quorum queue, counted; past a quorum queue's
+    /// `x-delivery-limit`, dead-lettered as `delivery_limit`. Back over a
+    /// length limit, the head goes (RabbitMQ's `requeue_and_run`). The
+    /// queue is added to `touched` for dispatch.
+    fn requeue(&mut self, u: Unacked, touched: &mut Vec<QueueId>) {
+        let Some(q) = self.queues.get_mut(&u.queue) else {
+            return;
+        };
+        let mut e = u.entry;
+        if q.args.kind == lifecycle::QueueKind::Quorum {
+            e.returns = e.returns.saturating_add(1);
+            if q.args
+                .delivery_limit
+                .is_some_and(|l| u64::from(e.returns) > l)
+            {
+                self.dead_letter(u.queue, vec![e], Reason::DeliveryLimit);
+                return;
+            }
+        }
+        q.ready.requeue(e);
+        q.update_rejecting();
+        touched.push(u.queue);
+        self.drop_over_limit(u.queue);
     }
 
     fn recover(&mut self, id: ConnId, ch: u16, requeue: bool, ids: (u16, u16)) -> Res {
@@ -2115,10 +2222,7 @@ impl Core {
         let taken = self.take_unacked(id, ch, 0, true, ids)?;
         let mut touched = Vec::new();
         for (_, u) in taken {
-            if let Some(q) = self.queues.get_mut(&u.queue) {
-                q.ready.requeue(u.entry);
-                touched.push(u.queue);
-            }
+            self.requeue(u, &mut touched);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -2387,33 +2491,23 @@ impl Core {
             let Some(qs) = self.queues.get_mut(&q) else {
                 continue;
             };
+            let full = qs.full(msg.size());
             let a = &qs.args;
-            let full = a.max_length.is_some_and(|m| qs.ready.len() as u64 >= m)
-                || a.max_length_bytes
-                    .is_some_and(|m| (qs.ready.bytes() + msg.size()) as u64 > m);
             if full && a.overflow != Overflow::DropHead {
                 refused = true;
+                let dlx = a.overflow == Overflow::RejectPublishDlx;
                 let e = Entry {
                     seq: 0,
                     msg: msg.clone(),
                     redelivered: false,
                     level: 0,
                     expires: None,
+                    returns: 0,
                 };
-                self.gone(q, &e);
-                let Some(qs) = self.queues.get_mut(&q) else {
-                    continue;
-                };
-                let a = &qs.args;
-                if a.overflow == Overflow::RejectPublishDlx {
-                    let e = Entry {
-                        seq: 0,
-                        msg: msg.clone(),
-                        redelivered: false,
-                        level: 0,
-                        expires: None,
-                    };
+                if dlx {
                     self.dead_letter(q, vec![e], Reason::Maxlen);
+                } else {
+                    self.gone(q, &e);
                 }
                 continue;
             }
@@ -2423,6 +2517,7 @@ impl Core {
             };
             let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
             qs.ready.push(msg.clone(), expires);
+            qs.update_rejecting();
             qs.stats.publish += 1; // management
             // A consumer that can take it now gets it (a TTL-0 message
             // too, and one over a limit of 0); then drop-head.
@@ -2440,6 +2535,9 @@ impl Core {
         let Some(qs) = self.queues.get_mut(&q) else {
             return;
         };
+        if qs.args.overflow != Overflow::DropHead {
+            return;
+        }
         let mut dropped = Vec::new();
         while qs
             .args
@@ -2626,6 +2724,7 @@ impl Core {
     }
 
     fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
+        let kind = self.queues.get(&q).map(|q| q.args.kind).unwrap_or_default();
         let no_ack = self
             .chan(conn, ch)
             .and_then(|c| c.consumers.get(&tag))
@@ -2648,7 +2747,10 @@ impl Core {
             exchange: entry.msg.exchange.clone(),
             routing_key: entry.msg.routing_key.clone(),
         };
-        let msg = entry.msg.clone();
+        let msg = match kind {
+            lifecycle::QueueKind::Quorum if entry.returns > 0 => delivery_counted(&entry),
+            _ => entry.msg.clone(),
+        };
         let redelivered = entry.redelivered; // management
         if !no_ack {
             if let Some(k) = chan.consumers.get_mut(&tag) {
@@ -2691,10 +2793,7 @@ impl Core {
         c.confirms.clear();
         let mut touched = Vec::new();
         for (_, u) in unacked {
-            if let Some(q) = self.queues.get_mut(&u.queue) {
-                q.ready.requeue(u.entry);
-                touched.push(u.queue);
-            }
+            self.requeue(u, &mut touched);
         }
         for t in tags {
             self.cancel(id, ch, &t);
@@ -2792,13 +2891,17 @@ fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), S
         "x-overflow",
         "x-queue-type",
         "x-single-active-consumer",
-        "x-delivery-limit",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
     ] {
         let Some(v) = args.get(key) else { continue };
         match key {
             "x-expires" => integer(key, v, 1, Some(ttl))?,
             "x-message-ttl" => integer(key, v, 0, Some(ttl))?,
-            "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => integer(key, v, 0, None)?,
+            "x-max-length"
+            | "x-max-length-bytes"
+            | "x-max-in-memory-length"
+            | "x-max-in-memory-bytes" => integer(key, v, 0, None)?,
             "x-max-priority" => integer(key, v, 0, Some(255))?,
             "x-dead-letter-exchange" if !matches!(v, FieldValue::LongString(_)) => {
                 return Err(format!(
@@ -2841,6 +2944,14 @@ fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// A quorum queue's delivery of `e`: its message with `x-delivery-count`.
+fn delivery_counted(e: &Entry) -> Arc<Msg> {
+    Arc::new(Msg {
+        properties: lifecycle::with_delivery_count(&e.msg.properties, e.returns),
+        ..(*e.msg).clone()
+    })
 }
 
 /// The Direct Reply-to pseudo-queue.

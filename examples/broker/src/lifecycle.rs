@@ -18,9 +18,141 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// A queue's type (`x-queue-type`), as far as a client can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueKind {
+    /// `classic` (the default).
+    #[default]
+    Classic,
+    /// `quorum`: every message persisted, requeued messages served first,
+    /// delivery counts and `x-delivery-limit`.
+    Quorum,
+    /// `stream`.
+    Stream,
+}
+
+impl QueueKind {
+    /// The type an `x-queue-type` argument names (classic when absent or
+    /// unknown: the declaration checks refuse unknown types first).
+    pub fn from_arguments(args: &FieldTable) -> QueueKind {
+        match args.get("x-queue-type") {
+            Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum" => QueueKind::Quorum,
+            Some(FieldValue::LongString(t)) if t.as_bytes() == b"stream" => QueueKind::Stream,
+            _ => QueueKind::Classic,
+        }
+    }
+
+    /// RabbitMQ's module name for the type, as its error texts say it.
+    pub fn module(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "rabbit_classic_queue",
+            QueueKind::Quorum => "rabbit_quorum_queue",
+            QueueKind::Stream => "rabbit_stream_queue",
+        }
+    }
+
+    /// The queue arguments this type accepts, of those RabbitMQ 3.10 knows
+    /// (`ARGUMENTS`); a known argument outside the list is refused.
+    fn supports(self, key: &str) -> bool {
+        match self {
+            QueueKind::Classic => matches!(
+                key,
+                "x-expires"
+                    | "x-message-ttl"
+                    | "x-dead-letter-exchange"
+                    | "x-dead-letter-routing-key"
+                    | "x-max-length"
+                    | "x-max-length-bytes"
+                    | "x-max-priority"
+                    | "x-overflow"
+                    | "x-queue-mode"
+                    | "x-single-active-consumer"
+                    | "x-queue-type"
+                    | "x-queue-master-locator"
+            ),
+            QueueKind::Quorum => matches!(
+                key,
+                "x-expires"
+                    | "x-message-ttl"
+                    | "x-dead-letter-exchange"
+                    | "x-dead-letter-routing-key"
+                    | "x-max-length"
+                    | "x-max-length-bytes"
+                    | "x-max-in-memory-length"
+                    | "x-max-in-memory-bytes"
+                    | "x-overflow"
+                    | "x-single-active-consumer"
+                    | "x-queue-type"
+                    | "x-quorum-initial-group-size"
+                    | "x-delivery-limit"
+                    | "x-dead-letter-strategy"
+                    | "x-queue-leader-locator"
+            ),
+            QueueKind::Stream => matches!(
+                key,
+                "x-queue-type"
+                    | "x-max-length-bytes"
+                    | "x-max-age"
+                    | "x-stream-max-segment-size-bytes"
+                    | "x-initial-cluster-size"
+                    | "x-queue-leader-locator"
+            ),
+        }
+    }
+
+    /// The first argument (in the table's order) that RabbitMQ knows but
+    /// this type refuses; its text is "invalid arg 'K' for queue 'Q' in
+    /// vhost 'V' of queue type M". Unknown arguments are ignored.
+    pub fn refused_argument(self, args: &FieldTable) -> Option<&str> {
+        args.iter()
+            .filter_map(|(k, _)| k.as_str())
+            .find(|k| ARGUMENTS.contains(k) && !self.supports(k))
+    }
+}
+
+/// `args` without the arguments RabbitMQ knows that queues of `kind` do not
+/// take: a redeclaration compares only the others.
+pub fn supported_arguments(kind: QueueKind, args: &FieldTable) -> FieldTable {
+    let mut out = FieldTable::with_capacity(args.len());
+    for (k, v) in args.iter() {
+        let key = k.as_str().unwrap_or_default();
+        if !ARGUMENTS.contains(&key) || kind.supports(key) {
+            out.push(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The queue arguments RabbitMQ 3.10 knows of (those of any queue type).
+const ARGUMENTS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-dead-letter-strategy",
+    "x-queue-leader-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
 /// A queue's lifecycle settings, read from its arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArgs {
+    /// `x-queue-type`.
+    pub kind: QueueKind,
     /// `x-message-ttl`, ms.
     pub message_ttl: Option<u64>,
     /// `x-expires`, ms.
@@ -39,6 +171,9 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`: only the oldest consumer receives.
     pub single_active: bool,
+    /// `x-delivery-limit` (quorum queues): a message returned more often
+    /// than this is dead-lettered (`delivery_limit`).
+    pub delivery_limit: Option<u64>,
 }
 
 fn int(v: Option<&FieldValue>) -> Option<i128> {
@@ -57,7 +192,9 @@ impl QueueArgs {
     /// ill-typed ones are ignored here.
     pub fn from_arguments(args: &FieldTable) -> QueueArgs {
         let u = |k: &str| int(args.get(k)).and_then(|v| u64::try_from(v).ok());
+        let kind = QueueKind::from_arguments(args);
         QueueArgs {
+            kind,
             message_ttl: u("x-message-ttl"),
             expires: u("x-expires"),
             dead_letter_exchange: short(args.get("x-dead-letter-exchange")),
@@ -68,7 +205,10 @@ impl QueueArgs {
                 Some(FieldValue::LongString(s)) if s.as_bytes() == b"reject-publish" => {
                     Overflow::RejectPublish
                 }
-                Some(FieldValue::LongString(s)) if s.as_bytes() == b"reject-publish-dlx" => {
+                // Quorum queues in 3.10 log a warning and keep the default.
+                Some(FieldValue::LongString(s))
+                    if s.as_bytes() == b"reject-publish-dlx" && kind != QueueKind::Quorum =>
+                {
                     Overflow::RejectPublishDlx
                 }
                 _ => Overflow::DropHead,
@@ -78,8 +218,24 @@ impl QueueArgs {
                 args.get("x-single-active-consumer"),
                 Some(FieldValue::Bool(true))
             ),
+            delivery_limit: u("x-delivery-limit").filter(|_| kind == QueueKind::Quorum),
         }
     }
+}
+
+/// The properties of a quorum queue's delivery that was returned `count`
+/// times before: the `x-delivery-count` header set (a signed 64-bit
+/// integer) and the table sorted by key, as RabbitMQ 3.10's
+/// `rabbit_basic:add_header` leaves it.
+pub fn with_delivery_count(p: &BasicProperties, count: u32) -> BasicProperties {
+    let mut out = p.clone();
+    let mut headers = p.headers.clone().unwrap_or_default();
+    headers.set(
+        ShortString::from_static("x-delivery-count"),
+        FieldValue::I64(i64::from(count)),
+    );
+    out.headers = Some(sorted(headers));
+    out
 }
 
 /// The longest TTL RabbitMQ accepts (ten years, in ms).
@@ -140,6 +296,8 @@ pub enum Reason {
     Expired,
     /// A length limit dropped it.
     Maxlen,
+    /// A quorum queue's `x-delivery-limit` was passed.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -149,6 +307,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
             Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }

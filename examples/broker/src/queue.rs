@@ -62,6 +62,9 @@ pub struct Entry {
     pub level: u8,
     /// When it expires (queue TTL or `expiration`, the lower), if ever.
     pub expires: Option<Instant>,
+    /// How often it came back unacknowledged (quorum queues count it:
+    /// `x-delivery-count`, `x-delivery-limit`).
+    pub returns: u32,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +109,10 @@ impl Level {
 pub struct Ready {
     /// One level per priority, highest last.
     levels: Vec<Level>,
+    /// Quorum queues: requeued messages wait here, in the order they came
+    /// back, and are served before every other message (`None`: they go
+    /// back to their place).
+    returns: Option<VecDeque<Entry>>,
     len: usize,
     next_seq: u64,
     bytes: usize,
@@ -127,9 +134,19 @@ impl Ready {
     pub fn with_priorities(max: u8) -> Self {
         Ready {
             levels: (0..=max).map(|_| Level::default()).collect(),
+            returns: None,
             len: 0,
             next_seq: 0,
             bytes: 0,
+        }
+    }
+
+    /// An empty queue that serves requeued messages first, in the order
+    /// they came back (a quorum queue's returns).
+    pub fn returns_first() -> Self {
+        Ready {
+            returns: Some(VecDeque::new()),
+            ..Ready::new()
         }
     }
 
@@ -178,6 +195,7 @@ impl Ready {
             redelivered: false,
             level,
             expires,
+            returns: 0,
         });
         seq
     }
@@ -188,6 +206,10 @@ impl Ready {
         e.redelivered = true;
         self.bytes += e.msg.size();
         self.len += 1;
+        if let Some(r) = &mut self.returns {
+            r.push_back(e);
+            return;
+        }
         let level = usize::from(e.level).min(self.levels.len() - 1);
         self.levels[level].returned.insert(e.seq, e);
     }
@@ -199,13 +221,21 @@ impl Ready {
     /// The head message (of the highest non-empty level), without taking
     /// it.
     pub fn peek(&self) -> Option<&Entry> {
+        if let Some(e) = self.returns.as_ref().and_then(VecDeque::front) {
+            return Some(e);
+        }
         self.levels[self.top()?].peek()
     }
 
     /// Takes the head message.
     pub fn pop(&mut self) -> Option<Entry> {
-        let top = self.top()?;
-        let e = self.levels[top].pop()?;
+        let e = match self.returns.as_mut().and_then(VecDeque::pop_front) {
+            Some(e) => e,
+            None => {
+                let top = self.top()?;
+                self.levels[top].pop()?
+            }
+        };
         self.len -= 1;
         self.bytes -= e.msg.size();
         Some(e)
@@ -229,6 +259,9 @@ impl Ready {
     /// Removes and returns every ready message.
     pub fn drain(&mut self) -> Vec<Entry> {
         let mut out = Vec::with_capacity(self.len);
+        if let Some(r) = &mut self.returns {
+            out.extend(r.drain(..));
+        }
         for l in &mut self.levels {
             out.extend(l.fresh.drain(..));
             out.extend(std::mem::take(&mut l.returned).into_values());
@@ -241,6 +274,9 @@ impl Ready {
     /// Removes every ready message; returns how many there were.
     pub fn purge(&mut self) -> usize {
         let n = self.len;
+        if let Some(r) = &mut self.returns {
+            r.clear();
+        }
         for l in &mut self.levels {
             l.fresh.clear();
             l.returned.clear();
@@ -306,6 +342,33 @@ mod tests {
             ]
         );
         assert!(r.is_empty());
+        assert_eq!(r.bytes(), 0);
+    }
+
+    #[test]
+    fn quorum_returns_are_served_first_in_the_order_they_came_back() {
+        let mut r = Ready::returns_first();
+        for b in ["a", "b", "c", "d"] {
+            r.push(msg(b, None), None);
+        }
+        let a = r.pop().unwrap();
+        let b = r.pop().unwrap();
+        r.requeue(b);
+        r.requeue(a);
+        assert_eq!(r.len(), 4);
+        assert_eq!(
+            bodies(&mut r),
+            [
+                ("b".into(), true),
+                ("a".into(), true),
+                ("c".into(), false),
+                ("d".into(), false)
+            ]
+        );
+        r.push(msg("e", None), None);
+        let e = r.pop().unwrap();
+        r.requeue(e);
+        assert_eq!(r.drain().len(), 1);
         assert_eq!(r.bytes(), 0);
     }
 
