@@ -6,6 +6,7 @@
 //! frame_max = 131072
 //! channel_max = 2047
 //! loopback_users = ["guest"]       # users that may only log in over loopback
+//! consumer_timeout = 1800000       # ms an unacknowledged delivery may wait (false: forever)
 //!
 //! [[vhosts]]
 //! name = "/"
@@ -44,6 +45,8 @@ pub struct Config {
     pub channel_max: Option<u16>,
     /// Users restricted to loopback.
     pub loopback_users: Option<Vec<String>>,
+    /// `consumer_timeout`: milliseconds, or `false` for none.
+    pub consumer_timeout: Option<ConsumerTimeout>,
     /// Virtual hosts.
     #[serde(default)]
     pub vhosts: Vec<VhostDef>,
@@ -53,6 +56,16 @@ pub struct Config {
     /// Permissions.
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
+}
+
+/// `consumer_timeout = 1800000` (ms, as in rabbitmq.conf) or `false`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum ConsumerTimeout {
+    /// Milliseconds.
+    Ms(u64),
+    /// `false`: no timeout (`true` is refused).
+    Enabled(bool),
 }
 
 /// `[[vhosts]]`.
@@ -162,6 +175,19 @@ impl Config {
         if let Some(l) = &self.loopback_users {
             cfg.auth.loopback_users = l.clone();
         }
+        match self.consumer_timeout {
+            None => {}
+            Some(ConsumerTimeout::Ms(ms)) => {
+                cfg.consumer_timeout = Some(std::time::Duration::from_millis(ms));
+            }
+            Some(ConsumerTimeout::Enabled(false)) => cfg.consumer_timeout = None,
+            Some(ConsumerTimeout::Enabled(true)) => {
+                return Err(
+                    "consumer_timeout: give milliseconds (RabbitMQ's default is 1800000) or false"
+                        .into(),
+                );
+            }
+        }
         Ok(cfg)
     }
 }
@@ -179,12 +205,28 @@ mod tests {
         assert_eq!(core.vhosts, ["/", "prod"]);
         assert!(core.auth.login("bob", "pw", false));
         assert!(core.auth.may_open("bob", "prod") && !core.auth.may_open("bob", "/"));
+        assert_eq!(core.consumer_timeout, Some(crate::core::CONSUMER_TIMEOUT));
+        let ms = Config::parse("consumer_timeout = 5000")
+            .unwrap()
+            .core()
+            .unwrap();
+        assert_eq!(ms.consumer_timeout, Some(std::time::Duration::from_secs(5)));
+        let off = Config::parse("consumer_timeout = false")
+            .unwrap()
+            .core()
+            .unwrap();
+        assert_eq!(off.consumer_timeout, None);
     }
 
     #[test]
     fn errors_name_the_problem() {
         let e = Config::parse("nope = 1").unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+        let e = Config::parse("consumer_timeout = true")
+            .unwrap()
+            .core()
+            .unwrap_err();
+        assert!(e.contains("consumer_timeout"), "{e}");
         let c = Config::parse("[[users]]\nname = \"a\"\npassword = \"b\"\n[[permissions]]\nuser = \"a\"\nvhost = \"x\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n").unwrap();
         assert!(c.core().unwrap_err().contains("unknown vhost 'x'"));
     }

@@ -33,7 +33,7 @@ pub mod snapshot;
 /// broker's own ids and names; SipHash's cost showed in profiles).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Identifies a connection to the core (the shell's choice, unique).
 pub type ConnId = u64;
@@ -74,6 +74,17 @@ pub enum Out {
     /// Close the channel (soft code) or the connection (hard code) with
     /// this error, naming its class and method.
     Refuse(ProtocolError),
+    /// Close the channel with this code and text, naming no method (class
+    /// and method 0: the broker's own decision, such as a consumer
+    /// timeout).
+    CloseChannel {
+        /// The channel.
+        channel: u16,
+        /// The reply code.
+        code: ReplyCode,
+        /// The whole reply text.
+        text: String,
+    },
     /// Answer a handshake decision.
     Decide {
         /// The decision.
@@ -100,6 +111,11 @@ impl Out {
                 .send_content(channel, method, &msg.properties, msg.body.clone())
                 .map(|_| ()),
             Out::Refuse(e) => conn.refuse_error(e.channel_id(), &e),
+            Out::CloseChannel {
+                channel,
+                code,
+                text,
+            } => conn.close_channel(channel, code, &text),
             Out::Decide { id, answer } => conn.decide(id, answer),
         }
     }
@@ -114,7 +130,19 @@ pub struct CoreConfig {
     pub vhosts: Vec<String>,
     /// Seed of the generator of consumer tags.
     pub seed: u64,
+    /// `consumer_timeout`: a channel whose oldest unacknowledged delivery
+    /// is older than this is closed (406) at its next tick; `None` never.
+    pub consumer_timeout: Option<Duration>,
+    /// How often channels check their unacknowledged deliveries
+    /// (RabbitMQ's `channel_tick_interval`).
+    pub channel_tick: Duration,
 }
+
+/// RabbitMQ's default `consumer_timeout` (30 minutes).
+pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// RabbitMQ's default `channel_tick_interval` (60 s).
+pub const CHANNEL_TICK: Duration = Duration::from_secs(60);
 
 impl Default for CoreConfig {
     fn default() -> Self {
@@ -122,6 +150,8 @@ impl Default for CoreConfig {
             auth: Auth::default(),
             vhosts: vec!["/".into()],
             seed: 0x5eed,
+            consumer_timeout: Some(CONSUMER_TIMEOUT),
+            channel_tick: CHANNEL_TICK,
         }
     }
 }
@@ -147,6 +177,8 @@ struct Unacked {
     entry: Entry,
     /// The consumer it was delivered to (`None` for basic.get).
     consumer: Option<ShortString>,
+    /// When it was delivered (the consumer timeout).
+    at: Option<Instant>,
 }
 
 /// What waits for the store to make records durable.
@@ -387,6 +419,12 @@ pub struct Core {
     now: Option<Instant>,
     /// Management: global message counters.
     counters: snapshot::MessageStats,
+    /// `consumer_timeout`.
+    consumer_timeout: Option<Duration>,
+    /// `channel_tick_interval`.
+    channel_tick: Duration,
+    /// The next channel tick, while some delivery awaits its ack.
+    next_tick: Option<Instant>,
 }
 
 impl std::fmt::Debug for Core {
@@ -448,6 +486,9 @@ impl Core {
             definitions_dirty: false,
             now: None,
             counters: snapshot::MessageStats::default(),
+            consumer_timeout: config.consumer_timeout,
+            channel_tick: config.channel_tick,
+            next_tick: None,
         }
     }
 
@@ -753,7 +794,81 @@ impl Core {
     /// When [`handle_timeout`](Self::handle_timeout) must next run (a
     /// message expiring at a queue's head, an unused queue expiring).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let queue = self.timers.first().map(|(t, _)| *t);
+        match (queue, self.next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A delivery now awaits its ack: the channel tick runs if it did not.
+    fn tick_armed(&mut self) {
+        if self.next_tick.is_none()
+            && self.consumer_timeout.is_some()
+            && let Some(now) = self.now
+        {
+            self.next_tick = Some(now + self.channel_tick);
+            self.timers_changed = true;
+        }
+    }
+
+    /// The channel tick: every channel whose oldest unacknowledged delivery
+    /// has waited longer than `consumer_timeout` is closed with 406, as
+    /// RabbitMQ's `evaluate_consumer_timeout` does (its deliveries go back
+    /// to their queues). Ticks go on while deliveries await acks.
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = None;
+        let Some(limit) = self.consumer_timeout else {
+            return;
+        };
+        let mut late = Vec::new();
+        let mut waiting = false;
+        for (&id, c) in &self.conns {
+            if c.closing {
+                continue;
+            }
+            for (&ch, chan) in &c.channels {
+                let Some((_, u)) = chan.unacked.first_key_value() else {
+                    continue;
+                };
+                if chan.closing {
+                    continue;
+                }
+                if u.at
+                    .is_some_and(|at| now.saturating_duration_since(at) > limit)
+                {
+                    late.push((id, ch));
+                } else {
+                    waiting = true;
+                }
+            }
+        }
+        late.sort_unstable();
+        for (id, ch) in late {
+            let text = format!(
+                "PRECONDITION_FAILED - delivery acknowledgement on channel {ch} timed out. \
+                 Timeout value used: {} ms. This timeout value can be configured, see \
+                 consumers doc guide to learn more",
+                limit.as_millis()
+            );
+            self.release_channel(id, ch);
+            if let Some(c) = self.chan(id, ch) {
+                c.closing = true;
+            }
+            let code = ReplyCode::PRECONDITION_FAILED;
+            self.push(
+                id,
+                Out::CloseChannel {
+                    channel: ch,
+                    code,
+                    text,
+                },
+            );
+        }
+        if waiting {
+            self.next_tick = Some(now + self.channel_tick);
+        }
+        self.timers_changed = true;
     }
 
     /// Whether the earliest deadline may have changed since the last call
@@ -769,6 +884,9 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
         self.current = 0;
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
         while let Some(&(t, q)) = self.timers.first() {
             if t > now {
                 break;
@@ -2076,6 +2194,7 @@ impl Core {
             self.gone(qid, &entry);
         } else {
             self.delivered_once(qid, &entry);
+            let at = self.now;
             if let Some(c) = self.chan(id, ch) {
                 c.unacked.insert(
                     tag,
@@ -2083,9 +2202,11 @@ impl Core {
                         queue: qid,
                         entry,
                         consumer: None,
+                        at,
                     },
                 );
             }
+            self.tick_armed();
         }
         self.push(
             id,
@@ -2725,6 +2846,7 @@ impl Core {
 
     fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
         let kind = self.queues.get(&q).map(|q| q.args.kind).unwrap_or_default();
+        let now = self.now;
         let no_ack = self
             .chan(conn, ch)
             .and_then(|c| c.consumers.get(&tag))
@@ -2763,8 +2885,12 @@ impl Core {
                     queue: q,
                     entry,
                     consumer: Some(tag),
+                    at: now,
                 },
             );
+        }
+        if !no_ack {
+            self.tick_armed();
         }
         self.count_deliver(q, no_ack, redelivered); // management
         self.push(

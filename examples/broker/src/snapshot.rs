@@ -920,6 +920,7 @@ impl Core {
                     queue: q,
                     entry,
                     consumer: None,
+                    at: None,
                 },
                 how,
             )
