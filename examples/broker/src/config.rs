@@ -22,6 +22,14 @@
 //! configure = ".*"
 //! write = ".*"
 //! read = ".*"
+//!
+//! [[policies]]                     # as `rabbitmqctl set_policy`
+//! vhost = "/"
+//! name = "orders"
+//! pattern = "^orders\\."
+//! apply-to = "queues"              # queues, exchanges or all (default)
+//! priority = 0
+//! definition = { max-length = 10000, overflow = "reject-publish", dead-letter-exchange = "dlx" }
 //! ```
 //!
 //! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
@@ -56,6 +64,9 @@ pub struct Config {
     /// Permissions.
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
+    /// Policies (`vhost` defaults to `/`).
+    #[serde(default)]
+    pub policies: Vec<amqp_router::definitions::PolicyDef>,
 }
 
 /// `consumer_timeout = 1800000` (ms, as in rabbitmq.conf) or `false`.
@@ -175,6 +186,15 @@ impl Config {
         if let Some(l) = &self.loopback_users {
             cfg.auth.loopback_users = l.clone();
         }
+        for p in &self.policies {
+            let vhost = p.vhost.as_deref().unwrap_or("/");
+            if !cfg.vhosts.iter().any(|v| v == vhost) {
+                return Err(format!("policy '{}' in unknown vhost '{vhost}'", p.name));
+            }
+            crate::policy::Policy::new(p)
+                .map_err(|e| format!("policy '{}': {}", p.name, e.trim().replace("\n\n", ": ")))?;
+        }
+        cfg.policies = self.policies.clone();
         match self.consumer_timeout {
             None => {}
             Some(ConsumerTimeout::Ms(ms)) => {
@@ -216,6 +236,24 @@ mod tests {
             .core()
             .unwrap();
         assert_eq!(off.consumer_timeout, None);
+        let p = Config::parse(
+            "[[policies]]\nname = \"o\"\npattern = \"^o\"\napply-to = \"queues\"\npriority = 2\ndefinition = { max-length = 5, overflow = \"reject-publish\" }\n",
+        )
+        .unwrap()
+        .core()
+        .unwrap();
+        assert_eq!(p.policies.len(), 1);
+        assert_eq!(p.policies[0].definition["max-length"], 5);
+        let bad = Config::parse(
+            "[[policies]]\nname = \"o\"\npattern = \"^o\"\ndefinition = { max-length = -1 }\n",
+        )
+        .unwrap()
+        .core()
+        .unwrap_err();
+        assert_eq!(
+            bad,
+            "policy 'o': Validation failed: -1 is not a valid maximum length"
+        );
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub struct CoreConfig {
     /// How often channels check their unacknowledged deliveries
     /// (RabbitMQ's `channel_tick_interval`).
     pub channel_tick: Duration,
+    /// Policies, each in the vhost it names (validated: see
+    /// [`crate::policy::Policy::new`]; invalid ones are left out).
+    pub policies: Vec<amqp_router::definitions::PolicyDef>,
 }
 
 /// RabbitMQ's default `consumer_timeout` (30 minutes).
@@ -152,6 +155,7 @@ impl Default for CoreConfig {
             seed: 0x5eed,
             consumer_timeout: Some(CONSUMER_TIMEOUT),
             channel_tick: CHANNEL_TICK,
+            policies: Vec::new(),
         }
     }
 }
@@ -286,8 +290,13 @@ struct QState {
     /// are refused until it is back under 80 % of it (RabbitMQ 3.10's
     /// `rabbit_fifo` soft limit).
     rejecting: bool,
-    /// TTL, expiry, dead-lettering, limits, priorities.
+    /// TTL, expiry, dead-lettering, limits, priorities: the arguments
+    /// combined with the policy in force.
     args: QueueArgs,
+    /// What the queue's own arguments say.
+    declared: QueueArgs,
+    /// The name of the policy in force.
+    policy: Option<String>,
     /// The deadline this queue has in the core's timers, if any.
     armed: Option<Instant>,
     /// Last declared, consumed from or read (`x-expires`).
@@ -321,6 +330,8 @@ impl QState {
             auto_delete,
             had_consumers: false,
             rejecting: false,
+            declared: args.clone(),
+            policy: None,
             args,
             armed: None,
             last_used: None,
@@ -376,6 +387,8 @@ impl QState {
 
 struct Vhost {
     router: Router<QueueId>,
+    /// Policies by name.
+    policies: BTreeMap<String, crate::policy::Policy>,
     /// Management: messages in and out per exchange.
     xstats: snapshot::ExchangeStats,
 }
@@ -454,10 +467,17 @@ impl Core {
     pub fn new(config: CoreConfig) -> Self {
         let mut vhosts = HashMap::default();
         for v in &config.vhosts {
+            let policies = config
+                .policies
+                .iter()
+                .filter(|p| p.vhost.as_deref().unwrap_or("/") == v)
+                .filter_map(|p| Some((p.name.clone(), crate::policy::Policy::new(p).ok()?)))
+                .collect();
             vhosts.insert(
                 v.clone(),
                 Vhost {
                     router: Router::new(v.clone()),
+                    policies,
                     xstats: snapshot::ExchangeStats::default(),
                 },
             );
@@ -529,9 +549,21 @@ impl Core {
                     ),
                 );
             }
+            let mut policies = BTreeMap::new();
+            for p in topology
+                .policies
+                .iter()
+                .filter(|p| p.vhost.as_deref().is_none_or(|v| v == vh))
+            {
+                let policy = crate::policy::Policy::new(p)
+                    .map_err(|e| format!("vhost '{vh}': policy '{}': {}", p.name, e.trim()))?;
+                policies.insert(p.name.clone(), policy);
+            }
             if let Some(v) = self.vhosts.get_mut(&vh) {
                 v.router = loaded.router;
+                v.policies = policies;
             }
+            self.apply_policies(&vh);
         }
         self.definitions_dirty = true;
         Ok(warnings)
@@ -672,7 +704,8 @@ impl Core {
                         durable_x.contains(&b.destination) || builtin(&b.destination)
                     }
             }));
-            all.policies.extend(t.policies);
+            all.policies
+                .extend(v.policies.values().map(|p| p.to_def(v.router.vhost())));
         }
         Some(all.to_json())
     }
@@ -908,6 +941,118 @@ impl Core {
             }
             self.dispatch(q);
         }
+    }
+
+    /// The policy in force for queue `q`, combined with its arguments; a
+    /// change takes effect at once (a lower length limit drops the head,
+    /// as RabbitMQ; timers re-armed).
+    fn apply_policy(&mut self, q: QueueId) {
+        let Some(qs) = self.queues.get(&q) else {
+            return;
+        };
+        let Some(v) = self.vhosts.get(&qs.vhost) else {
+            return;
+        };
+        let p = crate::policy::effective(v.policies.values(), qs.name.as_bytes(), true);
+        let name = p.map(|p| p.name.clone());
+        let args = crate::policy::combine(&qs.declared, p.map(|p| &p.keys));
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        if qs.args == args && qs.policy == name {
+            return;
+        }
+        qs.args = args;
+        qs.policy = name;
+        qs.update_rejecting();
+        self.drop_over_limit(q);
+        self.expire(q);
+        self.arm(q);
+    }
+
+    /// The alternate exchange the policy in force gives `exchange` (an
+    /// `alternate-exchange` argument wins over it, in the router).
+    fn apply_exchange_policy(&mut self, vhost: &str, exchange: &[u8]) {
+        let Some(v) = self.vhosts.get_mut(vhost) else {
+            return;
+        };
+        let ae = crate::policy::effective(v.policies.values(), exchange, false)
+            .and_then(|p| p.keys.alternate_exchange.clone());
+        v.router.set_policy_alternate_exchange(exchange, ae);
+    }
+
+    /// Every queue and exchange of `vhost` under the policies now in force.
+    fn apply_policies(&mut self, vhost: &str) {
+        let Some(v) = self.vhosts.get(vhost) else {
+            return;
+        };
+        let queues: Vec<QueueId> = v.router.queues().map(|q| *q.handle()).collect();
+        let exchanges: Vec<ShortString> = v.router.exchanges().map(|x| x.name().clone()).collect();
+        for q in queues {
+            self.apply_policy(q);
+        }
+        for x in exchanges {
+            self.apply_exchange_policy(vhost, x.as_bytes());
+        }
+    }
+
+    /// Sets policy `def.name` in `vhost` (validated as RabbitMQ does: the
+    /// error is its text); returns whether it is new. It applies at once to
+    /// every matching queue and exchange.
+    pub fn set_policy(
+        &mut self,
+        vhost: &str,
+        def: &amqp_router::definitions::PolicyDef,
+        now: Instant,
+    ) -> Result<bool, snapshot::AdminError> {
+        let policy = crate::policy::Policy::new(def).map_err(snapshot::AdminError::BadRequest)?;
+        self.now = Some(now);
+        self.current = 0;
+        let v = self
+            .vhosts
+            .get_mut(vhost)
+            .ok_or_else(|| snapshot::AdminError::NotFound(format!("no vhost '{vhost}'")))?;
+        let new = v.policies.insert(def.name.clone(), policy).is_none();
+        self.apply_policies(vhost);
+        self.definitions_dirty = true;
+        Ok(new)
+    }
+
+    /// Removes policy `name` from `vhost`; what it set is undone at once.
+    pub fn clear_policy(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        now: Instant,
+    ) -> Result<(), snapshot::AdminError> {
+        self.now = Some(now);
+        self.current = 0;
+        let v = self
+            .vhosts
+            .get_mut(vhost)
+            .ok_or_else(|| snapshot::AdminError::NotFound(format!("no vhost '{vhost}'")))?;
+        if v.policies.remove(name).is_none() {
+            return Err(snapshot::AdminError::NotFound(format!(
+                "no policy '{name}' in vhost '{vhost}'"
+            )));
+        }
+        self.apply_policies(vhost);
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
+    /// The policies of `vhost` (every vhost when `None`), by vhost and name.
+    pub fn policies(&self, vhost: Option<&str>) -> Vec<amqp_router::definitions::PolicyDef> {
+        let mut names: Vec<&String> = self
+            .vhosts
+            .keys()
+            .filter(|n| vhost.is_none_or(|v| v == n.as_str()))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|n| self.vhosts[n].policies.values().map(|p| p.to_def(n)))
+            .collect()
     }
 
     /// Queue `q` was declared, consumed from or read (restarts `x-expires`).
@@ -1433,6 +1578,7 @@ impl Core {
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router
                     .declare_exchange(&r::ExchangeDeclare::from_method(&m))?;
+                self.apply_exchange_policy(&vh, m.exchange.as_bytes());
                 if !m.nowait {
                     self.reply(id, ch, ExchangeDeclareOk {});
                 }
@@ -1869,6 +2015,7 @@ impl Core {
                     &m.arguments,
                 ),
             );
+            self.apply_policy(qid);
         }
         self.used(qid);
         let (messages, consumers) = self

@@ -46,6 +46,7 @@ pub mod core;
 pub mod definitions;
 pub mod lifecycle;
 pub mod management;
+pub mod policy;
 pub mod queue;
 pub mod shell;
 pub mod store;

@@ -167,6 +167,8 @@ pub struct QueueArgs {
     pub max_length_bytes: Option<u64>,
     /// `x-overflow`.
     pub overflow: Overflow,
+    /// Whether `x-overflow` was given (it then wins over a policy's).
+    pub overflow_declared: bool,
     /// `x-max-priority`.
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`: only the oldest consumer receives.
@@ -213,6 +215,7 @@ impl QueueArgs {
                 }
                 _ => Overflow::DropHead,
             },
+            overflow_declared: args.contains_key("x-overflow"),
             max_priority: u("x-max-priority").map(|p| p.min(255) as u8),
             single_active: matches!(
                 args.get("x-single-active-consumer"),

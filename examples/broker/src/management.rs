@@ -329,6 +329,17 @@ impl User {
         }
     }
 
+    /// Policies: administrators and policymakers (in the vhosts they may
+    /// open), as RabbitMQ.
+    fn need_policymaker(&self, auth: &Auth, vhost: &str) -> Result<(), ApiError> {
+        let maker = self.tags.iter().any(|t| t == "policymaker");
+        if self.admin || (maker && auth.may_open(&self.name, vhost)) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorised("Not policymaker user"))
+        }
+    }
+
     fn sees_vhost(&self, auth: &Auth, vhost: &str) -> bool {
         self.monitor || auth.may_open(&self.name, vhost)
     }
@@ -479,7 +490,7 @@ impl Management {
             "consumer_utilisation": if q.consumers > 0 { 1.0 } else { 0.0 },
             "consumers": q.consumers,
             "durable": q.durable,
-            "effective_policy_definition": {},
+            "effective_policy_definition": q.policy.as_ref().map_or(json!({}), |p| Value::Object(p.1.clone())),
             "exclusive": q.exclusive_owner.is_some(),
             "exclusive_consumer_tag": q.exclusive_consumer_tag,
             "head_message_timestamp": null,
@@ -505,11 +516,11 @@ impl Management {
             "name": q.name,
             "node": self.config.node,
             "operator_policy": null,
-            "policy": null,
+            "policy": q.policy.as_ref().map(|p| p.0.clone()),
             "recoverable_slaves": null,
             "single_active_consumer_tag": q.single_active_consumer_tag,
             "state": "running",
-            "type": "classic",
+            "type": q.kind,
             "vhost": q.vhost,
         });
         if detail && let Value::Object(m) = &mut o {
@@ -1124,6 +1135,107 @@ fn created(created: bool) -> Response {
     } else {
         StatusCode::NO_CONTENT.into_response()
     }
+}
+
+/// `GET /api/policies[/vhost]`: the policies of the vhosts the user may
+/// set policies in.
+async fn policies_list(State(m): St, user: User, vhost: Option<Path<String>>) -> ApiResult {
+    let vhost = vhost.map(|Path(v)| v);
+    let list = m.shared.with_core(|c| {
+        c.policies(vhost.as_deref())
+            .into_iter()
+            .filter(|p| {
+                let v = p.vhost.as_deref().unwrap_or("/");
+                user.need_policymaker(c.auth(), v).is_ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    if let Some(v) = &vhost
+        && !m.shared.with_core(|c| c.has_vhost(v))
+    {
+        return Err(ApiError::not_found());
+    }
+    ok(serde_json::to_value(list).unwrap_or_default())
+}
+
+/// `GET /api/policies/vhost/name`.
+async fn policy_one(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    m.shared
+        .with_core(|c| user.need_policymaker(c.auth(), &vhost))?;
+    let p = m.shared.with_core(|c| {
+        c.policies(Some(&vhost))
+            .into_iter()
+            .find(|p| p.name == name)
+    });
+    let p = p.ok_or_else(ApiError::not_found)?;
+    ok(serde_json::to_value(p).unwrap_or_default())
+}
+
+/// `PUT /api/policies/vhost/name` with `pattern`, `definition`,
+/// `priority` (0) and `apply-to` (`all`).
+async fn put_policy(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let o = body_json(&body)?;
+    m.shared
+        .with_core(|c| user.need_policymaker(c.auth(), &vhost))?;
+    let missing = |k: &str| ApiError::bad_request(format!("{k} not found"));
+    let def = amqp_router::definitions::PolicyDef {
+        vhost: Some(vhost.clone()),
+        name,
+        pattern: o
+            .get("pattern")
+            .and_then(Value::as_str)
+            .ok_or_else(|| missing("pattern"))?
+            .to_owned(),
+        apply_to: o
+            .get("apply-to")
+            .and_then(Value::as_str)
+            .unwrap_or("all")
+            .to_owned(),
+        definition: match o.get("definition") {
+            Some(Value::Object(d)) => d.clone(),
+            _ => return Err(missing("definition")),
+        },
+        priority: match o.get("priority") {
+            None => 0,
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .ok_or_else(|| ApiError::bad_request("priority must be an integer"))?,
+        },
+    };
+    let new = m
+        .shared
+        .with_core(|c| c.set_policy(&vhost, &def, Instant::now()))
+        .map_err(|e| match e {
+            // RabbitMQ escapes the Erlang terms of its validation texts.
+            AdminError::BadRequest(r) => {
+                ApiError::bad_request(r.replace('<', "&lt;").replace('>', "&gt;"))
+            }
+            e => e.into(),
+        })?;
+    Ok(created(new))
+}
+
+/// `DELETE /api/policies/vhost/name`.
+async fn delete_policy(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    m.shared
+        .with_core(|c| user.need_policymaker(c.auth(), &vhost))?;
+    m.shared
+        .with_core(|c| c.clear_policy(&vhost, &name, Instant::now()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn put_exchange(
@@ -1875,6 +1987,12 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/users", get(users))
         .route("/api/users/{name}", get(user_one))
         .route("/api/permissions", get(permissions))
+        .route("/api/policies", get(policies_list))
+        .route("/api/policies/{vhost}", get(policies_list))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policy_one).put(put_policy).delete(delete_policy),
+        )
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
         .route("/api/health/checks/virtual-hosts", get(vhosts_healthy))

@@ -199,6 +199,10 @@ pub struct QueueSnap {
     pub exclusive_consumer_tag: Option<String>,
     /// The tag of the active consumer (single active consumer queues).
     pub single_active_consumer_tag: Option<String>,
+    /// `classic`, `quorum` or `stream`.
+    pub kind: &'static str,
+    /// The policy in force, and its definition.
+    pub policy: Option<(String, serde_json::Map<String, serde_json::Value>)>,
     /// Cumulative counters.
     pub stats: MessageStats,
 }
@@ -451,6 +455,15 @@ impl Core {
                     memory: ready_bytes + un_bytes + (ready + un) * MSG_OVERHEAD,
                     exclusive_consumer_tag,
                     single_active_consumer_tag,
+                    kind: match qs.args.kind {
+                        crate::lifecycle::QueueKind::Classic => "classic",
+                        crate::lifecycle::QueueKind::Quorum => "quorum",
+                        crate::lifecycle::QueueKind::Stream => "stream",
+                    },
+                    policy: qs.policy.as_ref().and_then(|p| {
+                        let def = self.vhosts.get(&qs.vhost)?.policies.get(p)?;
+                        Some((p.clone(), def.definition.clone()))
+                    }),
                     stats: qs.stats,
                 });
                 // The default exchange's implicit binding.
@@ -654,7 +667,9 @@ impl Core {
             internal,
             arguments,
         };
-        Ok(router.declare_exchange(&d)? == r::Declared::Created)
+        let created = router.declare_exchange(&d)? == r::Declared::Created;
+        self.apply_exchange_policy(vhost, name.as_bytes());
+        Ok(created)
     }
 
     /// Deletes an exchange (`DELETE /api/exchanges/vhost/name`).
@@ -708,6 +723,7 @@ impl Core {
                 next,
                 QState::new(vhost, declared.name, durable, auto_delete, arguments),
             );
+            self.apply_policy(next);
             self.definitions_dirty = true;
             self.used(next);
         }
@@ -953,7 +969,8 @@ impl Core {
             t.exchanges.extend(part.exchanges);
             t.queues.extend(part.queues);
             t.bindings.extend(part.bindings);
-            t.policies.extend(part.policies);
+            t.policies
+                .extend(self.vhosts[n].policies.values().map(|p| p.to_def(n)));
         }
         t
     }

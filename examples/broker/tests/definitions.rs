@@ -107,3 +107,95 @@ fn a_wrong_password_is_refused_after_import() {
     assert!(refused.is_err(), "a wrong password must not log in");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Declares `queue` (durable), publishes `n` messages and returns how many
+/// it holds.
+fn fill(c: &mut Client, queue: &str, n: usize) -> u32 {
+    let declare = |passive| QueueDeclare {
+        queue: queue.try_into().unwrap(),
+        durable: true,
+        passive,
+        ..Default::default()
+    };
+    c.call(declare(false));
+    for i in 0..n {
+        c.publish(1, "", queue, &format!("m{i}"));
+    }
+    let Method::QueueDeclareOk(ok) = c.call(declare(true)) else {
+        panic!("declare-ok expected")
+    };
+    ok.message_count
+}
+
+#[test]
+fn policies_apply_from_a_definitions_file_and_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("amqp-broker-defs3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("defs.json");
+    std::fs::write(
+        &path,
+        r#"{"vhosts":[{"name":"/"}],
+            "policies":[{"vhost":"/","name":"short","pattern":"^short$","apply-to":"queues",
+                         "definition":{"max-length":1},"priority":0}]}"#,
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let api = || format!("127.0.0.1:{}", support::free_ports(15700..15710, 1)[0]);
+    let first_api = api();
+    let broker = Broker::start(
+        5780..5790,
+        &[
+            "--definitions",
+            path.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--management",
+            &first_api,
+        ],
+    );
+    let mut c = Client::connect(broker.addr);
+    assert_eq!(fill(&mut c, "short", 3), 1, "the imported policy's limit");
+    // A policy set through the API.
+    let r = support::http(
+        first_api.parse().unwrap(),
+        "PUT",
+        "/api/policies/%2F/later",
+        Some("guest:guest"),
+        r#"{"pattern":"^later$","apply-to":"queues","definition":{"max-length":2}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    drop(c);
+    assert!(broker.terminate().is_some_and(|s| s.success()));
+    // Both come back with the data directory.
+    let second_api = api();
+    let broker = Broker::start(
+        5780..5790,
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--management",
+            &second_api,
+        ],
+    );
+    let r = support::http(
+        second_api.parse().unwrap(),
+        "GET",
+        "/api/policies/%2F",
+        Some("guest:guest"),
+        "",
+    );
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["later", "short"]);
+    let mut c = Client::connect(broker.addr);
+    assert_eq!(fill(&mut c, "later", 3), 2, "the API's policy, recovered");
+    drop(c);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

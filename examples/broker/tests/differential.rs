@@ -222,6 +222,10 @@ struct Client {
 /// One run of one scenario against one broker.
 struct Run {
     addr: String,
+    /// The broker's management API (policies), if it has one.
+    http: Option<String>,
+    /// Policies the scenario set (vhost, name): cleared at the end.
+    policies: BTreeSet<(String, String)>,
     prefix: String,
     clients: Vec<Client>,
     by_name: HashMap<String, usize>,
@@ -267,10 +271,12 @@ fn show_body(b: &[u8]) -> String {
 }
 
 impl Run {
-    fn new(addr: &str, prefix: &str) -> Self {
+    fn new(addr: &str, http: Option<&str>, prefix: &str) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Run {
             addr: addr.to_string(),
+            http: http.map(str::to_owned),
+            policies: BTreeSet::new(),
             prefix: prefix.to_string(),
             clients: vec![],
             by_name: HashMap::new(),
@@ -668,6 +674,7 @@ impl Run {
                 self.quiet(Duration::from_millis(ms)).await;
                 return Ok(());
             }
+            "policy" => return self.policy(&toks[1..]),
             "sleep" => {
                 let ms: u64 = toks
                     .get(1)
@@ -958,7 +965,87 @@ impl Run {
         let _ = self.step(&format!("{name} close")).await;
     }
 
+    /// `policy set NAME pattern=RE definition=JSON [apply-to=A]
+    /// [priority=N] [vhost=V]` or `policy clear NAME [vhost=V]`, through
+    /// the management API; the status (and an error's reason) is recorded
+    /// in a stream of its own.
+    fn policy(&mut self, toks: &[String]) -> Result<(), String> {
+        let usage = "policy set NAME pattern=RE definition=JSON [apply-to=A] [priority=N] | policy clear NAME";
+        let (verb, name) = match toks {
+            [v, n, ..] => (v.as_str(), n.clone()),
+            _ => return Err(usage.into()),
+        };
+        let mut args = dsl::parse_args(&toks[2..]);
+        let vhost = args.take("vhost").unwrap_or_else(|| "/".into());
+        let http = self
+            .http
+            .clone()
+            .ok_or("policy: this broker has no management API address")?;
+        let addr: std::net::SocketAddr = http.parse().map_err(|e| format!("{http}: {e}"))?;
+        let path = format!(
+            "/api/policies/{}/{}",
+            percent_encoding::utf8_percent_encode(&vhost, percent_encoding::NON_ALPHANUMERIC),
+            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let reply = match verb {
+            "set" => {
+                let mut body = serde_json::Map::new();
+                for (k, v) in args.0 {
+                    let value = match k.as_str() {
+                        "definition" => serde_json::from_str(&v)
+                            .map_err(|e| format!("definition is not JSON: {e}"))?,
+                        "priority" => serde_json::Value::from(
+                            v.parse::<i64>().map_err(|e| format!("priority: {e}"))?,
+                        ),
+                        "pattern" | "apply-to" => serde_json::Value::String(v),
+                        other => return Err(format!("policy: unknown argument {other:?}")),
+                    };
+                    body.insert(k, value);
+                }
+                self.policies.insert((vhost, name.clone()));
+                let body = serde_json::Value::Object(body).to_string();
+                support::http(addr, "PUT", &path, Some("guest:guest"), &body)
+            }
+            "clear" => support::http(addr, "DELETE", &path, Some("guest:guest"), ""),
+            _ => return Err(usage.into()),
+        };
+        let mut text = format!("(policy) {verb} {name}: {}", reply.status);
+        if reply.status >= 400 {
+            let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            text.push_str(&format!(" {}", dsl::quote(reason.as_bytes())));
+        }
+        self.last_event = Instant::now();
+        self.t.recs.push(Rec {
+            conn: "http".into(),
+            channel: 0,
+            step: self.step,
+            key: self.key,
+            text,
+        });
+        Ok(())
+    }
+
     async fn finish(&mut self) {
+        // Policies first (they could act on the queues cleaned up below).
+        if let Some(addr) = self.http.as_deref().and_then(|h| h.parse().ok()) {
+            for (vhost, name) in std::mem::take(&mut self.policies) {
+                let path = format!(
+                    "/api/policies/{}/{}",
+                    percent_encoding::utf8_percent_encode(
+                        &vhost,
+                        percent_encoding::NON_ALPHANUMERIC
+                    ),
+                    percent_encoding::utf8_percent_encode(
+                        &name,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                );
+                let _ = support::http(addr, "DELETE", &path, Some("guest:guest"), "");
+            }
+        }
         // Close what is still open (not recorded: the scenario ends here).
         self.recording = false;
         for ci in 0..self.clients.len() {
@@ -988,9 +1075,14 @@ fn run_prefix(tag: &str) -> String {
 }
 
 /// Runs a scenario against `addr`; scenario errors (typos) are `Err`.
-pub async fn run_scenario(s: &Scenario, addr: &str, tag: &str) -> Result<Transcript, String> {
+pub async fn run_scenario(
+    s: &Scenario,
+    addr: &str,
+    http: Option<&str>,
+    tag: &str,
+) -> Result<Transcript, String> {
     let prefix = run_prefix(tag);
-    let mut run = Run::new(addr, &prefix);
+    let mut run = Run::new(addr, http, &prefix);
     let mut result = Ok(());
     for (line_no, line) in s.steps() {
         if let Err(e) = run.step(line).await {
@@ -1106,8 +1198,18 @@ struct Outcome {
     text: String,
 }
 
-async fn diff_one(s: Scenario, a: String, b: String) -> Outcome {
-    let (ta, tb) = tokio::join!(run_scenario(&s, &a, "a"), run_scenario(&s, &b, "b"));
+/// A broker under test: its AMQP address and its management API's.
+#[derive(Clone)]
+struct Target {
+    amqp: String,
+    http: Option<String>,
+}
+
+async fn diff_one(s: Scenario, a: Target, b: Target) -> Outcome {
+    let (ta, tb) = tokio::join!(
+        run_scenario(&s, &a.amqp, a.http.as_deref(), "a"),
+        run_scenario(&s, &b.amqp, b.http.as_deref(), "b")
+    );
     let steps = s.steps().len();
     let mismatches = match (ta, tb) {
         (Ok(ta), Ok(tb)) => {
@@ -1131,17 +1233,31 @@ async fn differential() {
     if skip() {
         return;
     }
-    let a = rabbitmq_addr();
+    let a = Target {
+        amqp: rabbitmq_addr(),
+        http: Some(std::env::var("AMQP_DIFF_A_HTTP").unwrap_or_else(|_| "127.0.0.1:15672".into())),
+    };
     let broker;
     let b = match std::env::var("AMQP_DIFF_B") {
-        Ok(b) => b,
+        Ok(b) => Target {
+            amqp: b,
+            http: std::env::var("AMQP_DIFF_B_HTTP").ok(),
+        },
         Err(_) => {
             let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/differential.toml");
-            broker = support::Broker::start(5700..5710, &["--config", config]);
-            broker.addr.to_string()
+            let api = format!("127.0.0.1:{}", support::free_ports(15700..15710, 1)[0]);
+            broker =
+                support::Broker::start(5700..5710, &["--config", config, "--management", &api]);
+            Target {
+                amqp: broker.addr.to_string(),
+                http: Some(api),
+            }
         }
     };
-    eprintln!("differential: A = {a} (the specification), B = {b}");
+    eprintln!(
+        "differential: A = {} (the specification), B = {}",
+        a.amqp, b.amqp
+    );
     let only = std::env::var("AMQP_DIFF_ONLY").ok();
     let mut scenarios: Vec<Scenario> = vec![];
     if std::env::var("AMQP_DIFF_SEED").is_err() {
@@ -1237,9 +1353,9 @@ async fn runner_detects_differences() {
                c1.1 basic.get queue={p}q no-ack\n"
             .into(),
     };
-    let t1 = run_scenario(&one, &a, "x").await.unwrap();
-    let t1b = run_scenario(&one, &a, "x").await.unwrap();
-    let t2 = run_scenario(&two, &a, "x").await.unwrap();
+    let t1 = run_scenario(&one, &a, None, "x").await.unwrap();
+    let t1b = run_scenario(&one, &a, None, "x").await.unwrap();
+    let t2 = run_scenario(&two, &a, None, "x").await.unwrap();
     assert_eq!(compare("one", &t1, &t1b, "A", "B"), Vec::<String>::new());
     let d = compare("one-vs-two", &t1, &t2, "A", "B");
     eprintln!("{}", d.join("\n"));

@@ -7,15 +7,15 @@
 
 mod support;
 
-use support::Client;
+use support::{Client, free_ports, http};
 
 use amqp_codec::Event;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{FieldTable, FieldValue, Method, ReplyCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -122,87 +122,6 @@ fn traffic(addr: SocketAddr, prefix: &str) -> Client {
 
 // ----- a tiny HTTP/1.1 client ------------------------------------------------
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect to HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(a) = auth {
-        use base64::Engine as _;
-        let enc = base64::engine::general_purpose::STANDARD.encode(a);
-        req.push_str(&format!("Authorization: Basic {enc}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
-            rest = &rest[eol + 4 + n..];
-        }
-        body = out;
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 const GUEST: Option<&str> = Some("guest:guest");
 
 fn get_json(addr: SocketAddr, path: &str) -> Value {
@@ -214,16 +133,6 @@ fn get_json(addr: SocketAddr, path: &str) -> Value {
         String::from_utf8_lossy(&r.body)
     );
     r.json()
-}
-
-fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
-    let ports: Vec<u16> = range
-        .clone()
-        .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .take(n)
-        .collect();
-    assert_eq!(ports.len(), n, "{n} free ports in {range:?}");
-    ports
 }
 
 struct Ours {
