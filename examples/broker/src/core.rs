@@ -11,7 +11,7 @@
 
 use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
-use crate::queue::{Entry, Msg, Ready};
+use crate::queue::{Entry, Msg, Ready, StreamLog};
 use crate::store::{QueueKey, Record};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
@@ -74,11 +74,11 @@ pub enum Out {
     /// Close the channel (soft code) or the connection (hard code) with
     /// this error, naming its class and method.
     Refuse(ProtocolError),
-    /// Close the channel with this code and text, naming no method (class
-    /// and method 0: the broker's own decision, such as a consumer
-    /// timeout).
-    CloseChannel {
-        /// The channel.
+    /// Close the channel (the connection: channel 0) with this code and
+    /// text as they are, naming no method (class and method 0: the
+    /// broker's own decision, such as a consumer timeout).
+    Close {
+        /// The channel (0: the connection).
         channel: u16,
         /// The reply code.
         code: ReplyCode,
@@ -111,7 +111,12 @@ impl Out {
                 .send_content(channel, method, &msg.properties, msg.body.clone())
                 .map(|_| ()),
             Out::Refuse(e) => conn.refuse_error(e.channel_id(), &e),
-            Out::CloseChannel {
+            Out::Close {
+                channel: 0,
+                code,
+                text,
+            } => conn.close(code, &text),
+            Out::Close {
                 channel,
                 code,
                 text,
@@ -173,6 +178,8 @@ struct Consumer {
     no_ack: bool,
     prefetch: u16,
     unacked: u32,
+    /// A stream consumer: the next offset it reads.
+    cursor: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -295,6 +302,8 @@ struct QState {
     args: QueueArgs,
     /// What the queue's own arguments say.
     declared: QueueArgs,
+    /// A stream queue's log (`ready` stays empty).
+    stream: Option<StreamLog>,
     /// The name of the policy in force.
     policy: Option<String>,
     /// The deadline this queue has in the core's timers, if any.
@@ -331,6 +340,7 @@ impl QState {
             had_consumers: false,
             rejecting: false,
             declared: args.clone(),
+            stream: (args.kind == lifecycle::QueueKind::Stream).then(StreamLog::new),
             policy: None,
             args,
             armed: None,
@@ -379,9 +389,23 @@ impl QState {
                 .is_some_and(|m| (self.ready.bytes() + size) as u64 > m)
     }
 
+    /// (A stream's messages are stored by the stream itself.)
     fn persists(&self, msg: &Msg) -> bool {
         self.durable
-            && (msg.properties.is_persistent() || self.args.kind == lifecycle::QueueKind::Quorum)
+            && match self.args.kind {
+                lifecycle::QueueKind::Classic => msg.properties.is_persistent(),
+                lifecycle::QueueKind::Quorum => true,
+                lifecycle::QueueKind::Stream => false,
+            }
+    }
+
+    /// RabbitMQ's `rs()` of the queue: "queue 'NAME' in vhost 'VHOST'".
+    fn rs(&self) -> String {
+        format!(
+            "queue '{}' in vhost '{}'",
+            self.name.to_string_lossy(),
+            self.vhost
+        )
     }
 }
 
@@ -438,6 +462,8 @@ pub struct Core {
     channel_tick: Duration,
     /// The next channel tick, while some delivery awaits its ack.
     next_tick: Option<Instant>,
+    /// A publish just wrote a stream record (its confirm waits for it).
+    stream_stored: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -509,6 +535,7 @@ impl Core {
             consumer_timeout: config.consumer_timeout,
             channel_tick: config.channel_tick,
             next_tick: None,
+            stream_stored: false,
         }
     }
 
@@ -733,6 +760,31 @@ impl Core {
                 }
                 continue;
             };
+            if let Some(log) = qs.stream.as_mut() {
+                for m in msgs {
+                    n += 1;
+                    let mut properties = m.properties;
+                    let mut take = |key: &str| match properties.headers.as_mut()?.remove(key) {
+                        Some(v) => v.as_integer().and_then(|v| u64::try_from(v).ok()),
+                        None => None,
+                    };
+                    let at_ms = take(STREAM_AT_HEADER).unwrap_or(0);
+                    let offset = take("x-stream-offset").unwrap_or(log.next_offset());
+                    if properties.headers.as_ref().is_some_and(|h| h.is_empty()) {
+                        properties.headers = None;
+                    }
+                    let msg = Arc::new(Msg {
+                        exchange: m.exchange,
+                        routing_key: m.routing_key,
+                        properties,
+                        body: m.body,
+                        persist: None,
+                        bcc: Vec::new(),
+                    });
+                    log.append_at(offset, msg, at_ms, qs.args.segment_size, Some(m.id));
+                }
+                continue;
+            }
             for m in msgs {
                 n += 1;
                 qs.ready.push_recovered(
@@ -817,6 +869,15 @@ impl Core {
         self.now = Some(now);
     }
 
+    fn wall_ms(&self) -> u64 {
+        match (self.clock, self.now) {
+            (Some((at, secs)), Some(now)) => {
+                (secs * 1000).saturating_add(now.saturating_duration_since(at).as_millis() as u64)
+            }
+            _ => 0,
+        }
+    }
+
     fn wall_secs(&self) -> u64 {
         match (self.clock, self.now) {
             (Some((at, secs)), Some(now)) => secs + now.saturating_duration_since(at).as_secs(),
@@ -884,19 +945,7 @@ impl Core {
                  consumers doc guide to learn more",
                 limit.as_millis()
             );
-            self.release_channel(id, ch);
-            if let Some(c) = self.chan(id, ch) {
-                c.closing = true;
-            }
-            let code = ReplyCode::PRECONDITION_FAILED;
-            self.push(
-                id,
-                Out::CloseChannel {
-                    channel: ch,
-                    code,
-                    text,
-                },
-            );
+            self.close_as_is(id, ch, ReplyCode::PRECONDITION_FAILED, text);
         }
         if waiting {
             self.next_tick = Some(now + self.channel_tick);
@@ -1693,6 +1742,16 @@ impl Core {
                     .router
                     .check_queue(m.queue.as_bytes(), owner, (50, 30))?
                     .handle();
+                if let Some(q) = self.queues.get(&qid)
+                    && q.stream.is_some()
+                {
+                    return Err(refused(
+                        0,
+                        ReplyCode::NOT_IMPLEMENTED,
+                        format!("queue.purge not supported by stream queues {}", q.rs()),
+                        (50, 30),
+                    ));
+                }
                 let purged = self
                     .queues
                     .get_mut(&qid)
@@ -1795,6 +1854,7 @@ impl Core {
             }
             Method::BasicNack(m) => {
                 let taken = self.take_unacked(id, ch, m.delivery_tag, m.multiple, (60, 120))?;
+                self.not_from_a_stream(&taken, (60, 120))?;
                 let how = if m.requeue {
                     TxAck::Requeue
                 } else {
@@ -1804,6 +1864,7 @@ impl Core {
             }
             Method::BasicReject(m) => {
                 let taken = self.take_unacked(id, ch, m.delivery_tag, false, (60, 90))?;
+                self.not_from_a_stream(&taken, (60, 90))?;
                 let how = if m.requeue {
                     TxAck::Requeue
                 } else {
@@ -2082,7 +2143,39 @@ impl Core {
         }
         let prefetch = c.prefetch;
         let global = c.global_prefetch > 0;
+        let now_ms = self.wall_ms();
         let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
+        let mut cursor = None;
+        if let Some(log) = &q.stream {
+            // RabbitMQ 3.10's stream consumers: a prefetch, acks, an offset.
+            if prefetch == 0 {
+                return Err(refused(
+                    ch,
+                    ReplyCode::PRECONDITION_FAILED,
+                    format!("consumer prefetch count is not set for '{}'", q.rs()),
+                    ids,
+                ));
+            }
+            if m.no_ack {
+                return Err(refused(
+                    0,
+                    ReplyCode::NOT_IMPLEMENTED,
+                    format!(
+                        "automatic acknowledgement not supported by stream queues {}",
+                        q.rs()
+                    ),
+                    ids,
+                ));
+            }
+            let Some(start) = lifecycle::stream_start(m.arguments.get("x-stream-offset"), now_ms)
+            else {
+                // RabbitMQ 3.10's channel crashes: the connection closes
+                // with a bare 541.
+                self.close_as_is(id, 0, ReplyCode::INTERNAL_ERROR, "INTERNAL_ERROR".into());
+                return Ok(());
+            };
+            cursor = Some(log.start(start));
+        }
         if global && q.args.kind != lifecycle::QueueKind::Classic {
             // A connection error in RabbitMQ 3.10.
             return Err(refused(
@@ -2136,6 +2229,7 @@ impl Core {
                     no_ack: m.no_ack,
                     prefetch,
                     unacked: 0,
+                    cursor,
                 },
             );
         }
@@ -2295,6 +2389,16 @@ impl Core {
             .router
             .check_queue(queue.as_bytes(), OwnerId(id), ids)?
             .handle();
+        if let Some(q) = self.queues.get(&qid)
+            && q.stream.is_some()
+        {
+            return Err(refused(
+                0,
+                ReplyCode::NOT_IMPLEMENTED,
+                format!("basic.get not supported by stream queues {}", q.rs()),
+                ids,
+            ));
+        }
         self.expire(qid);
         self.used(qid);
         let Some(q) = self.queues.get_mut(&qid) else {
@@ -2411,6 +2515,49 @@ impl Core {
         Ok(taken)
     }
 
+    /// Closes channel `ch` (0: the connection) with `code` and `text` as
+    /// they are and no method named, releasing what it held.
+    fn close_as_is(&mut self, id: ConnId, ch: u16, code: ReplyCode, text: String) {
+        if ch == 0 {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.closing = true;
+            }
+        } else {
+            self.release_channel(id, ch);
+            if let Some(c) = self.chan(id, ch) {
+                c.closing = true;
+            }
+        }
+        self.push(
+            id,
+            Out::Close {
+                channel: ch,
+                code,
+                text,
+            },
+        );
+    }
+
+    /// Streams refuse nack and reject (540, a connection error in 3.10).
+    fn not_from_a_stream(&self, taken: &[(u64, Unacked)], ids: (u16, u16)) -> Res {
+        match taken
+            .iter()
+            .filter_map(|(_, u)| self.queues.get(&u.queue))
+            .find(|q| q.stream.is_some())
+        {
+            Some(q) => Err(refused(
+                0,
+                ReplyCode::NOT_IMPLEMENTED,
+                format!(
+                    "basic.nack and basic.reject not supported by stream queues {}",
+                    q.rs()
+                ),
+                ids,
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Acknowledges, requeues or drops deliveries (in a transaction: at
     /// commit).
     fn settle(&mut self, id: ConnId, ch: u16, taken: Vec<(u64, Unacked)>, how: TxAck) {
@@ -2461,6 +2608,10 @@ impl Core {
         let Some(q) = self.queues.get_mut(&u.queue) else {
             return;
         };
+        if q.stream.is_some() {
+            // A stream keeps its messages: nothing goes back.
+            return;
+        }
         let mut e = u.entry;
         if q.args.kind == lifecycle::QueueKind::Quorum {
             e.returns = e.returns.saturating_add(1);
@@ -2543,6 +2694,7 @@ impl Core {
     // ----- publishing ------------------------------------------------------
 
     fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
+        self.stream_stored = false;
         let ids = (60, 40);
         if let Some(seq) = seqno
             && let Some(c) = self.chan(id, ch)
@@ -2673,7 +2825,7 @@ impl Core {
         self.route_buf = queues;
         if let Some(seq) = seqno {
             self.counters.confirm += u64::from(!refused); // management
-            if msg.persist.is_some() {
+            if msg.persist.is_some() || std::mem::take(&mut self.stream_stored) {
                 // Confirmed once its record is on disk.
                 self.waiting
                     .push_back((self.store_seq, id, ch, Settle::Confirm(seq, !refused)));
@@ -2755,6 +2907,10 @@ impl Core {
         let mut refused = false;
         let msg_ttl = lifecycle::expiration_ms(&msg.properties).ok().flatten();
         for &q in queues {
+            if self.queues.get(&q).is_some_and(|qs| qs.stream.is_some()) {
+                self.append_to_stream(q, msg);
+                continue;
+            }
             self.expire(q);
             let Some(qs) = self.queues.get_mut(&q) else {
                 continue;
@@ -2795,6 +2951,60 @@ impl Core {
             self.arm(q);
         }
         refused
+    }
+
+    /// Appends `msg` to stream `q`: stored as a record of its own that
+    /// carries its offset and time (recovery puts it back where it was),
+    /// old segments deleted by retention, consumers served.
+    fn append_to_stream(&mut self, q: QueueId, msg: &Arc<Msg>) {
+        let at_ms = self.wall_ms();
+        let Some(qs) = self.queues.get(&q) else {
+            return;
+        };
+        let Some(log) = &qs.stream else {
+            return;
+        };
+        let offset = log.next_offset();
+        let key = qs.key();
+        let id = (self.persistence && qs.durable).then(|| {
+            let id = self.next_persist;
+            self.next_persist += 1;
+            let p = lifecycle::with_header(&msg.properties, "x-stream-offset", offset as i64);
+            let p = lifecycle::with_header(&p, STREAM_AT_HEADER, at_ms as i64);
+            self.record(Record::Publish {
+                id,
+                queues: vec![key.clone()],
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+                properties: Box::new(p),
+                body: msg.body.clone(),
+            });
+            self.stream_stored = true;
+            id
+        });
+        let Some(qs) = self.queues.get_mut(&q) else {
+            return;
+        };
+        let (max_bytes, max_age, segment) = (
+            qs.args.max_length_bytes,
+            qs.args.max_age_ms,
+            qs.args.segment_size,
+        );
+        qs.stats.publish += 1; // management
+        let Some(log) = qs.stream.as_mut() else {
+            return;
+        };
+        log.append_at(offset, msg.clone(), at_ms, segment, id);
+        let gone = log.retain(max_bytes, max_age, at_ms);
+        for e in gone {
+            if let Some(id) = e.id {
+                self.record(Record::Remove {
+                    id,
+                    queue: key.clone(),
+                });
+            }
+        }
+        self.deliver_stream(q);
     }
 
     /// drop-head: the oldest ready messages of queue `q` go (dead-lettered
@@ -2895,9 +3105,55 @@ impl Core {
     /// take one: to the highest-priority consumers that can, round robin
     /// among equals.
     fn dispatch(&mut self, q: QueueId) {
+        if self.queues.get(&q).is_some_and(|qs| qs.stream.is_some()) {
+            self.deliver_stream(q);
+            return;
+        }
         self.expire(q);
         self.deliver_ready(q);
         self.arm(q);
+    }
+
+    /// A stream's consumers each read on from their offset, as far as
+    /// their prefetch lets them (the messages stay).
+    fn deliver_stream(&mut self, q: QueueId) {
+        let Some(qs) = self.queues.get(&q) else {
+            return;
+        };
+        let consumers = qs.consumers.clone();
+        for c in consumers {
+            while self.can_deliver(c.conn, c.ch, &c.tag) {
+                let Some(cursor) = self
+                    .chan(c.conn, c.ch)
+                    .and_then(|ch| ch.consumers.get(&c.tag))
+                    .and_then(|k| k.cursor)
+                else {
+                    break;
+                };
+                let Some(log) = self.queues.get(&q).and_then(|qs| qs.stream.as_ref()) else {
+                    return;
+                };
+                let offset = log.at_or_after(cursor);
+                let Some(e) = log.get(offset) else {
+                    break;
+                };
+                let entry = Entry {
+                    seq: e.offset,
+                    msg: e.msg.clone(),
+                    redelivered: false,
+                    level: 0,
+                    expires: None,
+                    returns: 0,
+                };
+                if let Some(k) = self
+                    .chan(c.conn, c.ch)
+                    .and_then(|ch| ch.consumers.get_mut(&c.tag))
+                {
+                    k.cursor = Some(offset + 1);
+                }
+                self.deliver(c.conn, c.ch, c.tag.clone(), q, entry);
+            }
+        }
     }
 
     /// The delivery loop of [`dispatch`](Self::dispatch), without expiry.
@@ -3018,6 +3274,14 @@ impl Core {
         };
         let msg = match kind {
             lifecycle::QueueKind::Quorum if entry.returns > 0 => delivery_counted(&entry),
+            lifecycle::QueueKind::Stream => Arc::new(Msg {
+                properties: lifecycle::with_header(
+                    &entry.msg.properties,
+                    "x-stream-offset",
+                    entry.seq as i64,
+                ),
+                ..(*entry.msg).clone()
+            }),
             _ => entry.msg.clone(),
         };
         let redelivered = entry.redelivered; // management
@@ -3166,6 +3430,10 @@ fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), S
         "x-single-active-consumer",
         "x-max-in-memory-length",
         "x-max-in-memory-bytes",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+        "x-initial-cluster-size",
+        "x-queue-leader-locator",
     ] {
         let Some(v) = args.get(key) else { continue };
         match key {
@@ -3174,7 +3442,22 @@ fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), S
             "x-max-length"
             | "x-max-length-bytes"
             | "x-max-in-memory-length"
-            | "x-max-in-memory-bytes" => integer(key, v, 0, None)?,
+            | "x-max-in-memory-bytes"
+            | "x-stream-max-segment-size-bytes"
+            | "x-initial-cluster-size" => integer(key, v, 0, None)?,
+            "x-max-age" => match v {
+                FieldValue::LongString(s) if lifecycle::max_age_ms(s.as_bytes()).is_some() => {}
+                FieldValue::LongString(_) => return Err(invalid(key, "invalid_max_age".into())),
+                other => return Err(invalid(key, unacceptable(other))),
+            },
+            "x-queue-leader-locator" => match v {
+                FieldValue::LongString(s)
+                    if matches!(
+                        s.as_bytes(),
+                        b"client-local" | b"balanced" | b"random" | b"least-leaders"
+                    ) => {}
+                _ => return Err(invalid(key, "invalid_queue_locator_arg".into())),
+            },
             "x-max-priority" => integer(key, v, 0, Some(255))?,
             "x-dead-letter-exchange" if !matches!(v, FieldValue::LongString(_)) => {
                 return Err(format!(
@@ -3226,6 +3509,10 @@ fn delivery_counted(e: &Entry) -> Arc<Msg> {
         ..(*e.msg).clone()
     })
 }
+
+/// The header a stream's stored record keeps its append time in (ms since
+/// the epoch); removed again at recovery.
+const STREAM_AT_HEADER: &str = "x-amqp-broker-stream-at";
 
 /// The Direct Reply-to pseudo-queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";

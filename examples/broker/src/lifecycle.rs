@@ -6,6 +6,8 @@
 
 use amqp_types::{BasicProperties, FieldArray, FieldTable, FieldValue, LongString, ShortString};
 
+use crate::queue::StreamStart;
+
 /// What happens when a queue is full (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
@@ -176,6 +178,59 @@ pub struct QueueArgs {
     /// `x-delivery-limit` (quorum queues): a message returned more often
     /// than this is dead-lettered (`delivery_limit`).
     pub delivery_limit: Option<u64>,
+    /// `x-max-age` (streams), ms.
+    pub max_age_ms: Option<u64>,
+    /// `x-stream-max-segment-size-bytes` (streams).
+    pub segment_size: u64,
+}
+
+/// Where a stream consumer starts, from its `x-stream-offset` argument
+/// (`now_ms`: the time, for intervals such as `"1h"`): absent, `next`;
+/// `first`, `last`, `next`; an integer offset (a negative one: `first`); a
+/// timestamp (seconds); an interval back from now. `None` for anything
+/// else (RabbitMQ 3.10's channel crashes on it: 541).
+pub fn stream_start(v: Option<&FieldValue>, now_ms: u64) -> Option<StreamStart> {
+    let Some(v) = v else {
+        return Some(StreamStart::Next);
+    };
+    match v {
+        FieldValue::LongString(s) => match s.as_bytes() {
+            b"first" => Some(StreamStart::First),
+            b"last" => Some(StreamStart::Last),
+            b"next" => Some(StreamStart::Next),
+            other => max_age_ms(other).map(|ms| StreamStart::Since(now_ms.saturating_sub(ms))),
+        },
+        FieldValue::Timestamp(secs) => Some(StreamStart::Since(secs.saturating_mul(1000))),
+        FieldValue::Bool(_) => None,
+        other => other.as_integer().map(|n| match u64::try_from(n) {
+            Ok(n) => StreamStart::Offset(n),
+            Err(_) if n < 0 => StreamStart::First,
+            Err(_) => StreamStart::Offset(u64::MAX),
+        }),
+    }
+}
+
+/// RabbitMQ's default stream segment size (500 MB).
+pub const STREAM_SEGMENT_SIZE: u64 = 500_000_000;
+
+/// `x-max-age` as ms: digits and a unit, `Y` (365 days), `M` (30 days),
+/// `D`, `h`, `m` or `s`, more than zero; `None` when it is not one.
+pub fn max_age_ms(s: &[u8]) -> Option<u64> {
+    let (unit, digits) = s.split_last()?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let secs: u64 = match unit {
+        b'Y' => 365 * 86_400,
+        b'M' => 30 * 86_400,
+        b'D' => 86_400,
+        b'h' => 3_600,
+        b'm' => 60,
+        b's' => 1,
+        _ => return None,
+    };
+    n.checked_mul(secs)?.checked_mul(1000).filter(|ms| *ms > 0)
 }
 
 fn int(v: Option<&FieldValue>) -> Option<i128> {
@@ -222,6 +277,11 @@ impl QueueArgs {
                 Some(FieldValue::Bool(true))
             ),
             delivery_limit: u("x-delivery-limit").filter(|_| kind == QueueKind::Quorum),
+            max_age_ms: match args.get("x-max-age") {
+                Some(FieldValue::LongString(s)) => max_age_ms(s.as_bytes()),
+                _ => None,
+            },
+            segment_size: u("x-stream-max-segment-size-bytes").unwrap_or(STREAM_SEGMENT_SIZE),
         }
     }
 }
@@ -231,12 +291,16 @@ impl QueueArgs {
 /// integer) and the table sorted by key, as RabbitMQ 3.10's
 /// `rabbit_basic:add_header` leaves it.
 pub fn with_delivery_count(p: &BasicProperties, count: u32) -> BasicProperties {
+    with_header(p, "x-delivery-count", i64::from(count))
+}
+
+/// The properties with header `key` set to a signed 64-bit integer and the
+/// table sorted by key (`rabbit_basic:add_header`): `x-delivery-count`,
+/// and a stream delivery's `x-stream-offset`.
+pub fn with_header(p: &BasicProperties, key: &'static str, value: i64) -> BasicProperties {
     let mut out = p.clone();
     let mut headers = p.headers.clone().unwrap_or_default();
-    headers.set(
-        ShortString::from_static("x-delivery-count"),
-        FieldValue::I64(i64::from(count)),
-    );
+    headers.set(ShortString::from_static(key), FieldValue::I64(value));
     out.headers = Some(sorted(headers));
     out
 }

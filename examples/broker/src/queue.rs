@@ -287,6 +287,199 @@ impl Ready {
     }
 }
 
+/// Where a stream consumer starts (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// The first message still in the stream.
+    First,
+    /// The last message (RabbitMQ: the last chunk; here every message is
+    /// a chunk of its own).
+    Last,
+    /// The next message published (the default).
+    Next,
+    /// This offset (clamped to what the stream holds).
+    Offset(u64),
+    /// The first message published at or after this time (ms since the
+    /// Unix epoch).
+    Since(u64),
+}
+
+/// A message in a stream.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was appended, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The message.
+    pub msg: Arc<Msg>,
+    /// Its record in the message store, if persisted.
+    pub id: Option<u64>,
+}
+
+/// Bytes a message counts for in a stream's segments (body plus an
+/// overhead, as a segment file would hold it).
+fn stream_size(msg: &Msg) -> u64 {
+    msg.size() as u64 + 64
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    first: u64,
+    bytes: u64,
+    last_ms: u64,
+}
+
+/// A stream queue's log: messages in offset order, read without being
+/// removed, in segments that retention deletes whole (the oldest first,
+/// never the one being written), as RabbitMQ's osiris does.
+#[derive(Debug, Default)]
+pub struct StreamLog {
+    entries: VecDeque<StreamEntry>,
+    segments: VecDeque<Segment>,
+    next: u64,
+    bytes: u64,
+}
+
+impl StreamLog {
+    /// An empty stream.
+    pub fn new() -> Self {
+        StreamLog::default()
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Body bytes held.
+    pub fn body_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.msg.size()).sum()
+    }
+
+    /// The offset the next message gets.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// The first offset still held (the next one when empty).
+    pub fn first_offset(&self) -> u64 {
+        self.entries.front().map_or(self.next, |e| e.offset)
+    }
+
+    /// Appends a message at `offset` (at least the next one: a recovered
+    /// stream keeps its offsets) in the segment being written, or in a new
+    /// one when that holds `segment_size` bytes or more. Returns the offset.
+    pub fn append_at(
+        &mut self,
+        offset: u64,
+        msg: Arc<Msg>,
+        at_ms: u64,
+        segment_size: u64,
+        id: Option<u64>,
+    ) -> u64 {
+        let offset = offset.max(self.next);
+        let size = stream_size(&msg);
+        match self.segments.back_mut() {
+            Some(s) if s.bytes < segment_size.max(1) => {
+                s.bytes += size;
+                s.last_ms = s.last_ms.max(at_ms);
+            }
+            _ => self.segments.push_back(Segment {
+                first: offset,
+                bytes: size,
+                last_ms: at_ms,
+            }),
+        }
+        self.bytes += size;
+        self.entries.push_back(StreamEntry {
+            offset,
+            at_ms,
+            msg,
+            id,
+        });
+        self.next = offset + 1;
+        offset
+    }
+
+    /// Appends a message at the next offset.
+    pub fn append(&mut self, msg: Arc<Msg>, at_ms: u64, segment_size: u64) -> u64 {
+        self.append_at(self.next, msg, at_ms, segment_size, None)
+    }
+
+    /// The message at `offset`, if held.
+    pub fn get(&self, offset: u64) -> Option<&StreamEntry> {
+        let first = self.entries.front()?.offset;
+        let i = usize::try_from(offset.checked_sub(first)?).ok()?;
+        let e = self.entries.get(i)?;
+        // Offsets are contiguous except after a recovery's gaps.
+        if e.offset == offset {
+            Some(e)
+        } else {
+            self.entries.iter().find(|e| e.offset == offset)
+        }
+    }
+
+    /// The first held offset at or after `offset` (`offset` itself when
+    /// it is not written yet: a reader past the end waits for it).
+    pub fn at_or_after(&self, offset: u64) -> u64 {
+        if offset >= self.next || self.get(offset).is_some() {
+            return offset;
+        }
+        let i = self.entries.partition_point(|e| e.offset < offset);
+        self.entries.get(i).map_or(self.next, |e| e.offset)
+    }
+
+    /// Where a consumer starting at `start` reads first.
+    pub fn start(&self, start: StreamStart) -> u64 {
+        match start {
+            StreamStart::First => self.first_offset(),
+            StreamStart::Last => self.entries.back().map_or(self.next, |e| e.offset),
+            StreamStart::Next => self.next,
+            StreamStart::Offset(o) => self.at_or_after(o.max(self.first_offset())),
+            StreamStart::Since(ms) => {
+                let i = self.entries.partition_point(|e| e.at_ms < ms);
+                self.entries.get(i).map_or(self.next, |e| e.offset)
+            }
+        }
+    }
+
+    /// Deletes whole segments, oldest first and never the one being
+    /// written, while the stream holds more than `max_bytes` or the
+    /// segment's newest message is older than `max_age_ms` at `now_ms`.
+    /// Returns the messages deleted.
+    pub fn retain(
+        &mut self,
+        max_bytes: Option<u64>,
+        max_age_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Vec<StreamEntry> {
+        let mut gone = Vec::new();
+        while self.segments.len() > 1 {
+            let s = self.segments[0];
+            let over = max_bytes.is_some_and(|m| self.bytes > m);
+            let old = max_age_ms.is_some_and(|a| s.last_ms.saturating_add(a) < now_ms);
+            if !(over || old) {
+                break;
+            }
+            self.segments.pop_front();
+            let end = self.segments.front().map_or(self.next, |n| n.first);
+            while self.entries.front().is_some_and(|e| e.offset < end) {
+                if let Some(e) = self.entries.pop_front() {
+                    gone.push(e);
+                }
+            }
+            self.bytes -= s.bytes;
+        }
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +563,119 @@ mod tests {
         r.requeue(e);
         assert_eq!(r.drain().len(), 1);
         assert_eq!(r.bytes(), 0);
+    }
+
+    #[test]
+    fn a_stream_is_read_from_any_offset_and_loses_whole_old_segments() {
+        let mut s = StreamLog::new();
+        assert_eq!(s.start(StreamStart::First), 0);
+        for i in 0..10 {
+            // 100 ms apart; segments of two messages (64 + 1 bytes each,
+            // a segment takes more while it holds fewer than 100 bytes).
+            assert_eq!(s.append(msg("x", None), 1_000 + i * 100, 100), i);
+        }
+        assert_eq!(s.start(StreamStart::First), 0);
+        assert_eq!(s.start(StreamStart::Last), 9);
+        assert_eq!(s.start(StreamStart::Next), 10);
+        assert_eq!(s.start(StreamStart::Offset(4)), 4);
+        assert_eq!(
+            s.start(StreamStart::Offset(400)),
+            400,
+            "waits for offset 400"
+        );
+        assert_eq!(s.start(StreamStart::Since(1_450)), 5);
+        assert_eq!(s.start(StreamStart::Since(0)), 0);
+        // At most 4 messages' bytes: whole segments go, oldest first.
+        let gone = s.retain(Some(4 * 65), None, 0);
+        assert_eq!(
+            gone.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!((s.first_offset(), s.len()), (6, 4));
+        assert_eq!(
+            s.start(StreamStart::Offset(2)),
+            6,
+            "an offset gone reads from the first"
+        );
+        assert!(s.get(5).is_none() && s.get(6).is_some());
+        // By age: every segment whose newest message is too old, but
+        // never the last one.
+        let gone = s.retain(None, Some(50), 10_000);
+        assert_eq!(gone.len(), 2);
+        assert_eq!((s.first_offset(), s.next_offset()), (8, 10));
+        assert!(s.retain(None, Some(1), u64::MAX).is_empty());
+        // A recovered stream keeps its offsets.
+        let mut r = StreamLog::new();
+        r.append_at(42, msg("y", None), 0, 100, Some(7));
+        assert_eq!(r.get(42).and_then(|e| e.id), Some(7));
+        assert_eq!((r.first_offset(), r.next_offset()), (42, 43));
+        assert_eq!(r.append(msg("z", None), 0, 100), 43);
+    }
+
+    /// Random pushes (random priorities), pops and requeues against a
+    /// model: a pop takes the highest level, and within it the lowest
+    /// position (requeued messages back in their place); a quorum queue's
+    /// returns come first in the order they came back. 200 seeds.
+    #[test]
+    fn pops_follow_priority_then_position_against_a_model() {
+        for seed in 1..=200u64 {
+            let mut x = seed;
+            let mut rnd = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let quorum = seed % 4 == 0;
+            let max = if quorum { 0 } else { rnd(6) as u8 };
+            let mut r = if quorum {
+                Ready::returns_first()
+            } else {
+                Ready::with_priorities(max)
+            };
+            // Model: ready (seq, level), returns in order, and taken ones.
+            let mut ready: Vec<(u64, u8)> = Vec::new();
+            let mut returns: Vec<u64> = Vec::new();
+            let mut taken: Vec<Entry> = Vec::new();
+            for _ in 0..300 {
+                match rnd(10) {
+                    0..=3 => {
+                        let p = (rnd(3) > 0).then(|| rnd(12) as u8);
+                        let seq = r.push(msg("m", p), None);
+                        ready.push((seq, p.unwrap_or(0).min(max)));
+                    }
+                    4..=6 => {
+                        let want = if let Some(&s) = returns.first() {
+                            returns.remove(0);
+                            Some(s)
+                        } else {
+                            let best = ready
+                                .iter()
+                                .copied()
+                                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+                            best.map(|(s, _)| {
+                                ready.retain(|e| e.0 != s);
+                                s
+                            })
+                        };
+                        let got = r.pop();
+                        assert_eq!(got.as_ref().map(|e| e.seq), want, "seed {seed}");
+                        taken.extend(got);
+                    }
+                    _ if !taken.is_empty() => {
+                        let e = taken.swap_remove(rnd(taken.len() as u64) as usize);
+                        if quorum {
+                            returns.push(e.seq);
+                        } else {
+                            ready.push((e.seq, e.level));
+                        }
+                        r.requeue(e);
+                    }
+                    _ => {}
+                }
+                assert_eq!(r.len(), ready.len() + returns.len(), "seed {seed}");
+            }
+        }
     }
 
     #[test]

@@ -424,8 +424,11 @@ impl Core {
                     continue;
                 };
                 let (un, un_bytes) = unacked.get(q.handle()).copied().unwrap_or_default();
-                let ready = qs.ready.len() as u64;
-                let ready_bytes = qs.ready.bytes() as u64;
+                // A stream's messages all count as ready (they stay).
+                let (ready, ready_bytes) = match &qs.stream {
+                    Some(log) => (log.len() as u64, log.body_bytes() as u64),
+                    None => (qs.ready.len() as u64, qs.ready.bytes() as u64),
+                };
                 let exclusive_consumer_tag = qs
                     .exclusive_consumer
                     .then(|| qs.consumers.first().map(|k| lossy(&k.tag)))
