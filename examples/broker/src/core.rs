@@ -29,9 +29,43 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 #[path = "snapshot.rs"]
 pub mod snapshot;
 
-/// The core's hash maps: foldhash, seeded per process (the keys are the
-/// broker's own ids and names; SipHash's cost showed in profiles).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The core's hash maps: foldhash (the keys are the broker's own ids and
+/// names; SipHash's cost showed in profiles), randomly seeded, or with a
+/// fixed seed on a thread that asked for [`fixed_hashing_on_this_thread`].
+type HashMap<K, V> = std::collections::HashMap<K, V, CoreHasher>;
+
+thread_local! {
+    static FIXED_HASHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Hash maps the core creates on this thread from now on iterate in the
+/// same order in every process, so a simulation or a fuzzer input replays
+/// exactly from its seed. A server keeps random seeds (hash flooding).
+pub fn fixed_hashing_on_this_thread() {
+    FIXED_HASHING.with(|f| f.set(true));
+}
+
+/// The core's [`std::hash::BuildHasher`]: see [`fixed_hashing_on_this_thread`].
+#[derive(Debug, Clone)]
+pub struct CoreHasher(foldhash::fast::SeedableRandomState);
+
+impl Default for CoreHasher {
+    fn default() -> Self {
+        CoreHasher(if FIXED_HASHING.with(std::cell::Cell::get) {
+            foldhash::fast::SeedableRandomState::fixed()
+        } else {
+            foldhash::fast::SeedableRandomState::random()
+        })
+    }
+}
+
+impl std::hash::BuildHasher for CoreHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -111,9 +111,7 @@ impl MessageStats {
 /// Messages published into each exchange of a vhost (`publish_in`) and
 /// routed on from it to at least one queue (`publish_out`).
 #[derive(Debug, Clone, Default)]
-pub struct ExchangeStats(
-    std::collections::HashMap<ShortString, [u64; 2], foldhash::fast::RandomState>,
-);
+pub struct ExchangeStats(std::collections::HashMap<ShortString, [u64; 2], super::CoreHasher>);
 
 /// What the management API shows of a connection besides the core's own
 /// state: addresses, the client's properties, tuning, connect time.

@@ -42,6 +42,8 @@ pub struct Harness {
 impl Harness {
     /// A core with `config`.
     pub fn new(config: CoreConfig) -> Harness {
+        // The same run from the same seed in every process.
+        crate::core::fixed_hashing_on_this_thread();
         let now = Instant::now();
         let mut core = Core::new(config);
         // A fixed wall clock: x-death timestamps are reproducible.

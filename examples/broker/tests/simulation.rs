@@ -23,7 +23,9 @@
 //!   (nothing lost, nothing invented); every message that left `q3`
 //!   without being acknowledged (expired, dropped by its length limit,
 //!   rejected) is in `dead` exactly once, with an `x-death` naming `q3`
-//!   and the right reason (rejected only when a consumer rejected it).
+//!   and the right reason (rejected only when a consumer rejected it,
+//!   delivery_limit only after more returns than the limit: in a quarter
+//!   of the runs `q3` is a quorum queue with `x-delivery-limit`).
 //!
 //! `AMQP_SIM_SEED=n` replays one seed; `AMQP_SIM_SEEDS=N` sets how many a
 //! run covers (default 2000).
@@ -93,7 +95,7 @@ struct ChanModel {
     unconfirmed: HashSet<u64>,
     /// Publish index per channel, for FIFO checks.
     published: u64,
-    consumers: HashMap<ShortString, ConsumerModel>,
+    consumers: BTreeMap<ShortString, ConsumerModel>,
     pending_consumes: VecDeque<(usize, bool, u16)>,
     pending_gets: VecDeque<(usize, bool)>,
     /// delivery tag -> (queue, message id, consumer tag or None for get).
@@ -129,8 +131,27 @@ struct World {
     delivered_once: HashSet<(usize, u64)>,
     max_chunk: u64,
     steps: u64,
-    /// Messages found in `dead`: expired, maxlen, rejected.
-    dead: [u64; 3],
+    /// Messages found in `dead`: expired, maxlen, rejected,
+    /// delivery_limit.
+    dead: [u64; 4],
+    /// `q3` is a quorum queue with this `x-delivery-limit`.
+    delivery_limit: Option<u32>,
+    /// How often each message of `q3` came back unacknowledged.
+    returns: HashMap<u64, u32>,
+}
+
+/// A delivery came back unacknowledged: ready again, and counted (`q3`'s
+/// delivery limit).
+fn returned(
+    state: &mut HashMap<(usize, u64), Where>,
+    returns: &mut HashMap<u64, u32>,
+    q: usize,
+    id: u64,
+) {
+    state.insert((q, id), Where::Ready);
+    if q == LIFECYCLE {
+        *returns.entry(id).or_default() += 1;
+    }
 }
 
 fn body_id(b: &[u8]) -> u64 {
@@ -151,7 +172,9 @@ impl World {
             delivered_once: HashSet::new(),
             max_chunk,
             steps: 0,
-            dead: [0; 3],
+            dead: [0; 4],
+            delivery_limit: None,
+            returns: HashMap::new(),
         };
         let n = 2 + w.rng.below(3) as usize;
         for _ in 0..n {
@@ -167,8 +190,18 @@ impl World {
         if let Some(max) = [None, Some(3), Some(10)][w.rng.below(3) as usize] {
             lifecycle.insert("x-max-length", FieldValue::I32(max));
         }
+        // A quarter of the runs: q3 is a quorum queue (requeued messages
+        // first, counted, dead-lettered past a delivery limit).
+        if w.rng.chance(25) {
+            let limit = w.rng.below(3) as u32;
+            lifecycle.insert("x-queue-type", LongString::from_static("quorum"));
+            lifecycle.insert("x-delivery-limit", FieldValue::I32(limit as i32));
+            w.delivery_limit = Some(limit);
+        }
+        let quorum = w.delivery_limit.is_some();
         let declare = |q: &str, arguments: FieldTable| QueueDeclare {
             queue: q.try_into().unwrap(),
+            durable: quorum && q == QUEUES[LIFECYCLE],
             arguments,
             ..Default::default()
         };
@@ -503,6 +536,13 @@ impl World {
         let st = self.state.get(&(LIFECYCLE, id)).copied();
         match st {
             Some(Where::Rejected) => assert_eq!(reason, "rejected", "message {id}"),
+            Some(Where::Ready) if reason == "delivery_limit" => {
+                let (limit, returns) = (self.delivery_limit, self.returns.get(&id));
+                assert!(
+                    limit.is_some_and(|l| returns.is_some_and(|r| *r > l)),
+                    "message {id} dead-lettered as delivery_limit after {returns:?} returns (limit {limit:?})"
+                );
+            }
             Some(Where::Ready) => assert!(
                 reason == "expired" || reason == "maxlen",
                 "message {id} dead-lettered as {reason} while ready"
@@ -510,7 +550,7 @@ impl World {
             other => panic!("message {id} dead-lettered ({reason}) while {other:?}"),
         }
         self.state.insert((LIFECYCLE, id), Where::Done);
-        let i = ["expired", "maxlen", "rejected"]
+        let i = ["expired", "maxlen", "rejected", "delivery_limit"]
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
@@ -525,7 +565,7 @@ impl World {
         };
         ch.open = false;
         for (_, (q, id, _)) in std::mem::take(&mut ch.unacked) {
-            self.state.insert((q, id), Where::Ready);
+            returned(&mut self.state, &mut self.returns, q, id);
         }
         ch.consumers.clear();
         ch.unconfirmed.clear();
@@ -543,12 +583,15 @@ impl World {
             if consumer.is_some() {
                 ch.consumer_outstanding -= 1;
             }
-            let to = match requeue {
-                Some(true) => Where::Ready,
-                Some(false) if q == LIFECYCLE => Where::Rejected,
-                _ => Where::Done,
-            };
-            self.state.insert((q, id), to);
+            match requeue {
+                Some(true) => returned(&mut self.state, &mut self.returns, q, id),
+                Some(false) if q == LIFECYCLE => {
+                    self.state.insert((q, id), Where::Rejected);
+                }
+                _ => {
+                    self.state.insert((q, id), Where::Done);
+                }
+            }
         }
     }
 
@@ -783,7 +826,7 @@ impl World {
                         m.unacked.values().map(|(q, id, _)| (*q, *id)).collect();
                     m.unacked.clear();
                     for (q, id) in held {
-                        self.state.insert((q, id), Where::Ready);
+                        returned(&mut self.state, &mut self.returns, q, id);
                     }
                 }
             }
@@ -947,7 +990,7 @@ impl World {
     }
 }
 
-fn run(seed: u64) -> (u64, [u64; 3]) {
+fn run(seed: u64) -> (u64, [u64; 4]) {
     let mut w = World::new(seed);
     let steps = 40 + w.rng.below(160);
     for _ in 0..steps {
@@ -970,7 +1013,7 @@ fn simulation() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     let mut total = 0;
-    let mut dead = [0u64; 3];
+    let mut dead = [0u64; 4];
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run(seed));
         match r {
@@ -991,8 +1034,8 @@ fn simulation() {
         }
     }
     eprintln!(
-        "{seeds} seeds, {total} steps; dead-lettered from q3: {} expired, {} maxlen, {} rejected",
-        dead[0], dead[1], dead[2]
+        "{seeds} seeds, {total} steps; dead-lettered from q3: {} expired, {} maxlen, {} rejected, {} delivery_limit",
+        dead[0], dead[1], dead[2], dead[3]
     );
     assert!(
         seeds < 200 || dead.iter().all(|n| *n > 0),
