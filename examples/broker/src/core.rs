@@ -469,8 +469,8 @@ pub struct Core {
     /// Queue deadlines: the head's expiry, or `x-expires`.
     timers: BTreeSet<(Instant, QueueId)>,
     timers_changed: bool,
-    /// A wall-clock reading (`x-death`'s `time`): this instant was this many
-    /// seconds since the Unix epoch.
+    /// A wall-clock reading (`x-death`'s `time`, TTLs across restarts):
+    /// this instant was this many ms since the Unix epoch.
     clock: Option<(Instant, u64)>,
     /// Persistence is on (a message store is attached).
     persistence: bool,
@@ -779,6 +779,8 @@ impl Core {
     pub fn recover_messages(&mut self, r: crate::store::Recovered, unclean: bool) -> usize {
         self.next_persist = self.next_persist.max(r.next_id);
         let mut n = 0;
+        let wall_ms = self.wall_ms();
+        let mut armed = Vec::new();
         for ((vhost, name), msgs) in r.queues {
             let qid = self
                 .vhosts
@@ -798,15 +800,9 @@ impl Core {
                 for m in msgs {
                     n += 1;
                     let mut properties = m.properties;
-                    let mut take = |key: &str| match properties.headers.as_mut()?.remove(key) {
-                        Some(v) => v.as_integer().and_then(|v| u64::try_from(v).ok()),
-                        None => None,
-                    };
-                    let at_ms = take(STREAM_AT_HEADER).unwrap_or(0);
-                    let offset = take("x-stream-offset").unwrap_or(log.next_offset());
-                    if properties.headers.as_ref().is_some_and(|h| h.is_empty()) {
-                        properties.headers = None;
-                    }
+                    let at_ms = take_private_header(&mut properties, STREAM_AT_HEADER).unwrap_or(0);
+                    let offset = take_private_header(&mut properties, "x-stream-offset")
+                        .unwrap_or(log.next_offset());
                     let msg = Arc::new(Msg {
                         exchange: m.exchange,
                         routing_key: m.routing_key,
@@ -819,20 +815,44 @@ impl Core {
                 }
                 continue;
             }
+            let (now, now_ms) = (self.now, wall_ms);
             for m in msgs {
                 n += 1;
+                let mut properties = m.properties;
+                let arrived = take_private_header(&mut properties, ARRIVED_HEADER);
+                // The TTL counts from when it arrived, not from now.
+                let ttl = match (
+                    qs.args.message_ttl,
+                    lifecycle::expiration_ms(&properties).ok().flatten(),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let expires = match (ttl, arrived, now) {
+                    (Some(ttl), Some(at), Some(now)) => Some(
+                        now + Duration::from_millis(at.saturating_add(ttl).saturating_sub(now_ms)),
+                    ),
+                    (Some(ttl), None, Some(now)) => Some(now + Duration::from_millis(ttl)),
+                    _ => None,
+                };
                 qs.ready.push_recovered(
                     Arc::new(Msg {
                         exchange: m.exchange,
                         routing_key: m.routing_key,
-                        properties: m.properties,
+                        properties,
                         body: m.body,
                         persist: Some(m.id),
                         bcc: Vec::new(),
                     }),
                     m.redelivered || unclean,
+                    expires,
                 );
             }
+            armed.extend(qid);
+        }
+        // Expiry deadlines recovered: the queues' timers run.
+        for q in armed {
+            self.arm(q);
         }
         n
     }
@@ -859,12 +879,24 @@ impl Core {
                 let id = self.next_persist;
                 self.next_persist += 1;
                 msg.persist = Some(id);
+                // A TTL runs on across a restart: the record keeps when
+                // the message arrived.
+                let ttl = msg.properties.expiration.is_some()
+                    || queues
+                        .iter()
+                        .filter_map(|q| self.queues.get(q))
+                        .any(|q| q.args.message_ttl.is_some());
+                let properties = if ttl {
+                    lifecycle::with_header(&msg.properties, ARRIVED_HEADER, self.wall_ms() as i64)
+                } else {
+                    msg.properties.clone()
+                };
                 self.record(Record::Publish {
                     id,
                     queues: keys,
                     exchange: msg.exchange.clone(),
                     routing_key: msg.routing_key.clone(),
-                    properties: Box::new(msg.properties.clone()),
+                    properties: Box::new(properties),
                     body: msg.body.clone(),
                 });
             }
@@ -899,24 +931,26 @@ impl Core {
     /// Sets the wall clock: `now` is `unix_secs` seconds since the Unix
     /// epoch (the core reads no clock; `x-death` timestamps need one).
     pub fn set_clock(&mut self, now: Instant, unix_secs: u64) {
-        self.clock = Some((now, unix_secs));
+        self.set_clock_ms(now, unix_secs.saturating_mul(1000));
+    }
+
+    /// [`set_clock`](Self::set_clock) to the millisecond.
+    pub fn set_clock_ms(&mut self, now: Instant, unix_ms: u64) {
+        self.clock = Some((now, unix_ms));
         self.now = Some(now);
     }
 
     fn wall_ms(&self) -> u64 {
         match (self.clock, self.now) {
-            (Some((at, secs)), Some(now)) => {
-                (secs * 1000).saturating_add(now.saturating_duration_since(at).as_millis() as u64)
+            (Some((at, ms)), Some(now)) => {
+                ms.saturating_add(now.saturating_duration_since(at).as_millis() as u64)
             }
             _ => 0,
         }
     }
 
     fn wall_secs(&self) -> u64 {
-        match (self.clock, self.now) {
-            (Some((at, secs)), Some(now)) => secs + now.saturating_duration_since(at).as_secs(),
-            _ => 0,
-        }
+        self.wall_ms() / 1000
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run (a
@@ -3547,6 +3581,21 @@ fn delivery_counted(e: &Entry) -> Arc<Msg> {
 /// The header a stream's stored record keeps its append time in (ms since
 /// the epoch); removed again at recovery.
 const STREAM_AT_HEADER: &str = "x-amqp-broker-stream-at";
+
+/// The header a stored record with a TTL keeps its arrival time in (ms
+/// since the epoch); removed again at recovery.
+const ARRIVED_HEADER: &str = "x-amqp-broker-arrived";
+
+/// Removes header `key` of stored properties, returning its integer value
+/// (and no headers table at all when it was the only one).
+fn take_private_header(p: &mut BasicProperties, key: &str) -> Option<u64> {
+    let h = p.headers.as_mut()?;
+    let v = h.remove(key);
+    if h.is_empty() {
+        p.headers = None;
+    }
+    v?.as_integer().and_then(|v| u64::try_from(v).ok())
+}
 
 /// The Direct Reply-to pseudo-queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";

@@ -161,6 +161,13 @@ fn main() -> ExitCode {
         }
     };
     let mut core = Core::new(core_config);
+    // The wall clock first: recovered TTLs count from their arrival.
+    core.set_clock_ms(
+        std::time::Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    );
     // The data directory: once it holds state, that state is authoritative
     // (the --definitions topology seeds only an empty broker).
     let data = match DataDir::open(&args.data_dir) {

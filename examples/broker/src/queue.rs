@@ -173,10 +173,11 @@ impl Ready {
     }
 
     /// Appends a recovered message (redelivered if it was delivered
-    /// before the restart).
-    pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool) {
+    /// before the restart; expiring when its TTL, counted from its arrival,
+    /// runs out).
+    pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool, expires: Option<Instant>) {
         let level = usize::from(self.level_of(msg.properties.priority));
-        self.push(msg, None);
+        self.push(msg, expires);
         if let Some(e) = self.levels[level].fresh.back_mut() {
             e.redelivered = redelivered;
         }

@@ -148,10 +148,10 @@ impl Shared {
 /// until `shutdown` turns true, waking the connections they concern.
 pub async fn timer_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     {
-        let unix = std::time::SystemTime::now()
+        let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        shared.core().set_clock(Instant::now(), unix);
+            .map_or(0, |d| d.as_millis() as u64);
+        shared.core().set_clock_ms(Instant::now(), unix_ms);
     }
     loop {
         let next = shared.core().poll_timeout();
