@@ -233,6 +233,9 @@ pub struct Connection {
     blocked: bool,
     /// Input decoding stopped at [`MAX_PENDING_EVENTS`].
     input_paused: bool,
+    /// The peer's silence is not counted (see
+    /// [`pause_peer_monitor`](Self::pause_peer_monitor)).
+    monitor_paused: bool,
 }
 
 impl Connection {
@@ -266,6 +269,7 @@ impl Connection {
             heartbeat: None,
             sent_activity: false,
             recv_activity: false,
+            monitor_paused: false,
             held: 0,
             decision: None,
             next_decision: 0,
@@ -541,7 +545,7 @@ impl Connection {
         // One check per half interval, as RabbitMQ's heartbeater does:
         // send if nothing went out since the last check; the peer is dead
         // after two intervals (four checks) with nothing received.
-        if self.recv_activity {
+        if self.recv_activity || self.monitor_paused {
             hb.silent_checks = 0;
         } else {
             hb.silent_checks += 1;
@@ -1035,6 +1039,15 @@ impl Connection {
     /// Server role: `connection.unblocked`.
     pub fn unblock(&mut self) -> Result<(), CommandError> {
         self.send_method(0, ConnectionUnblocked {})
+    }
+
+    /// Stops (`true`) or restarts counting the peer's silence against its
+    /// heartbeat: an embedder that stops reading from a blocked publisher
+    /// (as RabbitMQ's reader does) pauses it so that the peer is not
+    /// declared dead for heartbeats it could not read. Heartbeats still go
+    /// out.
+    pub fn pause_peer_monitor(&mut self, paused: bool) {
+        self.monitor_paused = paused;
     }
 
     /// Queues a heartbeat frame now (timers send them on their own).

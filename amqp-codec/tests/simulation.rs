@@ -441,6 +441,37 @@ fn silent_peer_times_out_after_two_intervals() {
     }));
 }
 
+/// A paused peer monitor (the embedder stopped reading a blocked peer)
+/// does not count the peer's silence: the connection outlives many
+/// intervals, and dies two intervals after the monitor restarts.
+#[test]
+fn a_paused_peer_monitor_keeps_a_silent_peer() {
+    let ccfg = ClientConfig {
+        heartbeat: Some(2),
+        ..Default::default()
+    };
+    let mut p = Pair::new(7, ccfg, ServerConfig::default());
+    p.drive();
+    assert!(p.client.is_open());
+    p.client.pause_peer_monitor(true);
+    p.server_silent = true;
+    let start = p.now;
+    while p.now < start + Duration::from_secs(20) {
+        p.advance(Duration::from_millis(100));
+    }
+    assert!(p.client.is_open(), "paused: still alive after 10 intervals");
+    p.client.pause_peer_monitor(false);
+    let resumed = p.now;
+    while p.client.is_open() && p.now < resumed + Duration::from_secs(20) {
+        p.advance(Duration::from_millis(100));
+    }
+    let died = p.now - resumed;
+    assert!(
+        died >= Duration::from_secs(4) && died <= Duration::from_secs(6),
+        "{died:?}"
+    );
+}
+
 /// Heartbeats go out when nothing else does: a client with heartbeat 1
 /// sends at least one every second of idleness.
 #[test]

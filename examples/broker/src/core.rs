@@ -298,6 +298,8 @@ struct Conn {
     outbox: Vec<Out>,
     outbox_bytes: usize,
     throttled: bool,
+    /// A publisher stopped by a resource alarm (the shell stops reading).
+    blocked: bool,
     /// A connection-level error closed it.
     closing: bool,
 }
@@ -498,6 +500,47 @@ pub struct Core {
     next_tick: Option<Instant>,
     /// A publish just wrote a stream record (its confirm waits for it).
     stream_stored: bool,
+    /// Resource alarms in force.
+    alarms: BTreeSet<Alarm>,
+    /// Bytes of messages delivered and not yet settled (the memory
+    /// estimate).
+    unacked_bytes: u64,
+}
+
+/// What a message costs in memory besides its body (its `Msg`, queue entry
+/// and bookkeeping), for the memory estimate.
+pub const MESSAGE_OVERHEAD: u64 = 160;
+
+fn held(e: &Entry) -> u64 {
+    e.msg.size() as u64 + MESSAGE_OVERHEAD
+}
+
+/// A resource alarm, as RabbitMQ's `rabbit_alarm` raises them: while one
+/// is in force, a connection that publishes is blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Alarm {
+    /// Memory above the high watermark.
+    Memory,
+    /// Free disk space below the limit (or the message store failed).
+    Disk,
+}
+
+impl Alarm {
+    /// RabbitMQ's words for it in `connection.blocked`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Alarm::Memory => "low on memory",
+            Alarm::Disk => "low on disk",
+        }
+    }
+
+    /// Its name in the management API and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alarm::Memory => "memory",
+            Alarm::Disk => "disk",
+        }
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -570,6 +613,8 @@ impl Core {
             channel_tick: config.channel_tick,
             next_tick: None,
             stream_stored: false,
+            alarms: BTreeSet::new(),
+            unacked_bytes: 0,
         }
     }
 
@@ -2014,6 +2059,7 @@ impl Core {
             }
             Method::TxRollback(_) => {
                 let tx = self.tx_take(id, ch, (90, 30))?;
+                self.unacked_bytes += tx.acks.iter().map(|(_, u, _)| held(&u.entry)).sum::<u64>();
                 if let Some(c) = self.chan(id, ch) {
                     for (tag, u, _) in tx.acks {
                         if u.consumer.is_some() {
@@ -2514,6 +2560,7 @@ impl Core {
         } else {
             self.delivered_once(qid, &entry);
             let at = self.now;
+            self.unacked_bytes += held(&entry);
             if let Some(c) = self.chan(id, ch) {
                 c.unacked.insert(
                     tag,
@@ -2580,7 +2627,99 @@ impl Core {
                 }
             }
         }
+        let bytes: u64 = taken.iter().map(|(_, u)| held(&u.entry)).sum();
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
         Ok(taken)
+    }
+
+    /// Raises (`on`) or clears a resource alarm. When the last one clears,
+    /// blocked publishers get `connection.unblocked` (those that announced
+    /// the capability) and are woken. Returns whether anything changed.
+    pub fn set_alarm(&mut self, alarm: Alarm, on: bool) -> bool {
+        let changed = if on {
+            self.alarms.insert(alarm)
+        } else {
+            self.alarms.remove(&alarm)
+        };
+        if changed && self.alarms.is_empty() {
+            let mut unblocked = Vec::new();
+            for (&id, c) in self.conns.iter_mut().filter(|(_, c)| c.blocked) {
+                c.blocked = false;
+                if c.caps.connection_blocked && !c.closing {
+                    c.outbox.push(Out::Method {
+                        channel: 0,
+                        method: ConnectionUnblocked {}.into(),
+                    });
+                }
+                unblocked.push(id);
+            }
+            unblocked.sort_unstable();
+            self.woken.extend(unblocked);
+        }
+        if changed {
+            tracing::warn!(
+                alarm = alarm.name(),
+                "resource alarm {}",
+                if on { "raised" } else { "cleared" }
+            );
+        }
+        changed
+    }
+
+    /// The memory the core's messages take, estimated: bodies and a fixed
+    /// overhead per message in queues, streams and unacknowledged
+    /// deliveries, plus what connections have waiting to be written. O(number
+    /// of queues and connections): the alarm monitor calls it ten times a
+    /// second.
+    pub fn memory_estimate(&self) -> u64 {
+        let queues: u64 = self
+            .queues
+            .values()
+            .map(|q| match &q.stream {
+                Some(log) => log.bytes(),
+                None => q.ready.bytes() as u64 + q.ready.len() as u64 * MESSAGE_OVERHEAD,
+            })
+            .sum();
+        let outboxes: u64 = self.conns.values().map(|c| c.outbox_bytes as u64).sum();
+        queues + self.unacked_bytes + outboxes
+    }
+
+    /// The resource alarms in force.
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.alarms.iter().copied().collect()
+    }
+
+    /// Whether connection `id` is a publisher blocked by an alarm: the
+    /// shell reads nothing more from it until it is woken unblocked.
+    pub fn is_blocked(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.blocked)
+    }
+
+    /// A publish while an alarm is in force blocks its connection (after
+    /// this publish, as RabbitMQ's reader does), with `connection.blocked`
+    /// to clients that announced the capability.
+    fn block_if_alarmed(&mut self, id: ConnId) {
+        if self.alarms.is_empty() {
+            return;
+        }
+        let reason: Vec<&str> = self.alarms.iter().map(|a| a.reason()).collect();
+        let reason = reason.join(" & ");
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.blocked || c.closing {
+            return;
+        }
+        c.blocked = true;
+        if c.caps.connection_blocked {
+            c.outbox.push(Out::Method {
+                channel: 0,
+                method: ConnectionBlocked {
+                    reason: ShortString::try_from(reason.as_str()).unwrap_or_default(),
+                }
+                .into(),
+            });
+        }
     }
 
     /// Closes channel `ch` (0: the connection) with `code` and `text` as
@@ -2763,6 +2902,7 @@ impl Core {
 
     fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
         self.stream_stored = false;
+        self.block_if_alarmed(id);
         let ids = (60, 40);
         if let Some(seq) = seqno
             && let Some(c) = self.chan(id, ch)
@@ -3353,6 +3493,7 @@ impl Core {
             _ => entry.msg.clone(),
         };
         let redelivered = entry.redelivered; // management
+        let size = held(&entry);
         if !no_ack {
             if let Some(k) = chan.consumers.get_mut(&tag) {
                 k.unacked += 1;
@@ -3369,6 +3510,7 @@ impl Core {
             );
         }
         if !no_ack {
+            self.unacked_bytes += size;
             self.tick_armed();
         }
         self.count_deliver(q, no_ack, redelivered); // management
@@ -3396,6 +3538,8 @@ impl Core {
         c.consumer_unacked = 0;
         c.tx = None;
         c.confirms.clear();
+        let bytes: u64 = unacked.values().map(|u| held(&u.entry)).sum();
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
         let mut touched = Vec::new();
         for (_, u) in unacked {
             self.requeue(u, &mut touched);

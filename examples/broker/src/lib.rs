@@ -40,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alarms;
 pub mod auth;
 pub mod config;
 pub mod core;

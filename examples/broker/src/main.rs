@@ -61,6 +61,20 @@ struct Args {
     /// `collect_statistics_interval`).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     management_sample_interval: f64,
+    /// Memory high watermark, a fraction of the memory the broker may use
+    /// (the machine's, or its cgroup's limit when lower): above it,
+    /// publishing connections are blocked (`connection.blocked`) until
+    /// consumers drain (RabbitMQ's `vm_memory_high_watermark.relative`).
+    #[arg(long, value_name = "FRACTION", default_value_t = amqp_broker::alarms::MEMORY_HIGH_WATERMARK)]
+    vm_memory_high_watermark: f64,
+    /// Memory high watermark as a size (bytes, or e.g. 512MB, 2GiB);
+    /// replaces the relative one (`vm_memory_high_watermark.absolute`).
+    #[arg(long, value_name = "SIZE")]
+    vm_memory_high_watermark_absolute: Option<String>,
+    /// Free disk space on the data directory's file system below which
+    /// publishers are blocked (`disk_free_limit.absolute`).
+    #[arg(long, value_name = "SIZE", default_value = "50MB")]
+    disk_free_limit: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -330,6 +344,24 @@ async fn run(args: Args, shared: std::sync::Arc<Shared>) -> ExitCode {
     }
     let _ = &args.data_dir;
     tokio::spawn(timer_loop(shared.clone(), stop_rx.clone()));
+    match alarm_limits(&args) {
+        Ok(limits) => {
+            tracing::info!(
+                memory_high_watermark = limits.memory,
+                disk_free_limit = limits.disk_free,
+                "resource alarms"
+            );
+            tokio::spawn(amqp_broker::alarms::monitor(
+                shared.clone(),
+                limits,
+                stop_rx.clone(),
+            ));
+        }
+        Err(e) => {
+            eprintln!("amqp-broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = start_management(&args, &addrs_shown, &shared, &stop_rx).await {
         eprintln!("amqp-broker: {e}");
         return ExitCode::FAILURE;
@@ -481,4 +513,29 @@ impl DataDir {
     fn set_clean_mark(&self) {
         let _ = store::write_atomically(&self.path.join("clean-shutdown"), b"");
     }
+}
+
+/// The alarm monitor's limits from the command line.
+fn alarm_limits(args: &Args) -> Result<amqp_broker::alarms::Limits, String> {
+    use amqp_broker::alarms::{parse_size, total_memory};
+    let memory = match &args.vm_memory_high_watermark_absolute {
+        Some(s) => {
+            Some(parse_size(s).map_err(|e| format!("--vm-memory-high-watermark-absolute: {e}"))?)
+        }
+        None => {
+            let f = args.vm_memory_high_watermark;
+            if !(0.0..=1.0).contains(&f) {
+                return Err(format!(
+                    "--vm-memory-high-watermark: {f} is not a fraction from 0 to 1"
+                ));
+            }
+            total_memory().map(|t| (t as f64 * f) as u64)
+        }
+    };
+    Ok(amqp_broker::alarms::Limits {
+        memory,
+        disk_free: parse_size(&args.disk_free_limit)
+            .map_err(|e| format!("--disk-free-limit: {e}"))?,
+        data_dir: args.data_dir.clone(),
+    })
 }

@@ -363,6 +363,11 @@ impl StreamLog {
         self.entries.iter().map(|e| e.msg.size()).sum()
     }
 
+    /// Bytes held, counting each message's overhead (kept as it goes).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The offset the next message gets.
     pub fn next_offset(&self) -> u64 {
         self.next

@@ -41,6 +41,8 @@ pub struct Shared {
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
     next_id: AtomicU64,
     config: ServerConfig,
+    /// The message store failed to write or sync: the disk alarm stays.
+    pub store_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -63,6 +65,7 @@ impl Shared {
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             config,
+            store_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -235,8 +238,17 @@ pub async fn serve(
         let _ = conn.close(ReplyCode::CONNECTION_FORCED, SHUTDOWN_TEXT);
     }
     let mut eof = false;
+    let mut blocked = false;
     loop {
-        let cause = run(&shared, id, &mut conn);
+        let (cause, now_blocked) = run(&shared, id, &mut conn);
+        if now_blocked != blocked {
+            // A resource alarm: nothing more is read from this publisher
+            // (TCP pushes back) until it clears; its silence meanwhile is
+            // not a missed heartbeat.
+            blocked = now_blocked;
+            conn.pause_peer_monitor(blocked);
+            tracing::info!(conn = id, %peer, blocked, "publisher flow");
+        }
         // Write everything the codec has for the peer.
         segments.extend(std::iter::from_fn(|| conn.poll_transmit()));
         if let Err(e) = write_all(&mut wr, &mut segments).await {
@@ -269,7 +281,7 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = rd.read_buf(&mut buf), if !blocked => match r {
                 Ok(0) | Err(_) => {
                     conn.handle_eof();
                     eof = true;
@@ -292,8 +304,13 @@ pub async fn serve(
 }
 
 /// Moves events to the core and the core's output to the codec until both
-/// are quiet; returns the cause if the connection ended.
-fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec::CloseCause> {
+/// are quiet; returns the cause if the connection ended, and whether a
+/// resource alarm blocks it.
+fn run(
+    shared: &Shared,
+    id: ConnId,
+    conn: &mut Connection,
+) -> (Option<amqp_codec::CloseCause>, bool) {
     let mut closed = None;
     loop {
         let mut events = Vec::new();
@@ -304,18 +321,23 @@ fn run(shared: &Shared, id: ConnId, conn: &mut Connection) -> Option<amqp_codec:
             events.push(e);
         }
         let had_events = !events.is_empty();
-        let (outs, woken, side) = {
+        let (outs, woken, side, blocked) = {
             let mut core = shared.core();
             if had_events {
                 core.handle(id, events, Instant::now());
             }
             let side = shared.take_side_work(&mut core);
-            (core.take_outbox(id), core.take_woken(), side)
+            (
+                core.take_outbox(id),
+                core.take_woken(),
+                side,
+                core.is_blocked(id),
+            )
         };
         shared.after(side);
         shared.wake(&woken);
         if !had_events && outs.is_empty() {
-            return closed;
+            return (closed, blocked);
         }
         for out in outs {
             if let Err(e) = out.apply_to(conn) {
@@ -403,8 +425,16 @@ pub fn store_thread(
         if let Err(e) = written {
             tracing::error!(
                 "message store: {e}: no further publisher confirms or transaction commits \
-                 will be sent; stop the broker and free the disk"
+                 will be sent; publishers are blocked (disk alarm); stop the broker and \
+                 free the disk"
             );
+            shared.store_failed.store(true, Ordering::Relaxed);
+            let woken = {
+                let mut core = shared.core();
+                core.set_alarm(crate::core::Alarm::Disk, true);
+                core.take_woken()
+            };
+            shared.wake(&woken);
             return false;
         }
         let woken = {
