@@ -170,15 +170,7 @@ pub fn header_spec(key: &str, v: &FieldValue) -> Option<String> {
         FieldValue::Void => return Some(format!("{key}:V")),
         FieldValue::Table(_) | FieldValue::Array(_) => return None,
         FieldValue::ByteArray(b) => b.as_bytes().iter().map(|x| format!("{x:02x}")).collect(),
-        FieldValue::Decimal(d) => {
-            let digits = format!("{:0>width$}", d.value, width = usize::from(d.scale) + 1);
-            let (int, frac) = digits.split_at(digits.len() - usize::from(d.scale));
-            if frac.is_empty() {
-                int.to_owned()
-            } else {
-                format!("{int}.{frac}")
-            }
-        }
+        FieldValue::Decimal(d) => decimal_text(*d),
         other => {
             let mut s = String::new();
             scalar(other, &mut s);
@@ -186,6 +178,62 @@ pub fn header_spec(key: &str, v: &FieldValue) -> Option<String> {
         }
     };
     Some(format!("{key}:{}={text}", v.letter() as char))
+}
+
+/// A decimal as `1.25` (`value` with the point `scale` digits from the
+/// right).
+pub fn decimal_text(d: Decimal) -> String {
+    let digits = format!("{:0>width$}", d.value, width = usize::from(d.scale) + 1);
+    let (int, frac) = digits.split_at(digits.len() - usize::from(d.scale));
+    if frac.is_empty() {
+        int.to_owned()
+    } else {
+        format!("{int}.{frac}")
+    }
+}
+
+/// A value as JSON that keeps its AMQP type: `{"type": "signed 32-bit",
+/// "value": 1}`. Strings that are not UTF-8 and byte arrays carry their
+/// bytes as `"hex"` instead of `"value"`; tables are objects and arrays are
+/// lists of such typed values; non-finite floats are `null`.
+pub fn to_json(v: &FieldValue) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let value = match v {
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::I8(x) => json!(x),
+        FieldValue::U8(x) => json!(x),
+        FieldValue::I16(x) => json!(x),
+        FieldValue::U16(x) => json!(x),
+        FieldValue::I32(x) => json!(x),
+        FieldValue::U32(x) => json!(x),
+        FieldValue::I64(x) => json!(x),
+        FieldValue::Timestamp(x) => json!(x),
+        FieldValue::F32(x) => json!(x),
+        FieldValue::F64(x) => json!(x),
+        FieldValue::Decimal(d) => json!(decimal_text(*d)),
+        FieldValue::Void => Value::Null,
+        FieldValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => json!(text),
+            Err(_) => return json!({"type": type_name(v), "hex": hex(s.as_bytes())}),
+        },
+        FieldValue::ByteArray(b) => return json!({"type": type_name(v), "hex": hex(b.as_bytes())}),
+        FieldValue::Table(t) => table_to_json(t),
+        FieldValue::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        _ => Value::Null,
+    };
+    json!({"type": type_name(v), "value": value})
+}
+
+/// A table as a JSON object of [`to_json`] values (a repeated key keeps
+/// its first value).
+pub fn table_to_json(t: &FieldTable) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in t {
+        map.entry(k.to_string_lossy().into_owned())
+            .or_insert_with(|| to_json(v));
+    }
+    serde_json::Value::Object(map)
 }
 
 #[cfg(test)]
@@ -203,6 +251,17 @@ mod tests {
         assert_eq!(
             typed_string(&FieldValue::Array(a)),
             "[2 (signed 64-bit)] (array)"
+        );
+    }
+
+    #[test]
+    fn json_keeps_types() {
+        let mut t = FieldTable::new();
+        t.insert("n", 1i32);
+        t.insert("s", "1");
+        assert_eq!(
+            table_to_json(&t).to_string(),
+            r#"{"n":{"type":"signed 32-bit","value":1},"s":{"type":"long string","value":"1"}}"#
         );
     }
 
