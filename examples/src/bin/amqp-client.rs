@@ -715,9 +715,15 @@ async fn run(a: Args) -> Result<(), Error> {
             };
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
             let ch = c.channel().await?;
-            publish(&mut c, ch, &a, &exchange, &routing_key, &props, body, count)
+            let result = publish(&mut c, ch, &a, &exchange, &routing_key, &props, body, count)
                 .await
-                .map_err(|e| publish_error(e, &exchange))
+                .map_err(|e| publish_error(e, &exchange));
+            if result.is_err() {
+                // Leave with connection.close even after a refusal (the
+                // close fails harmlessly if it already happened).
+                let _ = c.close_ref().await;
+            }
+            result
         }
         "consume" => {
             let queue = need(&a.queue, "--queue")?;
