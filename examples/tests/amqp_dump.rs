@@ -895,8 +895,9 @@ fn proxy_reset_after_close_is_a_clean_close() {
 }
 
 /// Through the proxy to the interop RabbitMQ (127.0.0.1:5672): a clean
-/// session, and one whose publish the broker refuses, both end without a
-/// reset or error line. Skips when `AMQP_INTEROP=0`.
+/// session, one whose publish the broker refuses and one whose consume it
+/// refuses all end with connection.close and without a reset, hang-up or
+/// error line. Skips when `AMQP_INTEROP=0`.
 #[test]
 fn proxy_to_rabbitmq_closes_cleanly() {
     if std::env::var("AMQP_INTEROP").as_deref() == Ok("0") {
@@ -926,7 +927,20 @@ fn proxy_to_rabbitmq_closes_cleanly() {
         .output()
         .expect("runs amqp-client");
     assert!(!out.status.success(), "{out:?}");
-    for id in [1, 2] {
+    // A refused consume: amqp-client still says goodbye with
+    // connection.close (no hang-up).
+    let out = Command::new(client)
+        .args([
+            "--uri",
+            &uri,
+            "consume",
+            "--queue",
+            "amqp-dump-no-such-queue",
+        ])
+        .output()
+        .expect("runs amqp-client");
+    assert!(!out.status.success(), "{out:?}");
+    for id in [1, 2, 3] {
         let text = lines_until_closed(&rx, id).join("\n");
         assert!(text.contains("connection.close-ok"), "{text}");
         for bad in [

@@ -270,12 +270,19 @@ impl Client {
         .await
     }
 
-    async fn close(mut self) -> Result<(), Error> {
-        self.close_ref().await
+    /// Ends the connection with connection.close whatever `result` is: a
+    /// failed command still says goodbye (briefly: after an error the
+    /// broker may be gone), and `result`'s error wins over the close's.
+    async fn finish(mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if result.is_err() {
+            self.timeout = self.timeout.min(Duration::from_secs(1));
+            let _ = self.close().await;
+            return result;
+        }
+        self.close().await
     }
 
-    /// [`close`](Self::close) through a reference.
-    async fn close_ref(&mut self) -> Result<(), Error> {
+    async fn close(&mut self) -> Result<(), Error> {
         self.conn
             .close(ReplyCode::REPLY_SUCCESS, "bye")
             .map_err(|e| e.to_string())?;
@@ -549,82 +556,90 @@ async fn run(a: Args) -> Result<(), Error> {
                 Target::Queue(_) => None,
             };
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            match (target, kind) {
-                (Target::Exchange(x), Some(kind)) => {
-                    c.call(
-                        ch,
-                        ExchangeDeclare {
-                            exchange: short(&x)?,
-                            kind: short(&kind)?,
-                            durable: a.durable,
-                            auto_delete: a.auto_delete,
-                            internal: a.internal,
-                            arguments: a.arguments.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    println!("declared exchange {x} type={kind}");
-                }
-                (target, _) => {
-                    let Target::Queue(queue) = target else {
-                        return Err("declare: internal error".into());
-                    };
-                    let ok = c
-                        .call(
+            let result = async {
+                let ch = c.channel().await?;
+                match (target, kind) {
+                    (Target::Exchange(x), Some(kind)) => {
+                        c.call(
                             ch,
-                            QueueDeclare {
-                                queue: short(&queue)?,
+                            ExchangeDeclare {
+                                exchange: short(&x)?,
+                                kind: short(&kind)?,
                                 durable: a.durable,
                                 auto_delete: a.auto_delete,
+                                internal: a.internal,
                                 arguments: a.arguments.clone(),
                                 ..Default::default()
                             },
                         )
                         .await?;
-                    if let Method::QueueDeclareOk(ok) = ok {
-                        println!(
-                            "declared {} messages={} consumers={}",
-                            ok.queue, ok.message_count, ok.consumer_count
-                        );
+                        println!("declared exchange {x} type={kind}");
+                    }
+                    (target, _) => {
+                        let Target::Queue(queue) = target else {
+                            return Err("declare: internal error".into());
+                        };
+                        let ok = c
+                            .call(
+                                ch,
+                                QueueDeclare {
+                                    queue: short(&queue)?,
+                                    durable: a.durable,
+                                    auto_delete: a.auto_delete,
+                                    arguments: a.arguments.clone(),
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        if let Method::QueueDeclareOk(ok) = ok {
+                            println!(
+                                "declared {} messages={} consumers={}",
+                                ok.queue, ok.message_count, ok.consumer_count
+                            );
+                        }
                     }
                 }
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
         }
         "delete" => {
             let target = target(&a)?;
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            match target {
-                Target::Queue(queue) => {
-                    let ok = c
-                        .call(
+            let result = async {
+                let ch = c.channel().await?;
+                match target {
+                    Target::Queue(queue) => {
+                        let ok = c
+                            .call(
+                                ch,
+                                QueueDelete {
+                                    queue: short(&queue)?,
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        if let Method::QueueDeleteOk(ok) = ok {
+                            println!("deleted {queue} messages={}", ok.message_count);
+                        }
+                    }
+                    Target::Exchange(x) => {
+                        c.call(
                             ch,
-                            QueueDelete {
-                                queue: short(&queue)?,
+                            ExchangeDelete {
+                                exchange: short(&x)?,
                                 ..Default::default()
                             },
                         )
                         .await?;
-                    if let Method::QueueDeleteOk(ok) = ok {
-                        println!("deleted {queue} messages={}", ok.message_count);
+                        println!("deleted exchange {x}");
                     }
                 }
-                Target::Exchange(x) => {
-                    c.call(
-                        ch,
-                        ExchangeDelete {
-                            exchange: short(&x)?,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    println!("deleted exchange {x}");
-                }
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
         }
         "bind" | "unbind" => {
             let source = need(&a.exchange, "--exchange (the source)")?;
@@ -641,61 +656,65 @@ async fn run(a: Args) -> Result<(), Error> {
             };
             let bind = a.command == "bind";
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let (src, rk, args) = (short(&source)?, short(&routing_key)?, a.arguments.clone());
-            let (method, what): (Method, String) = match dest {
-                Target::Queue(q) if bind => (
-                    QueueBind {
-                        queue: short(&q)?,
-                        exchange: src,
-                        routing_key: rk,
-                        arguments: args,
-                        ..Default::default()
-                    }
-                    .into(),
-                    format!("queue {q}"),
-                ),
-                Target::Queue(q) => (
-                    QueueUnbind {
-                        queue: short(&q)?,
-                        exchange: src,
-                        routing_key: rk,
-                        arguments: args,
-                        ..Default::default()
-                    }
-                    .into(),
-                    format!("queue {q}"),
-                ),
-                Target::Exchange(d) if bind => (
-                    ExchangeBind {
-                        destination: short(&d)?,
-                        source: src,
-                        routing_key: rk,
-                        arguments: args,
-                        ..Default::default()
-                    }
-                    .into(),
-                    format!("exchange {d}"),
-                ),
-                Target::Exchange(d) => (
-                    ExchangeUnbind {
-                        destination: short(&d)?,
-                        source: src,
-                        routing_key: rk,
-                        arguments: args,
-                        ..Default::default()
-                    }
-                    .into(),
-                    format!("exchange {d}"),
-                ),
-            };
-            c.call(ch, method).await?;
-            println!(
-                "{} {what} {} exchange {source} with routing key {routing_key:?}",
-                if bind { "bound" } else { "unbound" },
-                if bind { "to" } else { "from" }
-            );
-            c.close().await
+            let result = async {
+                let ch = c.channel().await?;
+                let (src, rk, args) = (short(&source)?, short(&routing_key)?, a.arguments.clone());
+                let (method, what): (Method, String) = match dest {
+                    Target::Queue(q) if bind => (
+                        QueueBind {
+                            queue: short(&q)?,
+                            exchange: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("queue {q}"),
+                    ),
+                    Target::Queue(q) => (
+                        QueueUnbind {
+                            queue: short(&q)?,
+                            exchange: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("queue {q}"),
+                    ),
+                    Target::Exchange(d) if bind => (
+                        ExchangeBind {
+                            destination: short(&d)?,
+                            source: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("exchange {d}"),
+                    ),
+                    Target::Exchange(d) => (
+                        ExchangeUnbind {
+                            destination: short(&d)?,
+                            source: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("exchange {d}"),
+                    ),
+                };
+                c.call(ch, method).await?;
+                println!(
+                    "{} {what} {} exchange {source} with routing key {routing_key:?}",
+                    if bind { "bound" } else { "unbound" },
+                    if bind { "to" } else { "from" }
+                );
+                Ok::<(), Error>(())
+            }
+            .await;
+            c.finish(result).await
         }
         "publish" => {
             let exchange = need(&a.exchange, "--exchange")?;
@@ -714,78 +733,79 @@ async fn run(a: Args) -> Result<(), Error> {
                 ..Default::default()
             };
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let result = publish(&mut c, ch, &a, &exchange, &routing_key, &props, body, count)
-                .await
-                .map_err(|e| publish_error(e, &exchange));
-            if result.is_err() {
-                // Leave with connection.close even after a refusal (the
-                // close fails harmlessly if it already happened).
-                let _ = c.close_ref().await;
+            let result = async {
+                let ch = c.channel().await?;
+                publish(&mut c, ch, &a, &exchange, &routing_key, &props, body, count).await
             }
-            result
+            .await
+            .map_err(|e| publish_error(e, &exchange));
+            c.finish(result).await
         }
         "consume" => {
             let queue = need(&a.queue, "--queue")?;
             let count = a.count.unwrap_or(1);
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let prefetch = a
-                .prefetch
-                .unwrap_or_else(|| u16::try_from(count.min(100)).unwrap_or(100));
-            if !a.no_ack {
+            let result = async {
+                let ch = c.channel().await?;
+                let prefetch = a
+                    .prefetch
+                    .unwrap_or_else(|| u16::try_from(count.min(100)).unwrap_or(100));
+                if !a.no_ack {
+                    c.call(
+                        ch,
+                        BasicQos {
+                            prefetch_count: prefetch,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
                 c.call(
                     ch,
-                    BasicQos {
-                        prefetch_count: prefetch,
+                    BasicConsume {
+                        queue: short(&queue)?,
+                        no_ack: a.no_ack,
                         ..Default::default()
                     },
                 )
                 .await?;
-            }
-            c.call(
-                ch,
-                BasicConsume {
-                    queue: short(&queue)?,
-                    no_ack: a.no_ack,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            let mut got = 0;
-            while got < count {
-                let message = c
-                    .run(|e| match e {
-                        Event::Message {
-                            channel, message, ..
-                        } if *channel == ch
-                            && matches!(message.method, Method::BasicDeliver(_)) =>
-                        {
-                            Some(message.clone())
+                let mut got = 0;
+                while got < count {
+                    let message = c
+                        .run(|e| match e {
+                            Event::Message {
+                                channel, message, ..
+                            } if *channel == ch
+                                && matches!(message.method, Method::BasicDeliver(_)) =>
+                            {
+                                Some(message.clone())
+                            }
+                            _ => None,
+                        })
+                        .await
+                        .map_err(|e| format!("{e} (after {got} of {count} messages)"))?;
+                    let Method::BasicDeliver(d) = &message.method else {
+                        continue;
+                    };
+                    let tag = d.delivery_tag;
+                    got += 1;
+                    match a.format {
+                        Format::Body => println!("{}", String::from_utf8_lossy(&message.body)),
+                        Format::Json => println!("{}", render_json(&message)),
+                        Format::Verbose => {
+                            let mut text = String::new();
+                            render_verbose(got, &message, &mut text);
+                            print!("{text}");
                         }
-                        _ => None,
-                    })
-                    .await
-                    .map_err(|e| format!("{e} (after {got} of {count} messages)"))?;
-                let Method::BasicDeliver(d) = &message.method else {
-                    continue;
-                };
-                let tag = d.delivery_tag;
-                got += 1;
-                match a.format {
-                    Format::Body => println!("{}", String::from_utf8_lossy(&message.body)),
-                    Format::Json => println!("{}", render_json(&message)),
-                    Format::Verbose => {
-                        let mut text = String::new();
-                        render_verbose(got, &message, &mut text);
-                        print!("{text}");
+                    }
+                    if !a.no_ack {
+                        c.conn.ack(ch, tag, false).map_err(|e| e.to_string())?;
                     }
                 }
-                if !a.no_ack {
-                    c.conn.ack(ch, tag, false).map_err(|e| e.to_string())?;
-                }
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
@@ -834,7 +854,7 @@ async fn publish(
         // consumers; its qos-ok is the broker saying "all handled".
         c.call(ch, BasicQos::default()).await?;
         println!("published {count}");
-        return c.close_ref().await;
+        return Ok(());
     }
     let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
     // Settled counts come from the events (the machine's own count
@@ -860,7 +880,6 @@ async fn publish(
         }
     }
     println!("published {count} confirmed {acked} nacked {nacked} returned {returned}");
-    c.close_ref().await?;
     if nacked > 0 || returned > 0 {
         return Err(format!("{nacked} nacked, {returned} returned (unroutable)"));
     }
