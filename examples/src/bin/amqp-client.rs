@@ -62,13 +62,28 @@ OPTIONS:
                      amqp://guest:guest@127.0.0.1:5672/%2f)
   --heartbeat SECS   heartbeat interval to ask for
   --timeout SECS     give up waiting for the broker after SECS (default 10)
-  --type T           exchange type: direct, fanout, topic, headers, ...
+  --queue Q          the queue to declare, delete, bind or consume from
+  --exchange X       the exchange to declare, delete or publish to; for
+                     bind/unbind the source exchange
+  --type T           declare: exchange type (direct, fanout, topic, headers, ...)
+  --durable          declare: survive a broker restart
+  --auto-delete      declare: delete when the last consumer or binding goes
+  --internal         declare: an exchange clients cannot publish to
   --to-exchange D    bind/unbind: the destination exchange (exchange-to-exchange)
+  --routing-key K    publish: the routing key; bind/unbind: the binding key
+                     (default \"\")
   --argument SPEC    a declare or binding argument (x-match=any, x-max-length:l=10)
-  --header SPEC      publish: a message header
+  --header SPEC      publish: a message header (repeat for more)
+  --content-type T   publish: the content-type property
+  --persistent       publish: delivery mode 2
   --confirm          publish: use publisher confirms and mandatory; unroutable or
                      nacked messages make the exit status 1
-  --persistent       publish: delivery mode 2
+  --count N          publish: send N copies; consume: stop after N messages
+                     (default 1)
+  --body-file PATH   publish: the body is the file's contents
+  --prefetch N       consume: unacknowledged messages in flight (default
+                     min(--count, 100))
+  --no-ack           consume: automatic acknowledgement
   --verbose, -v      consume: print exchange, routing key, redelivered,
                      properties and typed headers before each body
   --format json      consume: one JSON object per message (typed headers)
@@ -81,6 +96,9 @@ A SPEC is key=value (a long string) or key:T=value with a type letter T:
 publish says \"published N\" only once the broker has answered on the channel,
 so a refusal (404: no such exchange, 403: access refused) is reported with its
 reply code and exit status 1, with or without --confirm.
+
+EXIT STATUS: 0 done; 1 usage error, connection failure or broker refusal
+(the message on stderr says which).
 "
     )
 }
