@@ -100,6 +100,10 @@ fn broker_refusals_are_reported() {
         err.starts_with("amqp-client: channel closed by the broker: 404 NOT_FOUND"),
         "{err}"
     );
+    assert!(
+        err.contains("(declare the queue first: amqp-client declare --queue NAME)"),
+        "{err}"
+    );
 
     // An unroutable mandatory publish with --confirm is returned.
     let out = client(&[
@@ -132,6 +136,7 @@ fn broker_refusals_are_reported() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("403"), "{err}");
+    assert!(err.contains("check the user name and password"), "{err}");
 
     // Usage errors.
     let out = client(&["publish", "--exchange", "x"]);

@@ -437,6 +437,22 @@ fn target(a: &Args) -> Result<Target, Error> {
     }
 }
 
+/// What to do about a common broker refusal (publish refusals carry
+/// their own advice, see [`publish_error`]).
+fn advice(e: &str) -> Option<&'static str> {
+    if e.contains("404 NOT_FOUND") && e.contains("no queue") {
+        Some("declare the queue first: amqp-client declare --queue NAME")
+    } else if e.contains("403 ACCESS_REFUSED - Login was refused") {
+        Some("check the user name and password in --uri amqp://USER:PASS@HOST:PORT/VHOST")
+    } else if e.contains("530 NOT_ALLOWED - vhost") {
+        Some("check the virtual host at the end of --uri (%2f is the default vhost \"/\")")
+    } else if e.contains("403 ACCESS_REFUSED") {
+        Some("the user lacks the permission; grant it with rabbitmqctl set_permissions")
+    } else {
+        None
+    }
+}
+
 /// Adds advice to a broker refusal of a publish.
 fn publish_error(e: Error, exchange: &str) -> Error {
     if !e.starts_with("channel closed by the broker") {
@@ -920,6 +936,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("amqp-client: {e}");
+            if let Some(advice) = advice(&e) {
+                eprintln!("({advice})");
+            }
             ExitCode::FAILURE
         }
     }
