@@ -743,7 +743,7 @@ fn compact_value(v: &FieldValue, limit: usize, out: &mut String) -> Result<(), (
 
 /// A scalar value without its type letter (`true`, `10`, `1.5`,
 /// `12345e-2`, `<3 bytes>`, `void`).
-fn scalar(v: &FieldValue, out: &mut String) {
+pub fn scalar(v: &FieldValue, out: &mut String) {
     let _ = match v {
         FieldValue::Bool(b) => write!(out, "{b}"),
         FieldValue::I8(x) => write!(out, "{x}"),

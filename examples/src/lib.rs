@@ -1,3 +1,4 @@
 //! Shared helpers for the example programs.
 
 pub mod dump;
+pub mod fields;

@@ -100,6 +100,10 @@ fn broker_refusals_are_reported() {
         err.starts_with("amqp-client: channel closed by the broker: 404 NOT_FOUND"),
         "{err}"
     );
+    assert!(
+        err.contains("(declare the queue first: amqp-client declare --queue NAME)"),
+        "{err}"
+    );
 
     // An unroutable mandatory publish with --confirm is returned.
     let out = client(&[
@@ -132,6 +136,7 @@ fn broker_refusals_are_reported() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("403"), "{err}");
+    assert!(err.contains("check the user name and password"), "{err}");
 
     // Usage errors.
     let out = client(&["publish", "--exchange", "x"]);
@@ -193,7 +198,19 @@ fn help_goes_to_stdout_and_succeeds() {
             .output()
             .expect("run amqp-client");
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: amqp-client"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("usage: amqp-client"), "{text}");
+        // Complete: every command and the options that need explaining.
+        for needle in [
+            "declare --exchange X --type T",
+            "bind    --exchange X",
+            "unbind  --exchange X",
+            "--format json",
+            "--to-exchange D",
+            "key:T=value",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+        }
         assert!(out.stderr.is_empty());
     }
     let out = Command::new(env!("CARGO_BIN_EXE_amqp-client"))
@@ -202,4 +219,188 @@ fn help_goes_to_stdout_and_succeeds() {
         .expect("run amqp-client");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option --nope"));
+}
+
+/// Without `--confirm`, a publish to a missing exchange is refused by the
+/// broker closing the channel (404): the client waits for the broker's
+/// word, reports the reply code and text, and exits non-zero instead of
+/// saying "published 1".
+#[test]
+fn publish_to_missing_exchange_without_confirm_fails() {
+    if skip() {
+        return;
+    }
+    let out = client(&[
+        "publish",
+        "--exchange",
+        "amqp-client-no-such-exchange",
+        "--routing-key",
+        "k",
+        "lost",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("404 NOT_FOUND - no exchange 'amqp-client-no-such-exchange' in vhost '/'"),
+        "{err}"
+    );
+    assert!(err.contains("amqp-client declare --exchange"), "{err}");
+}
+
+/// Exchange declare, typed headers bindings, `consume --verbose` and
+/// `--format json`, unbind and delete, end to end.
+#[test]
+fn exchanges_bindings_and_consume_formats() {
+    if skip() {
+        return;
+    }
+    let id = std::process::id();
+    let (x, q, fan) = (
+        format!("amqp-client-hx-{id}"),
+        format!("amqp-client-hq-{id}"),
+        format!("amqp-client-fan-{id}"),
+    );
+    assert_eq!(
+        ok(&["declare", "--exchange", &x, "--type", "headers"]),
+        format!("declared exchange {x} type=headers\n")
+    );
+    ok(&["declare", "--exchange", &fan, "--type", "fanout"]);
+    ok(&["declare", "--queue", &q]);
+    // Exchange-to-exchange: the fanout feeds the headers exchange.
+    assert_eq!(
+        ok(&["bind", "--exchange", &fan, "--to-exchange", &x]),
+        format!("bound exchange {x} to exchange {fan} with routing key \"\"\n")
+    );
+    let binding = [
+        "--exchange",
+        &x,
+        "--queue",
+        &q,
+        "--argument",
+        "x-match=all",
+        "--argument",
+        "retries:I=1",
+    ];
+    let bind: Vec<&str> = ["bind"].iter().chain(binding.iter()).copied().collect();
+    assert_eq!(
+        ok(&bind),
+        format!("bound queue {q} to exchange {x} with routing key \"\"\n")
+    );
+    // A string "1" does not match the integer 1 (unroutable, returned);
+    // the typed header does.
+    let out = client(&[
+        "publish",
+        "--exchange",
+        &fan,
+        "--routing-key",
+        "rk",
+        "--header",
+        "retries=1",
+        "--confirm",
+        "string",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "published 1 confirmed 1 nacked 0 returned 1\n"
+    );
+    for body in ["first", "second"] {
+        ok(&[
+            "publish",
+            "--exchange",
+            &fan,
+            "--routing-key",
+            "rk",
+            "--header",
+            "retries:l=1",
+            "--header",
+            "origin=test",
+            "--content-type",
+            "text/plain",
+            "--persistent",
+            "--confirm",
+            body,
+        ]);
+    }
+    let out = ok(&["consume", "--queue", &q, "--verbose"]);
+    assert_eq!(
+        out,
+        format!(
+            "--- message 1\nexchange: \"{fan}\"\nrouting-key: \"rk\"\nredelivered: false\n\
+             delivery-tag: 1\ncontent-type: \"text/plain\"\nheaders:\n  \"retries\": 1 (signed 64-bit)\n  \
+             \"origin\": \"test\" (long string)\ndelivery-mode: 2 (persistent)\nbody: 5 bytes\nfirst\n"
+        )
+    );
+    // The second message may have been delivered to the first consumer
+    // (prefetch 1) before it closed, and so come back redelivered.
+    let out = ok(&["consume", "--queue", &q, "--format", "json"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let mut got: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let redelivered = got
+        .as_object_mut()
+        .and_then(|o| o.remove("redelivered"))
+        .unwrap_or_else(|| panic!("no redelivered in {out}"));
+    assert!(redelivered.is_boolean(), "{out}");
+    assert_eq!(
+        got,
+        serde_json::json!({
+            "exchange": fan,
+            "routing_key": "rk",
+            "delivery_tag": 1,
+            "properties": {
+                "content_type": "text/plain",
+                "headers": {
+                    "retries": {"type": "signed 64-bit", "value": 1},
+                    "origin": {"type": "long string", "value": "test"},
+                },
+                "delivery_mode": 2,
+            },
+            "body": "second",
+        })
+    );
+    let unbind: Vec<&str> = ["unbind"].iter().chain(binding.iter()).copied().collect();
+    assert_eq!(
+        ok(&unbind),
+        format!("unbound queue {q} from exchange {x} with routing key \"\"\n")
+    );
+    // Unbound: the typed header no longer reaches the queue.
+    let out = client(&[
+        "publish",
+        "--exchange",
+        &x,
+        "--routing-key",
+        "",
+        "--header",
+        "retries:I=1",
+        "--confirm",
+        "nowhere",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        ok(&["delete", "--exchange", &fan]),
+        format!("deleted exchange {fan}\n")
+    );
+    assert_eq!(
+        ok(&["delete", "--exchange", &x]),
+        format!("deleted exchange {x}\n")
+    );
+    assert_eq!(
+        ok(&["delete", "--queue", &q]),
+        format!("deleted {q} messages=0\n")
+    );
+    // Usage: declare needs exactly one of --queue and --exchange.
+    let out = client(&[
+        "declare",
+        "--queue",
+        "a",
+        "--exchange",
+        "b",
+        "--type",
+        "direct",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("either --queue or --exchange"));
+    let out = client(&["declare", "--exchange", "b"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declare needs --type"));
 }

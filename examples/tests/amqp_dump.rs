@@ -9,7 +9,8 @@
 //! exist is a failure, not a skip.
 
 use amqp_types::method::{
-    BasicDeliver, BasicPublish, ChannelOpen, ConnectionStart, ConnectionTune,
+    BasicDeliver, BasicPublish, ChannelOpen, ConnectionClose, ConnectionCloseOk, ConnectionStart,
+    ConnectionTune,
 };
 use amqp_types::{BasicProperties, FieldTable, LongString, ShortString};
 use amqp_wire::Frame;
@@ -782,5 +783,203 @@ fn proxy_forwards_unchanged_and_prints_both_directions() {
                 "missing {needle:?} in\n{text}"
             );
         }
+    }
+}
+
+/// Starts the proxy towards `upstream` and returns it, its address and
+/// a receiver of its output lines.
+fn start_proxy(upstream: &str) -> (Proxy, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawns the proxy");
+    let out = child.stdout.take().expect("stdout");
+    let proxy = Proxy(child);
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy says where it listens");
+    let addr = first
+        .strip_prefix("listening on ")
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    (proxy, addr, line_rx)
+}
+
+/// The proxy's lines up to and including `[conn N] closed: ...`.
+fn lines_until_closed(rx: &mpsc::Receiver<String>, id: u32) -> Vec<String> {
+    let mut lines = Vec::new();
+    let end = format!("[conn {id}] closed: ");
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("proxy output stopped:\n{}", lines.join("\n")));
+        let done = l.starts_with(&end);
+        lines.push(l);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// A broker that ends a connection with a reset (RabbitMQ does on every
+/// close: SO_LINGER 0) is not an error once connection.close and close-ok
+/// went by; before that, the reset is reported, naming who did it.
+#[test]
+fn proxy_reset_after_close_is_a_clean_close() {
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let upstream_addr = upstream.local_addr().expect("addr").to_string();
+    let handshake_end = encode(&[Frame::method(0, ConnectionCloseOk {})]);
+    let start = server_bytes();
+    std::thread::spawn(move || {
+        for answer in [handshake_end, start] {
+            let Ok((mut s, _)) = upstream.accept() else {
+                return;
+            };
+            s.write_all(&answer).expect("upstream writes");
+            // Leave what the client sent unread: closing then sends a
+            // reset instead of a FIN.
+            std::thread::sleep(Duration::from_millis(300));
+            drop(s);
+        }
+    });
+    let (_proxy, addr, rx) = start_proxy(&upstream_addr);
+    // Connection 1: the client closes, the broker answers close-ok and
+    // resets.
+    let mut c = TcpStream::connect(&addr).expect("connects to the proxy");
+    let mut hello = b"AMQP\x00\x00\x09\x01".to_vec();
+    hello.extend(encode(&[Frame::method(
+        0,
+        ConnectionClose {
+            reply_code: 200,
+            reply_text: ShortString::from_static("bye"),
+            class_id: 0,
+            method_id: 0,
+        },
+    )]));
+    c.write_all(&hello).expect("client writes");
+    let _ = read_to_end_bounded(&mut c);
+    drop(c);
+    let lines = lines_until_closed(&rx, 1);
+    let text = lines.join("\n");
+    assert!(text.contains("connection.close-ok"), "{text}");
+    assert!(!text.contains("reset"), "{text}");
+    assert!(!text.contains("error"), "{text}");
+    assert!(!text.contains("without connection.close"), "{text}");
+    // Connection 2: the broker resets in the middle of the handshake.
+    let mut c = TcpStream::connect(&addr).expect("connects to the proxy");
+    c.write_all(b"AMQP\x00\x00\x09\x01").expect("client writes");
+    let _ = read_to_end_bounded(&mut c);
+    drop(c);
+    let lines = lines_until_closed(&rx, 2);
+    let text = lines.join("\n");
+    assert!(
+        text.contains(
+            "[conn 2 s2c] the broker reset the connection before connection.close: Connection reset by peer"
+        ),
+        "{text}"
+    );
+    // The client's hang-up that follows is a consequence, not news.
+    assert!(!text.contains("the client closed"), "{text}");
+}
+
+/// Through the proxy to the interop RabbitMQ (127.0.0.1:5672): a clean
+/// session, one whose publish the broker refuses and one whose consume it
+/// refuses all end with connection.close and without a reset, hang-up or
+/// error line. Skips when `AMQP_INTEROP=0`.
+#[test]
+fn proxy_to_rabbitmq_closes_cleanly() {
+    if std::env::var("AMQP_INTEROP").as_deref() == Ok("0") {
+        eprintln!("skipped: AMQP_INTEROP=0");
+        return;
+    }
+    let (_proxy, addr, rx) = start_proxy("127.0.0.1:5672");
+    let uri = format!("amqp://guest:guest@{addr}/%2f");
+    let client = env!("CARGO_BIN_EXE_amqp-client");
+    let q = format!("amqp-dump-test-{}", std::process::id());
+    let out = Command::new(client)
+        .args(["--uri", &uri, "declare", "--queue", &q, "--auto-delete"])
+        .output()
+        .expect("runs amqp-client");
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(client)
+        .args([
+            "--uri",
+            &uri,
+            "publish",
+            "--exchange",
+            "amqp-dump-no-such-exchange",
+            "--routing-key",
+            "k",
+            "x",
+        ])
+        .output()
+        .expect("runs amqp-client");
+    assert!(!out.status.success(), "{out:?}");
+    // A refused consume: amqp-client still says goodbye with
+    // connection.close (no hang-up).
+    let out = Command::new(client)
+        .args([
+            "--uri",
+            &uri,
+            "consume",
+            "--queue",
+            "amqp-dump-no-such-queue",
+        ])
+        .output()
+        .expect("runs amqp-client");
+    assert!(!out.status.success(), "{out:?}");
+    for id in [1, 2, 3] {
+        let text = lines_until_closed(&rx, id).join("\n");
+        assert!(text.contains("connection.close-ok"), "{text}");
+        for bad in [
+            "reset",
+            "error",
+            "without connection.close",
+            "not forwarded",
+        ] {
+            assert!(!text.contains(bad), "{bad:?} in\n{text}");
+        }
+    }
+}
+
+/// Address problems name the address and say what to do.
+#[test]
+fn proxy_address_errors_name_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let taken = taken.local_addr().expect("addr").to_string();
+    for (args, expected) in [
+        (
+            ["--listen", taken.as_str(), "--upstream", "127.0.0.1:5672"],
+            format!("cannot listen on {taken}: "),
+        ),
+        (
+            ["--listen", "nonsense", "--upstream", "127.0.0.1:5672"],
+            "--listen \"nonsense\" is not an address to listen on".to_owned(),
+        ),
+        (
+            ["--listen", "127.0.0.1:0", "--upstream", "nonsense"],
+            "--upstream \"nonsense\" is not a broker address".to_owned(),
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&expected), "{args:?}: {err}");
+        assert!(
+            err.contains("pick another --listen port") || err.contains("give HOST:PORT"),
+            "{args:?}: {err}"
+        );
     }
 }

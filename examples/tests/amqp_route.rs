@@ -125,3 +125,75 @@ fn bad_input_is_one_clear_line() {
     let e = fails(&["--definitions", "/nonexistent/defs.json", "x", "k"]);
     assert!(e.contains("cannot read"), "{e}");
 }
+
+/// `--help` is output asked for: the whole text on stdout, exit status 0.
+#[test]
+fn help_goes_to_stdout_and_succeeds() {
+    for flag in ["--help", "-h"] {
+        let out = route(&[flag]);
+        assert!(out.status.success(), "{flag}");
+        assert!(out.stderr.is_empty(), "{flag}");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(
+            text.contains("usage: amqp-route --definitions FILE"),
+            "{text}"
+        );
+        assert!(text.contains("TYPE LETTERS"), "{text}");
+    }
+}
+
+/// Header values are shown with their AMQP type, and a headers binding
+/// that did not match says why, key by key: a string "3" is not the
+/// integer 3 the binding wants, and the fix is spelled out.
+#[test]
+fn headers_misses_are_explained_with_types() {
+    let out = ok(&[
+        "--definitions",
+        DEFS,
+        "by-headers",
+        "",
+        "-H",
+        "retries=3",
+        "-H",
+        "kind=job",
+    ]);
+    assert!(
+        out.contains("headers {retries: \"3\" (long string), kind: \"job\" (long string)}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not matched: binding 'big-retries' {kind: \"job\" (long string), retries: 3 (signed 64-bit), x-match: \"all\" (long string)} -> queue 'big-retries'"),
+        "{out}"
+    );
+    assert!(out.contains("x-match all: every key must match"), "{out}");
+    assert!(
+        out.contains("kind: matches: \"job\" (long string)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "retries: the binding wants 3 (signed 64-bit), the message has \"3\" (long string); the types differ"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("to match, send -H retries:l=3"), "{out}");
+    assert!(
+        out.contains("format: missing from the message (the binding wants \"json\" (long string))"),
+        "{out}"
+    );
+    // Sent as suggested, it matches, and the matched binding is not
+    // listed as a miss.
+    let out = ok(&[
+        "--definitions",
+        DEFS,
+        "by-headers",
+        "",
+        "-H",
+        "retries:l=3",
+        "-H",
+        "kind=job",
+    ]);
+    assert!(out.contains("matched binding 'big-retries'"), "{out}");
+    assert!(!out.contains("not matched: binding 'big-retries'"), "{out}");
+    assert!(out.contains("routed to 1 queue(s): big-retries"), "{out}");
+}

@@ -1,40 +1,107 @@
-//! amqp-client: publish to and consume from an AMQP 0-9-1 broker, built on
-//! amqp-codec's Sans-IO client role driven by tokio.
+//! amqp-client: declare, bind, publish to and consume from an AMQP 0-9-1
+//! broker, built on amqp-codec's Sans-IO client role driven by tokio.
 //!
 //! ```text
 //! amqp-client [--uri URI] [--heartbeat SECS] [--timeout SECS] COMMAND
-//!   declare --queue Q [--durable] [--auto-delete]
+//!   declare --queue Q [--durable] [--auto-delete] [--argument SPEC]...
+//!   declare --exchange X --type T [--durable] [--auto-delete] [--internal] [--argument SPEC]...
+//!   bind    --exchange X (--queue Q | --to-exchange D) [--routing-key K] [--argument SPEC]...
+//!   unbind  --exchange X (--queue Q | --to-exchange D) [--routing-key K] [--argument SPEC]...
 //!   publish --exchange X --routing-key K [--confirm] [--persistent]
-//!           [--content-type T] [--header NAME=VALUE]... [--count N] (BODY | --body-file PATH)
-//!   consume --queue Q [--count N] [--prefetch N] [--no-ack]
-//!   delete  --queue Q
+//!           [--content-type T] [--header SPEC]... [--count N] (BODY | --body-file PATH)
+//!   consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
+//!   delete  (--queue Q | --exchange X)
 //! ```
 //!
-//! The default URI is `amqp://guest:guest@127.0.0.1:5672/%2f`. `consume`
-//! prints each body on its own line and exits after `--count` messages
-//! (acknowledged unless `--no-ack`). Errors go to stderr as
-//! `amqp-client: ...` with exit status 1; a broker refusal names its reply
-//! code.
+//! The default URI is `amqp://guest:guest@127.0.0.1:5672/%2f`. A SPEC is
+//! `key=value` (a long string) or `key:T=value` typed by a RabbitMQ type
+//! letter (`retries:I=3`). `consume` prints each body on its own line, or
+//! with `--verbose` the exchange, routing key, redelivered flag,
+//! properties and typed headers before it, or with `--format json` one
+//! JSON object per line; it exits after `--count` messages (acknowledged
+//! unless `--no-ack`). `publish` waits for the broker's word on the
+//! channel before it says "published", so a refusal (such as 404 for a
+//! missing exchange) is reported even without `--confirm`. Errors go to
+//! stderr as `amqp-client: ...` with exit status 1; a broker refusal names
+//! its reply code.
 
 use amqp_codec::types::method::{
-    BasicConsume, BasicPublish, BasicQos, ConfirmSelect, QueueDeclare, QueueDelete,
+    BasicConsume, BasicPublish, BasicQos, ConfirmSelect, ExchangeBind, ExchangeDeclare,
+    ExchangeDelete, ExchangeUnbind, QueueBind, QueueDeclare, QueueDelete, QueueUnbind,
 };
-use amqp_codec::types::{
-    BasicProperties, FieldTable, FieldValue, LongString, Method, ReplyCode, ShortString,
-};
-use amqp_codec::{ClientConfig, Connection, Credentials, Event};
+use amqp_codec::types::{BasicProperties, FieldTable, Method, ReplyCode, ShortString};
+use amqp_codec::{ClientConfig, Connection, Credentials, Event, Message};
+use amqp_examples::dump::{Arg, property_values, quote};
+use amqp_examples::fields::{TYPE_LETTERS_HELP, parse_header, table_to_json, typed};
 use bytes::Bytes;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const USAGE: &str = "usage: amqp-client [--uri URI] [--heartbeat SECS] [--timeout SECS] COMMAND
-  declare --queue Q [--durable] [--auto-delete]
+  declare --queue Q [--durable] [--auto-delete] [--argument SPEC]...
+  declare --exchange X --type T [--durable] [--auto-delete] [--internal] [--argument SPEC]...
+  bind    --exchange X (--queue Q | --to-exchange D) [--routing-key K] [--argument SPEC]...
+  unbind  --exchange X (--queue Q | --to-exchange D) [--routing-key K] [--argument SPEC]...
   publish --exchange X --routing-key K [--confirm] [--persistent] [--content-type T]
-          [--header NAME=VALUE]... [--count N] (BODY | --body-file PATH)
-  consume --queue Q [--count N] [--prefetch N] [--no-ack]
-  delete  --queue Q";
+          [--header SPEC]... [--count N] (BODY | --body-file PATH)
+  consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
+  delete  (--queue Q | --exchange X)";
+
+/// `--help`: the usage and what the options mean.
+fn help() -> String {
+    format!(
+        "{USAGE}
+
+Declares, binds, publishes to and consumes from an AMQP 0-9-1 broker.
+
+OPTIONS:
+  --uri URI          amqp://USER:PASS@HOST:PORT/VHOST (default
+                     amqp://guest:guest@127.0.0.1:5672/%2f)
+  --heartbeat SECS   heartbeat interval to ask for
+  --timeout SECS     give up waiting for the broker after SECS (default 10)
+  --queue Q          the queue to declare, delete, bind or consume from
+  --exchange X       the exchange to declare, delete or publish to; for
+                     bind/unbind the source exchange
+  --type T           declare: exchange type (direct, fanout, topic, headers, ...)
+  --durable          declare: survive a broker restart
+  --auto-delete      declare: delete when the last consumer or binding goes
+  --internal         declare: an exchange clients cannot publish to
+  --to-exchange D    bind/unbind: the destination exchange (exchange-to-exchange)
+  --routing-key K    publish: the routing key; bind/unbind: the binding key
+                     (default \"\")
+  --argument SPEC    a declare or binding argument (x-match=any, x-max-length:l=10)
+  --header SPEC      publish: a message header (repeat for more)
+  --content-type T   publish: the content-type property
+  --persistent       publish: delivery mode 2
+  --confirm          publish: use publisher confirms and mandatory; unroutable or
+                     nacked messages make the exit status 1
+  --count N          publish: send N copies; consume: stop after N messages
+                     (default 1)
+  --body-file PATH   publish: the body is the file's contents
+  --prefetch N       consume: unacknowledged messages in flight (default
+                     min(--count, 100))
+  --no-ack           consume: automatic acknowledgement
+  --verbose, -v      consume: print exchange, routing key, redelivered,
+                     properties and typed headers before each body
+  --format json      consume: one JSON object per message (typed headers)
+  --format body      consume: only the bodies (the default)
+  -h, --help         this text
+
+A SPEC is key=value (a long string) or key:T=value with a type letter T:
+{TYPE_LETTERS_HELP}
+
+publish says \"published N\" only once the broker has answered on the channel,
+so a refusal (404: no such exchange, 403: access refused) is reported with its
+reply code and exit status 1, with or without --confirm.
+
+EXIT STATUS: 0 done; 1 usage error, connection failure or broker refusal
+(the message on stderr says which).
+"
+    )
+}
 
 type Error = String;
 
@@ -221,7 +288,19 @@ impl Client {
         .await
     }
 
-    async fn close(mut self) -> Result<(), Error> {
+    /// Ends the connection with connection.close whatever `result` is: a
+    /// failed command still says goodbye (briefly: after an error the
+    /// broker may be gone), and `result`'s error wins over the close's.
+    async fn finish(mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if result.is_err() {
+            self.timeout = self.timeout.min(Duration::from_secs(1));
+            let _ = self.close().await;
+            return result;
+        }
+        self.close().await
+    }
+
+    async fn close(&mut self) -> Result<(), Error> {
         self.conn
             .close(ReplyCode::REPLY_SUCCESS, "bye")
             .map_err(|e| e.to_string())?;
@@ -233,6 +312,18 @@ impl Client {
     }
 }
 
+/// How `consume` prints a message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// The body only, one per line.
+    #[default]
+    Body,
+    /// Delivery fields, properties and typed headers, then the body.
+    Verbose,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Parsed command line.
 #[derive(Debug, Default)]
 struct Args {
@@ -242,14 +333,19 @@ struct Args {
     command: String,
     queue: Option<String>,
     exchange: Option<String>,
+    to_exchange: Option<String>,
+    kind: Option<String>,
     routing_key: Option<String>,
     confirm: bool,
     persistent: bool,
     durable: bool,
     auto_delete: bool,
+    internal: bool,
     no_ack: bool,
+    format: Format,
     content_type: Option<String>,
-    headers: Vec<(String, String)>,
+    headers: FieldTable,
+    arguments: FieldTable,
     count: Option<u64>,
     prefetch: Option<u16>,
     body: Option<String>,
@@ -272,24 +368,41 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--timeout" => a.timeout = Some(num(value(&mut it, &arg)?, &arg)?),
             "--queue" => a.queue = Some(value(&mut it, &arg)?),
             "--exchange" => a.exchange = Some(value(&mut it, &arg)?),
+            "--to-exchange" => a.to_exchange = Some(value(&mut it, &arg)?),
+            "--type" => a.kind = Some(value(&mut it, &arg)?),
             "--routing-key" => a.routing_key = Some(value(&mut it, &arg)?),
             "--body-file" => a.body_file = Some(value(&mut it, &arg)?),
             "--content-type" => a.content_type = Some(value(&mut it, &arg)?),
             "--header" => {
-                let v = value(&mut it, &arg)?;
-                let (k, v) = v
-                    .split_once('=')
-                    .ok_or_else(|| format!("--header wants NAME=VALUE, got {v:?}"))?;
-                a.headers.push((k.to_owned(), v.to_owned()));
+                let (k, v) = parse_header(&value(&mut it, &arg)?)?;
+                a.headers.push(k, v);
+            }
+            "--argument" => {
+                let (k, v) = parse_header(&value(&mut it, &arg)?)
+                    .map_err(|e| e.replacen("bad header", "bad argument", 1))?;
+                a.arguments.push(k, v);
             }
             "--count" => a.count = Some(num(value(&mut it, &arg)?, &arg)?),
             "--prefetch" => a.prefetch = Some(num(value(&mut it, &arg)?, &arg)?),
+            "--format" => {
+                a.format = match value(&mut it, &arg)?.as_str() {
+                    "json" => Format::Json,
+                    "body" => Format::Body,
+                    "verbose" => Format::Verbose,
+                    other => {
+                        return Err(format!(
+                            "--format must be body, verbose or json, not {other:?}"
+                        ));
+                    }
+                }
+            }
+            "-v" | "--verbose" => a.format = Format::Verbose,
             "--confirm" => a.confirm = true,
             "--persistent" => a.persistent = true,
             "--durable" => a.durable = true,
             "--auto-delete" => a.auto_delete = true,
+            "--internal" => a.internal = true,
             "--no-ack" => a.no_ack = true,
-            "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             _ if a.command.is_empty() => a.command = arg,
             _ if a.body.is_none() => a.body = Some(arg),
@@ -300,6 +413,162 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         return Err(USAGE.into());
     }
     Ok(a)
+}
+
+/// What a command works on: a queue or an exchange.
+enum Target {
+    Queue(String),
+    Exchange(String),
+}
+
+/// The `--queue` or `--exchange` of `declare` and `delete` (exactly one).
+fn target(a: &Args) -> Result<Target, Error> {
+    match (&a.queue, &a.exchange) {
+        (Some(q), None) => Ok(Target::Queue(q.clone())),
+        (None, Some(x)) => Ok(Target::Exchange(x.clone())),
+        (Some(_), Some(_)) => Err(format!(
+            "{} takes either --queue or --exchange, not both\n{USAGE}",
+            a.command
+        )),
+        (None, None) => Err(format!(
+            "{} needs --queue or --exchange\n{USAGE}",
+            a.command
+        )),
+    }
+}
+
+/// What to do about a common broker refusal (publish refusals carry
+/// their own advice, see [`publish_error`]).
+fn advice(e: &str) -> Option<&'static str> {
+    if e.contains("404 NOT_FOUND") && e.contains("no queue") {
+        Some("declare the queue first: amqp-client declare --queue NAME")
+    } else if e.contains("403 ACCESS_REFUSED - Login was refused") {
+        Some("check the user name and password in --uri amqp://USER:PASS@HOST:PORT/VHOST")
+    } else if e.contains("530 NOT_ALLOWED - vhost") {
+        Some("check the virtual host at the end of --uri (%2f is the default vhost \"/\")")
+    } else if e.contains("403 ACCESS_REFUSED") {
+        Some("the user lacks the permission; grant it with rabbitmqctl set_permissions")
+    } else {
+        None
+    }
+}
+
+/// Adds advice to a broker refusal of a publish.
+fn publish_error(e: Error, exchange: &str) -> Error {
+    if !e.starts_with("channel closed by the broker") {
+        e
+    } else if e.contains("404 NOT_FOUND") && e.contains("no exchange") {
+        format!(
+            "publish refused, nothing was delivered: {e}\n\
+             (declare it first: amqp-client declare --exchange {exchange:?} --type direct, \
+             or publish to an existing exchange)"
+        )
+    } else {
+        format!("publish refused: {e}")
+    }
+}
+
+/// Writes one property or delivery field for `consume --verbose`.
+fn arg_text(arg: Arg<'_>, out: &mut String) {
+    let _ = match arg {
+        Arg::Octet(v) => write!(out, "{v}"),
+        Arg::Short(v) => write!(out, "{v}"),
+        Arg::Long(v) => write!(out, "{v}"),
+        Arg::LongLong(v) => write!(out, "{v}"),
+        Arg::Bit(v) => write!(out, "{v}"),
+        Arg::ShortStr(s) => {
+            quote(s.as_bytes(), usize::MAX, out);
+            Ok(())
+        }
+        Arg::LongStr(s) => {
+            quote(s.as_bytes(), usize::MAX, out);
+            Ok(())
+        }
+        Arg::Table(_) => Ok(()),
+        _ => write!(out, "{arg:?}"),
+    };
+}
+
+/// `consume --verbose`: the delivery, each property on its own line,
+/// headers one per line with their AMQP types, then the body.
+fn render_verbose(n: u64, message: &Message, out: &mut String) {
+    if let Method::BasicDeliver(d) = &message.method {
+        let _ = write!(out, "--- message {n}\nexchange: ");
+        quote(d.exchange.as_bytes(), usize::MAX, out);
+        out.push_str("\nrouting-key: ");
+        quote(d.routing_key.as_bytes(), usize::MAX, out);
+        let _ = writeln!(
+            out,
+            "\nredelivered: {}\ndelivery-tag: {}",
+            d.redelivered, d.delivery_tag
+        );
+    }
+    for (name, arg) in property_values(&message.properties) {
+        if let Arg::Table(t) = arg {
+            let _ = writeln!(out, "{name}:");
+            for (k, v) in t {
+                out.push_str("  ");
+                quote(k.as_bytes(), usize::MAX, out);
+                out.push_str(": ");
+                typed(v, out);
+                out.push('\n');
+            }
+            continue;
+        }
+        let _ = write!(out, "{name}: ");
+        arg_text(arg, out);
+        match (name, arg) {
+            ("delivery-mode", Arg::Octet(2)) => out.push_str(" (persistent)"),
+            ("delivery-mode", Arg::Octet(1)) => out.push_str(" (transient)"),
+            _ => {}
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "body: {} bytes", message.body.len());
+    out.push_str(&String::from_utf8_lossy(&message.body));
+    out.push('\n');
+}
+
+/// `consume --format json`: one object per message.
+fn render_json(message: &Message) -> String {
+    use serde_json::{Map, Value, json};
+    let mut obj = Map::new();
+    if let Method::BasicDeliver(d) = &message.method {
+        obj.insert("exchange".into(), json!(d.exchange.to_string_lossy()));
+        obj.insert("routing_key".into(), json!(d.routing_key.to_string_lossy()));
+        obj.insert("redelivered".into(), json!(d.redelivered));
+        obj.insert("delivery_tag".into(), json!(d.delivery_tag));
+    }
+    let mut props = Map::new();
+    for (name, arg) in property_values(&message.properties) {
+        let v = match arg {
+            Arg::Octet(v) => json!(v),
+            Arg::Short(v) => json!(v),
+            Arg::Long(v) => json!(v),
+            Arg::LongLong(v) => json!(v),
+            Arg::Bit(v) => json!(v),
+            Arg::ShortStr(s) => json!(s.to_string_lossy()),
+            Arg::LongStr(s) => json!(s.to_string_lossy()),
+            Arg::Table(t) => table_to_json(t),
+            _ => Value::Null,
+        };
+        props.insert(name.replace('-', "_"), v);
+    }
+    obj.insert("properties".into(), Value::Object(props));
+    match std::str::from_utf8(&message.body) {
+        Ok(text) => obj.insert("body".into(), json!(text)),
+        Err(_) => obj.insert(
+            "body_hex".into(),
+            json!(
+                message
+                    .body
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+        ),
+    };
+    Value::Object(obj).to_string()
 }
 
 async fn run(a: Args) -> Result<(), Error> {
@@ -315,45 +584,171 @@ async fn run(a: Args) -> Result<(), Error> {
     let timeout = Duration::from_secs(a.timeout.unwrap_or(10));
     match a.command.as_str() {
         "declare" => {
-            let queue = need(&a.queue, "--queue")?;
+            let target = target(&a)?;
+            let kind = match &target {
+                Target::Exchange(_) => Some(need(&a.kind, "--type")?),
+                Target::Queue(_) => None,
+            };
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let ok = c
-                .call(
-                    ch,
-                    QueueDeclare {
-                        queue: short(&queue)?,
-                        durable: a.durable,
-                        auto_delete: a.auto_delete,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if let Method::QueueDeclareOk(ok) = ok {
-                println!(
-                    "declared {} messages={} consumers={}",
-                    ok.queue, ok.message_count, ok.consumer_count
-                );
+            let result = async {
+                let ch = c.channel().await?;
+                match (target, kind) {
+                    (Target::Exchange(x), Some(kind)) => {
+                        c.call(
+                            ch,
+                            ExchangeDeclare {
+                                exchange: short(&x)?,
+                                kind: short(&kind)?,
+                                durable: a.durable,
+                                auto_delete: a.auto_delete,
+                                internal: a.internal,
+                                arguments: a.arguments.clone(),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                        println!("declared exchange {x} type={kind}");
+                    }
+                    (target, _) => {
+                        let Target::Queue(queue) = target else {
+                            return Err("declare: internal error".into());
+                        };
+                        let ok = c
+                            .call(
+                                ch,
+                                QueueDeclare {
+                                    queue: short(&queue)?,
+                                    durable: a.durable,
+                                    auto_delete: a.auto_delete,
+                                    arguments: a.arguments.clone(),
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        if let Method::QueueDeclareOk(ok) = ok {
+                            println!(
+                                "declared {} messages={} consumers={}",
+                                ok.queue, ok.message_count, ok.consumer_count
+                            );
+                        }
+                    }
+                }
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
         }
         "delete" => {
-            let queue = need(&a.queue, "--queue")?;
+            let target = target(&a)?;
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let ok = c
-                .call(
-                    ch,
-                    QueueDelete {
-                        queue: short(&queue)?,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if let Method::QueueDeleteOk(ok) = ok {
-                println!("deleted {queue} messages={}", ok.message_count);
+            let result = async {
+                let ch = c.channel().await?;
+                match target {
+                    Target::Queue(queue) => {
+                        let ok = c
+                            .call(
+                                ch,
+                                QueueDelete {
+                                    queue: short(&queue)?,
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        if let Method::QueueDeleteOk(ok) = ok {
+                            println!("deleted {queue} messages={}", ok.message_count);
+                        }
+                    }
+                    Target::Exchange(x) => {
+                        c.call(
+                            ch,
+                            ExchangeDelete {
+                                exchange: short(&x)?,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                        println!("deleted exchange {x}");
+                    }
+                }
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
+        }
+        "bind" | "unbind" => {
+            let source = need(&a.exchange, "--exchange (the source)")?;
+            let routing_key = a.routing_key.clone().unwrap_or_default();
+            let dest = match (&a.queue, &a.to_exchange) {
+                (Some(q), None) => Target::Queue(q.clone()),
+                (None, Some(x)) => Target::Exchange(x.clone()),
+                _ => {
+                    return Err(format!(
+                        "{} needs one destination: --queue Q or --to-exchange D\n{USAGE}",
+                        a.command
+                    ));
+                }
+            };
+            let bind = a.command == "bind";
+            let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
+            let result = async {
+                let ch = c.channel().await?;
+                let (src, rk, args) = (short(&source)?, short(&routing_key)?, a.arguments.clone());
+                let (method, what): (Method, String) = match dest {
+                    Target::Queue(q) if bind => (
+                        QueueBind {
+                            queue: short(&q)?,
+                            exchange: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("queue {q}"),
+                    ),
+                    Target::Queue(q) => (
+                        QueueUnbind {
+                            queue: short(&q)?,
+                            exchange: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("queue {q}"),
+                    ),
+                    Target::Exchange(d) if bind => (
+                        ExchangeBind {
+                            destination: short(&d)?,
+                            source: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("exchange {d}"),
+                    ),
+                    Target::Exchange(d) => (
+                        ExchangeUnbind {
+                            destination: short(&d)?,
+                            source: src,
+                            routing_key: rk,
+                            arguments: args,
+                            ..Default::default()
+                        }
+                        .into(),
+                        format!("exchange {d}"),
+                    ),
+                };
+                c.call(ch, method).await?;
+                println!(
+                    "{} {what} {} exchange {source} with routing key {routing_key:?}",
+                    if bind { "bound" } else { "unbound" },
+                    if bind { "to" } else { "from" }
+                );
+                Ok::<(), Error>(())
+            }
+            .await;
+            c.finish(result).await
         }
         "publish" => {
             let exchange = need(&a.exchange, "--exchange")?;
@@ -364,13 +759,7 @@ async fn run(a: Args) -> Result<(), Error> {
                 _ => return Err(format!("publish needs BODY or --body-file\n{USAGE}")),
             };
             let count = a.count.unwrap_or(1);
-            let mut headers = FieldTable::new();
-            for (k, v) in &a.headers {
-                headers.push(
-                    short(k)?,
-                    FieldValue::LongString(LongString::from(v.clone().into_bytes())),
-                );
-            }
+            let headers = a.headers.clone();
             let props = BasicProperties {
                 content_type: a.content_type.as_deref().map(short).transpose()?,
                 delivery_mode: a.persistent.then_some(2),
@@ -378,117 +767,157 @@ async fn run(a: Args) -> Result<(), Error> {
                 ..Default::default()
             };
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            if a.confirm {
-                c.call(ch, ConfirmSelect { nowait: false }).await?;
+            let result = async {
+                let ch = c.channel().await?;
+                publish(&mut c, ch, &a, &exchange, &routing_key, &props, body, count).await
             }
-            let body = Bytes::from(body);
-            let publish = BasicPublish {
-                exchange: short(&exchange)?,
-                routing_key: short(&routing_key)?,
-                // With --confirm, an unroutable message comes back as
-                // basic.return, so the user hears about it.
-                mandatory: a.confirm,
-                ..Default::default()
-            };
-            for _ in 0..count {
-                c.conn
-                    .publish(ch, publish.clone(), &props, body.clone())
-                    .map_err(|e| e.to_string())?;
-                // Backpressure: write out before queueing more.
-                if c.conn.bytes_queued() > 1 << 20 {
-                    c.flush().await?;
-                }
-            }
-            c.flush().await?;
-            if a.confirm {
-                let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
-                // Settled counts come from the events (the machine's own count
-                // may already be ahead of the events not read yet).
-                while acked + nacked < count {
-                    match c
-                        .run(|e| match e {
-                            Event::Confirm { ack, settled, .. } => {
-                                Some((*ack, settled.len() as u64, 0))
-                            }
-                            Event::Message { message, .. }
-                                if matches!(message.method, Method::BasicReturn(_)) =>
-                            {
-                                Some((true, 0, 1))
-                            }
-                            _ => None,
-                        })
-                        .await?
-                    {
-                        (true, n, r) => {
-                            acked += n;
-                            returned += r;
-                        }
-                        (false, n, _) => nacked += n,
-                    }
-                }
-                println!("published {count} confirmed {acked} nacked {nacked} returned {returned}");
-                c.close().await?;
-                if nacked > 0 || returned > 0 {
-                    return Err(format!("{nacked} nacked, {returned} returned (unroutable)"));
-                }
-                Ok(())
-            } else {
-                println!("published {count}");
-                c.close().await
-            }
+            .await
+            .map_err(|e| publish_error(e, &exchange));
+            c.finish(result).await
         }
         "consume" => {
             let queue = need(&a.queue, "--queue")?;
             let count = a.count.unwrap_or(1);
             let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
-            let ch = c.channel().await?;
-            let prefetch = a
-                .prefetch
-                .unwrap_or_else(|| u16::try_from(count.min(100)).unwrap_or(100));
-            if !a.no_ack {
+            let result = async {
+                let ch = c.channel().await?;
+                let prefetch = a
+                    .prefetch
+                    .unwrap_or_else(|| u16::try_from(count.min(100)).unwrap_or(100));
+                if !a.no_ack {
+                    c.call(
+                        ch,
+                        BasicQos {
+                            prefetch_count: prefetch,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
                 c.call(
                     ch,
-                    BasicQos {
-                        prefetch_count: prefetch,
+                    BasicConsume {
+                        queue: short(&queue)?,
+                        no_ack: a.no_ack,
                         ..Default::default()
                     },
                 )
                 .await?;
-            }
-            c.call(
-                ch,
-                BasicConsume {
-                    queue: short(&queue)?,
-                    no_ack: a.no_ack,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            let mut got = 0;
-            while got < count {
-                let (tag, body) = c
-                    .run(|e| match e {
-                        Event::Message {
-                            channel, message, ..
-                        } if *channel == ch => match &message.method {
-                            Method::BasicDeliver(d) => Some((d.delivery_tag, message.body.clone())),
+                let mut got = 0;
+                while got < count {
+                    let message = c
+                        .run(|e| match e {
+                            Event::Message {
+                                channel, message, ..
+                            } if *channel == ch
+                                && matches!(message.method, Method::BasicDeliver(_)) =>
+                            {
+                                Some(message.clone())
+                            }
                             _ => None,
-                        },
-                        _ => None,
-                    })
-                    .await
-                    .map_err(|e| format!("{e} (after {got} of {count} messages)"))?;
-                println!("{}", String::from_utf8_lossy(&body));
-                if !a.no_ack {
-                    c.conn.ack(ch, tag, false).map_err(|e| e.to_string())?;
+                        })
+                        .await
+                        .map_err(|e| format!("{e} (after {got} of {count} messages)"))?;
+                    let Method::BasicDeliver(d) = &message.method else {
+                        continue;
+                    };
+                    let tag = d.delivery_tag;
+                    got += 1;
+                    match a.format {
+                        Format::Body => println!("{}", String::from_utf8_lossy(&message.body)),
+                        Format::Json => println!("{}", render_json(&message)),
+                        Format::Verbose => {
+                            let mut text = String::new();
+                            render_verbose(got, &message, &mut text);
+                            print!("{text}");
+                        }
+                    }
+                    if !a.no_ack {
+                        c.conn.ack(ch, tag, false).map_err(|e| e.to_string())?;
+                    }
                 }
-                got += 1;
+                Ok::<(), Error>(())
             }
-            c.close().await
+            .await;
+            c.finish(result).await
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
+}
+
+/// Publishes `count` copies of `body` and waits for the broker's answer:
+/// confirms with `--confirm`; otherwise one synchronous round trip on the
+/// same channel, which the broker answers only after it has handled every
+/// publish before it, so that a refusal (the channel closed with 404 for
+/// a missing exchange, 403 for no write permission) arrives first.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    c: &mut Client,
+    ch: u16,
+    a: &Args,
+    exchange: &str,
+    routing_key: &str,
+    props: &BasicProperties,
+    body: Vec<u8>,
+    count: u64,
+) -> Result<(), Error> {
+    if a.confirm {
+        c.call(ch, ConfirmSelect { nowait: false }).await?;
+    }
+    let body = Bytes::from(body);
+    let publish = BasicPublish {
+        exchange: short(exchange)?,
+        routing_key: short(routing_key)?,
+        // With --confirm, an unroutable message comes back as
+        // basic.return, so the user hears about it.
+        mandatory: a.confirm,
+        ..Default::default()
+    };
+    for _ in 0..count {
+        c.conn
+            .publish(ch, publish.clone(), props, body.clone())
+            .map_err(|e| e.to_string())?;
+        // Backpressure: write out before queueing more.
+        if c.conn.bytes_queued() > 1 << 20 {
+            c.flush().await?;
+        }
+    }
+    c.flush().await?;
+    if !a.confirm {
+        // basic.qos with the defaults changes nothing on a channel without
+        // consumers; its qos-ok is the broker saying "all handled".
+        c.call(ch, BasicQos::default()).await?;
+        println!("published {count}");
+        return Ok(());
+    }
+    let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
+    // Settled counts come from the events (the machine's own count
+    // may already be ahead of the events not read yet).
+    while acked + nacked < count {
+        match c
+            .run(|e| match e {
+                Event::Confirm { ack, settled, .. } => Some((*ack, settled.len() as u64, 0)),
+                Event::Message { message, .. }
+                    if matches!(message.method, Method::BasicReturn(_)) =>
+                {
+                    Some((true, 0, 1))
+                }
+                _ => None,
+            })
+            .await?
+        {
+            (true, n, r) => {
+                acked += n;
+                returned += r;
+            }
+            (false, n, _) => nacked += n,
+        }
+    }
+    println!("published {count} confirmed {acked} nacked {nacked} returned {returned}");
+    if nacked > 0 || returned > 0 {
+        return Err(format!("{nacked} nacked, {returned} returned (unroutable)"));
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -496,7 +925,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Asked-for help is output, not an error: stdout, exit status 0.
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        print!("{}", help());
         return ExitCode::SUCCESS;
     }
     let result = match parse_args(args) {
@@ -507,6 +936,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("amqp-client: {e}");
+            if let Some(advice) = advice(&e) {
+                eprintln!("({advice})");
+            }
             ExitCode::FAILURE
         }
     }
@@ -561,7 +993,21 @@ mod tests {
         assert_eq!(a.command, "publish");
         assert_eq!(a.body.as_deref(), Some("hi"));
         assert!(a.confirm);
-        assert_eq!(a.headers, [("k".to_owned(), "v".to_owned())]);
+        assert_eq!(
+            a.headers.get("k"),
+            Some(&amqp_codec::types::FieldValue::LongString("v".into()))
+        );
+        let a = parse_args(
+            ["publish", "--header", "n:I=1", "--argument", "x-match=any"].map(String::from),
+        )
+        .unwrap();
+        assert_eq!(
+            a.headers.get("n"),
+            Some(&amqp_codec::types::FieldValue::I32(1))
+        );
+        assert!(a.arguments.get("x-match").is_some());
+        assert!(parse_args(["publish", "--header", "n:I=one"].map(String::from)).is_err());
+        assert!(parse_args(["consume", "--format", "xml"].map(String::from)).is_err());
         assert!(parse_args(["--count".to_owned()]).is_err());
         assert!(parse_args(["x", "--bogus"].map(String::from)).is_err());
     }

@@ -9,12 +9,14 @@
 //! Run `amqp-dump --help` for the options.
 
 use amqp_examples::dump::{Decoder, Direction, Event, Options};
+use amqp_types::Method;
+use amqp_wire::FramePayload;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -35,7 +37,9 @@ Proxy mode listens on ADDR, connects every accepted client to the upstream
 broker, forwards the bytes unchanged both ways and prints both directions,
 each line prefixed with `[conn N c2s]` or `[conn N s2c]`. Decoding errors
 are printed and never interfere with forwarding. The first line printed is
-`listening on ADDR` (useful with port 0).
+`listening on ADDR` (useful with port 0). A connection that ends with a
+reset after connection.close (RabbitMQ always resets) is a clean close; a
+reset or hang-up before connection.close is reported, naming who did it.
 
 OPTIONS:
     -v, --verbose          every argument, every table entry with its type
@@ -244,9 +248,11 @@ async fn proxy(
     options: Options,
     record: Option<PathBuf>,
 ) -> io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = listen_on(listen).await?;
+    check_upstream(upstream).await?;
     if let Some(dir) = &record {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("--record {}: {e}", dir.display())))?;
     }
     emit(&format!(
         "listening on {}, forwarding to {upstream}\n",
@@ -263,6 +269,62 @@ async fn proxy(
         tokio::spawn(async move {
             connection(id, client, peer, &upstream, options, record).await;
         });
+    }
+}
+
+/// Binds the `--listen` address; the error names the address and says
+/// what to do.
+async fn listen_on(listen: &str) -> io::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(listen).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "--listen {listen:?} is not an address to listen on ({e}); \
+                     give HOST:PORT, e.g. 127.0.0.1:5673 (port 0 picks a free port)"
+                ),
+            ));
+        }
+    };
+    TcpListener::bind(addrs.as_slice()).await.map_err(|e| {
+        let advice = match e.kind() {
+            io::ErrorKind::AddrInUse => {
+                "another program listens there; pick another --listen port \
+                 (port 0 picks a free one)"
+            }
+            io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges; pick a higher port"
+            }
+            io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's",
+            _ => "pick another --listen address",
+        };
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen}: {e}; {advice}"),
+        )
+    })
+}
+
+/// Resolves the `--upstream` address once at start, so that a typo is
+/// reported now rather than on the first connection.
+async fn check_upstream(upstream: &str) -> io::Result<()> {
+    match tokio::net::lookup_host(upstream)
+        .await
+        .map(|mut a| a.next())
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("--upstream {upstream:?} resolves to no address"),
+        )),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "--upstream {upstream:?} is not a broker address ({e}); \
+                 give HOST:PORT, e.g. 127.0.0.1:5672"
+            ),
+        )),
     }
 }
 
@@ -288,6 +350,7 @@ async fn connection(
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
+    let ending = Arc::new(Ending::default());
     let file = |dir: Direction| {
         record
             .as_ref()
@@ -300,6 +363,7 @@ async fn connection(
         server_write,
         options.clone(),
         file(Direction::ClientToServer),
+        ending.clone(),
     );
     let s2c = pump(
         id,
@@ -308,6 +372,7 @@ async fn connection(
         client_write,
         options,
         file(Direction::ServerToClient),
+        ending,
     );
     let (up, down) = tokio::join!(c2s, s2c);
     emit(&format!(
@@ -315,9 +380,41 @@ async fn connection(
     ));
 }
 
+/// How far one proxied connection has got towards its end, shared by
+/// its two directions. Once either side sent connection.close (or
+/// close-ok), or hung up, a reset is how the connection ends, not news:
+/// RabbitMQ closes its sockets with SO_LINGER 0, so its side always ends
+/// with a reset.
+#[derive(Default)]
+struct Ending {
+    /// connection.close or close-ok went by.
+    closing: AtomicBool,
+    /// One direction ended (end of stream, reset or error).
+    ended: AtomicBool,
+}
+
+impl Ending {
+    fn expected(&self) -> bool {
+        self.closing.load(Ordering::Relaxed) || self.ended.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `e` is the peer going away (reset, broken pipe) rather than a
+/// fault of this side.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// Forwards one direction until EOF or an error, decoding a copy of what
 /// passed. Forwarding comes first; decoding never blocks or stops it.
-/// Returns the bytes forwarded.
+/// A reset once the connection is [`Ending`] ends the direction quietly,
+/// as a clean close; a hang-up or reset before that is reported. Returns
+/// the bytes forwarded.
 async fn pump(
     id: u64,
     direction: Direction,
@@ -325,7 +422,12 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut options: Options,
     record: Option<PathBuf>,
+    ending: Arc<Ending>,
 ) -> u64 {
+    let (reader, writer) = match direction {
+        Direction::ClientToServer => ("the client", "the broker"),
+        Direction::ServerToClient => ("the broker", "the client"),
+    };
     let label = direction.label();
     options.direction = Some(direction);
     options.prefix = format!("[conn {id} {label}] ");
@@ -347,16 +449,34 @@ async fn pump(
     let mut total = 0u64;
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) => break,
+            Ok(0) => {
+                if !ending.expected() {
+                    emit(&format!(
+                        "[conn {id} {label}] {reader} closed the TCP connection without connection.close\n"
+                    ));
+                }
+                break;
+            }
             Ok(n) => n,
+            Err(e) if peer_gone(&e) && ending.expected() => break,
+            Err(e) if peer_gone(&e) => {
+                emit(&format!(
+                    "[conn {id} {label}] {reader} reset the connection before connection.close: {e}\n"
+                ));
+                break;
+            }
             Err(e) => {
-                emit(&format!("[conn {id} {label}] read error: {e}\n"));
+                emit(&format!("[conn {id} {label}] reading from {reader}: {e}\n"));
                 break;
             }
         };
         let chunk = &buf[..n];
         if let Err(e) = to.write_all(chunk).await {
-            emit(&format!("[conn {id} {label}] write error: {e}\n"));
+            if !(peer_gone(&e) && ending.expected()) {
+                emit(&format!(
+                    "[conn {id} {label}] {n} bytes not forwarded, writing to {writer}: {e}\n"
+                ));
+            }
             break;
         }
         total += n as u64;
@@ -369,6 +489,14 @@ async fn pump(
         let was_failed = decoder.error().is_some();
         let mut text = String::new();
         for event in decoder.push(chunk) {
+            if let Event::Frame { frame, .. } = &event
+                && matches!(
+                    frame.payload,
+                    FramePayload::Method(Method::ConnectionClose(_) | Method::ConnectionCloseOk(_))
+                )
+            {
+                ending.closing.store(true, Ordering::Relaxed);
+            }
             event.render(&options, &mut text);
         }
         if !was_failed && decoder.error().is_some() {
@@ -380,6 +508,7 @@ async fn pump(
             emit(&text);
         }
     }
+    ending.ended.store(true, Ordering::Relaxed);
     let _ = to.shutdown().await;
     if let Some(f) = &mut recorder {
         let _ = f.flush().await;
