@@ -7,14 +7,18 @@
 //! channel_max = 2047
 //! loopback_users = ["guest"]       # users that may only log in over loopback
 //! consumer_timeout = 1800000       # ms an unacknowledged delivery may wait (false: forever)
+//! max_message_size = 134217728     # bytes (RabbitMQ's default, 128 MiB)
 //!
 //! [[vhosts]]
 //! name = "/"
+//! max_connections = 1000           # optional, as rabbitmqctl set_vhost_limits
+//! max_queues = 500                 # optional
 //!
 //! [[users]]
 //! name = "guest"
 //! password = "guest"
 //! tags = ["administrator"]
+//! max_connections = 10             # optional, as rabbitmqctl set_user_limits
 //!
 //! [[permissions]]
 //! user = "guest"
@@ -55,6 +59,8 @@ pub struct Config {
     pub loopback_users: Option<Vec<String>>,
     /// `consumer_timeout`: milliseconds, or `false` for none.
     pub consumer_timeout: Option<ConsumerTimeout>,
+    /// The largest message body accepted, bytes.
+    pub max_message_size: Option<u64>,
     /// Virtual hosts.
     #[serde(default)]
     pub vhosts: Vec<VhostDef>,
@@ -85,6 +91,10 @@ pub enum ConsumerTimeout {
 pub struct VhostDef {
     /// Its name.
     pub name: String,
+    /// `max-connections`.
+    pub max_connections: Option<u64>,
+    /// `max-queues`.
+    pub max_queues: Option<u64>,
 }
 
 /// `[[users]]`: `password` in clear, or `password_hash` (RabbitMQ's
@@ -104,6 +114,8 @@ pub struct UserDef {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `max-connections`.
+    pub max_connections: Option<u64>,
 }
 
 /// `[[permissions]]`.
@@ -133,6 +145,26 @@ impl Config {
         let mut cfg = CoreConfig::default();
         if !self.vhosts.is_empty() {
             cfg.vhosts = self.vhosts.iter().map(|v| v.name.clone()).collect();
+        }
+        for v in &self.vhosts {
+            let l = crate::core::VhostLimits {
+                max_connections: v.max_connections,
+                max_queues: v.max_queues,
+            };
+            if l != crate::core::VhostLimits::default() {
+                cfg.limits.vhosts.insert(v.name.clone(), l);
+            }
+        }
+        for u in self.users.iter().filter(|u| u.max_connections.is_some()) {
+            cfg.limits.users.insert(
+                u.name.clone(),
+                crate::core::UserLimits {
+                    max_connections: u.max_connections,
+                },
+            );
+        }
+        if let Some(m) = self.max_message_size {
+            cfg.limits.max_message_size = m;
         }
         if !self.users.is_empty() {
             let mut auth = Auth {

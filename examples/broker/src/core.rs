@@ -178,6 +178,49 @@ pub struct CoreConfig {
     /// Policies, each in the vhost it names (validated: see
     /// [`crate::policy::Policy::new`]; invalid ones are left out).
     pub policies: Vec<amqp_router::definitions::PolicyDef>,
+    /// Limits per vhost and per user, and on message size.
+    pub limits: Limits,
+}
+
+/// Limits, as RabbitMQ's `set_vhost_limits`, `set_user_limits` and
+/// `max_message_size`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Per vhost: `max-connections`, `max-queues`.
+    pub vhosts: std::collections::HashMap<String, VhostLimits>,
+    /// Per user: `max-connections`.
+    pub users: std::collections::HashMap<String, UserLimits>,
+    /// The largest message body accepted (RabbitMQ's default: 128 MiB).
+    pub max_message_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            vhosts: Default::default(),
+            users: Default::default(),
+            max_message_size: MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// RabbitMQ's default `max_message_size` (128 MiB).
+pub const MAX_MESSAGE_SIZE: u64 = 128 << 20;
+
+/// A vhost's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhostLimits {
+    /// Open connections.
+    pub max_connections: Option<u64>,
+    /// Queues.
+    pub max_queues: Option<u64>,
+}
+
+/// A user's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Open connections.
+    pub max_connections: Option<u64>,
 }
 
 /// RabbitMQ's default `consumer_timeout` (30 minutes).
@@ -195,6 +238,7 @@ impl Default for CoreConfig {
             consumer_timeout: Some(CONSUMER_TIMEOUT),
             channel_tick: CHANNEL_TICK,
             policies: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -505,6 +549,8 @@ pub struct Core {
     /// Bytes of messages delivered and not yet settled (the memory
     /// estimate).
     unacked_bytes: u64,
+    /// Limits.
+    limits: Limits,
 }
 
 /// What a message costs in memory besides its body (its `Msg`, queue entry
@@ -615,6 +661,7 @@ impl Core {
             stream_stored: false,
             alarms: BTreeSet::new(),
             unacked_bytes: 0,
+            limits: config.limits.clone(),
         }
     }
 
@@ -1598,6 +1645,8 @@ impl Core {
                         ReplyCode::NOT_ALLOWED,
                         format!("NOT_ALLOWED - access to vhost '{v}' refused for user '{user}'"),
                     )
+                } else if let Some(refusal) = self.connection_limit(&v, &user) {
+                    Answer::refuse(ReplyCode::NOT_ALLOWED, refusal)
                 } else {
                     let permission = self.auth.permissions.get(&(user, v.clone())).cloned();
                     if let Some(c) = self.conns.get_mut(&id) {
@@ -1613,6 +1662,38 @@ impl Core {
     }
 
     // ----- helpers ---------------------------------------------------------
+
+    /// RabbitMQ's refusal when opening `vhost` as `user` would pass the
+    /// vhost's or the user's connection limit.
+    fn connection_limit(&self, vhost: &str, user: &str) -> Option<String> {
+        let open = |f: &dyn Fn(&Conn) -> bool| {
+            self.conns
+                .values()
+                .filter(|c| !c.closing && c.vhost.is_some() && f(c))
+                .count() as u64
+        };
+        if let Some(max) = self
+            .limits
+            .vhosts
+            .get(vhost)
+            .and_then(|l| l.max_connections)
+            && open(&|c| c.vhost.as_deref() == Some(vhost)) >= max
+        {
+            return Some(format!(
+                "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}': \
+                 connection limit ({max}) is reached"
+            ));
+        }
+        if let Some(max) = self.limits.users.get(user).and_then(|l| l.max_connections)
+            && open(&|c| c.user.as_deref() == Some(user)) >= max
+        {
+            return Some(format!(
+                "NOT_ALLOWED - connection refused for user '{user}': \
+                 user connection limit ({max}) is reached"
+            ));
+        }
+        None
+    }
 
     fn vhost_name(&self, id: ConnId) -> Arc<str> {
         self.conns
@@ -2109,6 +2190,22 @@ impl Core {
                 m.queue.as_bytes(),
                 (50, 10),
             )?;
+        }
+        if !m.passive
+            && let Some(max) = self.limits.vhosts.get(&*vh).and_then(|l| l.max_queues)
+            && let Some(v) = self.vhosts.get(&*vh)
+            && v.router.queue(m.queue.as_bytes()).is_none()
+            && v.router.queues().count() as u64 >= max
+        {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                format!(
+                    "cannot declare queue '{}': queue limit in vhost '{vh}' ({max}) is reached",
+                    m.queue.to_string_lossy()
+                ),
+                (50, 10),
+            ));
         }
         if !m.passive {
             let name = if m.queue.is_empty() {
@@ -2912,6 +3009,18 @@ impl Core {
         let Method::BasicPublish(p) = message.method else {
             return Ok(());
         };
+        let size = message.body.len() as u64;
+        if size > self.limits.max_message_size {
+            return Err(refused(
+                ch,
+                ReplyCode::PRECONDITION_FAILED,
+                format!(
+                    "message size {size} is larger than configured max size {}",
+                    self.limits.max_message_size
+                ),
+                ids,
+            ));
+        }
         self.check(
             id,
             ch,
