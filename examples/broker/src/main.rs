@@ -103,12 +103,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // A random salt: std seeds its hasher keys from the OS's randomness.
-        let salt = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
-        };
-        println!("{}", Password::hash(password, salt.to_be_bytes(), algo));
+        println!(
+            "{}",
+            Password::hash(password, amqp_broker::auth::random_salt(), algo)
+        );
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
@@ -160,9 +158,9 @@ fn main() -> ExitCode {
             }
         }
     };
-    let mut core = Core::new(core_config);
     // The data directory: once it holds state, that state is authoritative
-    // (the --definitions topology seeds only an empty broker).
+    // (the --definitions topology seeds only an empty broker, and the users,
+    // vhosts and permissions saved there replace the configuration's).
     let data = match DataDir::open(&args.data_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -186,6 +184,13 @@ fn main() -> ExitCode {
         },
         Err(_) => None,
     };
+    if let Some(d) = saved.as_ref().filter(|d| d.has_auth)
+        && let Err(e) = d.restore(&mut core_config)
+    {
+        eprintln!("amqp-broker: {}: {e}", data.definitions().display());
+        return ExitCode::FAILURE;
+    }
+    let mut core = Core::new(core_config);
     let topology = saved.as_ref().or(definitions.as_ref());
     if let Some(d) = topology {
         match core.load_topology(&d.topology) {

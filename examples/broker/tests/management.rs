@@ -1008,3 +1008,522 @@ fn rabbitmq_shapes_match() {
     );
     assert!(ours.broker.terminate().is_some_and(|s| s.success()));
 }
+
+// ----- users, vhosts, permissions, connections, definitions import ---------
+
+/// Logs `user` in to `vhost` over AMQP: the client with channel 1 open, or
+/// how the broker refused (`code text`).
+fn login(addr: SocketAddr, user: &str, password: &str, vhost: &str) -> Result<Client, String> {
+    use amqp_codec::{ClientConfig, Connection, Credentials};
+    let attempt = std::panic::catch_unwind(|| {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut c = Client {
+            conn: Connection::client(
+                ClientConfig {
+                    credentials: Credentials::plain(user, password),
+                    virtual_host: vhost.try_into().unwrap(),
+                    ..ClientConfig::default()
+                },
+                Instant::now(),
+            ),
+            sock,
+            events: Vec::new(),
+        };
+        match c.until(|e| matches!(e, Event::Connected { .. } | Event::Closed { .. })) {
+            Event::Connected { .. } => {
+                c.conn.open_channel_with(1).unwrap();
+                c.until(|e| matches!(e, Event::ChannelOpened { .. }));
+                Ok(c)
+            }
+            Event::Closed { cause } => Err(closed_text(&cause)),
+            _ => unreachable!(),
+        }
+    });
+    attempt.unwrap_or_else(|_| Err("dropped".into()))
+}
+
+fn closed_text(cause: &amqp_codec::CloseCause) -> String {
+    match cause {
+        amqp_codec::CloseCause::Closed { reason, .. } => {
+            format!("{} {}", reason.code.0, reason.text.to_string_lossy())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Waits for the broker to close `c`'s connection; `code text`.
+fn closed_by_broker(c: &mut Client) -> String {
+    match c.until(|e| matches!(e, Event::Closed { .. })) {
+        Event::Closed { cause } => closed_text(&cause),
+        _ => unreachable!(),
+    }
+}
+
+/// Declares queue `q` on a new channel `ch`: `Ok` or the channel's
+/// `code text`.
+fn declare_on(c: &mut Client, ch: u16, q: &str) -> Result<(), String> {
+    c.conn.open_channel_with(ch).unwrap();
+    c.until(|e| matches!(e, Event::ChannelOpened { channel } if *channel == ch));
+    c.conn
+        .send_method(
+            ch,
+            QueueDeclare {
+                queue: q.try_into().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    match c.until(|e| {
+        matches!(e, Event::Method { channel, .. } | Event::ChannelClosed { channel, .. } if *channel == ch)
+    }) {
+        Event::Method { .. } => Ok(()),
+        Event::ChannelClosed { reason, .. } => Err(format!(
+            "{} {}",
+            reason.code.0,
+            reason.text.to_string_lossy()
+        )),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn management_api_users_vhosts_permissions_take_effect() {
+    let _serial = serial();
+    let ours = start();
+    let (api, amqp) = (ours.api, ours.broker.addr);
+    let req = |method: &str, path: &str, body: &str| http(api, method, path, GUEST, body);
+
+    // A vhost: 201, then 204; its metadata shows.
+    let r = req(
+        "PUT",
+        "/api/vhosts/t-vh",
+        r#"{"description":"for tests","tags":"a,b"}"#,
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(req("PUT", "/api/vhosts/t-vh", "").status, 204);
+    let v = get_json(api, "/api/vhosts/t-vh");
+    assert_eq!(v["description"], "for tests");
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(v["metadata"]["tags"], serde_json::json!(["a", "b"]));
+    // Its creator got every permission in it (as RabbitMQ's API grants).
+    assert_eq!(
+        get_json(api, "/api/permissions/t-vh/guest"),
+        serde_json::json!({"user": "guest", "vhost": "t-vh", "configure": ".*", "write": ".*", "read": ".*"})
+    );
+
+    // A user: tags are required; password or password_hash.
+    let r = req("PUT", "/api/users/t-user", r#"{"password":"pw"}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "bad_request", "reason": "tags_not_present"})
+    );
+    let r = req(
+        "PUT",
+        "/api/users/t-user",
+        r#"{"password_hash":"!!","tags":""}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["reason"], serde_json::json!(["not_base64", "!!"]));
+    assert_eq!(
+        req(
+            "PUT",
+            "/api/users/t-user",
+            r#"{"password":"pw","tags":"management"}"#
+        )
+        .status,
+        201
+    );
+    let u = get_json(api, "/api/users/t-user");
+    assert_eq!(u["tags"], serde_json::json!(["management"]));
+    assert_eq!(u["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    // A password hash made elsewhere (`amqp-broker hash-password`'s format).
+    let hash = amqp_broker::auth::Password::hash(
+        "hashed-pw",
+        [1, 2, 3, 4],
+        amqp_broker::auth::HashAlgorithm::Sha512,
+    );
+    let r = req(
+        "PUT",
+        "/api/users/t-hashed",
+        &format!(
+            r#"{{"password_hash":"{hash}","hashing_algorithm":"rabbit_password_hashing_sha512","tags":["monitoring"]}}"#
+        ),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(get_json(api, "/api/users/t-hashed")["password_hash"], hash);
+
+    // No permission yet: the user logs in but may not open the vhost.
+    let refused = login(amqp, "t-user", "pw", "t-vh").err().unwrap();
+    assert!(refused.starts_with("530 NOT_ALLOWED"), "{refused}");
+    assert!(login(amqp, "t-user", "wrong", "t-vh").is_err());
+
+    // Permissions: RabbitMQ's validation, then 201 / 204.
+    let r = req(
+        "PUT",
+        "/api/permissions/t-vh/t-user",
+        r#"{"configure":".*"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["reason"],
+        "[{key_missing,write},{key_missing,read}]"
+    );
+    let r = req(
+        "PUT",
+        "/api/permissions/no-vh/t-user",
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["reason"], "vhost_or_user_not_found");
+    let r = req(
+        "PUT",
+        "/api/permissions/t-vh/t-user",
+        r#"{"configure":"(","write":".*","read":".*"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["reason"][0], "invalid_regexp");
+    let all = r#"{"configure":".*","write":".*","read":".*"}"#;
+    assert_eq!(req("PUT", "/api/permissions/t-vh/t-user", all).status, 201);
+    assert_eq!(req("PUT", "/api/permissions/t-vh/t-user", all).status, 204);
+    assert_eq!(
+        http(api, "GET", "/api/permissions/t-vh/nobody", GUEST, "").status,
+        404
+    );
+    assert_eq!(
+        get_json(api, "/api/users/t-user/permissions")[0]["vhost"],
+        "t-vh"
+    );
+    assert_eq!(
+        get_json(api, "/api/vhosts/t-vh/permissions")
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Now the user opens the vhost and declares; narrowed permissions
+    // apply to the open connection's next operations.
+    let mut c = login(amqp, "t-user", "pw", "t-vh").expect("log in after PUT permissions");
+    assert_eq!(declare_on(&mut c, 2, "t-q"), Ok(()));
+    let narrow = r#"{"configure":"-mine$","write":".*","read":".*"}"#;
+    assert_eq!(
+        req("PUT", "/api/permissions/t-vh/t-user", narrow).status,
+        204
+    );
+    assert_eq!(declare_on(&mut c, 3, "t-q2-mine"), Ok(()));
+    let e = declare_on(&mut c, 4, "t-other").unwrap_err();
+    assert_eq!(
+        e,
+        "403 ACCESS_REFUSED - access to queue 't-other' in vhost 't-vh' refused for user 't-user'"
+    );
+    assert_eq!(
+        req("DELETE", "/api/permissions/t-vh/t-user", "").status,
+        204
+    );
+    assert_eq!(
+        req("DELETE", "/api/permissions/t-vh/t-user", "").status,
+        404
+    );
+    assert!(
+        declare_on(&mut c, 5, "t-q3-mine")
+            .unwrap_err()
+            .starts_with("403 ")
+    );
+    assert_eq!(req("PUT", "/api/permissions/t-vh/t-user", all).status, 201);
+
+    // DELETE /api/connections/name: 320 with X-Reason's text, or RabbitMQ's.
+    let name = |user: &str| {
+        get_json(api, "/api/connections")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["user"] == user)
+            .map(|c| {
+                c["name"]
+                    .as_str()
+                    .unwrap()
+                    .replace(' ', "%20")
+                    .replace('>', "%3E")
+            })
+            .unwrap()
+    };
+    let path = format!("/api/connections/{}", name("t-user"));
+    let r = {
+        // With X-Reason (the tiny client sends no custom headers: raw).
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(api).unwrap();
+        write!(
+            s,
+            "DELETE {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nX-Reason: maintenance window\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert_eq!(
+        closed_by_broker(&mut c),
+        "320 CONNECTION_FORCED - maintenance window"
+    );
+    // Once the close handshake is over the connection is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(api, "GET", &path, GUEST, "").status != 404 {
+        assert!(Instant::now() < deadline, "the closed connection goes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(http(api, "DELETE", &path, GUEST, "").status, 404);
+    let mut g = Client::connect(amqp);
+    let path = format!("/api/connections/{}", name("guest"));
+    assert_eq!(http(api, "DELETE", &path, GUEST, "").status, 204);
+    assert_eq!(
+        closed_by_broker(&mut g),
+        "320 CONNECTION_FORCED - Closed via management plugin"
+    );
+
+    // Deleting the vhost closes its connections (320) and deletes its
+    // queues.
+    let mut c = login(amqp, "t-user", "pw", "t-vh").unwrap();
+    assert_eq!(
+        get_json(api, "/api/queues/t-vh").as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(req("DELETE", "/api/vhosts/t-vh", "").status, 204);
+    assert_eq!(
+        closed_by_broker(&mut c),
+        "320 CONNECTION_FORCED - vhost 't-vh' is deleted"
+    );
+    assert_eq!(req("DELETE", "/api/vhosts/t-vh", "").status, 404);
+    assert_eq!(req("GET", "/api/queues/t-vh/t-q", "").status, 404);
+    assert!(
+        get_json(api, "/api/queues")
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["vhost"] != "t-vh")
+    );
+    assert_eq!(
+        get_json(api, "/api/users/t-user/permissions"),
+        serde_json::json!([])
+    );
+    let refused = login(amqp, "t-user", "pw", "t-vh").err().unwrap();
+    assert_eq!(refused, "530 NOT_ALLOWED - vhost t-vh not found");
+
+    // Deleting a user closes their connections and ends their logins.
+    assert_eq!(req("PUT", "/api/permissions/%2F/t-user", all).status, 201);
+    let mut c = login(amqp, "t-user", "pw", "/").unwrap();
+    assert_eq!(req("DELETE", "/api/users/t-user", "").status, 204);
+    assert_eq!(
+        closed_by_broker(&mut c),
+        "320 CONNECTION_FORCED - user 't-user' is deleted"
+    );
+    assert_eq!(req("DELETE", "/api/users/t-user", "").status, 404);
+    assert!(login(amqp, "t-user", "pw", "/").is_err());
+    assert_eq!(
+        req("GET", "/api/permissions/%2F/t-user", "").status,
+        404,
+        "the user's permissions went with them"
+    );
+
+    // Only administrators; hostile bodies get 400/413, never a crash.
+    assert_eq!(
+        req(
+            "PUT",
+            "/api/users/t-mon",
+            r#"{"password":"pw","tags":"monitoring"}"#
+        )
+        .status,
+        201
+    );
+    let mon = Some("t-mon:pw");
+    assert_eq!(http(api, "PUT", "/api/vhosts/x", mon, "").status, 401);
+    assert_eq!(http(api, "DELETE", "/api/users/guest", mon, "").status, 401);
+    assert_eq!(
+        http(api, "PUT", "/api/permissions/%2F/t-mon", mon, all).status,
+        401
+    );
+    assert_eq!(http(api, "POST", "/api/definitions", mon, "{}").status, 401);
+    for (path, body) in [
+        ("/api/vhosts/x", "{not json"),
+        ("/api/vhosts/x", "[1,2]"),
+        ("/api/users/x", "\"tags\""),
+        (
+            "/api/permissions/%2F/guest",
+            "{\"configure\":1,\"write\":[],\"read\":{}}",
+        ),
+        ("/api/users/x", r#"{"password":5,"tags":""}"#),
+        (
+            "/api/users/x",
+            r#"{"password":"p","tags":"","hashing_algorithm":"rot13"}"#,
+        ),
+    ] {
+        let r = req("PUT", path, body);
+        assert_eq!(r.status, 400, "PUT {path} {body}");
+        assert_eq!(r.json()["error"], "bad_request");
+    }
+    let big = format!("{{\"tags\":\"{}\"}}", "x".repeat(3 << 20));
+    assert_eq!(req("PUT", "/api/users/big", &big).status, 413);
+    let long = "v".repeat(300);
+    assert_eq!(req("PUT", &format!("/api/vhosts/{long}"), "").status, 400);
+    // The broker still answers.
+    assert_eq!(get_json(api, "/api/whoami")["name"], "guest");
+    drop(g);
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn definitions_import_takes_effect_and_everything_persists() {
+    let _serial = serial();
+    let data =
+        std::env::temp_dir().join(format!("amqp-broker-mgmt-persist-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let data_arg = data.to_str().unwrap().to_owned();
+    let ours = start_with(&["--data-dir", &data_arg]);
+    let (api, amqp) = (ours.api, ours.broker.addr);
+    let req = |method: &str, path: &str, body: &str| http(api, method, path, GUEST, body);
+
+    // Hostile imports: RabbitMQ's reasons, nothing imported.
+    let r = req("POST", "/api/definitions", "[1]");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["reason"], "failed_to_parse_json");
+    let r = req("POST", "/api/definitions", "{\"users\":[{\"name\":1}]}");
+    assert_eq!(r.status, 400);
+    let r = req(
+        "POST",
+        "/api/definitions",
+        r#"{"queues":[{"name":"q","vhost":"nope","durable":true,"auto_delete":false,"arguments":{}}]}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["reason"],
+        serde_json::json!(["no_such_vhost", "nope"])
+    );
+
+    // An import in the format GET /api/definitions gives.
+    let hash = amqp_broker::auth::Password::hash(
+        "imported-pw",
+        [9, 8, 7, 6],
+        amqp_broker::auth::HashAlgorithm::Sha256,
+    );
+    let defs = format!(
+        r#"{{"users":[{{"name":"i-user","password_hash":"{hash}","hashing_algorithm":"rabbit_password_hashing_sha256","tags":["management"]}}],
+            "vhosts":[{{"name":"i-vh","metadata":{{"description":"imported","tags":["t"]}}}}],
+            "permissions":[{{"user":"i-user","vhost":"i-vh","configure":".*","write":".*","read":".*"}}],
+            "policies":[{{"vhost":"i-vh","name":"short","pattern":"^i-q$","apply-to":"queues","definition":{{"max-length":1}},"priority":0}}],
+            "queues":[{{"name":"i-q","vhost":"i-vh","durable":true,"auto_delete":false,"arguments":{{}}}}],
+            "exchanges":[{{"name":"i-x","vhost":"i-vh","type":"fanout","durable":true,"auto_delete":false,"internal":false,"arguments":{{}}}}],
+            "bindings":[{{"source":"i-x","vhost":"i-vh","destination":"i-q","destination_type":"queue","routing_key":"","arguments":{{}}}}]}}"#
+    );
+    assert_eq!(req("POST", "/api/definitions", &defs).status, 204);
+    // Again: existing objects are left as they are (RabbitMQ's import).
+    assert_eq!(req("POST", "/api/definitions", &defs).status, 204);
+    assert_eq!(get_json(api, "/api/vhosts/i-vh")["description"], "imported");
+    assert_eq!(
+        get_json(api, "/api/bindings/i-vh/e/i-x/q/i-q")[0]["routing_key"],
+        ""
+    );
+    assert_eq!(get_json(api, "/api/queues/i-vh/i-q")["policy"], "short");
+    let mut c = login(amqp, "i-user", "imported-pw", "i-vh").expect("the imported user logs in");
+    c.publish(1, "i-x", "", "one");
+    c.publish(1, "i-x", "", "two");
+    c.call_on(
+        1,
+        QueueDeclare {
+            queue: "i-q".try_into().unwrap(),
+            durable: true,
+            passive: true,
+            ..Default::default()
+        },
+    );
+    drop(c);
+    assert_eq!(
+        get_json(api, "/api/queues/i-vh/i-q")["messages"],
+        1,
+        "the imported policy's max-length 1"
+    );
+    // Per-vhost import: objects without a vhost go to the one named.
+    let r = req(
+        "POST",
+        "/api/definitions/i-vh",
+        r#"{"queues":[{"name":"i-q2","durable":true,"auto_delete":false,"arguments":{}}]}"#,
+    );
+    assert_eq!(r.status, 204);
+    let per = get_json(api, "/api/definitions/i-vh");
+    let names: Vec<&str> = per["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["i-q", "i-q2"]);
+    assert!(per["queues"][0].get("vhost").is_none());
+
+    // API changes: a user with a clear password, a deleted one, a vhost.
+    assert_eq!(
+        req(
+            "PUT",
+            "/api/users/p-user",
+            r#"{"password":"p-pw","tags":""}"#
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        req(
+            "PUT",
+            "/api/permissions/i-vh/p-user",
+            r#"{"configure":"^p-","write":".*","read":".*"}"#
+        )
+        .status,
+        201
+    );
+    assert_eq!(req("PUT", "/api/vhosts/gone-vh", "").status, 201);
+    assert_eq!(req("DELETE", "/api/vhosts/gone-vh", "").status, 204);
+    let before = get_json(api, "/api/definitions");
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+
+    // All of it comes back from the data directory.
+    let ours = start_with(&["--data-dir", &data_arg]);
+    let api = ours.api;
+    let after = get_json(api, "/api/definitions");
+    for k in [
+        "users",
+        "vhosts",
+        "permissions",
+        "queues",
+        "exchanges",
+        "bindings",
+        "policies",
+    ] {
+        assert_eq!(before[k], after[k], "{k} after a restart");
+    }
+    assert_eq!(
+        get_json(api, "/api/vhosts/i-vh")["tags"],
+        serde_json::json!(["t"])
+    );
+    assert_eq!(
+        http(api, "GET", "/api/vhosts/gone-vh", GUEST, "").status,
+        404
+    );
+    assert_eq!(get_json(api, "/api/queues/i-vh/i-q")["durable"], true);
+    assert!(login(ours.broker.addr, "i-user", "imported-pw", "i-vh").is_ok());
+    let mut p = login(ours.broker.addr, "p-user", "p-pw", "i-vh").expect("p-user logs in");
+    assert_eq!(declare_on(&mut p, 2, "p-q"), Ok(()));
+    assert!(declare_on(&mut p, 3, "other").is_err());
+    drop(p);
+    // A deleted user stays deleted (the saved state wins over the
+    // first-boot guest).
+    assert_eq!(
+        http(api, "DELETE", "/api/users/p-user", GUEST, "").status,
+        204
+    );
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+    let ours = start_with(&["--data-dir", &data_arg]);
+    assert!(login(ours.broker.addr, "p-user", "p-pw", "i-vh").is_err());
+    assert!(login(ours.broker.addr, "guest", "guest", "/").is_ok());
+    assert!(ours.broker.terminate().is_some_and(|s| s.success()));
+    let _ = std::fs::remove_dir_all(&data);
+}
