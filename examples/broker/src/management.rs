@@ -2224,6 +2224,22 @@ async fn delete_connection(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The web overview: one self-contained page (inline CSS and JavaScript)
+/// that polls this API with the credentials its login form (or RabbitMQ's
+/// `#/login/user/password` link) keeps in `sessionStorage`.
+pub const OVERVIEW_HTML: &str = include_str!("overview.html");
+
+async fn overview_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        OVERVIEW_HTML,
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found()
 }
@@ -2235,6 +2251,8 @@ pub const DEFINITIONS_MAX: usize = 20 * 1024 * 1024;
 /// The management API's routes.
 pub fn router(m: Arc<Management>) -> Router {
     Router::new()
+        .route("/", get(overview_page))
+        .route("/index.html", get(overview_page))
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
