@@ -168,6 +168,9 @@ pub struct Management {
     config: Config,
     started: Instant,
     last: Mutex<Option<(Instant, Sample)>>,
+    /// The last [`HISTORY`] samples with their time (ms since the Unix
+    /// epoch), for `?msg_rates_age=..&msg_rates_incr=..`.
+    history: Mutex<std::collections::VecDeque<(u64, Sample)>>,
     rates: Mutex<Rates>,
 }
 
@@ -188,6 +191,7 @@ impl Management {
             config,
             started: Instant::now(),
             last: Mutex::new(None),
+            history: Mutex::new(std::collections::VecDeque::new()),
             rates: Mutex::new(Rates::default()),
         })
     }
@@ -227,7 +231,147 @@ impl Management {
             }
             *self.rates.lock().unwrap_or_else(|p| p.into_inner()) = rates;
         }
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = s.clone();
+            if kept.queues.len() > HISTORY_QUEUES {
+                // Many queues: their history would cost too much memory.
+                kept.queues.clear();
+            }
+            kept.exchanges.clear();
+            h.push_back((unix_ms(), kept));
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+        }
         *last = Some((now, s));
+    }
+}
+
+/// Samples kept for `samples` in `*_details` (RabbitMQ's
+/// `msg_rates_age`/`lengths_age` queries): 5 minutes at the default 5 s
+/// interval.
+pub const HISTORY: usize = 60;
+
+/// Above this many queues, per-queue history is not kept (global only).
+pub const HISTORY_QUEUES: usize = 1000;
+
+/// `?msg_rates_age=S&msg_rates_incr=S` and `?lengths_age=S&lengths_incr=S`
+/// (seconds): RabbitMQ's request for `samples` in the `*_details` of
+/// message counters and queue lengths.
+#[derive(Debug, Clone, Copy, Default)]
+struct SampleQuery {
+    msg: Option<(f64, f64)>,
+    lengths: Option<(f64, f64)>,
+}
+
+impl SampleQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut get = HashMap::new();
+        for kv in query.unwrap_or("").split('&') {
+            if let Some((k, v)) = kv.split_once('=')
+                && let Ok(v) = v.parse::<f64>()
+                && v.is_finite()
+                && v > 0.0
+            {
+                get.insert(k, v);
+            }
+        }
+        let pair = |a: &str, i: &str| -> Option<(f64, f64)> {
+            let (age, incr) = (*get.get(a)?, *get.get(i)?);
+            // At most 1000 points.
+            (age / incr <= 1000.0).then_some((age, incr))
+        };
+        SampleQuery {
+            msg: pair("msg_rates_age", "msg_rates_incr"),
+            lengths: pair("lengths_age", "lengths_incr"),
+        }
+    }
+}
+
+impl Management {
+    /// Adds RabbitMQ's `samples`, `avg` and `avg_rate` to every
+    /// `<key>_details` of `o` whose counter `get` finds in the history:
+    /// newest first, one every `incr` seconds over `age`, each the last
+    /// sample taken at or before its (aligned) timestamp.
+    fn add_samples(
+        &self,
+        o: &mut Value,
+        (age, incr): (f64, f64),
+        get: impl Fn(&Sample, &str) -> Option<u64>,
+    ) {
+        let Value::Object(o) = o else { return };
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let incr_ms = ((incr * 1000.0) as u64).max(1);
+        let now = unix_ms();
+        let newest = now - now % incr_ms;
+        let points = (age / incr) as u64;
+        let keys: Vec<String> = o
+            .keys()
+            .filter_map(|k| k.strip_suffix("_details").map(str::to_owned))
+            .collect();
+        for k in keys {
+            let mut samples = Vec::new();
+            for i in 0..=points {
+                let t = newest.saturating_sub(i * incr_ms);
+                let Some((_, s)) = h.iter().rev().find(|(ts, _)| *ts <= t) else {
+                    break;
+                };
+                let Some(v) = get(s, &k) else { break };
+                samples.push((v, t));
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let avg = samples.iter().map(|(v, _)| *v as f64).sum::<f64>() / samples.len() as f64;
+            let (first, last) = (samples[samples.len() - 1], samples[0]);
+            let span = (last.1 - first.1) as f64 / 1000.0;
+            let avg_rate = if span > 0.0 {
+                (last.0 as f64 - first.0 as f64) / span
+            } else {
+                0.0
+            };
+            if let Some(Value::Object(d)) = o.get_mut(&format!("{k}_details")) {
+                d.insert(
+                    "samples".into(),
+                    samples
+                        .iter()
+                        .map(|(v, t)| json!({"sample": v, "timestamp": t}))
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                d.insert("avg".into(), json!(avg));
+                d.insert("avg_rate".into(), json!(avg_rate));
+            }
+        }
+    }
+
+    /// `samples` for a queue's `message_stats` and lengths.
+    fn queue_samples(&self, v: &mut Value, vhost: &str, name: &str, q: SampleQuery) {
+        let key = (vhost.to_owned(), name.to_owned());
+        let stat = |s: &Sample, k: &str| {
+            let (st, _) = s.queues.get(&key)?;
+            st.fields().iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+        };
+        let length = |s: &Sample, k: &str| {
+            let (_, d) = s.queues.get(&key)?;
+            depth(d, k)
+        };
+        if let Some(p) = q.msg {
+            self.add_samples(&mut v["message_stats"], p, stat);
+        }
+        if let Some(p) = q.lengths {
+            self.add_samples(v, p, length);
+        }
+    }
+}
+
+fn depth(d: &Depths, k: &str) -> Option<u64> {
+    match k {
+        "messages" => Some(d[0]),
+        "messages_ready" => Some(d[1]),
+        "messages_unacknowledged" => Some(d[2]),
+        _ => None,
     }
 }
 
@@ -778,7 +922,12 @@ fn permissions_json(auth: &Auth) -> Vec<Value> {
 
 type St = State<Arc<Management>>;
 
-async fn overview(State(m): St, user: User) -> ApiResult {
+async fn overview(
+    State(m): St,
+    user: User,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult {
+    let sq = SampleQuery::parse(query.as_deref());
     let s = m.snapshot();
     let rates = m.rates();
     let visible = |v: &str| user.sees_vhost(&s.auth, v);
@@ -820,7 +969,7 @@ async fn overview(State(m): St, user: User) -> ApiResult {
     if let Some(a) = m.config.prometheus {
         listeners.push(listener(&m.config.node, "http/prometheus", &a));
     }
-    ok(json!({
+    let mut o = json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rates_mode": "basic",
         "sample_retention_policies": {
@@ -855,10 +1004,22 @@ async fn overview(State(m): St, user: User) -> ApiResult {
             "queues": queues.len(),
         },
         "statistics_db_event_queue": 0,
+        "collect_statistics_interval": m.config.sample_interval.as_millis() as u64,
         "node": m.config.node,
         "listeners": listeners,
         "contexts": [],
-    }))
+    });
+    if let Some(p) = sq.msg {
+        // disk_reads and disk_writes stay 0.
+        m.add_samples(&mut o["message_stats"], p, |s, k| {
+            let v = s.totals.fields().into_iter().find(|(n, _)| *n == k);
+            Some(v.map_or(0, |(_, v)| v))
+        });
+    }
+    if let Some(p) = sq.lengths {
+        m.add_samples(&mut o["queue_totals"], p, |s, k| depth(&s.depths, k));
+    }
+    ok(o)
 }
 
 fn listener(node: &str, protocol: &str, a: &SocketAddr) -> Value {
@@ -1373,7 +1534,7 @@ async fn publish(
     ok(json!({ "routed": routed }))
 }
 
-async fn queues_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiResult {
+async fn queues_in(m: &Management, user: &User, vhost: Option<&str>, sq: SampleQuery) -> ApiResult {
     let s = m.snapshot();
     if let Some(v) = vhost {
         check_vhost(&s, user, v)?;
@@ -1383,20 +1544,38 @@ async fn queues_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiResul
         s.queues
             .iter()
             .filter(|q| user.sees_vhost(&s.auth, &q.vhost) && vhost.is_none_or(|v| v == q.vhost))
-            .map(|q| m.queue_json(q, &s, &rates, false))
+            .map(|q| {
+                let mut v = m.queue_json(q, &s, &rates, false);
+                m.queue_samples(&mut v, &q.vhost, &q.name, sq);
+                v
+            })
             .collect(),
     ))
 }
 
-async fn queues(State(m): St, user: User) -> ApiResult {
-    queues_in(&m, &user, None).await
+async fn queues(
+    State(m): St,
+    user: User,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult {
+    queues_in(&m, &user, None, SampleQuery::parse(q.as_deref())).await
 }
 
-async fn queues_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
-    queues_in(&m, &user, Some(&vhost)).await
+async fn queues_vhost(
+    State(m): St,
+    user: User,
+    Path(vhost): Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult {
+    queues_in(&m, &user, Some(&vhost), SampleQuery::parse(q.as_deref())).await
 }
 
-async fn queue(State(m): St, user: User, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+async fn queue(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult {
     let s = m.snapshot();
     check_vhost(&s, &user, &vhost)?;
     let q = s
@@ -1404,7 +1583,9 @@ async fn queue(State(m): St, user: User, Path((vhost, name)): Path<(String, Stri
         .iter()
         .find(|q| q.vhost == vhost && q.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok(m.queue_json(q, &s, &m.rates(), true))
+    let mut v = m.queue_json(q, &s, &m.rates(), true);
+    m.queue_samples(&mut v, &vhost, &name, SampleQuery::parse(query.as_deref()));
+    ok(v)
 }
 
 async fn put_queue(
