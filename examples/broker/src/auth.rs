@@ -404,6 +404,37 @@ mod tests {
     }
 
     #[test]
+    fn stored_hashes_as_the_management_api_takes_them() {
+        // RabbitMQ's user without a password: "" (or a bare salt) never
+        // matches, not even the empty password.
+        for h in ["", "yv66vg=="] {
+            let p = Password::from_stored_hash(h, HashAlgorithm::Sha256).unwrap();
+            assert!(!p.verify("") && !p.verify("guest"));
+        }
+        assert!(Password::from_stored_hash("!!", HashAlgorithm::Sha256).is_err());
+        let p = Password::hashed("pw", HashAlgorithm::Sha512);
+        assert!(p.verify("pw") && !p.verify("pw2"));
+        let u = User {
+            name: "u".into(),
+            password: p,
+            tags: vec![],
+        };
+        let (hash, algo) = u.password_hash();
+        assert_eq!(algo, "rabbit_password_hashing_sha512");
+        let back = Password::from_stored_hash(&hash, HashAlgorithm::Sha512).unwrap();
+        assert!(back.verify("pw"));
+        assert_ne!(random_salt(), random_salt());
+    }
+
+    #[test]
+    fn tags_as_list_or_comma_separated() {
+        use serde_json::json;
+        assert_eq!(parse_tags(&json!("a, b,,c")), ["a", "b", "c"]);
+        assert_eq!(parse_tags(&json!(["x", 1, null, ""])), ["x", "1"]);
+        assert!(parse_tags(&json!({"a": 1})).is_empty());
+    }
+
+    #[test]
     fn guest_only_over_loopback() {
         let a = Auth::default();
         assert!(a.login("guest", "guest", true));

@@ -298,4 +298,25 @@ mod tests {
         assert_eq!(d.topology.queues.len(), 1);
         assert!(Definitions::from_json("[]").is_err());
     }
+
+    #[test]
+    fn saved_state_replaces_the_configuration() {
+        // The data directory's file: users, vhosts with metadata,
+        // permissions; a passwordless user ("" hash) is kept.
+        let text = r#"{"users":[{"name":"ops","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":"administrator"}],
+            "vhosts":[{"name":"prod","limits":[],"metadata":{"description":"live","tags":["a"]}}],
+            "permissions":[{"user":"ops","vhost":"prod","configure":".*","write":".*","read":".*"}]}"#;
+        let d = Definitions::from_json(text).unwrap();
+        assert!(d.has_auth);
+        let mut c = CoreConfig::default();
+        d.restore(&mut c).unwrap();
+        assert_eq!(c.vhosts, ["prod"]);
+        assert!(!c.auth.users.contains_key("guest"));
+        assert_eq!(c.auth.users["ops"].tags, ["administrator"]);
+        assert!(!c.auth.login("ops", "", true));
+        assert!(c.auth.may_open("ops", "prod"));
+        assert_eq!(c.auth.vhost_meta["prod"].description, "live");
+        // An older file with the topology only leaves the configuration.
+        assert!(!Definitions::from_json(r#"{"queues":[]}"#).unwrap().has_auth);
+    }
 }

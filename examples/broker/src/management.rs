@@ -2858,3 +2858,30 @@ pub async fn serve(
         tracing::warn!("management listener failed: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_queries_as_rabbitmq_takes_them() {
+        let q = SampleQuery::parse(Some("msg_rates_age=60&msg_rates_incr=5&x=1"));
+        assert_eq!(q.msg, Some((60.0, 5.0)));
+        assert_eq!(q.lengths, None);
+        let q = SampleQuery::parse(Some("lengths_age=1&lengths_incr=0.5"));
+        assert_eq!(q.lengths, Some((1.0, 0.5)));
+        // Zero, negative, not numbers, too many points: ignored.
+        for bad in [
+            "msg_rates_age=60&msg_rates_incr=0",
+            "msg_rates_age=-1&msg_rates_incr=1",
+            "msg_rates_age=abc&msg_rates_incr=1",
+            "msg_rates_age=1e9&msg_rates_incr=1",
+            "msg_rates_age=NaN&msg_rates_incr=1",
+            "msg_rates_age",
+            "",
+        ] {
+            assert_eq!(SampleQuery::parse(Some(bad)).msg, None, "{bad}");
+        }
+        assert_eq!(SampleQuery::parse(None).msg, None);
+    }
+}
