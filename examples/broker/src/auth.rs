@@ -90,6 +90,27 @@ impl Password {
         Ok(Password::Hashed { algorithm, salted })
     }
 
+    /// A `password_hash` as RabbitMQ's management API and definitions
+    /// import take it: any base64, even one too short to hold a salt and a
+    /// digest (`""` is RabbitMQ's user without a password, who cannot log
+    /// in with one).
+    pub fn from_stored_hash(hash: &str, algorithm: HashAlgorithm) -> Result<Self, String> {
+        use base64::Engine;
+        let salted = base64::engine::general_purpose::STANDARD
+            .decode(hash)
+            .map_err(|_| format!("password_hash is not base64: {hash}"))?;
+        Ok(Password::Hashed { algorithm, salted })
+    }
+
+    /// A clear-text password hashed as RabbitMQ stores it, with a random
+    /// salt.
+    pub fn hashed(password: &str, algorithm: HashAlgorithm) -> Self {
+        let salt = random_salt();
+        let mut salted = salt.to_vec();
+        salted.extend(algorithm.digest(&salt, password.as_bytes()));
+        Password::Hashed { algorithm, salted }
+    }
+
     /// RabbitMQ's hash of `password` with this 4-byte salt, base64.
     pub fn hash(password: &str, salt: [u8; 4], algorithm: HashAlgorithm) -> String {
         use base64::Engine;
@@ -102,12 +123,26 @@ impl Password {
     pub fn verify(&self, given: &str) -> bool {
         match self {
             Password::Plain(p) => same(p.as_bytes(), given.as_bytes()),
+            // Too short for a salt and a digest: no password (RabbitMQ's
+            // `password_hash` "").
+            Password::Hashed { salted, .. } if salted.len() <= 4 => false,
             Password::Hashed { algorithm, salted } => {
                 let (salt, digest) = salted.split_at(4);
                 same(&algorithm.digest(salt, given.as_bytes()), digest)
             }
         }
     }
+}
+
+/// Four random bytes (std seeds its hasher keys from the OS's randomness,
+/// and a counter makes successive calls differ).
+pub fn random_salt() -> [u8; 4] {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let h = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n));
+    (h as u32).to_be_bytes()
 }
 
 /// A user and how to check their password.
@@ -118,6 +153,74 @@ pub struct User {
     /// The password.
     pub password: Password,
     /// Tags (`administrator`, `monitoring`, ...).
+    pub tags: Vec<String>,
+}
+
+impl User {
+    /// The password as RabbitMQ exports it: (`password_hash`,
+    /// `hashing_algorithm`). A stored hash is given back as it is; a
+    /// clear-text password (from the configuration file) is hashed with
+    /// SHA-256 and a salt derived from the user name, so that the export is
+    /// stable.
+    pub fn password_hash(&self) -> (String, &'static str) {
+        use base64::Engine;
+        match &self.password {
+            Password::Hashed { algorithm, salted } => (
+                base64::engine::general_purpose::STANDARD.encode(salted),
+                algorithm.name(),
+            ),
+            Password::Plain(p) => {
+                use sha2::Digest as _;
+                let d = sha2::Sha256::digest(self.name.as_bytes());
+                let salt = [d[0], d[1], d[2], d[3]];
+                let algorithm = HashAlgorithm::Sha256;
+                (Password::hash(p, salt, algorithm), algorithm.name())
+            }
+        }
+    }
+
+    /// The user as RabbitMQ's `/api/users` and definitions export show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (hash, algorithm) = self.password_hash();
+        serde_json::json!({
+            "name": self.name,
+            "password_hash": hash,
+            "hashing_algorithm": algorithm,
+            "tags": self.tags,
+            "limits": {},
+        })
+    }
+}
+
+/// Tags as RabbitMQ's API and exports give them: a list, or a
+/// comma-separated string; other values are left out.
+pub fn parse_tags(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|t| match t {
+                serde_json::Value::String(s) => Some(s.trim().to_owned()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|t| !t.is_empty())
+            .collect(),
+        serde_json::Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A virtual host's metadata (RabbitMQ's `description` and `tags`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VhostMeta {
+    /// Free text.
+    pub description: String,
+    /// Tags.
     pub tags: Vec<String>,
 }
 
@@ -184,6 +287,8 @@ pub struct Auth {
     /// Users that may only connect over loopback (RabbitMQ's
     /// `loopback_users`, `guest` by default).
     pub loopback_users: Vec<String>,
+    /// Virtual hosts' descriptions and tags, by name (none: empty).
+    pub vhost_meta: HashMap<String, VhostMeta>,
 }
 
 impl Default for Auth {
@@ -205,6 +310,7 @@ impl Default for Auth {
             users,
             permissions,
             loopback_users: vec!["guest".into()],
+            vhost_meta: HashMap::new(),
         }
     }
 }
@@ -226,6 +332,40 @@ impl Auth {
     pub fn may_open(&self, user: &str, vhost: &str) -> bool {
         self.permissions
             .contains_key(&(user.to_owned(), vhost.to_owned()))
+    }
+
+    /// The users as RabbitMQ lists them, by name.
+    pub fn users_json(&self) -> Vec<serde_json::Value> {
+        let mut users: Vec<&User> = self.users.values().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users.iter().map(|u| u.to_json()).collect()
+    }
+
+    /// The permissions as RabbitMQ lists them, by user and vhost (only
+    /// those of `user` and/or in `vhost` when given).
+    pub fn permissions_json(
+        &self,
+        user: Option<&str>,
+        vhost: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        let mut perms: Vec<_> = self
+            .permissions
+            .iter()
+            .filter(|((u, v), _)| user.is_none_or(|x| x == u) && vhost.is_none_or(|x| x == v))
+            .collect();
+        perms.sort_by(|a, b| a.0.cmp(b.0));
+        perms
+            .iter()
+            .map(|((user, vhost), p)| {
+                serde_json::json!({
+                    "user": user,
+                    "vhost": vhost,
+                    "configure": p.configure.as_str(),
+                    "write": p.write.as_str(),
+                    "read": p.read.as_str(),
+                })
+            })
+            .collect()
     }
 
     /// Whether `user` has `access` to the resource `name` in `vhost`.
@@ -261,6 +401,37 @@ mod tests {
         assert!(Password::from_hash("AAAA", HashAlgorithm::Sha256).is_err());
         assert_eq!(HashAlgorithm::from_name(None), Ok(HashAlgorithm::Md5));
         assert!(HashAlgorithm::from_name(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn stored_hashes_as_the_management_api_takes_them() {
+        // RabbitMQ's user without a password: "" (or a bare salt) never
+        // matches, not even the empty password.
+        for h in ["", "yv66vg=="] {
+            let p = Password::from_stored_hash(h, HashAlgorithm::Sha256).unwrap();
+            assert!(!p.verify("") && !p.verify("guest"));
+        }
+        assert!(Password::from_stored_hash("!!", HashAlgorithm::Sha256).is_err());
+        let p = Password::hashed("pw", HashAlgorithm::Sha512);
+        assert!(p.verify("pw") && !p.verify("pw2"));
+        let u = User {
+            name: "u".into(),
+            password: p,
+            tags: vec![],
+        };
+        let (hash, algo) = u.password_hash();
+        assert_eq!(algo, "rabbit_password_hashing_sha512");
+        let back = Password::from_stored_hash(&hash, HashAlgorithm::Sha512).unwrap();
+        assert!(back.verify("pw"));
+        assert_ne!(random_salt(), random_salt());
+    }
+
+    #[test]
+    fn tags_as_list_or_comma_separated() {
+        use serde_json::json;
+        assert_eq!(parse_tags(&json!("a, b,,c")), ["a", "b", "c"]);
+        assert_eq!(parse_tags(&json!(["x", 1, null, ""])), ["x", "1"]);
+        assert!(parse_tags(&json!({"a": 1})).is_empty());
     }
 
     #[test]

@@ -171,6 +171,7 @@ impl Config {
                 users: Default::default(),
                 permissions: Default::default(),
                 loopback_users: vec!["guest".into()],
+                vhost_meta: Default::default(),
             };
             for u in &self.users {
                 let password = match (&u.password, &u.password_hash) {

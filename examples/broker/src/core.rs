@@ -860,7 +860,8 @@ impl Core {
             all.policies
                 .extend(v.policies.values().map(|p| p.to_def(v.router.vhost())));
         }
-        Some(all.to_json())
+        // management: users, vhosts and permissions are persisted with it.
+        Some(self.definitions_json(all))
     }
 
     /// Puts recovered messages back in their queues, in order; messages of

@@ -3,10 +3,12 @@
 //! vhosts, permissions and the topology, imported into an empty broker at
 //! boot (`--definitions FILE`), as RabbitMQ's `load_definitions` does.
 
-use crate::auth::{Auth, HashAlgorithm, Password, Permission, User};
-use crate::core::CoreConfig;
-use amqp_router::definitions::Topology;
+use crate::auth::{Auth, HashAlgorithm, Password, Permission, User, VhostMeta, parse_tags};
+use crate::core::snapshot::AdminError;
+use crate::core::{Core, CoreConfig};
+use amqp_router::definitions::{Topology, json_to_table};
 use serde::Deserialize;
+use std::time::Instant;
 
 /// The parts of a definitions export the broker reads.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -23,6 +25,11 @@ pub struct Definitions {
     /// Exchanges, queues, bindings, policies.
     #[serde(flatten)]
     pub topology: Topology,
+    /// Whether the export has a `users` key (RabbitMQ's full exports and
+    /// the data directory's `definitions.json` do): its users, vhosts and
+    /// permissions are then the whole of them.
+    #[serde(skip)]
+    pub has_auth: bool,
 }
 
 /// A user of the export.
@@ -44,6 +51,37 @@ pub struct UserDef {
 pub struct VhostDef {
     /// Name.
     pub name: String,
+    /// `{"description": .., "tags": [..]}` (RabbitMQ 3.8+).
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    /// Older exports' description.
+    #[serde(default)]
+    pub description: Option<serde_json::Value>,
+    /// Older exports' tags.
+    #[serde(default)]
+    pub tags: Option<serde_json::Value>,
+}
+
+impl VhostDef {
+    /// Its description and tags, when the export gives any.
+    pub fn meta(&self) -> Option<VhostMeta> {
+        let m = self.metadata.as_ref();
+        let description = m
+            .and_then(|m| m.get("description"))
+            .or(self.description.as_ref());
+        let tags = m.and_then(|m| m.get("tags")).or(self.tags.as_ref());
+        if description.is_none() && tags.is_none() {
+            return None;
+        }
+        Some(VhostMeta {
+            description: match description {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            },
+            tags: tags.map(parse_tags).unwrap_or_default(),
+        })
+    }
 }
 
 /// A permission of the export.
@@ -64,7 +102,138 @@ pub struct PermissionDef {
 impl Definitions {
     /// Parses an export; the error names what is wrong.
     pub fn from_json(text: &str) -> Result<Definitions, String> {
-        serde_json::from_str(text).map_err(|e| format!("not a definitions export: {e}"))
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not a definitions export: {e}"))?;
+        let has_auth = v.get("users").is_some();
+        let mut d: Definitions =
+            serde_json::from_value(v).map_err(|e| format!("not a definitions export: {e}"))?;
+        d.has_auth = has_auth;
+        Ok(d)
+    }
+
+    fn user(u: &UserDef) -> Result<User, String> {
+        let algo = HashAlgorithm::from_name(u.hashing_algorithm.as_deref())
+            .map_err(|e| format!("user '{}': {e}", u.name))?;
+        let password = Password::from_stored_hash(&u.password_hash, algo)
+            .map_err(|e| format!("user '{}': {e}", u.name))?;
+        Ok(User {
+            name: u.name.clone(),
+            password,
+            tags: parse_tags(&u.tags),
+        })
+    }
+
+    /// Makes the export's users, vhosts (with their metadata) and
+    /// permissions the whole of `config`'s (a data directory's saved state
+    /// at boot: it is authoritative over the configuration file's).
+    pub fn restore(&self, config: &mut CoreConfig) -> Result<(), String> {
+        let mut auth = Auth {
+            users: Default::default(),
+            permissions: Default::default(),
+            loopback_users: config.auth.loopback_users.clone(),
+            vhost_meta: Default::default(),
+        };
+        for u in &self.users {
+            auth.users.insert(u.name.clone(), Self::user(u)?);
+        }
+        config.vhosts.clear();
+        for v in &self.vhosts {
+            if !config.vhosts.contains(&v.name) {
+                config.vhosts.push(v.name.clone());
+            }
+            if let Some(m) = v.meta() {
+                auth.vhost_meta.insert(v.name.clone(), m);
+            }
+        }
+        for p in &self.permissions {
+            let perm = Permission::new(&p.configure, &p.write, &p.read)
+                .map_err(|e| format!("permissions of '{}' in '{}': {e}", p.user, p.vhost))?;
+            auth.permissions
+                .insert((p.user.clone(), p.vhost.clone()), perm);
+        }
+        config.auth = auth;
+        Ok(())
+    }
+
+    /// Imports the export into a running broker (`POST /api/definitions`),
+    /// adding to what it has and updating what it names, in RabbitMQ's
+    /// order: users, vhosts, permissions, policies, queues, exchanges,
+    /// bindings. Objects without a vhost go to `vhost` when given (`POST
+    /// /api/definitions/vhost`), else to `/`. New vhosts give `creator`
+    /// every permission, as creating them through the API does. Stops at
+    /// the first error (what came before it stays).
+    pub fn import(
+        &self,
+        core: &mut Core,
+        vhost: Option<&str>,
+        creator: Option<&str>,
+        now: Instant,
+    ) -> Result<(), AdminError> {
+        let bad = AdminError::BadRequest;
+        for u in &self.users {
+            core.admin_put_user(Self::user(u).map_err(bad)?);
+        }
+        for v in &self.vhosts {
+            core.admin_add_vhost(&v.name, v.meta(), creator)?;
+        }
+        for p in &self.permissions {
+            let perm = Permission::new(&p.configure, &p.write, &p.read)
+                .map_err(|e| bad(format!("permissions of '{}' in '{}': {e}", p.user, p.vhost)))?;
+            core.admin_set_permission(&p.user, &p.vhost, perm)?;
+        }
+        let vh = |v: &Option<String>| v.clone().unwrap_or_else(|| vhost.unwrap_or("/").to_owned());
+        // RabbitMQ's reason for a missing vhost; existing queues and
+        // exchanges are left as they are (no equivalence check), as its
+        // import does.
+        let exists = |core: &Core, v: &str, name: &str, queue: bool| {
+            core.admin_exists(v, name, queue)
+                .map_err(|_| bad(serde_json::json!(["no_such_vhost", v]).to_string()))
+        };
+        let t = &self.topology;
+        for p in &t.policies {
+            let v = vh(&p.vhost);
+            exists(core, &v, "", false)?;
+            core.set_policy(&v, p, now)?;
+        }
+        for q in &t.queues {
+            if exists(core, &vh(&q.vhost), &q.name, true)? {
+                continue;
+            }
+            core.admin_declare_queue(
+                &vh(&q.vhost),
+                &q.name,
+                q.durable,
+                q.auto_delete,
+                &json_to_table(&q.arguments),
+                now,
+            )?;
+        }
+        for x in &t.exchanges {
+            if x.name.starts_with("amq.") || exists(core, &vh(&x.vhost), &x.name, false)? {
+                continue;
+            }
+            core.admin_declare_exchange(
+                &vh(&x.vhost),
+                &x.name,
+                &x.kind,
+                x.durable,
+                x.auto_delete,
+                x.internal,
+                &json_to_table(&x.arguments),
+            )?;
+        }
+        for b in &t.bindings {
+            exists(core, &vh(&b.vhost), "", false)?;
+            core.admin_bind(
+                &vh(&b.vhost),
+                &b.source,
+                &b.destination,
+                b.destination_type == "queue",
+                &b.routing_key,
+                &json_to_table(&b.arguments),
+            )?;
+        }
+        Ok(())
     }
 
     /// Adds the export's users, vhosts and permissions to `config` (the
@@ -75,38 +244,18 @@ impl Definitions {
                 users: Default::default(),
                 permissions: Default::default(),
                 loopback_users: config.auth.loopback_users.clone(),
+                vhost_meta: Default::default(),
             };
         }
         for u in &self.users {
-            let algo = HashAlgorithm::from_name(u.hashing_algorithm.as_deref())
-                .map_err(|e| format!("user '{}': {e}", u.name))?;
-            let password = Password::from_hash(&u.password_hash, algo)
-                .map_err(|e| format!("user '{}': {e}", u.name))?;
-            let tags = match &u.tags {
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect(),
-                serde_json::Value::String(s) => s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            config.auth.users.insert(
-                u.name.clone(),
-                User {
-                    name: u.name.clone(),
-                    password,
-                    tags,
-                },
-            );
+            config.auth.users.insert(u.name.clone(), Self::user(u)?);
         }
         for v in &self.vhosts {
             if !config.vhosts.contains(&v.name) {
                 config.vhosts.push(v.name.clone());
+            }
+            if let Some(m) = v.meta() {
+                config.auth.vhost_meta.insert(v.name.clone(), m);
             }
         }
         for p in &self.permissions {
@@ -148,5 +297,26 @@ mod tests {
         assert!(c.auth.may_open("limited", "/") && !c.auth.may_open("limited", "other-vhost"));
         assert_eq!(d.topology.queues.len(), 1);
         assert!(Definitions::from_json("[]").is_err());
+    }
+
+    #[test]
+    fn saved_state_replaces_the_configuration() {
+        // The data directory's file: users, vhosts with metadata,
+        // permissions; a passwordless user ("" hash) is kept.
+        let text = r#"{"users":[{"name":"ops","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":"administrator"}],
+            "vhosts":[{"name":"prod","limits":[],"metadata":{"description":"live","tags":["a"]}}],
+            "permissions":[{"user":"ops","vhost":"prod","configure":".*","write":".*","read":".*"}]}"#;
+        let d = Definitions::from_json(text).unwrap();
+        assert!(d.has_auth);
+        let mut c = CoreConfig::default();
+        d.restore(&mut c).unwrap();
+        assert_eq!(c.vhosts, ["prod"]);
+        assert!(!c.auth.users.contains_key("guest"));
+        assert_eq!(c.auth.users["ops"].tags, ["administrator"]);
+        assert!(!c.auth.login("ops", "", true));
+        assert!(c.auth.may_open("ops", "prod"));
+        assert_eq!(c.auth.vhost_meta["prod"].description, "live");
+        // An older file with the topology only leaves the configuration.
+        assert!(!Definitions::from_json(r#"{"queues":[]}"#).unwrap().has_auth);
     }
 }

@@ -91,6 +91,16 @@ enum Command {
         #[arg(long, default_value = "rabbit_password_hashing_sha256")]
         algorithm: String,
     },
+    /// Writes the broker's definitions (users, vhosts, permissions,
+    /// policies, durable exchanges, queues and bindings) as a RabbitMQ
+    /// definitions export, from the data directory (`--data-dir`, before
+    /// the subcommand), to FILE or standard output. Works while the broker
+    /// runs (the file is replaced atomically); a running broker also
+    /// serves it at `GET /api/definitions`.
+    ExportDefinitions {
+        /// Where to write it (default: standard output).
+        file: Option<PathBuf>,
+    },
 }
 
 /// `ADDR` or `none`.
@@ -105,6 +115,9 @@ fn optional_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::ExportDefinitions { file }) = &args.command {
+        return export_definitions(&args.data_dir, file.as_deref());
+    }
     if let Some(Command::HashPassword {
         password,
         algorithm,
@@ -117,12 +130,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // A random salt: std seeds its hasher keys from the OS's randomness.
-        let salt = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
-        };
-        println!("{}", Password::hash(password, salt.to_be_bytes(), algo));
+        println!(
+            "{}",
+            Password::hash(password, amqp_broker::auth::random_salt(), algo)
+        );
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
@@ -174,16 +185,9 @@ fn main() -> ExitCode {
             }
         }
     };
-    let mut core = Core::new(core_config);
-    // The wall clock first: recovered TTLs count from their arrival.
-    core.set_clock_ms(
-        std::time::Instant::now(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    );
     // The data directory: once it holds state, that state is authoritative
-    // (the --definitions topology seeds only an empty broker).
+    // (the --definitions topology seeds only an empty broker, and the users,
+    // vhosts and permissions saved there replace the configuration's).
     let data = match DataDir::open(&args.data_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -207,6 +211,20 @@ fn main() -> ExitCode {
         },
         Err(_) => None,
     };
+    if let Some(d) = saved.as_ref().filter(|d| d.has_auth)
+        && let Err(e) = d.restore(&mut core_config)
+    {
+        eprintln!("amqp-broker: {}: {e}", data.definitions().display());
+        return ExitCode::FAILURE;
+    }
+    let mut core = Core::new(core_config);
+    // The wall clock first: recovered TTLs count from their arrival.
+    core.set_clock_ms(
+        std::time::Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    );
     let topology = saved.as_ref().or(definitions.as_ref());
     if let Some(d) = topology {
         match core.load_topology(&d.topology) {
@@ -538,4 +556,44 @@ fn alarm_limits(args: &Args) -> Result<amqp_broker::alarms::Limits, String> {
             .map_err(|e| format!("--disk-free-limit: {e}"))?,
         data_dir: args.data_dir.clone(),
     })
+}
+
+/// `amqp-broker export-definitions`: the data directory's saved
+/// definitions, checked, to `file` or standard output.
+fn export_definitions(data_dir: &std::path::Path, file: Option<&std::path::Path>) -> ExitCode {
+    let path = data_dir.join("definitions.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "amqp-broker: {}: {e} (nothing saved in {} yet: start the broker on it \
+                 once, or give the right --data-dir before the subcommand)",
+                path.display(),
+                data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = Definitions::from_json(&text) {
+        eprintln!("amqp-broker: {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let written = match file {
+        Some(f) => {
+            store::write_atomically(f, text.as_bytes()).map_err(|e| format!("{}: {e}", f.display()))
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .map_err(|e| e.to_string())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amqp-broker: writing the export: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

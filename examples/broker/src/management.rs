@@ -17,7 +17,17 @@
 //! `management`, `policymaker`, `monitoring` or `administrator` may use
 //! the API; `/api/nodes` needs `monitoring` or `administrator`;
 //! `/api/users`, `/api/permissions` and `/api/definitions` need
-//! `administrator`. Users without `monitoring` or `administrator` see the
+//! `administrator`, as do creating and deleting vhosts, users and
+//! permissions and importing definitions (`POST /api/definitions`);
+//! closing a connection (`DELETE /api/connections/name`) needs
+//! `administrator` or to own it.
+//!
+//! **Mutations of users, vhosts and permissions** take effect at once:
+//! new logins and vhost opens see them, open connections' permission
+//! checks are redone from their next operation, deleting a vhost or a user
+//! closes its connections with 320 CONNECTION_FORCED (RabbitMQ's texts),
+//! and they are saved with the durable topology in the data directory's
+//! `definitions.json`, which is authoritative at the next boot. Users without `monitoring` or `administrator` see the
 //! virtual hosts they have permissions in, and only their own connections,
 //! channels and consumers.
 
@@ -158,6 +168,9 @@ pub struct Management {
     config: Config,
     started: Instant,
     last: Mutex<Option<(Instant, Sample)>>,
+    /// The last [`HISTORY`] samples with their time (ms since the Unix
+    /// epoch), for `?msg_rates_age=..&msg_rates_incr=..`.
+    history: Mutex<std::collections::VecDeque<(u64, Sample)>>,
     rates: Mutex<Rates>,
 }
 
@@ -178,6 +191,7 @@ impl Management {
             config,
             started: Instant::now(),
             last: Mutex::new(None),
+            history: Mutex::new(std::collections::VecDeque::new()),
             rates: Mutex::new(Rates::default()),
         })
     }
@@ -217,7 +231,147 @@ impl Management {
             }
             *self.rates.lock().unwrap_or_else(|p| p.into_inner()) = rates;
         }
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = s.clone();
+            if kept.queues.len() > HISTORY_QUEUES {
+                // Many queues: their history would cost too much memory.
+                kept.queues.clear();
+            }
+            kept.exchanges.clear();
+            h.push_back((unix_ms(), kept));
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+        }
         *last = Some((now, s));
+    }
+}
+
+/// Samples kept for `samples` in `*_details` (RabbitMQ's
+/// `msg_rates_age`/`lengths_age` queries): 5 minutes at the default 5 s
+/// interval.
+pub const HISTORY: usize = 60;
+
+/// Above this many queues, per-queue history is not kept (global only).
+pub const HISTORY_QUEUES: usize = 1000;
+
+/// `?msg_rates_age=S&msg_rates_incr=S` and `?lengths_age=S&lengths_incr=S`
+/// (seconds): RabbitMQ's request for `samples` in the `*_details` of
+/// message counters and queue lengths.
+#[derive(Debug, Clone, Copy, Default)]
+struct SampleQuery {
+    msg: Option<(f64, f64)>,
+    lengths: Option<(f64, f64)>,
+}
+
+impl SampleQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut get = HashMap::new();
+        for kv in query.unwrap_or("").split('&') {
+            if let Some((k, v)) = kv.split_once('=')
+                && let Ok(v) = v.parse::<f64>()
+                && v.is_finite()
+                && v > 0.0
+            {
+                get.insert(k, v);
+            }
+        }
+        let pair = |a: &str, i: &str| -> Option<(f64, f64)> {
+            let (age, incr) = (*get.get(a)?, *get.get(i)?);
+            // At most 1000 points.
+            (age / incr <= 1000.0).then_some((age, incr))
+        };
+        SampleQuery {
+            msg: pair("msg_rates_age", "msg_rates_incr"),
+            lengths: pair("lengths_age", "lengths_incr"),
+        }
+    }
+}
+
+impl Management {
+    /// Adds RabbitMQ's `samples`, `avg` and `avg_rate` to every
+    /// `<key>_details` of `o` whose counter `get` finds in the history:
+    /// newest first, one every `incr` seconds over `age`, each the last
+    /// sample taken at or before its (aligned) timestamp.
+    fn add_samples(
+        &self,
+        o: &mut Value,
+        (age, incr): (f64, f64),
+        get: impl Fn(&Sample, &str) -> Option<u64>,
+    ) {
+        let Value::Object(o) = o else { return };
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let incr_ms = ((incr * 1000.0) as u64).max(1);
+        let now = unix_ms();
+        let newest = now - now % incr_ms;
+        let points = (age / incr) as u64;
+        let keys: Vec<String> = o
+            .keys()
+            .filter_map(|k| k.strip_suffix("_details").map(str::to_owned))
+            .collect();
+        for k in keys {
+            let mut samples = Vec::new();
+            for i in 0..=points {
+                let t = newest.saturating_sub(i * incr_ms);
+                let Some((_, s)) = h.iter().rev().find(|(ts, _)| *ts <= t) else {
+                    break;
+                };
+                let Some(v) = get(s, &k) else { break };
+                samples.push((v, t));
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let avg = samples.iter().map(|(v, _)| *v as f64).sum::<f64>() / samples.len() as f64;
+            let (first, last) = (samples[samples.len() - 1], samples[0]);
+            let span = (last.1 - first.1) as f64 / 1000.0;
+            let avg_rate = if span > 0.0 {
+                (last.0 as f64 - first.0 as f64) / span
+            } else {
+                0.0
+            };
+            if let Some(Value::Object(d)) = o.get_mut(&format!("{k}_details")) {
+                d.insert(
+                    "samples".into(),
+                    samples
+                        .iter()
+                        .map(|(v, t)| json!({"sample": v, "timestamp": t}))
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                d.insert("avg".into(), json!(avg));
+                d.insert("avg_rate".into(), json!(avg_rate));
+            }
+        }
+    }
+
+    /// `samples` for a queue's `message_stats` and lengths.
+    fn queue_samples(&self, v: &mut Value, vhost: &str, name: &str, q: SampleQuery) {
+        let key = (vhost.to_owned(), name.to_owned());
+        let stat = |s: &Sample, k: &str| {
+            let (st, _) = s.queues.get(&key)?;
+            st.fields().iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+        };
+        let length = |s: &Sample, k: &str| {
+            let (_, d) = s.queues.get(&key)?;
+            depth(d, k)
+        };
+        if let Some(p) = q.msg {
+            self.add_samples(&mut v["message_stats"], p, stat);
+        }
+        if let Some(p) = q.lengths {
+            self.add_samples(v, p, length);
+        }
+    }
+}
+
+fn depth(d: &Depths, k: &str) -> Option<u64> {
+    match k {
+        "messages" => Some(d[0]),
+        "messages_ready" => Some(d[1]),
+        "messages_unacknowledged" => Some(d[2]),
+        _ => None,
     }
 }
 
@@ -239,7 +393,7 @@ pub async fn sample_loop(m: Arc<Management>, mut shutdown: watch::Receiver<bool>
 pub struct ApiError {
     status: StatusCode,
     error: &'static str,
-    reason: String,
+    reason: Value,
 }
 
 impl ApiError {
@@ -263,7 +417,17 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             error: "bad_request",
-            reason: reason.into(),
+            reason: Value::String(reason.into()),
+        }
+    }
+
+    /// A 400 whose reason is an Erlang term RabbitMQ renders as JSON (a
+    /// list such as `["not_base64","abc"]`).
+    fn bad_request_term(reason: Value) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason,
         }
     }
 }
@@ -737,25 +901,9 @@ fn binding_json(b: &crate::core::snapshot::BindingSnap) -> Value {
 }
 
 /// A user's password as RabbitMQ exports it: (`password_hash`,
-/// `hashing_algorithm`). A hash from the configuration or a definitions
-/// import is given back as it is; a clear-text password is hashed with
-/// SHA-256 and a salt derived from the user name (so the export is
-/// stable).
+/// `hashing_algorithm`); see [`crate::auth::User::password_hash`].
 pub fn password_hash(u: &crate::auth::User) -> (String, &'static str) {
-    use crate::auth::{HashAlgorithm, Password};
-    match &u.password {
-        Password::Hashed { algorithm, salted } => (
-            base64::engine::general_purpose::STANDARD.encode(salted),
-            algorithm.name(),
-        ),
-        Password::Plain(p) => {
-            use sha2::Digest as _;
-            let d = sha2::Sha256::digest(u.name.as_bytes());
-            let salt = [d[0], d[1], d[2], d[3]];
-            let algorithm = HashAlgorithm::Sha256;
-            (Password::hash(p, salt, algorithm), algorithm.name())
-        }
-    }
+    u.password_hash()
 }
 
 fn exchange_path_name(name: &str) -> &str {
@@ -763,45 +911,23 @@ fn exchange_path_name(name: &str) -> &str {
 }
 
 fn users_json(auth: &Auth) -> Vec<Value> {
-    let mut users: Vec<_> = auth.users.values().collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
-    users
-        .iter()
-        .map(|u| {
-            let (hash, algorithm) = password_hash(u);
-            json!({
-                "name": u.name,
-                "password_hash": hash,
-                "hashing_algorithm": algorithm,
-                "tags": u.tags,
-                "limits": {},
-            })
-        })
-        .collect()
+    auth.users_json()
 }
 
 fn permissions_json(auth: &Auth) -> Vec<Value> {
-    let mut perms: Vec<_> = auth.permissions.iter().collect();
-    perms.sort_by(|a, b| a.0.cmp(b.0));
-    perms
-        .iter()
-        .map(|((user, vhost), p)| {
-            json!({
-                "user": user,
-                "vhost": vhost,
-                "configure": p.configure.as_str(),
-                "write": p.write.as_str(),
-                "read": p.read.as_str(),
-            })
-        })
-        .collect()
+    auth.permissions_json(None, None)
 }
 
 // ----- handlers --------------------------------------------------------------
 
 type St = State<Arc<Management>>;
 
-async fn overview(State(m): St, user: User) -> ApiResult {
+async fn overview(
+    State(m): St,
+    user: User,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult {
+    let sq = SampleQuery::parse(query.as_deref());
     let s = m.snapshot();
     let rates = m.rates();
     let visible = |v: &str| user.sees_vhost(&s.auth, v);
@@ -843,7 +969,7 @@ async fn overview(State(m): St, user: User) -> ApiResult {
     if let Some(a) = m.config.prometheus {
         listeners.push(listener(&m.config.node, "http/prometheus", &a));
     }
-    ok(json!({
+    let mut o = json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rates_mode": "basic",
         "sample_retention_policies": {
@@ -878,10 +1004,22 @@ async fn overview(State(m): St, user: User) -> ApiResult {
             "queues": queues.len(),
         },
         "statistics_db_event_queue": 0,
+        "collect_statistics_interval": m.config.sample_interval.as_millis() as u64,
         "node": m.config.node,
         "listeners": listeners,
         "contexts": [],
-    }))
+    });
+    if let Some(p) = sq.msg {
+        // disk_reads and disk_writes stay 0.
+        m.add_samples(&mut o["message_stats"], p, |s, k| {
+            let v = s.totals.fields().into_iter().find(|(n, _)| *n == k);
+            Some(v.map_or(0, |(_, v)| v))
+        });
+    }
+    if let Some(p) = sq.lengths {
+        m.add_samples(&mut o["queue_totals"], p, |s, k| depth(&s.depths, k));
+    }
+    ok(o)
 }
 
 fn listener(node: &str, protocol: &str, a: &SocketAddr) -> Value {
@@ -1081,8 +1219,8 @@ fn body_json(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ApiError::bad_request("not a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("invalid JSON: {e}"))),
+        // RabbitMQ's reason for both.
+        Ok(_) | Err(_) => Err(ApiError::bad_request("not_json")),
     }
 }
 
@@ -1396,7 +1534,7 @@ async fn publish(
     ok(json!({ "routed": routed }))
 }
 
-async fn queues_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiResult {
+async fn queues_in(m: &Management, user: &User, vhost: Option<&str>, sq: SampleQuery) -> ApiResult {
     let s = m.snapshot();
     if let Some(v) = vhost {
         check_vhost(&s, user, v)?;
@@ -1406,20 +1544,38 @@ async fn queues_in(m: &Management, user: &User, vhost: Option<&str>) -> ApiResul
         s.queues
             .iter()
             .filter(|q| user.sees_vhost(&s.auth, &q.vhost) && vhost.is_none_or(|v| v == q.vhost))
-            .map(|q| m.queue_json(q, &s, &rates, false))
+            .map(|q| {
+                let mut v = m.queue_json(q, &s, &rates, false);
+                m.queue_samples(&mut v, &q.vhost, &q.name, sq);
+                v
+            })
             .collect(),
     ))
 }
 
-async fn queues(State(m): St, user: User) -> ApiResult {
-    queues_in(&m, &user, None).await
+async fn queues(
+    State(m): St,
+    user: User,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult {
+    queues_in(&m, &user, None, SampleQuery::parse(q.as_deref())).await
 }
 
-async fn queues_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
-    queues_in(&m, &user, Some(&vhost)).await
+async fn queues_vhost(
+    State(m): St,
+    user: User,
+    Path(vhost): Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult {
+    queues_in(&m, &user, Some(&vhost), SampleQuery::parse(q.as_deref())).await
 }
 
-async fn queue(State(m): St, user: User, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+async fn queue(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult {
     let s = m.snapshot();
     check_vhost(&s, &user, &vhost)?;
     let q = s
@@ -1427,7 +1583,9 @@ async fn queue(State(m): St, user: User, Path((vhost, name)): Path<(String, Stri
         .iter()
         .find(|q| q.vhost == vhost && q.name == name)
         .ok_or_else(ApiError::not_found)?;
-    ok(m.queue_json(q, &s, &m.rates(), true))
+    let mut v = m.queue_json(q, &s, &m.rates(), true);
+    m.queue_samples(&mut v, &vhost, &name, SampleQuery::parse(query.as_deref()));
+    ok(v)
 }
 
 async fn put_queue(
@@ -1753,10 +1911,24 @@ fn vhost_json(m: &Management, s: &Snapshot, rates: &Rates, name: &str) -> Value 
             }
         }
     }
+    let meta = s
+        .auth
+        .vhost_meta
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| crate::auth::VhostMeta {
+            description: if name == "/" {
+                "Default virtual host"
+            } else {
+                ""
+            }
+            .into(),
+            tags: Vec::new(),
+        });
     json!({
         "cluster_state": { m.config.node.clone(): "running" },
         "default_queue_type": "undefined",
-        "description": if name == "/" { "Default virtual host" } else { "" },
+        "description": meta.description,
         "message_stats": message_stats(&stats, Some(&sr), ALL_STATS),
         "messages": msgs,
         "messages_details": rate(dr[0]),
@@ -1765,11 +1937,11 @@ fn vhost_json(m: &Management, s: &Snapshot, rates: &Rates, name: &str) -> Value 
         "messages_unacknowledged": unacked,
         "messages_unacknowledged_details": rate(dr[2]),
         "metadata": {
-            "description": if name == "/" { "Default virtual host" } else { "" },
-            "tags": [],
+            "description": meta.description,
+            "tags": meta.tags,
         },
         "name": name,
-        "tags": [],
+        "tags": meta.tags,
         "tracing": false,
     })
 }
@@ -1918,7 +2090,10 @@ async fn definitions(State(m): St, user: User) -> ApiResult {
         "product_name": "amqp-broker",
         "product_version": env!("CARGO_PKG_VERSION"),
         "users": users_json(&auth),
-        "vhosts": vhosts.iter().map(|v| json!({"name": v.name})).collect::<Vec<_>>(),
+        "vhosts": vhosts
+            .iter()
+            .map(|v| crate::core::snapshot::vhost_def_json(&auth, &v.name))
+            .collect::<Vec<_>>(),
         "permissions": permissions_json(&auth),
         "topic_permissions": [],
         "parameters": [],
@@ -1930,18 +2105,343 @@ async fn definitions(State(m): St, user: User) -> ApiResult {
     }))
 }
 
+/// `GET /api/definitions/vhost`: one vhost's topology, its objects without
+/// `vhost` keys, as RabbitMQ's per-vhost export.
+async fn definitions_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
+    user.need_admin()?;
+    let topology = m
+        .shared
+        .with_core(|c| c.has_vhost(&vhost).then(|| c.topology()))
+        .ok_or_else(ApiError::not_found)?;
+    let t = serde_json::to_value(&topology).unwrap_or(Value::Null);
+    let of_vhost = |k: &str| -> Value {
+        let items = t
+            .get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Value::Array(
+            items
+                .into_iter()
+                .filter(|o| o.get("vhost").and_then(Value::as_str).unwrap_or("/") == vhost)
+                .map(|mut o| {
+                    if let Value::Object(m) = &mut o {
+                        m.remove("vhost");
+                    }
+                    o
+                })
+                .collect(),
+        )
+    };
+    ok(json!({
+        "rabbit_version": RABBITMQ_COMPAT_VERSION,
+        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+        "product_name": "amqp-broker",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "parameters": [],
+        "policies": of_vhost("policies"),
+        "queues": of_vhost("queues"),
+        "exchanges": of_vhost("exchanges"),
+        "bindings": of_vhost("bindings"),
+    }))
+}
+
+// ----- users, vhosts, permissions, definitions import, closing ------------
+
+/// `PUT /api/vhosts/vhost` with optional `description` and `tags` (a list
+/// or a comma-separated string): 201 created, 204 updated. The creating
+/// administrator gets every permission in a new vhost, as in RabbitMQ.
+async fn put_vhost(State(m): St, user: User, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    user.need_admin()?;
+    let o = body_json(&body)?;
+    let meta = (o.contains_key("description") || o.contains_key("tags")).then(|| {
+        let old = m
+            .shared
+            .with_core(|c| c.auth().vhost_meta.get(&name).cloned())
+            .unwrap_or_default();
+        crate::auth::VhostMeta {
+            description: match o.get("description") {
+                None => old.description,
+                Some(Value::String(d)) => d.clone(),
+                Some(Value::Null) => String::new(),
+                Some(other) => other.to_string(),
+            },
+            tags: o.get("tags").map_or(old.tags, crate::auth::parse_tags),
+        }
+    });
+    let new = m
+        .shared
+        .with_core(|c| c.admin_add_vhost(&name, meta, Some(&user.name)))?;
+    Ok(created(new))
+}
+
+/// `DELETE /api/vhosts/vhost`: its connections close (320), its queues go.
+async fn delete_vhost(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
+    user.need_admin()?;
+    m.shared
+        .with_core(|c| c.admin_delete_vhost(&name, Instant::now()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /api/users/name` with `tags` (required, as RabbitMQ) and
+/// `password`, or `password_hash` (base64 of salt and digest) with
+/// `hashing_algorithm`; neither: a user without a password.
+async fn put_user(State(m): St, user: User, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    use crate::auth::{HashAlgorithm, Password};
+    user.need_admin()?;
+    let o = body_json(&body)?;
+    let tags = o
+        .get("tags")
+        .map(crate::auth::parse_tags)
+        .ok_or_else(|| ApiError::bad_request("tags_not_present"))?;
+    let algorithm = match o.get("hashing_algorithm") {
+        None | Some(Value::Null) => HashAlgorithm::Sha256,
+        Some(Value::String(a)) => {
+            HashAlgorithm::from_name(Some(a)).map_err(ApiError::bad_request)?
+        }
+        Some(_) => return Err(ApiError::bad_request("hashing_algorithm must be a string")),
+    };
+    let password = match (o.get("password"), o.get("password_hash")) {
+        (Some(Value::String(p)), _) => Password::hashed(p, algorithm),
+        (Some(_), _) => return Err(ApiError::bad_request("password must be a string")),
+        (None, Some(Value::String(h))) => Password::from_stored_hash(h, algorithm)
+            .map_err(|_| ApiError::bad_request_term(json!(["not_base64", h])))?,
+        (None, Some(_)) => return Err(ApiError::bad_request("password_hash must be a string")),
+        (None, None) => Password::Hashed {
+            algorithm,
+            salted: Vec::new(),
+        },
+    };
+    let new = m.shared.with_core(|c| {
+        c.admin_put_user(crate::auth::User {
+            name,
+            password,
+            tags,
+        })
+    });
+    Ok(created(new))
+}
+
+/// `DELETE /api/users/name`: their permissions go, their connections close
+/// (320).
+async fn delete_user(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
+    user.need_admin()?;
+    m.shared
+        .with_core(|c| c.admin_delete_user(&name, Instant::now()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/permissions/vhost/user`.
+async fn permission_one(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.need_admin()?;
+    let p = m
+        .shared
+        .with_core(|c| c.auth().permissions_json(Some(&name), Some(&vhost)));
+    p.into_iter()
+        .next()
+        .map_or_else(|| Err(ApiError::not_found()), ok)
+}
+
+/// `PUT /api/permissions/vhost/user` with `configure`, `write` and `read`
+/// (regular expressions): 201 created, 204 updated. Open connections of
+/// the user in the vhost are checked against the new patterns from their
+/// next operation.
+async fn put_permission(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    user.need_admin()?;
+    let o = body_json(&body)?;
+    let missing: Vec<String> = ["configure", "write", "read"]
+        .iter()
+        .filter(|k| !o.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
+    }
+    let pattern = |k: &str| match &o[k] {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(ApiError::bad_request(format!("{k} must be a string"))),
+    };
+    let (configure, write, read) = (pattern("configure")?, pattern("write")?, pattern("read")?);
+    let permission = crate::auth::Permission::new(&configure, &write, &read).map_err(|e| {
+        let bad = [&configure, &write, &read]
+            .into_iter()
+            .find(|p| regex::Regex::new(p).is_err())
+            .cloned()
+            .unwrap_or_default();
+        ApiError::bad_request_term(json!(["invalid_regexp", bad, e.to_string()]))
+    })?;
+    let new = m
+        .shared
+        .with_core(|c| c.admin_set_permission(&name, &vhost, permission))?;
+    Ok(created(new))
+}
+
+/// `DELETE /api/permissions/vhost/user`.
+async fn delete_permission(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.need_admin()?;
+    m.shared
+        .with_core(|c| c.admin_clear_permission(&name, &vhost))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/users/user/permissions`.
+async fn permissions_of_user(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
+    user.need_admin()?;
+    let (exists, list) = m.shared.with_core(|c| {
+        let a = c.auth();
+        (
+            a.users.contains_key(&name),
+            a.permissions_json(Some(&name), None),
+        )
+    });
+    if !exists {
+        return Err(ApiError::not_found());
+    }
+    ok(Value::Array(list))
+}
+
+/// `GET /api/vhosts/vhost/permissions`.
+async fn permissions_in_vhost(State(m): St, user: User, Path(vhost): Path<String>) -> ApiResult {
+    user.need_admin()?;
+    let (exists, list) = m.shared.with_core(|c| {
+        (
+            c.has_vhost(&vhost),
+            c.auth().permissions_json(None, Some(&vhost)),
+        )
+    });
+    if !exists {
+        return Err(ApiError::not_found());
+    }
+    ok(Value::Array(list))
+}
+
+/// `POST /api/definitions[/vhost]`: imports an export (the format `GET
+/// /api/definitions` gives) into the running broker, adding and updating;
+/// 204, or 400 with RabbitMQ's reason for what could not be imported.
+async fn import_definitions(
+    m: &Management,
+    user: &User,
+    vhost: Option<&str>,
+    body: &Bytes,
+) -> ApiResult {
+    user.need_admin()?;
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("not_json"))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => {}
+        _ => return Err(ApiError::bad_request("failed_to_parse_json")),
+    }
+    let defs = crate::definitions::Definitions::from_json(text).map_err(ApiError::bad_request)?;
+    if let Some(v) = vhost
+        && !m.shared.with_core(|c| c.has_vhost(v))
+    {
+        return Err(ApiError::not_found());
+    }
+    m.shared
+        .with_core(|c| defs.import(c, vhost, Some(&user.name), Instant::now()))
+        .map_err(|e| match e {
+            // Reasons that are Erlang terms come as JSON lists.
+            AdminError::BadRequest(r) if r.starts_with('[') => {
+                match serde_json::from_str::<Value>(&r) {
+                    Ok(v) => ApiError::bad_request_term(v),
+                    Err(_) => ApiError::bad_request(r),
+                }
+            }
+            AdminError::NotFound(r) => ApiError::bad_request(r),
+            e => e.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn post_definitions(State(m): St, user: User, body: Bytes) -> ApiResult {
+    import_definitions(&m, &user, None, &body).await
+}
+
+async fn post_definitions_vhost(
+    State(m): St,
+    user: User,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    import_definitions(&m, &user, Some(&vhost), &body).await
+}
+
+/// `DELETE /api/connections/name`: closes it with 320 CONNECTION_FORCED
+/// and RabbitMQ's text, or the `X-Reason` header's. Administrators may
+/// close any connection, other management users their own.
+async fn delete_connection(
+    State(m): St,
+    user: User,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult {
+    let s = m.snapshot();
+    let c = s
+        .connections
+        .iter()
+        .find(|c| conn_name(c) == name && (user.admin || c.user.as_deref() == Some(&*user.name)))
+        .ok_or_else(ApiError::not_found)?;
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(crate::core::snapshot::CLOSED_VIA_MANAGEMENT)
+        .to_owned();
+    m.shared
+        .with_core(|core| core.admin_close_connection(c.id, &reason, Instant::now()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The web overview: one self-contained page (inline CSS and JavaScript)
+/// that polls this API with the credentials its login form (or RabbitMQ's
+/// `#/login/user/password` link) keeps in `sessionStorage`.
+pub const OVERVIEW_HTML: &str = include_str!("overview.html");
+
+async fn overview_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        OVERVIEW_HTML,
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+/// The largest definitions import taken (RabbitMQ's default
+/// `management.http.max_body_size` is 20 MB).
+pub const DEFINITIONS_MAX: usize = 20 * 1024 * 1024;
+
 /// The management API's routes.
 pub fn router(m: Arc<Management>) -> Router {
     Router::new()
+        .route("/", get(overview_page))
+        .route("/index.html", get(overview_page))
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
         .route("/api/connections", get(connections))
-        .route("/api/connections/{name}", get(connection))
+        .route(
+            "/api/connections/{name}",
+            get(connection).delete(delete_connection),
+        )
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(consumers_vhost))
@@ -1983,10 +2483,24 @@ pub fn router(m: Arc<Management>) -> Router {
             get(binding).delete(delete_binding),
         )
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(vhost).put(put_vhost).delete(delete_vhost),
+        )
+        .route("/api/vhosts/{vhost}/permissions", get(permissions_in_vhost))
         .route("/api/users", get(users))
-        .route("/api/users/{name}", get(user_one))
+        .route(
+            "/api/users/{name}",
+            get(user_one).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{name}/permissions", get(permissions_of_user))
         .route("/api/permissions", get(permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permission_one)
+                .put(put_permission)
+                .delete(delete_permission),
+        )
         .route("/api/policies", get(policies_list))
         .route("/api/policies/{vhost}", get(policies_list))
         .route(
@@ -2008,7 +2522,18 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/vhosts/{vhost}/channels", get(channels_of_vhost))
         .route("/api/connections/{name}/channels", get(channels_of_conn))
         .route("/api/whoami", get(whoami))
-        .route("/api/definitions", get(definitions))
+        .route(
+            "/api/definitions",
+            get(definitions)
+                .post(post_definitions)
+                .layer(axum::extract::DefaultBodyLimit::max(DEFINITIONS_MAX)),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions_vhost)
+                .post(post_definitions_vhost)
+                .layer(axum::extract::DefaultBodyLimit::max(DEFINITIONS_MAX)),
+        )
         .fallback(not_found)
         .with_state(m)
 }
@@ -2331,5 +2856,32 @@ pub async fn serve(
         .await;
     if let Err(e) = r {
         tracing::warn!("management listener failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_queries_as_rabbitmq_takes_them() {
+        let q = SampleQuery::parse(Some("msg_rates_age=60&msg_rates_incr=5&x=1"));
+        assert_eq!(q.msg, Some((60.0, 5.0)));
+        assert_eq!(q.lengths, None);
+        let q = SampleQuery::parse(Some("lengths_age=1&lengths_incr=0.5"));
+        assert_eq!(q.lengths, Some((1.0, 0.5)));
+        // Zero, negative, not numbers, too many points: ignored.
+        for bad in [
+            "msg_rates_age=60&msg_rates_incr=0",
+            "msg_rates_age=-1&msg_rates_incr=1",
+            "msg_rates_age=abc&msg_rates_incr=1",
+            "msg_rates_age=1e9&msg_rates_incr=1",
+            "msg_rates_age=NaN&msg_rates_incr=1",
+            "msg_rates_age",
+            "",
+        ] {
+            assert_eq!(SampleQuery::parse(Some(bad)).msg, None, "{bad}");
+        }
+        assert_eq!(SampleQuery::parse(None).msg, None);
     }
 }

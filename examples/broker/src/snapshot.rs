@@ -976,3 +976,280 @@ impl Core {
         t
     }
 }
+
+/// A connection closed by the management API (`DELETE
+/// /api/connections/name` without `X-Reason`): RabbitMQ's text.
+pub const CLOSED_VIA_MANAGEMENT: &str = "Closed via management plugin";
+
+/// Users, virtual hosts and permissions changed at run time (the
+/// management API, a definitions import): they take effect at once — new
+/// logins and vhost opens see them, and open connections' permission
+/// checks are redone on their next operation, as RabbitMQ's are.
+impl Core {
+    /// Every open connection's permission again from the current users and
+    /// permissions (checks already cached are forgotten).
+    fn refresh_permissions(&mut self) {
+        let auth = &self.auth;
+        for c in self.conns.values_mut() {
+            if let (Some(u), Some(v)) = (&c.user, &c.vhost) {
+                c.permission = auth.permissions.get(&(u.clone(), v.to_string())).cloned();
+                c.allowed.clear();
+            }
+        }
+    }
+
+    /// Closes connection `id` with 320 CONNECTION_FORCED and `text`, as
+    /// RabbitMQ does from its management plugin: its channels are released
+    /// at once (consumers cancelled, unacknowledged messages requeued).
+    fn force_close(&mut self, id: ConnId, text: &str) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        let chans: Vec<u16> = c.channels.keys().copied().collect();
+        for ch in chans {
+            self.close_channel(id, ch);
+        }
+        self.push(
+            id,
+            super::Out::Refuse(ProtocolError::refused(
+                0,
+                ReplyCode::CONNECTION_FORCED,
+                text.to_owned(),
+            )),
+        );
+    }
+
+    /// Whether queue (`queue`) or exchange `name` exists in `vhost`.
+    pub fn admin_exists(&self, vhost: &str, name: &str, queue: bool) -> Result<bool, AdminError> {
+        let v = self
+            .vhosts
+            .get(vhost)
+            .ok_or_else(|| AdminError::NotFound(format!("no vhost '{vhost}'")))?;
+        Ok(if queue {
+            v.router.queue(name.as_bytes()).is_some()
+        } else {
+            name.is_empty() || v.router.exchange(name.as_bytes()).is_some()
+        })
+    }
+
+    /// Closes connection `id` (`DELETE /api/connections/name`) with 320
+    /// CONNECTION_FORCED and `reason`.
+    pub fn admin_close_connection(
+        &mut self,
+        id: ConnId,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), AdminError> {
+        self.admin_begin(now);
+        if !self.conns.contains_key(&id) {
+            return Err(AdminError::NotFound(format!("no connection {id}")));
+        }
+        self.force_close(id, reason);
+        Ok(())
+    }
+
+    /// Creates virtual host `name` (`PUT /api/vhosts/name`), or updates
+    /// its metadata when given; whether it was created. A new vhost's
+    /// `creator` gets every permission in it, as RabbitMQ's management API
+    /// grants the user who creates one.
+    pub fn admin_add_vhost(
+        &mut self,
+        name: &str,
+        meta: Option<crate::auth::VhostMeta>,
+        creator: Option<&str>,
+    ) -> Result<bool, AdminError> {
+        if name.is_empty() {
+            return Err(AdminError::BadRequest("vhost name is empty".into()));
+        }
+        short(name)?;
+        let created = !self.vhosts.contains_key(name);
+        if created {
+            self.vhosts.insert(
+                name.to_owned(),
+                super::Vhost {
+                    router: r::Router::new(name.to_owned()),
+                    policies: Default::default(),
+                    xstats: ExchangeStats::default(),
+                },
+            );
+            if let Some(u) = creator.filter(|u| self.auth.users.contains_key(*u)) {
+                self.auth
+                    .permissions
+                    .entry((u.to_owned(), name.to_owned()))
+                    .or_insert_with(crate::auth::Permission::all);
+                self.refresh_permissions();
+            }
+        }
+        if let Some(meta) = meta {
+            self.auth.vhost_meta.insert(name.to_owned(), meta);
+        }
+        self.definitions_dirty = true;
+        Ok(created)
+    }
+
+    /// Deletes virtual host `name` (`DELETE /api/vhosts/name`) with
+    /// everything in it: its connections close with 320 CONNECTION_FORCED
+    /// "vhost 'name' is deleted" (RabbitMQ's text), its queues and their
+    /// messages go, and the permissions in it.
+    pub fn admin_delete_vhost(&mut self, name: &str, now: Instant) -> Result<(), AdminError> {
+        self.admin_begin(now);
+        if !self.vhosts.contains_key(name) {
+            return Err(AdminError::NotFound(format!("no vhost '{name}'")));
+        }
+        let text = format!("vhost '{name}' is deleted");
+        let mut ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.vhost.as_deref() == Some(name))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.force_close(id, &text);
+        }
+        if let Some(v) = self.vhosts.remove(name) {
+            let queues = v
+                .router
+                .queues()
+                .map(|q| r::RemovedQueue {
+                    name: q.name().clone(),
+                    handle: *q.handle(),
+                })
+                .collect();
+            self.removed(r::Removed {
+                bindings: Vec::new(),
+                exchanges: Vec::new(),
+                queues,
+            });
+        }
+        self.auth.permissions.retain(|(_, v), _| v != name);
+        self.auth.vhost_meta.remove(name);
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
+    /// Adds or replaces a user (`PUT /api/users/name`); whether it is new.
+    /// Its open connections keep their permissions (RabbitMQ does not
+    /// re-authenticate them).
+    pub fn admin_put_user(&mut self, user: crate::auth::User) -> bool {
+        self.definitions_dirty = true;
+        self.auth.users.insert(user.name.clone(), user).is_none()
+    }
+
+    /// Deletes a user (`DELETE /api/users/name`) and their permissions;
+    /// their connections close with 320 CONNECTION_FORCED "user 'name' is
+    /// deleted" (RabbitMQ's text).
+    pub fn admin_delete_user(&mut self, name: &str, now: Instant) -> Result<(), AdminError> {
+        self.admin_begin(now);
+        if self.auth.users.remove(name).is_none() {
+            return Err(AdminError::NotFound(format!("no user '{name}'")));
+        }
+        self.auth.permissions.retain(|(u, _), _| u != name);
+        let text = format!("user '{name}' is deleted");
+        let mut ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.user.as_deref() == Some(name))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.force_close(id, &text);
+        }
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
+    /// Sets `user`'s permission in `vhost` (`PUT
+    /// /api/permissions/vhost/user`); whether it is new. Both must exist
+    /// (else RabbitMQ's 400 `vhost_or_user_not_found`).
+    pub fn admin_set_permission(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        permission: crate::auth::Permission,
+    ) -> Result<bool, AdminError> {
+        if !self.auth.users.contains_key(user) || !self.vhosts.contains_key(vhost) {
+            return Err(AdminError::BadRequest("vhost_or_user_not_found".into()));
+        }
+        let new = self
+            .auth
+            .permissions
+            .insert((user.to_owned(), vhost.to_owned()), permission)
+            .is_none();
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(new)
+    }
+
+    /// Removes `user`'s permission in `vhost` (`DELETE
+    /// /api/permissions/vhost/user`): their open connections there are
+    /// refused their next operation (403), as RabbitMQ's.
+    pub fn admin_clear_permission(&mut self, user: &str, vhost: &str) -> Result<(), AdminError> {
+        if self
+            .auth
+            .permissions
+            .remove(&(user.to_owned(), vhost.to_owned()))
+            .is_none()
+        {
+            return Err(AdminError::NotFound(format!(
+                "no permissions of '{user}' in '{vhost}'"
+            )));
+        }
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
+    /// The data directory's `definitions.json`: the durable `topology` with
+    /// the users, virtual hosts (with their metadata) and permissions, as
+    /// a RabbitMQ definitions export, so that they come back at boot.
+    pub(super) fn definitions_json(&self, topology: r::definitions::Topology) -> String {
+        let mut v = serde_json::to_value(&topology).unwrap_or(serde_json::Value::Null);
+        let mut names: Vec<&String> = self.vhosts.keys().collect();
+        names.sort();
+        if let serde_json::Value::Object(o) = &mut v {
+            o.insert("users".into(), self.auth.users_json().into());
+            o.insert(
+                "vhosts".into(),
+                names
+                    .iter()
+                    .map(|n| vhost_def_json(&self.auth, n))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            o.insert(
+                "permissions".into(),
+                self.auth.permissions_json(None, None).into(),
+            );
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+/// A virtual host as RabbitMQ's definitions export shows it.
+pub fn vhost_def_json(auth: &Auth, name: &str) -> serde_json::Value {
+    let meta = auth
+        .vhost_meta
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| crate::auth::VhostMeta {
+            description: if name == "/" {
+                "Default virtual host"
+            } else {
+                ""
+            }
+            .into(),
+            tags: Vec::new(),
+        });
+    serde_json::json!({
+        "name": name,
+        "limits": [],
+        "metadata": {"description": meta.description, "tags": meta.tags},
+    })
+}

@@ -197,5 +197,39 @@ fn policies_apply_from_a_definitions_file_and_survive_a_restart() {
     assert_eq!(fill(&mut c, "later", 3), 2, "the API's policy, recovered");
     drop(c);
     drop(broker);
+    // `export-definitions` writes what the data directory holds, as a
+    // RabbitMQ export.
+    let out = dir.join("export.json");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
+        .args(["--data-dir", data.to_str().unwrap(), "export-definitions"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let export: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let names = |k: &str| -> Vec<String> {
+        export[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names("policies"), ["later", "short"]);
+    assert!(names("queues").contains(&"later".to_string()));
+    assert!(names("users").contains(&"guest".to_string()));
+    assert!(names("vhosts").contains(&"/".to_string()));
+    // And says what to do when there is nothing to export.
+    let empty = std::process::Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
+        .args([
+            "--data-dir",
+            dir.join("nowhere").to_str().unwrap(),
+            "export-definitions",
+        ])
+        .output()
+        .unwrap();
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("start the broker on it"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,7 +57,11 @@ except pika.exceptions.UnroutableError as e:
 bad = conn.channel()
 bad.basic_publish(exchange='', routing_key='rpc_reply_to_test',
                   properties=pika.BasicProperties(reply_to='amq.rabbitmq.reply-to'), body=b'x')
-conn.process_data_events(time_limit=0.5)
+# (Until the broker's close arrives, at most 5 s: a loaded machine is slow.)
+for _ in range(50):
+    if bad.is_closed:
+        break
+    conn.process_data_events(time_limit=0.1)
 print(" [!] %s" % (bad._closing_reason,))
 
 # A reply consumer that wants acknowledgements.

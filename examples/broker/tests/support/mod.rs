@@ -24,6 +24,7 @@ impl Broker {
     /// `ports` (never RabbitMQ's 5672) and waits until it accepts
     /// connections (at most 10 s).
     pub fn start(ports: std::ops::Range<u16>, extra: &[&str]) -> Broker {
+        let ports = port_range(ports);
         let port = ports
             .clone()
             .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -309,8 +310,26 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body
     }
 }
 
+/// The ports a test asks for, or — when `AMQP_TEST_PORTS` is set (say
+/// `5790-5799,15760-15769`, for test runs sharing a machine) — the range
+/// given there of the same kind: the first for AMQP (ports below 10000),
+/// the second for HTTP.
+pub fn port_range(range: std::ops::Range<u16>) -> std::ops::Range<u16> {
+    let Ok(v) = std::env::var("AMQP_TEST_PORTS") else {
+        return range;
+    };
+    let parse = |r: &str| -> Option<std::ops::Range<u16>> {
+        let (a, b) = r.trim().split_once('-')?;
+        Some(a.parse().ok()?..b.parse::<u16>().ok()?.checked_add(1)?)
+    };
+    let ranges: Vec<std::ops::Range<u16>> = v.split(',').filter_map(parse).collect();
+    let kind = usize::from(range.start >= 10000);
+    ranges.get(kind).cloned().unwrap_or(range)
+}
+
 /// `n` ports of `range` free on loopback now.
 pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
+    let range = port_range(range);
     let ports: Vec<u16> = range
         .clone()
         .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
