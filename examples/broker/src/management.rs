@@ -1043,10 +1043,7 @@ fn exchange_types() -> Value {
 
 fn process_memory() -> u64 {
     // Resident set size from /proc (Linux); 0 elsewhere.
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+    crate::alarms::resident_memory().unwrap_or(0)
 }
 
 fn open_fds() -> u64 {
@@ -1066,10 +1063,10 @@ fn node_json(m: &Management, s: &Snapshot) -> Value {
         "run_queue": 0,
         "mem_used": process_memory(),
         "mem_limit": 0,
-        "mem_alarm": false,
+        "mem_alarm": s.alarms.contains(&crate::core::Alarm::Memory),
         "disk_free": 0,
         "disk_free_limit": 0,
-        "disk_free_alarm": false,
+        "disk_free_alarm": s.alarms.contains(&crate::core::Alarm::Disk),
         "fd_used": open_fds(),
         "fd_total": 0,
         "sockets_used": s.connections.len(),
@@ -1985,8 +1982,26 @@ async fn permissions(State(m): St, user: User) -> ApiResult {
     ok(Value::Array(permissions_json(&auth)))
 }
 
-async fn alarms(_user: User) -> ApiResult {
-    ok(json!({"status": "ok"}))
+/// RabbitMQ's health check: 200 without alarms, 503 with the alarms in
+/// force.
+async fn alarms(State(m): St, _user: User) -> ApiResult {
+    let alarms = m.shared.with_core(|c| c.alarms());
+    if alarms.is_empty() {
+        return ok(json!({"status": "ok"}));
+    }
+    let list: Vec<Value> = alarms
+        .iter()
+        .map(|a| json!({"node": m.config.node, "resource": a.name()}))
+        .collect();
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "status": "failed",
+            "reason": "resource alarm(s) in effect in the cluster",
+            "alarms": list,
+        })),
+    )
+        .into_response())
 }
 
 async fn extensions(_user: User) -> ApiResult {
@@ -2590,6 +2605,24 @@ pub fn prometheus_text(s: &Snapshot, node: &str, per_object: bool) -> String {
         ],
         1,
     );
+    for (name, alarm) in [
+        (
+            "rabbitmq_alarms_memory_used_watermark",
+            crate::core::Alarm::Memory,
+        ),
+        (
+            "rabbitmq_alarms_free_disk_space_watermark",
+            crate::core::Alarm::Disk,
+        ),
+    ] {
+        m.one(
+            name,
+            "gauge",
+            "is 1 if the alarm is in effect",
+            &[],
+            u64::from(s.alarms.contains(&alarm)),
+        );
+    }
     m.one(
         "rabbitmq_build_info",
         "untyped",

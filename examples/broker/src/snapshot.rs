@@ -314,6 +314,8 @@ pub struct Snapshot {
     pub totals: MessageStats,
     /// Users, permissions.
     pub auth: Auth,
+    /// Resource alarms in force.
+    pub alarms: Vec<super::Alarm>,
 }
 
 /// Per-message overhead added to the body bytes in a queue's memory
@@ -555,6 +557,7 @@ impl Core {
             consumers,
             totals: self.counters,
             auth: self.auth.clone(),
+            alarms: self.alarms(),
         }
     }
 

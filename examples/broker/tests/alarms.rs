@@ -157,7 +157,22 @@ fn a_flooding_publisher_is_blocked_at_the_memory_watermark_and_unblocked_after_d
 
 #[test]
 fn a_disk_alarm_blocks_publishers_but_not_consumers() {
-    let broker = Broker::start(5765..5770, &["--disk-free-limit", "1000000TB"]);
+    let ports = support::free_ports(15730..15740, 2);
+    let (api, metrics) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let broker = Broker::start(
+        5765..5770,
+        &[
+            "--disk-free-limit",
+            "1000000TB",
+            "--management",
+            &api,
+            "--prometheus",
+            &metrics,
+        ],
+    );
     let mut c = Client::connect(broker.addr);
     declare(&mut c, "disk");
     // Give the monitor its first look at the disk.
@@ -193,4 +208,23 @@ fn a_disk_alarm_blocks_publishers_but_not_consumers() {
         panic!("declare-ok")
     };
     assert_eq!(ok.message_count, 0);
+    // The health check and the metrics say so, as RabbitMQ's do.
+    let r = support::http(
+        api.parse().unwrap(),
+        "GET",
+        "/api/health/checks/alarms",
+        Some("guest:guest"),
+        "",
+    );
+    assert_eq!(r.status, 503);
+    let body = r.json();
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["alarms"][0]["resource"], "disk");
+    let r = support::http(metrics.parse().unwrap(), "GET", "/metrics", None, "");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("rabbitmq_alarms_free_disk_space_watermark 1"),
+        "{text}"
+    );
+    assert!(text.contains("rabbitmq_alarms_memory_used_watermark 0"));
 }
