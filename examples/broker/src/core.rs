@@ -1649,6 +1649,12 @@ impl Core {
                 } else if let Some(refusal) = self.connection_limit(&v, &user) {
                     Answer::refuse(ReplyCode::NOT_ALLOWED, refusal)
                 } else {
+                    tracing::info!(
+                        conn = id,
+                        %user,
+                        vhost = %v,
+                        "user authenticated and granted access to the vhost"
+                    );
                     let permission = self.auth.permissions.get(&(user, v.clone())).cloned();
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.vhost = Some(v.into());
@@ -3680,6 +3686,16 @@ impl Core {
         c.closing = true;
         let chans: Vec<u16> = c.channels.keys().copied().collect();
         let vh = c.vhost.clone();
+        if let Some(v) = &vh {
+            // As RabbitMQ's "closing AMQP connection ... (vhost, user)".
+            tracing::info!(
+                conn = id,
+                user = c.user.as_deref().unwrap_or(""),
+                vhost = &**v,
+                channels = chans.len(),
+                "connection left the vhost"
+            );
+        }
         for ch in chans {
             self.close_channel(id, ch);
         }
