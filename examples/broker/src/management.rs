@@ -2854,6 +2854,126 @@ async fn metrics_per_object(State(m): St) -> Response {
     prom(&m, true)
 }
 
+/// `/metrics/detailed?family=F&vhost=V` (each repeatable), as RabbitMQ's
+/// `rabbitmq_prometheus`: the per-queue metrics of the families asked for
+/// (`queue_coarse_metrics`, `queue_consumer_count`, `queue_metrics`),
+/// named `rabbitmq_detailed_*`, for the vhosts asked for (every vhost
+/// without `vhost`). No family, no queue metric.
+async fn metrics_detailed(
+    State(m): St,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let mut families = Vec::new();
+    let mut vhosts = Vec::new();
+    for pair in query.as_deref().unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        match k {
+            "family" => families.push(v),
+            "vhost" => vhosts.push(v),
+            _ => {}
+        }
+    }
+    let s = m.snapshot();
+    let text = detailed_text(&s, &m.config.node, &families, &vhosts);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The text of `/metrics/detailed`.
+pub fn detailed_text(s: &Snapshot, node: &str, families: &[String], vhosts: &[String]) -> String {
+    let mut m = Metrics(String::new());
+    m.one(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+        &[
+            ("rabbitmq_node", node),
+            ("rabbitmq_cluster", node),
+            ("rabbitmq_cluster_permanent_id", node),
+        ],
+        1,
+    );
+    type QueueMetric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&QueueSnap) -> u64,
+    );
+    let metrics: [QueueMetric; 8] = [
+        (
+            "queue_coarse_metrics",
+            "rabbitmq_detailed_queue_messages_ready",
+            "Messages ready to be delivered to consumers",
+            |q| q.messages_ready,
+        ),
+        (
+            "queue_coarse_metrics",
+            "rabbitmq_detailed_queue_messages_unacked",
+            "Messages delivered to consumers but not yet acknowledged",
+            |q| q.messages_unacknowledged,
+        ),
+        (
+            "queue_coarse_metrics",
+            "rabbitmq_detailed_queue_messages",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            QueueSnap::messages,
+        ),
+        (
+            "queue_consumer_count",
+            "rabbitmq_detailed_queue_consumers",
+            "Consumers on a queue",
+            |q| q.consumers,
+        ),
+        (
+            "queue_metrics",
+            "rabbitmq_detailed_queue_messages_ready_bytes",
+            "Size in bytes of ready messages",
+            |q| q.message_bytes_ready,
+        ),
+        (
+            "queue_metrics",
+            "rabbitmq_detailed_queue_messages_unacked_bytes",
+            "Size in bytes of all unacknowledged messages",
+            |q| q.message_bytes_unacknowledged,
+        ),
+        (
+            "queue_metrics",
+            "rabbitmq_detailed_queue_messages_bytes",
+            "Size in bytes of ready and unacknowledged messages",
+            |q| q.message_bytes_ready + q.message_bytes_unacknowledged,
+        ),
+        (
+            "queue_metrics",
+            "rabbitmq_detailed_queue_process_memory_bytes",
+            "Memory in bytes used by the Erlang queue process",
+            |q| q.memory,
+        ),
+    ];
+    for (family, name, help, f) in metrics {
+        if !families.iter().any(|x| x == family) {
+            continue;
+        }
+        m.family(name, "gauge", help);
+        for q in s
+            .queues
+            .iter()
+            .filter(|q| vhosts.is_empty() || vhosts.contains(&q.vhost))
+        {
+            m.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], f(q));
+        }
+    }
+    m.0
+}
+
 fn prom(m: &Management, per_object: bool) -> Response {
     let text = prometheus_text(&m.snapshot(), &m.config.node, per_object);
     (
@@ -2871,6 +2991,7 @@ pub fn prometheus_router(m: Arc<Management>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics/per-object", get(metrics_per_object))
+        .route("/metrics/detailed", get(metrics_detailed))
         .fallback(not_found)
         .with_state(m)
 }

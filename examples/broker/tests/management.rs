@@ -864,6 +864,47 @@ fn prometheus_metrics_parse_and_name_as_rabbitmq() {
         .unwrap_or_else(|| panic!("per-object queue metric in\n{text}"));
     assert_eq!(q.1.get("vhost").map(String::as_str), Some("/"));
     assert_eq!(q.2, 2.0);
+
+    // /metrics/detailed: the families asked for, rabbitmq_detailed_*.
+    let text = String::from_utf8(
+        http(
+            ours.metrics,
+            "GET",
+            "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count&vhost=%2F",
+            None,
+            "",
+        )
+        .body,
+    )
+    .unwrap();
+    let samples = parse_metrics(&text);
+    let detailed = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && l.get("queue").map(String::as_str) == Some("prom-test-q")
+            })
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert_eq!(detailed("rabbitmq_detailed_queue_messages_ready"), 2.0);
+    assert_eq!(detailed("rabbitmq_detailed_queue_consumers"), 1.0);
+    assert!(
+        !text.contains("rabbitmq_detailed_queue_messages_bytes"),
+        "queue_metrics was not asked for"
+    );
+    let other = String::from_utf8(
+        http(
+            ours.metrics,
+            "GET",
+            "/metrics/detailed?family=queue_coarse_metrics&vhost=nowhere",
+            None,
+            "",
+        )
+        .body,
+    )
+    .unwrap();
+    assert!(!other.contains("prom-test-q"), "another vhost's queue");
     drop(client);
     assert!(ours.broker.terminate().is_some_and(|s| s.success()));
 }
