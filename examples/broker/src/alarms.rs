@@ -14,7 +14,9 @@
 //! the freed memory of idle threads, and an alarm waiting for it would
 //! never clear); every second it reads the free space of the data
 //! directory's file system. A failed write or sync of the message store
-//! raises the disk alarm for good.
+//! raises the disk alarm for good. Between checks, publishers spend the
+//! headroom as credit ([`crate::core::Core::grant_memory_credit`]): the
+//! alarm goes off the moment it is spent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,15 +129,16 @@ pub async fn monitor(shared: Arc<Shared>, limits: Limits, mut shutdown: watch::R
         }
         let memory = limits
             .memory
-            .map(|limit| baseline + shared.with_core(|c| c.memory_estimate()) > limit);
+            .map(|limit| (limit, baseline + shared.with_core(|c| c.memory_estimate())));
         let disk = n.is_multiple_of(10).then(|| {
             shared.store_failed.load(Ordering::Relaxed)
                 || free_disk(&limits.data_dir).is_some_and(|f| f < limits.disk_free)
         });
         n += 1;
         shared.with_core(|core| {
-            if let Some(m) = memory {
-                core.set_alarm(Alarm::Memory, m);
+            if let Some((limit, used)) = memory {
+                core.set_alarm(Alarm::Memory, used > limit);
+                core.grant_memory_credit(Some(limit.saturating_sub(used)));
             }
             if let Some(d) = disk {
                 core.set_alarm(Alarm::Disk, d);

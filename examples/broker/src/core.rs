@@ -551,6 +551,9 @@ pub struct Core {
     unacked_bytes: u64,
     /// Limits.
     limits: Limits,
+    /// Bytes publishers may still add before the memory alarm goes off
+    /// without waiting for the monitor (`None`: no memory watermark).
+    memory_credit: Option<u64>,
 }
 
 /// What a message costs in memory besides its body (its `Msg`, queue entry
@@ -662,6 +665,7 @@ impl Core {
             alarms: BTreeSet::new(),
             unacked_bytes: 0,
             limits: config.limits.clone(),
+            memory_credit: None,
         }
     }
 
@@ -2788,6 +2792,28 @@ impl Core {
         queues + self.unacked_bytes + outboxes
     }
 
+    /// Credit flow for memory: the alarm monitor grants the headroom left
+    /// under the watermark at each check; publishes spend it as they add
+    /// messages, and the memory alarm goes off the moment it runs out,
+    /// without waiting for the next check (so one fast publisher cannot
+    /// overshoot the watermark by what it sends in a check interval).
+    pub fn grant_memory_credit(&mut self, credit: Option<u64>) {
+        self.memory_credit = credit;
+    }
+
+    fn spend_memory_credit(&mut self, body: u64, queues: u64) {
+        let Some(c) = self.memory_credit else {
+            return;
+        };
+        let need = body + queues * MESSAGE_OVERHEAD;
+        if c < need {
+            self.memory_credit = Some(0);
+            self.set_alarm(Alarm::Memory, true);
+        } else {
+            self.memory_credit = Some(c - need);
+        }
+    }
+
     /// The resource alarms in force.
     pub fn alarms(&self) -> Vec<Alarm> {
         self.alarms.iter().copied().collect()
@@ -3144,6 +3170,7 @@ impl Core {
                 },
             );
         }
+        self.spend_memory_credit(msg.size() as u64, queues.len() as u64);
         let msg = self.store_publish(&queues, msg);
         let refused = self.enqueue(&queues, &msg);
         self.route_buf = queues;
