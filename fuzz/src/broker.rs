@@ -34,6 +34,58 @@ enum Op {
     Advance(u16),
     Drop(u8),
     Settle,
+    /// Queue `lq{n % 4}` declared with lifecycle arguments an arbitrary
+    /// table rarely spells: quorum (delivery limit), stream, TTL, length
+    /// limits and overflow, dead-lettering, priorities, single active
+    /// consumer.
+    Lifecycle(u8, u16, u8, u8),
+    /// A publish to `lq{n % 4}` (priority, expiration, persistent).
+    PublishTo(u8, u16, u8, u8),
+    /// A consumer on `lq{n % 4}` (manual ack, prefetch, a stream offset).
+    ConsumeFrom(u8, u16, u8, i8),
+    /// A policy over the `lq` queues set (with limits, TTL, delivery
+    /// limit, dead-lettering) or cleared.
+    Policy(u8, bool),
+}
+
+/// The queue arguments of [`Op::Lifecycle`]: `kind` picks the queue type,
+/// the bits of `bits` the features.
+fn lifecycle_args(kind: u8, bits: u8) -> amqp_codec::types::FieldTable {
+    use amqp_codec::types::{FieldTable, FieldValue, LongString};
+    let mut t = FieldTable::new();
+    match kind % 3 {
+        1 => {
+            t.insert("x-queue-type", LongString::from_static("quorum"));
+            t.insert("x-delivery-limit", FieldValue::I32(i32::from(bits % 3)));
+        }
+        2 => {
+            t.insert("x-queue-type", LongString::from_static("stream"));
+            t.insert("x-max-length-bytes", FieldValue::I64(2000));
+            t.insert("x-stream-max-segment-size-bytes", FieldValue::I64(500));
+            return t;
+        }
+        _ => {
+            if bits & 1 != 0 {
+                t.insert("x-max-priority", FieldValue::I32(5));
+            }
+            if bits & 2 != 0 {
+                t.insert("x-single-active-consumer", FieldValue::Bool(true));
+            }
+        }
+    }
+    if bits & 4 != 0 {
+        t.insert("x-message-ttl", FieldValue::I32(i32::from(bits >> 5) * 10));
+    }
+    if bits & 8 != 0 {
+        t.insert("x-max-length", FieldValue::I32(3));
+        let o = ["drop-head", "reject-publish", "reject-publish-dlx"][usize::from(bits % 3)];
+        t.insert("x-overflow", LongString::copy_from(o.as_bytes()));
+    }
+    if bits & 16 != 0 {
+        t.insert("x-dead-letter-exchange", LongString::from_static(""));
+        t.insert("x-dead-letter-routing-key", LongString::from_static("lq0"));
+    }
+    t
 }
 
 const MAX_LINKS: usize = 6;
@@ -109,6 +161,101 @@ pub fn broker_ops(data: &[u8]) {
                 }
             }
             Op::Settle => {}
+            Op::Lifecycle(i, ch, n, bits) => {
+                if let Some(i) = pick(i, &h) {
+                    let kind = bits % 3;
+                    let _ = h.links[i].client.send_method(
+                        ch % 8,
+                        amqp_codec::types::method::QueueDeclare {
+                            queue: format!("lq{}", n % 4)
+                                .as_str()
+                                .try_into()
+                                .unwrap_or_default(),
+                            durable: kind != 0,
+                            arguments: lifecycle_args(kind, bits.rotate_left(u32::from(n))),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            Op::PublishTo(i, ch, n, p) => {
+                if let Some(i) = pick(i, &h) {
+                    let props = BasicProperties {
+                        priority: (p & 1 != 0).then_some(p % 8),
+                        expiration: (p & 2 != 0).then(|| {
+                            format!("{}", p % 50)
+                                .as_str()
+                                .try_into()
+                                .unwrap_or_default()
+                        }),
+                        delivery_mode: Some(1 + (p & 4 != 0) as u8),
+                        ..Default::default()
+                    };
+                    let _ = h.links[i].client.publish(
+                        ch % 8,
+                        BasicPublish {
+                            routing_key: format!("lq{}", n % 4)
+                                .as_str()
+                                .try_into()
+                                .unwrap_or_default(),
+                            ..Default::default()
+                        },
+                        &props,
+                        Bytes::from(vec![b'x'; usize::from(p)]),
+                    );
+                }
+            }
+            Op::ConsumeFrom(i, ch, n, offset) => {
+                if let Some(i) = pick(i, &h) {
+                    use amqp_codec::types::{FieldTable, FieldValue};
+                    let c = &mut h.links[i].client;
+                    let _ = c.send_method(
+                        ch % 8,
+                        amqp_codec::types::method::BasicQos {
+                            prefetch_count: u16::from(n % 5),
+                            ..Default::default()
+                        },
+                    );
+                    let mut arguments = FieldTable::new();
+                    arguments.insert("x-stream-offset", FieldValue::I64(i64::from(offset)));
+                    let _ = c.send_method(
+                        ch % 8,
+                        amqp_codec::types::method::BasicConsume {
+                            queue: format!("lq{}", n % 4)
+                                .as_str()
+                                .try_into()
+                                .unwrap_or_default(),
+                            no_ack: n & 0x80 != 0,
+                            arguments,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            Op::Policy(bits, set) => {
+                let now = h.now;
+                if set {
+                    let mut definition = serde_json::Map::new();
+                    definition.insert("max-length".into(), u64::from(bits % 4).into());
+                    definition.insert("message-ttl".into(), (u64::from(bits >> 2) * 10).into());
+                    definition.insert("delivery-limit".into(), u64::from(bits % 2).into());
+                    definition.insert("dead-letter-exchange".into(), "".into());
+                    let _ = h.core.set_policy(
+                        "/",
+                        &amqp_router::definitions::PolicyDef {
+                            vhost: Some("/".into()),
+                            name: "fuzz".into(),
+                            pattern: "^lq".into(),
+                            apply_to: "queues".into(),
+                            definition,
+                            priority: 0,
+                        },
+                        now,
+                    );
+                } else {
+                    let _ = h.core.clear_policy("/", "fuzz", now);
+                }
+            }
         }
         let (_, settled) = h.settle(10_000);
         assert!(settled, "the in-memory network did not settle");
