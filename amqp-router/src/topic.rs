@@ -50,9 +50,60 @@ const WBIND: u32 = 1 << 17;
 /// Anchor summary bit: the anchor itself holds bindings, so the end of the
 /// walk reads an anchor's node only when it has something to emit.
 const HASB: u32 = 1 << 18;
-/// `Entry::pos` bit of an entry in [`Trie::edges`]: [`Trie::extra`] holds
-/// more entries with the same key.
+/// `Entry::pos` bit of an entry in [`Trie::edges`]: more entries with the
+/// same key follow in its probe run.
 const MORE: u32 = 1 << 31;
+/// `Entry::child` bit: the edge leads to a [`Tail`] (the low bits are its
+/// index in [`Trie::tails`]), not to a node.
+const TAIL: u32 = 1 << 31;
+/// The most words a [`Tail`] holds after its edge's word.
+const TAIL_MAX: usize = 5;
+
+/// A path-compressed end of one pattern: the words after a literal edge
+/// whose target would otherwise start a chain of single-child nodes. It
+/// holds no `#` (so it matches a fixed number of words, at one step of
+/// the walk only) and has no children: a pattern that shares or extends
+/// it turns it back into nodes ([`Trie::burst`]).
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// Head of the binding list (links in [`Trie::links`]).
+    first: u32,
+    /// The node the edge leaves.
+    parent: u32,
+    /// How many of `toks` are used.
+    len: u32,
+    /// Interned word ids, or [`STAR`].
+    toks: [u32; TAIL_MAX],
+}
+
+impl Tail {
+    const EMPTY: Tail = Tail {
+        first: NONE,
+        parent: NONE,
+        len: 0,
+        toks: [NONE; TAIL_MAX],
+    };
+
+    /// Whether the rest of a key (word ids, [`NONE`] for a word no
+    /// pattern has) is exactly this tail.
+    #[inline]
+    fn matches(&self, rest: &[u32]) -> bool {
+        rest.len() == self.len as usize
+            && self
+                .toks
+                .iter()
+                .zip(rest)
+                .all(|(&t, &w)| t == w || t == STAR)
+    }
+}
+
+/// What [`Trie::find`] found for a pattern.
+enum Found {
+    Nothing,
+    Node(u32),
+    /// `(parent, edge word, tail)`.
+    Tail(u32, u32, u32),
+}
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -107,7 +158,8 @@ struct Entry {
     /// Position of the edge's parent (of the node itself for [`BIND`]).
     pos: u32,
     /// A copy of the child's `filter` and `sk` (an anchor's summary), so
-    /// that the walk reaching it need not read the node.
+    /// that the walk reaching it need not read the node; for a [`TAIL`]
+    /// child, the tail's first word and its length.
     filter: u32,
     sk: u32,
 }
@@ -129,6 +181,183 @@ fn active(pos: u32, k: u32) -> bool {
 #[inline]
 fn bit(word: u32) -> u32 {
     1 << (word & 31)
+}
+
+/// The edge table: open addressing with linear probing over inline
+/// 24-byte entries keyed by `(anchor, word)`, so that a probe reads the
+/// key and what the walk needs from one slot (no separate control bytes,
+/// no pointer to follow). Every entry of a key lies in the probe run from
+/// the key's home slot to the next empty slot, in insertion order; each
+/// but the last carries [`MORE`], so a lookup that finds its key stops at
+/// the last entry of it. Removal shifts the run back (no tombstones) and
+/// the table shrinks when it falls below 1/16 full.
+#[derive(Debug, Default)]
+struct Edges {
+    /// A power of two long, or empty; an empty slot has `anchor == NONE`.
+    slots: Vec<Entry>,
+    len: usize,
+}
+
+/// An empty slot of [`Edges`].
+const VACANT: Entry = Entry {
+    anchor: NONE,
+    word: 0,
+    child: 0,
+    pos: 0,
+    filter: 0,
+    sk: 0,
+};
+
+impl Edges {
+    #[inline(always)]
+    fn home(&self, anchor: u32, word: u32) -> usize {
+        // The high bits of the product are the well-mixed ones.
+        (key_hash(anchor, word) >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    /// The slot index of the first entry keyed `(anchor, word)`, if any.
+    #[inline(always)]
+    fn first(&self, anchor: u32, word: u32) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(anchor, word);
+        loop {
+            let e = &self.slots[i];
+            if e.anchor == anchor && e.word == word {
+                return Some(i);
+            }
+            if e.anchor == NONE {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The slot after `i` holding the next entry of `e`'s key (`e` at `i`
+    /// has [`MORE`]).
+    #[inline(always)]
+    fn next_same(&self, mut i: usize, anchor: u32, word: u32) -> usize {
+        let mask = self.slots.len() - 1;
+        loop {
+            i = (i + 1) & mask;
+            let e = &self.slots[i];
+            if e.anchor == anchor && e.word == word {
+                return i;
+            }
+        }
+    }
+
+    /// Sets [`MORE`] on every entry keyed `(anchor, word)` but the last.
+    fn fix_more(&mut self, anchor: u32, word: u32) {
+        let Some(mut i) = self.first(anchor, word) else {
+            return;
+        };
+        let mask = self.slots.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = &self.slots[j];
+            if e.anchor == NONE {
+                break;
+            }
+            if e.anchor == anchor && e.word == word {
+                self.slots[i].pos |= MORE;
+                i = j;
+            }
+        }
+        self.slots[i].pos &= !MORE;
+    }
+
+    fn find_mut(&mut self, anchor: u32, word: u32, child: u32) -> Option<&mut Entry> {
+        let mut i = self.first(anchor, word)?;
+        loop {
+            if self.slots[i].child == child {
+                return Some(&mut self.slots[i]);
+            }
+            if self.slots[i].pos & MORE == 0 {
+                return None;
+            }
+            i = self.next_same(i, anchor, word);
+        }
+    }
+
+    /// Places `e` at the end of its probe run.
+    fn place(&mut self, e: Entry) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(e.anchor, e.word);
+        while self.slots[i].anchor != NONE {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = e;
+    }
+
+    fn insert(&mut self, e: Entry) {
+        // At most 5/8 full: the probe runs that misses scan stay short.
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.resize((self.slots.len() * 2).max(16));
+        }
+        self.place(Entry {
+            pos: e.pos & !MORE,
+            ..e
+        });
+        self.len += 1;
+        self.fix_more(e.anchor, e.word);
+    }
+
+    fn remove(&mut self, anchor: u32, word: u32, child: u32) {
+        let Some(mut i) = self.first(anchor, word) else {
+            return;
+        };
+        while self.slots[i].child != child {
+            if self.slots[i].pos & MORE == 0 {
+                return;
+            }
+            i = self.next_same(i, anchor, word);
+        }
+        // Backward-shift deletion: pull every later entry of the run
+        // whose home does not lie cyclically in (hole, its slot] into the
+        // hole. Entries of one key keep their order.
+        let mask = self.slots.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.slots[j];
+            if e.anchor == NONE {
+                break;
+            }
+            let h = self.home(e.anchor, e.word);
+            if (j.wrapping_sub(h) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.slots[i] = e;
+                i = j;
+            }
+        }
+        self.slots[i] = VACANT;
+        self.len -= 1;
+        self.fix_more(anchor, word);
+        if self.len == 0 {
+            self.slots = Vec::new();
+        } else if self.slots.len() > 16 && self.len * 16 < self.slots.len() {
+            self.resize(self.slots.len() / 2);
+        }
+    }
+
+    /// Rebuilds the table with `cap` slots. A run's entries are reinserted
+    /// from its first slot on, so the entries of a key keep their order
+    /// (and their [`MORE`] bits stay right).
+    fn resize(&mut self, cap: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![VACANT; cap]);
+        let n = old.len();
+        // Start just after an empty slot, so that no run is cut in two.
+        let start = old.iter().position(|e| e.anchor == NONE).unwrap_or(0);
+        for k in 0..n {
+            let e = old[(start + k) % n.max(1)];
+            if e.anchor != NONE {
+                self.place(e);
+            }
+        }
+    }
 }
 
 /// Interned words, reference-counted by the nodes that carry them.
@@ -194,14 +423,16 @@ impl Words {
 pub(crate) struct Trie {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    /// One entry per `(anchor, word)` key.
-    edges: HashTable<Entry>,
-    /// Further entries for keys already in `edges` (an anchor whose
-    /// skeleton has several nodes with an edge for the same word).
-    extra: HashTable<Entry>,
+    /// Every literal edge, keyed `(anchor, word)` (several entries for an
+    /// anchor whose skeleton has several nodes with an edge for the same
+    /// word).
+    edges: Edges,
     words: Words,
-    /// Next binding at the same node, indexed by binding id.
+    /// Next binding at the same node or tail, indexed by binding id.
     links: Vec<u32>,
+    tails: Vec<Tail>,
+    /// Free slots of `tails`.
+    tfree: Vec<u32>,
 }
 
 /// An active pair of [`Trie::matches`]: `(anchor, count, filter, sk)`.
@@ -272,22 +503,48 @@ pub(crate) struct TrieScratch {
     mark: Vec<u32>,
     /// Per node: the stamp of the step that saturated its count.
     sat: Vec<u32>,
+    /// Per tail: the stamp of the step that emitted it.
+    tmark: Vec<u32>,
+    /// The key's word ids ([`NONE`] for a word no pattern has).
+    ids: Vec<u32>,
     stamp: u32,
 }
 
 impl TrieScratch {
+    /// Sizes the stamp arrays (once per walk).
     #[inline]
-    fn bump(&mut self, nodes: usize) {
+    fn size(&mut self, nodes: usize, tails: usize) {
+        if self.mark.len() < nodes || self.tmark.len() < tails {
+            self.grow(nodes, tails);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, nodes: usize, tails: usize) {
         if self.mark.len() < nodes {
             self.mark.resize(nodes, 0);
             self.sat.resize(nodes, 0);
         }
+        if self.tmark.len() < tails {
+            self.tmark.resize(tails, 0);
+        }
+    }
+
+    /// A fresh stamp (per step of the walk).
+    #[inline(always)]
+    fn bump(&mut self) {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            self.mark.iter_mut().for_each(|m| *m = 0);
-            self.sat.iter_mut().for_each(|m| *m = 0);
-            self.stamp = 1;
+            self.reset();
         }
+    }
+
+    #[cold]
+    fn reset(&mut self) {
+        self.mark.iter_mut().for_each(|m| *m = 0);
+        self.sat.iter_mut().for_each(|m| *m = 0);
+        self.tmark.iter_mut().for_each(|m| *m = 0);
+        self.stamp = 1;
     }
 }
 
@@ -303,10 +560,11 @@ impl Default for Trie {
         Trie {
             nodes: vec![Node::new(NONE, NONE, 0)],
             free: Vec::new(),
-            edges: HashTable::new(),
-            extra: HashTable::new(),
+            edges: Edges::default(),
             words: Words::default(),
             links: Vec::new(),
+            tails: Vec::new(),
+            tfree: Vec::new(),
         }
     }
 }
@@ -327,7 +585,12 @@ impl Trie {
         let a = self.anchor_of(parent);
         let mut found = NONE;
         self.entries(a, word, |e| {
-            if self.nodes[e.child as usize].parent == parent {
+            let p = if e.child & TAIL != 0 {
+                self.tails[(e.child & !TAIL) as usize].parent
+            } else {
+                self.nodes[e.child as usize].parent
+            };
+            if p == parent {
                 found = e.child;
             }
         });
@@ -335,63 +598,26 @@ impl Trie {
     }
 
     /// Calls `f` with every entry keyed `(anchor, word)`.
-    #[inline]
+    #[inline(always)]
     fn entries(&self, anchor: u32, word: u32, mut f: impl FnMut(&Entry)) {
-        let h = key_hash(anchor, word);
-        if let Some(e) = self.edges.find(h, |e| e.anchor == anchor && e.word == word) {
-            f(e);
-            if e.pos & MORE != 0 {
-                for x in self.extra.iter_hash(h) {
-                    if x.anchor == anchor && x.word == word {
-                        f(x);
-                    }
+        if let Some(mut i) = self.edges.first(anchor, word) {
+            loop {
+                let e = &self.edges.slots[i];
+                f(e);
+                if e.pos & MORE == 0 {
+                    break;
                 }
+                i = self.edges.next_same(i, anchor, word);
             }
         }
     }
 
     fn insert_entry(&mut self, e: Entry) {
-        let h = key_hash(e.anchor, e.word);
-        let rehash = |e: &Entry| key_hash(e.anchor, e.word);
-        if let Some(p) = self
-            .edges
-            .find_mut(h, |x| x.anchor == e.anchor && x.word == e.word)
-        {
-            p.pos |= MORE;
-            self.extra.insert_unique(h, e, rehash);
-        } else {
-            self.edges.insert_unique(h, e, rehash);
-        }
+        self.edges.insert(e);
     }
 
     fn remove_entry(&mut self, anchor: u32, word: u32, child: u32) {
-        let h = key_hash(anchor, word);
-        let rehash = |e: &Entry| key_hash(e.anchor, e.word);
-        let same = |x: &Entry| x.anchor == anchor && x.word == word;
-        let Ok(head) = self.edges.find_entry(h, same) else {
-            return;
-        };
-        if head.get().child == child {
-            let more = head.get().pos & MORE != 0;
-            head.remove();
-            if more && let Ok(x) = self.extra.find_entry(h, same) {
-                let (mut x, _) = x.remove();
-                x.pos &= !MORE;
-                if self.extra.find(h, same).is_some() {
-                    x.pos |= MORE;
-                }
-                self.edges.insert_unique(h, x, rehash);
-            }
-        } else {
-            if let Ok(x) = self.extra.find_entry(h, |x| same(x) && x.child == child) {
-                x.remove();
-            }
-            if self.extra.find(h, same).is_none()
-                && let Some(p) = self.edges.find_mut(h, same)
-            {
-                p.pos &= !MORE;
-            }
-        }
+        self.edges.remove(anchor, word, child);
     }
 
     /// Copies anchor `a`'s `filter` and `sk` into the entry of its
@@ -403,11 +629,7 @@ impl Trie {
         }
         let (word, filter, sk) = (node.word, node.filter, node.sk);
         let p = self.anchor_of(node.parent);
-        let h = key_hash(p, word);
-        let same = |x: &Entry| x.anchor == p && x.word == word && x.child == a;
-        if let Some(e) = self.edges.find_mut(h, same) {
-            (e.filter, e.sk) = (filter, sk);
-        } else if let Some(e) = self.extra.find_mut(h, same) {
+        if let Some(e) = self.edges.find_mut(p, word, a) {
             (e.filter, e.sk) = (filter, sk);
         }
     }
@@ -419,84 +641,91 @@ impl Trie {
                 i
             }
             None => {
+                assert!(self.nodes.len() < TAIL as usize, "topic trie full");
                 self.nodes.push(node);
                 (self.nodes.len() - 1) as u32
             }
         }
     }
 
-    /// Adds binding `id` under `pattern`.
-    pub(crate) fn insert(&mut self, pattern: &[u8], id: u32) {
-        let mut at = 0u32;
-        for w in words(pattern) {
-            let p = &self.nodes[at as usize];
-            at = match w {
-                b"*" | b"#" => {
-                    let star = w == b"*";
-                    let existing = if star { p.star } else { p.hash };
-                    if existing != NONE {
-                        existing
-                    } else {
-                        let pos = p.pos();
-                        let pos = if star {
-                            (pos & OPEN) | ((pos & STARS) + 1).min(STARS)
-                        } else {
-                            pos | OPEN
-                        };
-                        let child = self.alloc(Node::new(at, if star { STAR } else { HASH }, pos));
-                        let p = &mut self.nodes[at as usize];
-                        if star {
-                            p.star = child;
-                        } else {
-                            p.hash = child;
-                        }
-                        let a = self.anchor_of(at);
-                        let s = &mut self.nodes[a as usize].sk;
-                        let old = *s;
-                        *s = (*s & !STARS) | (*s & STARS).max(pos & STARS) | (pos & OPEN);
-                        if *s != old {
-                            self.sync(a);
-                        }
-                        child
-                    }
-                }
-                _ => {
-                    let wid = self.words.get(w);
-                    let existing = if wid == NONE {
-                        NONE
-                    } else {
-                        self.word_child(at, wid)
-                    };
-                    if existing != NONE {
-                        existing
-                    } else {
-                        let pos = p.pos();
-                        let wid = self.words.intern(w);
-                        let child = self.alloc(Node::new(at, wid, 0));
-                        self.nodes[at as usize].nwords += 1;
-                        let a = self.anchor_of(at);
-                        let f = &mut self.nodes[a as usize].filter;
-                        if *f & bit(wid) == 0 {
-                            *f |= bit(wid);
-                            self.sync(a);
-                        }
-                        self.insert_entry(Entry {
-                            anchor: a,
-                            word: wid,
-                            child,
-                            pos,
-                            filter: 0,
-                            sk: 0,
-                        });
-                        child
-                    }
-                }
-            };
+    /// The `*` (`star`) or `#` child of `at`, created if missing.
+    fn wild_child(&mut self, at: u32, star: bool) -> u32 {
+        let p = &self.nodes[at as usize];
+        let existing = if star { p.star } else { p.hash };
+        if existing != NONE {
+            return existing;
         }
+        let pos = p.pos();
+        let pos = if star {
+            (pos & OPEN) | ((pos & STARS) + 1).min(STARS)
+        } else {
+            pos | OPEN
+        };
+        let child = self.alloc(Node::new(at, if star { STAR } else { HASH }, pos));
+        let p = &mut self.nodes[at as usize];
+        if star {
+            p.star = child;
+        } else {
+            p.hash = child;
+        }
+        let a = self.anchor_of(at);
+        let s = &mut self.nodes[a as usize].sk;
+        let old = *s;
+        *s = (*s & !STARS) | (*s & STARS).max(pos & STARS) | (pos & OPEN);
+        if *s != old {
+            self.sync(a);
+        }
+        child
+    }
+
+    /// Adds a literal edge `wid` (a reference the caller already holds)
+    /// from `at` to `child` (a node, or [`TAIL`] with a tail id).
+    fn add_word_edge(&mut self, at: u32, wid: u32, child: u32) {
+        // A tail's entry carries its length and first word, so that the
+        // walk rejects most tails without reading them.
+        let (filter, sk) = if child & TAIL != 0 {
+            let t = &self.tails[(child & !TAIL) as usize];
+            (t.toks[0], t.len)
+        } else {
+            (0, 0)
+        };
+        let pos = self.nodes[at as usize].pos();
+        self.nodes[at as usize].nwords += 1;
+        let a = self.anchor_of(at);
+        let f = &mut self.nodes[a as usize].filter;
+        if *f & bit(wid) == 0 {
+            *f |= bit(wid);
+            self.sync(a);
+        }
+        self.insert_entry(Entry {
+            anchor: a,
+            word: wid,
+            child,
+            pos,
+            filter,
+            sk,
+        });
+    }
+
+    /// A new literal node `wid` (a reference the caller already holds)
+    /// under `at`.
+    fn new_word_child(&mut self, at: u32, wid: u32) -> u32 {
+        let child = self.alloc(Node::new(at, wid, 0));
+        self.add_word_edge(at, wid, child);
+        child
+    }
+
+    /// Makes room for binding id `id` in [`Trie::links`].
+    fn link_slot(&mut self, id: u32) {
         let idx = id as usize;
         if self.links.len() <= idx {
             self.links.resize(idx + 1, NONE);
         }
+    }
+
+    /// Adds binding `id` at node `at`.
+    fn bind_node(&mut self, at: u32, id: u32) {
+        self.link_slot(id);
         let node = &self.nodes[at as usize];
         if node.first == NONE && node.is_wild() {
             let pos = node.sk;
@@ -514,7 +743,7 @@ impl Trie {
                 sk: 0,
             });
         }
-        self.links[idx] = self.nodes[at as usize].first;
+        self.links[id as usize] = self.nodes[at as usize].first;
         let node = &mut self.nodes[at as usize];
         node.first = id;
         if !node.is_wild() && node.sk & HASB == 0 {
@@ -523,9 +752,126 @@ impl Trie {
         }
     }
 
-    fn find(&self, pattern: &[u8]) -> u32 {
+    /// Turns tail `t`, the target of literal edge `wid` out of `at`, into
+    /// a chain of ordinary nodes holding its bindings; returns the node
+    /// that replaces the edge's target. The tail's word references pass
+    /// to the nodes.
+    fn burst(&mut self, at: u32, wid: u32, t: u32) -> u32 {
+        let tail = self.tails[t as usize];
+        let a = self.anchor_of(at);
+        self.remove_entry(a, wid, TAIL | t);
+        self.nodes[at as usize].nwords -= 1;
+        let head = self.new_word_child(at, wid);
+        let mut cur = head;
+        for &tok in &tail.toks[..tail.len as usize] {
+            cur = if tok == STAR {
+                self.wild_child(cur, true)
+            } else {
+                self.new_word_child(cur, tok)
+            };
+        }
+        let mut b = tail.first;
+        while b != NONE {
+            let next = self.links[b as usize];
+            self.bind_node(cur, b);
+            b = next;
+        }
+        self.free_tail(t);
+        head
+    }
+
+    fn free_tail(&mut self, t: u32) {
+        self.tails[t as usize] = Tail::EMPTY;
+        self.tfree.push(t);
+    }
+
+    /// Adds binding `id` under `pattern`.
+    pub(crate) fn insert(&mut self, pattern: &[u8], id: u32) {
+        let toks: Vec<&[u8]> = words(pattern).collect();
         let mut at = 0u32;
-        for w in words(pattern) {
+        for (i, &w) in toks.iter().enumerate() {
+            at = match w {
+                b"*" => self.wild_child(at, true),
+                b"#" => self.wild_child(at, false),
+                _ => {
+                    let wid = self.words.get(w);
+                    let mut child = if wid == NONE {
+                        NONE
+                    } else {
+                        self.word_child(at, wid)
+                    };
+                    if child != NONE && child & TAIL != 0 {
+                        let t = child & !TAIL;
+                        let rest = &toks[i + 1..];
+                        if self.tail_is(t, rest) {
+                            self.link_slot(id);
+                            let tail = &mut self.tails[t as usize];
+                            self.links[id as usize] = tail.first;
+                            tail.first = id;
+                            return;
+                        }
+                        child = self.burst(at, wid, t);
+                    }
+                    if child == NONE {
+                        let rest = &toks[i + 1..];
+                        if rest.len() <= TAIL_MAX && !rest.iter().any(|&t| t == b"#") {
+                            let wid = self.words.intern(w);
+                            let mut tail = Tail::EMPTY;
+                            tail.parent = at;
+                            tail.len = rest.len() as u32;
+                            for (slot, &t) in tail.toks.iter_mut().zip(rest) {
+                                *slot = if t == b"*" {
+                                    STAR
+                                } else {
+                                    self.words.intern(t)
+                                };
+                            }
+                            self.link_slot(id);
+                            tail.first = id;
+                            self.links[id as usize] = NONE;
+                            let t = match self.tfree.pop() {
+                                Some(t) => {
+                                    self.tails[t as usize] = tail;
+                                    t
+                                }
+                                None => {
+                                    self.tails.push(tail);
+                                    (self.tails.len() - 1) as u32
+                                }
+                            };
+                            self.add_word_edge(at, wid, TAIL | t);
+                            return;
+                        }
+                        let wid = self.words.intern(w);
+                        child = self.new_word_child(at, wid);
+                    }
+                    child
+                }
+            };
+        }
+        self.bind_node(at, id);
+    }
+
+    /// Whether tail `t` holds exactly the pattern words `rest`.
+    fn tail_is(&self, t: u32, rest: &[&[u8]]) -> bool {
+        let tail = &self.tails[t as usize];
+        tail.len as usize == rest.len()
+            && tail.toks.iter().zip(rest).all(|(&tok, &w)| {
+                if w == b"*" {
+                    tok == STAR
+                } else if w == b"#" {
+                    false
+                } else {
+                    tok != STAR && self.words.get(w) == tok
+                }
+            })
+    }
+
+    /// Where `pattern`'s bindings are.
+    fn find(&self, pattern: &[u8]) -> Found {
+        let toks: Vec<&[u8]> = words(pattern).collect();
+        let mut at = 0u32;
+        for (i, &w) in toks.iter().enumerate() {
             at = match w {
                 b"*" => self.nodes[at as usize].star,
                 b"#" => self.nodes[at as usize].hash,
@@ -534,23 +880,66 @@ impl Trie {
                     if wid == NONE {
                         NONE
                     } else {
-                        self.word_child(at, wid)
+                        let c = self.word_child(at, wid);
+                        if c != NONE && c & TAIL != 0 {
+                            let t = c & !TAIL;
+                            return if self.tail_is(t, &toks[i + 1..]) {
+                                Found::Tail(at, wid, t)
+                            } else {
+                                Found::Nothing
+                            };
+                        }
+                        c
                     }
                 }
             };
             if at == NONE {
-                return NONE;
+                return Found::Nothing;
             }
         }
-        at
+        Found::Node(at)
     }
 
     /// Removes binding `id` from under `pattern`, pruning nodes left empty.
     pub(crate) fn remove(&mut self, pattern: &[u8], id: u32) {
-        let at = self.find(pattern);
-        if at == NONE {
-            return;
-        }
+        let at = match self.find(pattern) {
+            Found::Nothing => return,
+            Found::Tail(parent, wid, t) => {
+                let mut prev = NONE;
+                let mut cur = self.tails[t as usize].first;
+                while cur != NONE && cur != id {
+                    prev = cur;
+                    cur = self.links[cur as usize];
+                }
+                if cur == NONE {
+                    return;
+                }
+                let next = self.links[cur as usize];
+                if prev == NONE {
+                    self.tails[t as usize].first = next;
+                } else {
+                    self.links[prev as usize] = next;
+                }
+                self.links[cur as usize] = NONE;
+                if self.tails[t as usize].first != NONE {
+                    return;
+                }
+                let tail = self.tails[t as usize];
+                let a = self.anchor_of(parent);
+                self.remove_entry(a, wid, TAIL | t);
+                self.words.release(wid);
+                for &tok in &tail.toks[..tail.len as usize] {
+                    if tok != STAR {
+                        self.words.release(tok);
+                    }
+                }
+                self.nodes[parent as usize].nwords -= 1;
+                self.free_tail(t);
+                self.prune(parent);
+                return;
+            }
+            Found::Node(at) => at,
+        };
         // Unlink the id from the node's list.
         let mut prev = NONE;
         let mut cur = self.nodes[at as usize].first;
@@ -578,8 +967,12 @@ impl Trie {
                 self.sync(at);
             }
         }
-        // Prune upwards.
-        let mut n = at;
+        self.prune(at);
+    }
+
+    /// Frees `n` and its ancestors while they are left empty, then resets
+    /// the summary of an anchor left without a skeleton.
+    fn prune(&mut self, mut n: u32) {
         while n != 0 {
             let node = &self.nodes[n as usize];
             if node.first != NONE || node.star != NONE || node.hash != NONE || node.nwords > 0 {
@@ -620,32 +1013,63 @@ impl Trie {
     }
 
     /// Calls `out` with every binding id whose pattern matches `key` (each
-    /// matching node once; an id appears once per matching node).
+    /// matching node or tail once; an id appears once per match).
     pub(crate) fn matches(&self, key: &[u8], s: &mut TrieScratch, mut out: impl FnMut(u32)) {
+        s.size(self.nodes.len(), self.tails.len());
+        s.ids.clear();
+        s.ids.extend(words(key).map(|w| self.words.get(w)));
         s.cur.clear();
         let root = &self.nodes[0];
         s.cur.push((0, 0, root.filter, root.sk));
-        for w in words(key) {
+        let nwords = s.ids.len();
+        for i in 0..nwords {
             if s.cur.is_empty() {
                 return;
             }
-            s.bump(self.nodes.len());
+            s.bump();
             let stamp = s.stamp;
             s.next.clear();
-            let wid = self.words.get(w);
+            let wid = s.ids[i];
             let wbit = if wid == NONE { 0 } else { bit(wid) };
             let mut marked = false;
-            for i in 0..s.cur.len() {
-                let (a, k, filter, sk) = s.cur[i];
+            for c in 0..s.cur.len() {
+                let (a, k, filter, sk) = s.cur[c];
                 if filter & wbit != 0 {
-                    let (mark, sat, next) = (&mut s.mark, &mut s.sat, &mut s.next);
+                    let TrieScratch {
+                        mark,
+                        sat,
+                        tmark,
+                        next,
+                        ids,
+                        ..
+                    } = s;
+                    let rest = &ids[i + 1..];
                     self.entries(a, wid, |e| {
+                        if !active(e.pos, k) {
+                            return;
+                        }
+                        if e.child & TAIL != 0 {
+                            // A tail ends the pattern, so it can match
+                            // at one step only; an open edge may reach it
+                            // from several counts of that step.
+                            let t = (e.child & !TAIL) as usize;
+                            if rest.len() == e.sk as usize
+                                && rest
+                                    .first()
+                                    .is_none_or(|&w| w == e.filter || e.filter == STAR)
+                                && self.tails[t].matches(rest)
+                                && (e.pos & OPEN == 0 || tmark[t] != stamp)
+                            {
+                                tmark[t] = stamp;
+                                self.emit(self.tails[t].first, &mut out);
+                            }
+                            return;
+                        }
                         // `cur` holds each `(anchor, count)` once, and an
                         // edge whose parent is not open applies at one
                         // count only: only open edges need the check.
-                        if active(e.pos, k)
-                            && (e.pos & OPEN == 0
-                                || fresh(next, mark, sat, &mut marked, stamp, e.child, 0))
+                        if e.pos & OPEN == 0
+                            || fresh(next, mark, sat, &mut marked, stamp, e.child, 0)
                         {
                             next.push((e.child, 0, e.filter, e.sk));
                         }
@@ -675,7 +1099,7 @@ impl Trie {
         // Each matching node once: `cur` holds each `(anchor, count)`
         // once, so an anchor's own bindings are emitted once, and a
         // skeleton node that is not open applies at one count only.
-        s.bump(self.nodes.len());
+        s.bump();
         let stamp = s.stamp;
         for &(a, k, _, sk) in &s.cur {
             if k == 0 && sk & HASB != 0 {
@@ -703,7 +1127,6 @@ impl Trie {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,9 +1169,10 @@ mod tests {
         }
         assert!(t.is_empty());
         assert_eq!(t.free.len() + 1, t.nodes.len());
-        assert_eq!(t.edges.len(), 0);
-        assert_eq!(t.extra.len(), 0);
+        assert_eq!(t.edges.len, 0);
+        assert!(t.edges.slots.is_empty());
         assert_eq!(t.words.table.len(), 0);
+        assert_eq!(t.tfree.len(), t.tails.len());
     }
 
     fn naive(p: &[&[u8]], k: &[&[u8]]) -> bool {
@@ -828,7 +1252,10 @@ mod tests {
             }
         }
         assert!(t.is_empty());
-        assert_eq!(t.edges.len() + t.extra.len(), 0);
+        assert_eq!(t.edges.len, 0);
+        assert!(t.edges.slots.is_empty());
+        assert_eq!(t.tfree.len(), t.tails.len());
+        assert_eq!(t.words.table.len(), 0);
         peak
     }
 }
