@@ -26,9 +26,6 @@
 //! step of the walk reads the entry and never the node it leads to; only
 //! the last step reads the nodes whose bindings it emits.
 
-use hashbrown::HashTable;
-use std::hash::BuildHasher;
-
 pub(crate) const NONE: u32 = u32::MAX;
 /// `Node::word` of a `*` node.
 const STAR: u32 = u32::MAX - 1;
@@ -360,59 +357,214 @@ impl Edges {
     }
 }
 
-/// Interned words, reference-counted by the nodes that carry them.
-#[derive(Debug, Default)]
+/// Words of at most this many bytes are held inline in [`Words::table`]
+/// and compared there as two integers.
+const INLINE_WORD: usize = 11;
+/// [`WordSlot::hi`] length byte of a longer word (compared through
+/// [`Words::slots`]).
+const LONG_WORD: u32 = 0xFF;
+
+/// A slot of [`Words::table`]: the word's first bytes packed
+/// little-endian (`lo`: bytes 0–7; `hi`: bytes 8–10 and the length, or
+/// [`LONG_WORD`], in the top byte) and its id ([`NONE`]: empty slot).
+#[derive(Debug, Clone, Copy)]
+struct WordSlot {
+    lo: u64,
+    hi: u32,
+    id: u32,
+}
+
+const NO_WORD: WordSlot = WordSlot {
+    lo: 0,
+    hi: 0,
+    id: NONE,
+};
+
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let m = u128::from(a) * u128::from(b);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// A word's packed form (see [`WordSlot`]).
+#[inline(always)]
+fn pack(w: &[u8]) -> (u64, u32) {
+    let mut lo = 0u64;
+    let mut hi = 0u32;
+    for (i, &b) in w.iter().take(INLINE_WORD).enumerate() {
+        if i < 8 {
+            lo |= u64::from(b) << (8 * i);
+        } else {
+            hi |= u32::from(b) << (8 * (i - 8));
+        }
+    }
+    let len = if w.len() <= INLINE_WORD {
+        w.len() as u32
+    } else {
+        LONG_WORD
+    };
+    (lo, hi | len << 24)
+}
+
+/// Interned words, reference-counted by the nodes and tails that carry
+/// them: an open-addressed table (linear probing, at most half full)
+/// whose slots hold short words inline, so that looking up a key's word
+/// is a hash of two integers and a compare, with no pointer to follow.
+#[derive(Debug)]
 struct Words {
-    table: HashTable<u32>,
+    /// A power of two long, or empty.
+    table: Vec<WordSlot>,
+    len: usize,
+    /// Per id: the word and its reference count.
     slots: Vec<(Box<[u8]>, u32)>,
     free: Vec<u32>,
-    state: foldhash::fast::RandomState,
+    /// Per-table random seed, so that colliding words cannot be chosen in
+    /// advance.
+    seed: u64,
+}
+
+impl Default for Words {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Words {
+            table: Vec::new(),
+            len: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            seed: foldhash::fast::RandomState::default().hash_one(0x5EED_u64) | 1,
+        }
+    }
 }
 
 impl Words {
-    #[inline]
-    fn get(&self, w: &[u8]) -> u32 {
-        let slots = &self.slots;
-        self.table
-            .find(self.state.hash_one(w), |&i| &*slots[i as usize].0 == w)
-            .copied()
-            .unwrap_or(NONE)
+    #[inline(always)]
+    fn hash(&self, w: &[u8], lo: u64, hi: u32) -> u64 {
+        let mut h = fold(lo ^ self.seed, u64::from(hi) ^ 0x9E37_79B9_7F4A_7C15);
+        if w.len() > INLINE_WORD {
+            for c in w[INLINE_WORD..].chunks(8) {
+                let mut x = 0u64;
+                for (i, &b) in c.iter().enumerate() {
+                    x |= u64::from(b) << (8 * i);
+                }
+                h = fold(h ^ x, 0x2545_F491_4F6C_DD1D ^ self.seed);
+            }
+        }
+        h
     }
 
-    fn intern(&mut self, w: &[u8]) -> u32 {
-        let h = self.state.hash_one(w);
-        let slots = &self.slots;
-        if let Some(&i) = self.table.find(h, |&i| &*slots[i as usize].0 == w) {
-            self.slots[i as usize].1 += 1;
-            return i;
+    #[inline(always)]
+    fn home(&self, h: u64) -> usize {
+        (h >> 32) as usize & (self.table.len() - 1)
+    }
+
+    /// The table index of `w`, or of the empty slot ending its run.
+    #[inline(always)]
+    fn probe(&self, w: &[u8]) -> usize {
+        let (lo, hi) = pack(w);
+        let mask = self.table.len() - 1;
+        let mut i = self.home(self.hash(w, lo, hi));
+        loop {
+            let s = &self.table[i];
+            if s.id == NONE
+                || (s.lo == lo
+                    && s.hi == hi
+                    && (hi >> 24 != LONG_WORD || *self.slots[s.id as usize].0 == *w))
+            {
+                return i;
+            }
+            i = (i + 1) & mask;
         }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = (w.into(), 1);
-                i
+    }
+
+    /// `w`'s id, or [`NONE`] if no pattern has it.
+    #[inline]
+    fn get(&self, w: &[u8]) -> u32 {
+        if self.table.is_empty() {
+            return NONE;
+        }
+        self.table[self.probe(w)].id
+    }
+
+    /// Takes a reference to `w`, interning it if new.
+    fn intern(&mut self, w: &[u8]) -> u32 {
+        if (self.len + 1) * 2 > self.table.len() {
+            self.resize((self.table.len() * 2).max(16));
+        }
+        let i = self.probe(w);
+        if self.table[i].id != NONE {
+            let id = self.table[i].id;
+            self.slots[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = (w.into(), 1);
+                id
             }
             None => {
                 self.slots.push((w.into(), 1));
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        let state = &self.state;
-        self.table
-            .insert_unique(h, i, |&j| state.hash_one(&*slots[j as usize].0));
-        i
+        let (lo, hi) = pack(w);
+        self.table[i] = WordSlot { lo, hi, id };
+        self.len += 1;
+        id
     }
 
-    fn release(&mut self, i: u32) {
-        let slot = &mut self.slots[i as usize];
+    /// Drops a reference to word `id`, forgetting the word with the last.
+    fn release(&mut self, id: u32) {
+        let slot = &mut self.slots[id as usize];
         slot.1 -= 1;
-        if slot.1 == 0 {
-            let h = self.state.hash_one(&*slot.0);
-            slot.0 = Box::default();
-            if let Ok(e) = self.table.find_entry(h, |&j| j == i) {
-                e.remove();
+        if slot.1 > 0 {
+            return;
+        }
+        let mut i = self.probe(&self.slots[id as usize].0);
+        self.slots[id as usize].0 = Box::default();
+        // Backward-shift deletion (see [`Edges::remove`]).
+        let mask = self.table.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.table[j];
+            if s.id == NONE {
+                break;
             }
-            self.free.push(i);
+            let h = self.home(self.slot_hash(&s));
+            if (j.wrapping_sub(h) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.table[i] = s;
+                i = j;
+            }
+        }
+        self.table[i] = NO_WORD;
+        self.len -= 1;
+        self.free.push(id);
+        if self.len == 0 {
+            *self = Words {
+                seed: self.seed,
+                ..Words::default()
+            };
+        } else if self.table.len() > 16 && self.len * 8 < self.table.len() {
+            self.resize(self.table.len() / 2);
+        }
+    }
+
+    fn slot_hash(&self, s: &WordSlot) -> u64 {
+        let w = &self.slots[s.id as usize].0;
+        self.hash(w, s.lo, s.hi)
+    }
+
+    fn resize(&mut self, cap: usize) {
+        let old = std::mem::replace(&mut self.table, vec![NO_WORD; cap]);
+        let mask = cap - 1;
+        for s in old {
+            if s.id != NONE {
+                let mut i = self.home(self.slot_hash(&s));
+                while self.table[i].id != NONE {
+                    i = (i + 1) & mask;
+                }
+                self.table[i] = s;
+            }
         }
     }
 }
@@ -1171,7 +1323,7 @@ mod tests {
         assert_eq!(t.free.len() + 1, t.nodes.len());
         assert_eq!(t.edges.len, 0);
         assert!(t.edges.slots.is_empty());
-        assert_eq!(t.words.table.len(), 0);
+        assert_eq!(t.words.len, 0);
         assert_eq!(t.tfree.len(), t.tails.len());
     }
 
@@ -1188,19 +1340,45 @@ mod tests {
     /// nodes sharing an anchor and a word), checked against a naive matcher.
     #[test]
     fn random_against_naive() {
-        random_run(0x9E37_79B9_7F4A_7C15, 5, 6, 4000);
+        random_run(0x9E37_79B9_7F4A_7C15, &["a", "b", ""], 64, 5, 6, 4000);
     }
 
     /// The same with long patterns and keys, so that a step's active set
     /// outgrows [`SCAN`] and duplicates are caught by the stamps.
     #[test]
     fn random_long_against_naive() {
-        let peak = random_run(0x2545_F491_4F6C_DD1D, 10, 12, 3000);
+        let peak = random_run(0x2545_F491_4F6C_DD1D, &["a", "b", ""], 64, 10, 12, 3000);
         assert!(peak > SCAN, "active sets stayed small: {peak}");
     }
 
-    /// Returns the largest capacity the active sets reached.
-    fn random_run(seed: u64, plen: u64, klen: u64, rounds: usize) -> usize {
+    /// A wider vocabulary, long words (compared outside the word table)
+    /// and more bindings: tails that stay tails, tables that grow and
+    /// shrink.
+    #[test]
+    fn random_wide_against_naive() {
+        let vocab: Vec<String> = (0..24)
+            .map(|i| {
+                if i % 5 == 0 {
+                    format!("a-word-longer-than-eleven-bytes-{i}")
+                } else {
+                    format!("w{i}")
+                }
+            })
+            .collect();
+        let vocab: Vec<&str> = vocab.iter().map(String::as_str).collect();
+        random_run(0x853C_49E6_748F_EA9B, &vocab, 512, 7, 8, 20_000);
+    }
+
+    /// Returns the largest capacity the active sets reached. Patterns are
+    /// drawn from `literals` plus `*` and `#`, keys from `literals`.
+    fn random_run(
+        seed: u64,
+        literals: &[&str],
+        ids: usize,
+        plen: u64,
+        klen: u64,
+        rounds: usize,
+    ) -> usize {
         let mut seed = seed;
         let mut peak = 0;
         let mut rnd = |n: u64| {
@@ -1209,23 +1387,51 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let vocab = ["a", "b", "", "*", "#"];
+        let mut vocab = literals.to_vec();
+        vocab.extend(["*", "#"]);
+        let nlit = literals.len() as u64;
+        let nall = vocab.len() as u64;
         let mut t = Trie::default();
-        let mut live: Vec<Option<String>> = vec![None; 64];
+        let mut live: Vec<Option<String>> = vec![None; ids];
+        let mut tails = 0;
+        let mut hits = 0;
         for round in 0..rounds {
-            let id = rnd(64) as usize;
+            let id = rnd(ids as u64) as usize;
             if let Some(p) = live[id].take() {
                 t.remove(p.as_bytes(), id as u32);
             } else {
                 let n = rnd(plen);
-                let p: Vec<&str> = (0..n).map(|_| vocab[rnd(5) as usize]).collect();
+                let p: Vec<&str> = (0..n).map(|_| vocab[rnd(nall) as usize]).collect();
                 let p = p.join(".");
                 t.insert(p.as_bytes(), id as u32);
                 live[id] = Some(p);
             }
             if round % 7 == 0 {
-                let n = rnd(klen);
-                let k: Vec<&str> = (0..n).map(|_| vocab[rnd(3) as usize]).collect();
+                let from = rnd(ids as u64) as usize;
+                let k: Vec<&str> = match &live[from] {
+                    // Half the keys instantiate a live pattern, so that
+                    // long patterns match too.
+                    Some(p) if rnd(2) == 0 => p
+                        .split('.')
+                        .flat_map(|w| {
+                            let n = match w {
+                                "*" => 1,
+                                "#" => rnd(3) as usize,
+                                _ => 0,
+                            };
+                            let mut v: Vec<&str> =
+                                (0..n).map(|_| vocab[rnd(nlit) as usize]).collect();
+                            if n == 0 && w != "#" {
+                                v.push(w);
+                            }
+                            v
+                        })
+                        .collect(),
+                    _ => {
+                        let n = rnd(klen);
+                        (0..n).map(|_| vocab[rnd(nlit) as usize]).collect()
+                    }
+                };
                 let k = k.join(".");
                 let kw: Vec<&[u8]> = words(k.as_bytes()).collect();
                 let mut want: Vec<u32> = live
@@ -1242,6 +1448,8 @@ mod tests {
                 let mut got = Vec::new();
                 t.matches(k.as_bytes(), &mut s, |b| got.push(b));
                 got.sort();
+                tails = tails.max(t.tails.len() - t.tfree.len());
+                hits += got.len();
                 peak = peak.max(s.cur.capacity()).max(s.next.capacity());
                 assert_eq!(got, want, "key {k:?}");
             }
@@ -1255,7 +1463,10 @@ mod tests {
         assert_eq!(t.edges.len, 0);
         assert!(t.edges.slots.is_empty());
         assert_eq!(t.tfree.len(), t.tails.len());
-        assert_eq!(t.words.table.len(), 0);
+        assert_eq!(t.words.len, 0);
+        assert!(t.words.table.is_empty());
+        assert!(tails > 0, "no pattern ended in a tail");
+        assert!(hits > rounds / 50, "few matches: {hits}");
         peak
     }
 }
