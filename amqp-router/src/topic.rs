@@ -1470,3 +1470,56 @@ mod tests {
         peak
     }
 }
+
+#[cfg(test)]
+mod mem_probe {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn breakdown() {
+        let mut s = 4242u64 + 100_000;
+        let mut rnd = |n: u64| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            s.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        };
+        let mut t = Trie::default();
+        let mut id = 0u32;
+        while id < 100_000 {
+            let n = 3 + rnd(5);
+            let w: Vec<String> = (0..n)
+                .map(|_| match rnd(100) {
+                    0..=11 => "*".into(),
+                    12..=17 => "#".into(),
+                    _ => format!("w{}", rnd(1000)),
+                })
+                .collect();
+            if w.iter()
+                .filter(|w| !matches!(w.as_str(), "*" | "#"))
+                .count()
+                < 2
+            {
+                continue;
+            }
+            let _q = rnd(10_000);
+            t.insert(w.join(".").as_bytes(), id);
+            id += 1;
+        }
+        let per = |b: usize| b as f64 / 100_000.0;
+        eprintln!(
+            "nodes {} live ({} cap) {:.1} B/b; tails {} ({} cap) {:.1}; edges {} in {} slots {:.1}; words {}; links {:.1}",
+            t.nodes.len() - t.free.len(),
+            t.nodes.capacity(),
+            per(t.nodes.capacity() * size_of::<Node>()),
+            t.tails.len() - t.tfree.len(),
+            t.tails.capacity(),
+            per(t.tails.capacity() * size_of::<Tail>()),
+            t.edges.len,
+            t.edges.slots.len(),
+            per(t.edges.slots.len() * size_of::<Entry>()),
+            t.words.len,
+            per(t.links.capacity() * 4),
+        );
+    }
+}
