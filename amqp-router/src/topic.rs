@@ -1343,6 +1343,59 @@ mod tests {
         random_run(0x9E37_79B9_7F4A_7C15, &["a", "b", ""], 64, 5, 6, 4000);
     }
 
+    /// Hostile input: patterns made of `#` and `*` runs against keys of
+    /// thousands of words. The active set holds at most one pair per
+    /// (anchor, star count) plus one saturated pair, so it stays small
+    /// however long the key (no backtracking over the `#`s), and huge
+    /// keys and words are looked up without trouble.
+    #[test]
+    fn hostile_patterns_and_keys() {
+        let mut t = Trie::default();
+        let pats = [
+            "#.#.#.#.x",
+            "#.*.#.*.#.*.#.x",
+            "*.#.*.#.*.#.*.#.*.#.*.#.*.#.*.#",
+            "#.x.#.x.#.x.#.x.#.x.#.y",
+            "x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.y",
+        ];
+        for (i, p) in pats.iter().enumerate() {
+            t.insert(p.as_bytes(), i as u32);
+        }
+        let long = "x.".repeat(20_000);
+        let cases = [
+            (format!("{long}x"), vec![0, 1, 2]),
+            (format!("{long}y"), vec![2, 3]),
+            (format!("{long}z"), vec![2]),
+            ("x.y".to_owned(), vec![]),
+            ("x.x.y".to_owned(), vec![]),
+            ("a.x".to_owned(), vec![0]),
+            (format!("{}y", "x.".repeat(24)), vec![2, 3, 4]),
+        ];
+        let mut s = TrieScratch::default();
+        for (key, want) in &cases {
+            let mut got = Vec::new();
+            t.matches(key.as_bytes(), &mut s, |b| got.push(b));
+            got.sort();
+            assert_eq!(&got, want, "{}", &key[key.len().saturating_sub(40)..]);
+        }
+        assert!(
+            s.cur.capacity().max(s.next.capacity()) <= 64,
+            "active set grew to {}",
+            s.cur.capacity().max(s.next.capacity())
+        );
+        // A single huge word, and a key of empty words.
+        let huge = "w".repeat(100_000);
+        t.insert(huge.as_bytes(), 9);
+        assert_eq!(m(&t, &huge), vec![9]);
+        assert_eq!(m(&t, &".".repeat(50_000)), vec![2]);
+        t.remove(huge.as_bytes(), 9);
+        for (i, p) in pats.iter().enumerate() {
+            t.remove(p.as_bytes(), i as u32);
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.words.len, 0);
+    }
+
     /// The same with long patterns and keys, so that a step's active set
     /// outgrows [`SCAN`] and duplicates are caught by the stamps.
     #[test]
