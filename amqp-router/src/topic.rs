@@ -1,12 +1,14 @@
 //! The topic exchange's trie, shaped like RabbitMQ's
 //! `rabbit_db_topic_exchange` (one node per pattern prefix, at most three
-//! kinds of edge out of a node: a word, `*`, `#`), with two changes that
-//! make a route cost in proportion to the routing key rather than to the
-//! number of wildcard paths in the trie:
+//! kinds of edge out of a node: a word, `*`, `#`), with changes that make
+//! a route cost in proportion to the routing key rather than to the
+//! number of wildcard paths in the trie, and keep a binding small:
 //!
 //! * **Interned words.** Every literal word of a pattern gets a `u32` id
-//!   (reference-counted); a routing key's word is hashed once per route,
-//!   and an unknown word takes no word edge at all.
+//!   (reference-counted); a routing key's word is looked up once per
+//!   route, and an unknown word takes no word edge at all. The word table
+//!   is open-addressed with words of up to 11 bytes held inline in the
+//!   slot, so a lookup is a seeded hash of two integers and one compare.
 //! * **Anchors and skeletons.** A literal node (and the root) is an
 //!   *anchor*; the wildcard-only nodes below it (reached through `*` and
 //!   `#` edges only) are its *skeleton*. A skeleton node's position is
@@ -14,17 +16,31 @@
 //!   `#` does: it consumes exactly that many words, or (with a `#`) at
 //!   least that many. The walk over a key therefore never visits skeleton
 //!   nodes: its active set holds `(anchor, words consumed since the
-//!   anchor)` pairs, and one hash lookup keyed by `(anchor, word id)` finds
+//!   anchor)` pairs, and one probe keyed by `(anchor, word id)` finds
 //!   every literal edge out of the whole skeleton of that anchor; each
 //!   edge records its parent's position, so the ones that apply at this
 //!   count are picked out without touching the nodes. Bindings on skeleton
-//!   nodes are found the same way at the end of the key.
+//!   nodes are found the same way at the end of the key. An anchor has at
+//!   most one pair per star count plus one saturated pair, so `#` runs
+//!   never backtrack: a step costs at most the number of such pairs.
+//! * **Path-compressed tails.** Where a pattern leaves the shared part of
+//!   the trie through a literal edge and what remains has no `#` and at
+//!   most [`TAIL_MAX`] words, the rest is one [`Tail`] (its word ids and
+//!   `*`s inline) instead of a chain of single-child nodes and edges. A
+//!   tail matches a fixed number of words, so the walk checks it at the
+//!   one step where the rest of the key has that length, comparing ids;
+//!   a pattern that shares or extends a tail turns it back into nodes.
 //!
-//! Every literal edge is one 24-byte entry of one flat hash table keyed by
-//! `(anchor, word id)`, hashed with one multiplication. The entry also
-//! carries a copy of its child's word filter and skeleton summary, so a
-//! step of the walk reads the entry and never the node it leads to; only
-//! the last step reads the nodes whose bindings it emits.
+//! Every literal edge is one 24-byte entry of one open-addressed table
+//! ([`Edges`], linear probing) keyed by `(anchor, word id)` and hashed
+//! with one multiplication; the key is inline in the slot, and the
+//! entries of one key lie in one probe run. The entry also carries a copy
+//! of its child's word filter and skeleton summary (for a tail: its
+//! length and first word), so a step of the walk reads the entry and
+//! never the node it leads to, and skips most tails without reading them;
+//! only the last step reads the nodes whose bindings it emits. Removing a
+//! binding frees its tail or prunes the nodes it leaves empty, and the
+//! tables shrink as they empty.
 
 pub(crate) const NONE: u32 = u32::MAX;
 /// `Node::word` of a `*` node.
