@@ -718,7 +718,7 @@ impl TrieScratch {
 
 /// The words of a topic routing key or pattern: `""` has none; otherwise
 /// split on every `.` (empty words are words).
-pub(crate) fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
     let none = key.is_empty();
     key.split(|&b| b == b'.').filter(move |_| !none)
 }
@@ -955,9 +955,9 @@ impl Trie {
 
     /// Adds binding `id` under `pattern`.
     pub(crate) fn insert(&mut self, pattern: &[u8], id: u32) {
-        let toks: Vec<&[u8]> = words(pattern).collect();
+        let mut toks = words(pattern);
         let mut at = 0u32;
-        for (i, &w) in toks.iter().enumerate() {
+        while let Some(w) = toks.next() {
             at = match w {
                 b"*" => self.wild_child(at, true),
                 b"#" => self.wild_child(at, false),
@@ -970,8 +970,7 @@ impl Trie {
                     };
                     if child != NONE && child & TAIL != 0 {
                         let t = child & !TAIL;
-                        let rest = &toks[i + 1..];
-                        if self.tail_is(t, rest) {
+                        if self.tail_is(t, toks.clone()) {
                             self.link_slot(id);
                             let tail = &mut self.tails[t as usize];
                             self.links[id as usize] = tail.first;
@@ -981,13 +980,14 @@ impl Trie {
                         child = self.burst(at, wid, t);
                     }
                     if child == NONE {
-                        let rest = &toks[i + 1..];
-                        if rest.len() <= TAIL_MAX && !rest.iter().any(|&t| t == b"#") {
+                        let rest = toks.clone();
+                        if rest.clone().nth(TAIL_MAX).is_none() && !rest.clone().any(|t| t == b"#")
+                        {
                             let wid = self.words.intern(w);
                             let mut tail = Tail::EMPTY;
                             tail.parent = at;
-                            tail.len = rest.len() as u32;
-                            for (slot, &t) in tail.toks.iter_mut().zip(rest) {
+                            tail.len = rest.clone().count() as u32;
+                            for (slot, t) in tail.toks.iter_mut().zip(rest) {
                                 *slot = if t == b"*" {
                                     STAR
                                 } else {
@@ -1021,10 +1021,11 @@ impl Trie {
     }
 
     /// Whether tail `t` holds exactly the pattern words `rest`.
-    fn tail_is(&self, t: u32, rest: &[&[u8]]) -> bool {
+    fn tail_is<'p>(&self, t: u32, rest: impl Iterator<Item = &'p [u8]> + Clone) -> bool {
         let tail = &self.tails[t as usize];
-        tail.len as usize == rest.len()
-            && tail.toks.iter().zip(rest).all(|(&tok, &w)| {
+        rest.clone().nth(TAIL_MAX).is_none()
+            && tail.len as usize == rest.clone().count()
+            && tail.toks.iter().zip(rest).all(|(&tok, w)| {
                 if w == b"*" {
                     tok == STAR
                 } else if w == b"#" {
@@ -1037,9 +1038,9 @@ impl Trie {
 
     /// Where `pattern`'s bindings are.
     fn find(&self, pattern: &[u8]) -> Found {
-        let toks: Vec<&[u8]> = words(pattern).collect();
+        let mut toks = words(pattern);
         let mut at = 0u32;
-        for (i, &w) in toks.iter().enumerate() {
+        while let Some(w) = toks.next() {
             at = match w {
                 b"*" => self.nodes[at as usize].star,
                 b"#" => self.nodes[at as usize].hash,
@@ -1051,7 +1052,7 @@ impl Trie {
                         let c = self.word_child(at, wid);
                         if c != NONE && c & TAIL != 0 {
                             let t = c & !TAIL;
-                            return if self.tail_is(t, &toks[i + 1..]) {
+                            return if self.tail_is(t, toks) {
                                 Found::Tail(at, wid, t)
                             } else {
                                 Found::Nothing
