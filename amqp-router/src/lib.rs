@@ -270,11 +270,22 @@ pub(crate) struct BindingRec {
     source: u32,
     dest: Dest,
     key: ShortString,
-    /// Sorted stably by key, as RabbitMQ stores binding arguments.
-    args: FieldTable,
+    /// Sorted stably by key, as RabbitMQ stores binding arguments; boxed
+    /// (most bindings have none), so that a record stays small.
+    args: Option<Box<FieldTable>>,
     xmatch: XMatch,
     src_pos: u32,
     dst_pos: u32,
+}
+
+/// The arguments of a binding that has none.
+static NO_ARGS: FieldTable = FieldTable::new();
+
+impl BindingRec {
+    /// The binding's arguments.
+    pub(crate) fn args(&self) -> &FieldTable {
+        self.args.as_deref().unwrap_or(&NO_ARGS)
+    }
 }
 
 /// A binding, by name: what mutations report and what the router lists.
@@ -978,7 +989,7 @@ impl<Q> Router<Q> {
             destination,
             destination_kind,
             routing_key: b.key.clone(),
-            arguments: b.args.clone(),
+            arguments: b.args().clone(),
         }
     }
 
@@ -1465,7 +1476,7 @@ impl<Q> Router<Q> {
                     r.source == source
                         && r.dest == dest
                         && r.key.as_bytes() == key
-                        && r.args == *args
+                        && *r.args() == *args
                 })
             })
             .copied()
@@ -1594,7 +1605,7 @@ impl<Q> Router<Q> {
             source,
             dest,
             key,
-            args,
+            args: (!args.is_empty()).then(|| Box::new(args)),
             xmatch,
             src_pos,
             dst_pos,
@@ -1607,7 +1618,7 @@ impl<Q> Router<Q> {
             r.source.hash(&mut hs);
             r.dest.hash(&mut hs);
             r.key.as_bytes().hash(&mut hs);
-            r.args.hash(&mut hs);
+            r.args().hash(&mut hs);
             hs.finish()
         });
         match dest {
@@ -1634,7 +1645,7 @@ impl<Q> Router<Q> {
                 },
                 Index::Topic(t) => t.insert(rec.key.as_bytes(), id),
                 Index::List => {}
-                Index::Custom(c) => c.add(BindingId(id), rec.key.as_bytes(), &rec.args),
+                Index::Custom(c) => c.add(BindingId(id), rec.key.as_bytes(), rec.args()),
             }
         }
         id
@@ -1663,7 +1674,7 @@ impl<Q> Router<Q> {
     fn remove_binding(&mut self, id: u32, removed: &mut Removed<Q>) -> Option<u32> {
         let rec = self.bindings.get(id)?.clone();
         removed.bindings.push(self.binding_info(&rec));
-        let h = self.identity_hash(rec.source, rec.dest, &rec.key, &rec.args);
+        let h = self.identity_hash(rec.source, rec.dest, &rec.key, rec.args());
         if let Ok(e) = self.binding_ids.find_entry(h, |&b| b == id) {
             e.remove();
         }
@@ -1688,7 +1699,7 @@ impl<Q> Router<Q> {
                 }
                 Index::Topic(t) => t.remove(rec.key.as_bytes(), id),
                 Index::List => {}
-                Index::Custom(c) => c.remove(BindingId(id), rec.key.as_bytes(), &rec.args),
+                Index::Custom(c) => c.remove(BindingId(id), rec.key.as_bytes(), rec.args()),
             }
         }
         // Destination list.

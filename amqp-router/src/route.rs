@@ -391,7 +391,7 @@ impl<Q> Router<Q> {
                 for &b in &x.out {
                     if let Some(rec) = self.bindings.get(b) {
                         let sorted = s.sorted_headers.iter().map(|&i| &data[i as usize]);
-                        if headers::matches(rec.args.as_slice(), rec.xmatch, sorted) {
+                        if headers::matches(rec.args().as_slice(), rec.xmatch, sorted) {
                             s.matched.push(BindingId(b));
                         }
                     }
