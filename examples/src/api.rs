@@ -46,7 +46,14 @@ pub const LISTINGS: &[Listing] = &[
         name: "exchanges",
         all: "/api/exchanges",
         one_vhost: Some("/api/exchanges/{}"),
-        columns: &["vhost", "name", "type", "durable", "auto_delete", "internal"],
+        columns: &[
+            "vhost",
+            "name",
+            "type",
+            "durable",
+            "auto_delete",
+            "internal",
+        ],
     },
     Listing {
         name: "bindings",
@@ -139,8 +146,7 @@ pub fn encode(segment: &str) -> String {
 
 /// Standard base64 with padding (for the basic authorization header).
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -172,15 +178,18 @@ pub fn status_error(method: &str, path: &str, status: u16, body: &str) -> String
     match (field("error"), field("reason")) {
         (Some(e), Some(r)) => text.push_str(&format!(" {e}: {r}")),
         (Some(e), None) | (None, Some(e)) => text.push_str(&format!(" {e}")),
-        (None, None) if !body.trim().is_empty() => {
-            text.push_str(&format!(" {}", body.trim().chars().take(200).collect::<String>()))
-        }
+        (None, None) if !body.trim().is_empty() => text.push_str(&format!(
+            " {}",
+            body.trim().chars().take(200).collect::<String>()
+        )),
         (None, None) => {}
     }
     let advice = match status {
         401 => Some("check --user/--password (or the USER:PASS in --uri)"),
         403 => Some("the user lacks a management tag or the permission for this"),
-        404 => Some("the vhost or object does not exist: see amqp-client list vhosts / list queues"),
+        404 => {
+            Some("the vhost or object does not exist: see amqp-client list vhosts / list queues")
+        }
         405 => Some("this endpoint does not take that method: is --api a management API?"),
         400 => Some("the broker refused the request body; check the file or the arguments"),
         _ => None,
@@ -354,7 +363,12 @@ pub fn project(rows: &[Value], columns: &[&str]) -> Value {
                 Value::Object(
                     columns
                         .iter()
-                        .map(|c| ((*c).to_owned(), lookup(row, c).cloned().unwrap_or(Value::Null)))
+                        .map(|c| {
+                            (
+                                (*c).to_owned(),
+                                lookup(row, c).cloned().unwrap_or(Value::Null),
+                            )
+                        })
                         .collect(),
                 )
             })

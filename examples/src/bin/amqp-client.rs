@@ -953,7 +953,11 @@ fn run_api(a: &Args, uri: &Uri, timeout: Duration) -> Result<(), Error> {
             };
             let rows = match api.get(&path)? {
                 serde_json::Value::Array(rows) => rows,
-                other => return Err(format!("GET {path}: expected a JSON array, got {other:.80}")),
+                other => {
+                    return Err(format!(
+                        "GET {path}: expected a JSON array, got {other:.80}"
+                    ));
+                }
             };
             let columns: Vec<&str> = match &a.columns {
                 Some(c) => c.iter().map(String::as_str).collect(),
@@ -961,7 +965,9 @@ fn run_api(a: &Args, uri: &Uri, timeout: Duration) -> Result<(), Error> {
             };
             let text = match (a.format, &a.columns) {
                 (Format::Json, None) => serde_json::to_string_pretty(&rows),
-                (Format::Json, Some(_)) => serde_json::to_string_pretty(&api::project(&rows, &columns)),
+                (Format::Json, Some(_)) => {
+                    serde_json::to_string_pretty(&api::project(&rows, &columns))
+                }
                 _ => Ok(api::table(&rows, &columns)),
             }
             .map_err(|e| e.to_string())?;
@@ -996,7 +1002,8 @@ fn run_api(a: &Args, uri: &Uri, timeout: Duration) -> Result<(), Error> {
                 None | Some("-") => print!("{text}"),
                 Some(file) => {
                     std::fs::write(file, &text).map_err(|e| format!("{file}: {e}"))?;
-                    let count = |k: &str| defs.get(k).and_then(|v| v.as_array()).map_or(0, Vec::len);
+                    let count =
+                        |k: &str| defs.get(k).and_then(|v| v.as_array()).map_or(0, Vec::len);
                     println!(
                         "exported {} queues, {} exchanges, {} bindings to {file}",
                         count("queues"),
