@@ -1209,5 +1209,32 @@ mod tests {
         assert!(parse_args(["consume", "--format", "xml"].map(String::from)).is_err());
         assert!(parse_args(["--count".to_owned()]).is_err());
         assert!(parse_args(["x", "--bogus"].map(String::from)).is_err());
+        let a = parse_args(
+            [
+                "list",
+                "queues",
+                "--api",
+                "http://h:1",
+                "--columns",
+                "name, messages",
+                "--format",
+                "table",
+                "--vhost",
+                "/",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        assert_eq!(
+            (a.command.as_str(), a.body.as_deref()),
+            ("list", Some("queues"))
+        );
+        assert_eq!(a.columns, Some(vec!["name".into(), "messages".into()]));
+        assert_eq!(
+            (a.api.as_deref(), a.vhost.as_deref()),
+            (Some("http://h:1"), Some("/"))
+        );
+        assert_eq!(a.format, Format::Body);
+        assert!(parse_args(["list", "--columns", ","].map(String::from)).is_err());
     }
 }
