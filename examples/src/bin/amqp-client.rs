@@ -11,6 +11,12 @@
 //!           [--content-type T] [--header SPEC]... [--count N] (BODY | --body-file PATH)
 //!   consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
 //!   delete  (--queue Q | --exchange X)
+//!  over the management HTTP API (--api URL):
+//!   list    (queues | exchanges | bindings | connections | channels | consumers |
+//!            vhosts | users | policies) [--vhost V] [--format table|json] [--columns A,B]
+//!   purge   --queue Q [--vhost V]
+//!   export  [FILE | -] [--vhost V]
+//!   import  (FILE | -) [--vhost V]
 //! ```
 //!
 //! The default URI is `amqp://guest:guest@127.0.0.1:5672/%2f`. A SPEC is
@@ -24,6 +30,14 @@
 //! missing exchange) is reported even without `--confirm`. Errors go to
 //! stderr as `amqp-client: ...` with exit status 1; a broker refusal names
 //! its reply code.
+//!
+//! `list`, `purge`, `export` and `import` use RabbitMQ's management HTTP
+//! API (default `http://127.0.0.1:15672`) with basic authentication as
+//! `--user`/`--password`, or else the user and password of `--uri`. `list`
+//! prints an aligned table of rabbitmqadmin's default columns, or with
+//! `--format json` the API's objects as a JSON array (cut down to
+//! `--columns` when given). An API error names the HTTP status and
+//! RabbitMQ's `error` and `reason`, with advice.
 
 use amqp_codec::types::method::{
     BasicConsume, BasicPublish, BasicQos, ConfirmSelect, ExchangeBind, ExchangeDeclare,
@@ -31,6 +45,7 @@ use amqp_codec::types::method::{
 };
 use amqp_codec::types::{BasicProperties, FieldTable, Method, ReplyCode, ShortString};
 use amqp_codec::{ClientConfig, Connection, Credentials, Event, Message};
+use amqp_examples::api::{self, Api};
 use amqp_examples::dump::{Arg, property_values, quote};
 use amqp_examples::fields::{TYPE_LETTERS_HELP, parse_header, table_to_json, typed};
 use bytes::Bytes;
@@ -48,14 +63,25 @@ const USAGE: &str = "usage: amqp-client [--uri URI] [--heartbeat SECS] [--timeou
   publish --exchange X --routing-key K [--confirm] [--persistent] [--content-type T]
           [--header SPEC]... [--count N] (BODY | --body-file PATH)
   consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
-  delete  (--queue Q | --exchange X)";
+  delete  (--queue Q | --exchange X)
+ over the management HTTP API (--api URL):
+  list    (queues | exchanges | bindings | connections | channels | consumers |
+           vhosts | users | policies) [--vhost V] [--format table|json] [--columns A,B]
+  purge   --queue Q [--vhost V]
+  export  [FILE | -] [--vhost V]
+  import  (FILE | -) [--vhost V]";
 
 /// `--help`: the usage and what the options mean.
 fn help() -> String {
+    let columns: String = api::LISTINGS
+        .iter()
+        .map(|l| format!("  {:<12} {}\n", l.name, l.columns.join(" ")))
+        .collect();
     format!(
         "{USAGE}
 
-Declares, binds, publishes to and consumes from an AMQP 0-9-1 broker.
+Declares, binds, publishes to and consumes from an AMQP 0-9-1 broker; lists,
+purges, exports and imports through its management HTTP API.
 
 OPTIONS:
   --uri URI          amqp://USER:PASS@HOST:PORT/VHOST (default
@@ -90,6 +116,25 @@ OPTIONS:
   --format body      consume: only the bodies (the default)
   -h, --help         this text
 
+MANAGEMENT API OPTIONS (list, purge, export, import):
+  --api URL          the management API (default http://127.0.0.1:15672;
+                     plain http only)
+  --user U           the API user (default: the user in --uri, guest)
+  --password P       the API password (default: the password in --uri, guest)
+  --vhost V          list/export/import: only this vhost (default: all);
+                     purge: the queue's vhost (default: the vhost in --uri)
+  --format table     list: an aligned table with a header line (the default)
+  --format json      list: the API's objects as a JSON array
+  --columns A,B      list: these columns (keys of the API's objects; a.b is
+                     key b of the object under a, e.g. queue.name) instead
+                     of the defaults; with --format json, only these keys
+
+list's default columns:
+{columns}
+export writes GET /api/definitions to FILE (pretty JSON) or stdout (- or no
+FILE); import posts FILE's JSON to POST /api/definitions. purge empties a
+queue (DELETE /api/queues/VHOST/Q/contents).
+
 A SPEC is key=value (a long string) or key:T=value with a type letter T:
 {TYPE_LETTERS_HELP}
 
@@ -98,7 +143,10 @@ so a refusal (404: no such exchange, 403: access refused) is reported with its
 reply code and exit status 1, with or without --confirm.
 
 EXIT STATUS: 0 done; 1 usage error, connection failure or broker refusal
-(the message on stderr says which).
+(the message on stderr says which); for the API the message names the HTTP
+status and RabbitMQ's error and reason, with advice (401: the user or password;
+404: no such vhost or object; no answer: is the management API enabled, is
+--api right).
 "
     )
 }
@@ -348,8 +396,14 @@ struct Args {
     arguments: FieldTable,
     count: Option<u64>,
     prefetch: Option<u16>,
+    /// publish: the body; list: what to list; export/import: the file.
     body: Option<String>,
     body_file: Option<String>,
+    api: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    vhost: Option<String>,
+    columns: Option<Vec<String>>,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
@@ -373,6 +427,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--routing-key" => a.routing_key = Some(value(&mut it, &arg)?),
             "--body-file" => a.body_file = Some(value(&mut it, &arg)?),
             "--content-type" => a.content_type = Some(value(&mut it, &arg)?),
+            "--api" => a.api = Some(value(&mut it, &arg)?),
+            "--user" => a.user = Some(value(&mut it, &arg)?),
+            "--password" => a.password = Some(value(&mut it, &arg)?),
+            "--vhost" => a.vhost = Some(value(&mut it, &arg)?),
+            "--columns" => {
+                let v = value(&mut it, &arg)?;
+                let cols: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if cols.is_empty() {
+                    return Err("--columns needs at least one column name".into());
+                }
+                a.columns = Some(cols);
+            }
             "--header" => {
                 let (k, v) = parse_header(&value(&mut it, &arg)?)?;
                 a.headers.push(k, v);
@@ -387,11 +458,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--format" => {
                 a.format = match value(&mut it, &arg)?.as_str() {
                     "json" => Format::Json,
-                    "body" => Format::Body,
+                    "body" | "table" => Format::Body,
                     "verbose" => Format::Verbose,
                     other => {
                         return Err(format!(
-                            "--format must be body, verbose or json, not {other:?}"
+                            "--format must be table or json (list), or body, verbose or json (consume), not {other:?}"
                         ));
                     }
                 }
@@ -582,6 +653,9 @@ async fn run(a: Args) -> Result<(), Error> {
             .ok_or_else(|| format!("{} needs {flag}\n{USAGE}", a.command))
     };
     let timeout = Duration::from_secs(a.timeout.unwrap_or(10));
+    if API_COMMANDS.contains(&a.command.as_str()) {
+        return run_api(&a, &uri, timeout);
+    }
     match a.command.as_str() {
         "declare" => {
             let target = target(&a)?;
@@ -845,6 +919,131 @@ async fn run(a: Args) -> Result<(), Error> {
     }
 }
 
+/// The commands that go through the management HTTP API.
+const API_COMMANDS: &[&str] = &["list", "purge", "export", "import"];
+
+/// Runs `list`, `purge`, `export` or `import` against the management API
+/// at `--api`, as `--user`/`--password` or the --uri's user.
+fn run_api(a: &Args, uri: &Uri, timeout: Duration) -> Result<(), Error> {
+    let api = Api::new(
+        a.api.as_deref().unwrap_or("http://127.0.0.1:15672"),
+        a.user.as_deref().unwrap_or(&uri.user),
+        a.password.as_deref().unwrap_or(&uri.password),
+        timeout,
+    );
+    match a.command.as_str() {
+        "list" => {
+            let names = || {
+                api::LISTINGS
+                    .iter()
+                    .map(|l| l.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let what = a
+                .body
+                .as_deref()
+                .ok_or_else(|| format!("list needs what to list: {}\n{USAGE}", names()))?;
+            let listing = api::listing(what)
+                .ok_or_else(|| format!("list: unknown {what:?}; one of {}", names()))?;
+            let path = match (&a.vhost, listing.one_vhost) {
+                (None, _) => listing.all.to_owned(),
+                (Some(v), Some(p)) => p.replace("{}", &api::encode(v)),
+                (Some(_), None) => return Err(format!("list {what} takes no --vhost")),
+            };
+            let rows = match api.get(&path)? {
+                serde_json::Value::Array(rows) => rows,
+                other => {
+                    return Err(format!(
+                        "GET {path}: expected a JSON array, got {other:.80}"
+                    ));
+                }
+            };
+            let columns: Vec<&str> = match &a.columns {
+                Some(c) => c.iter().map(String::as_str).collect(),
+                None => listing.columns.to_vec(),
+            };
+            let text = match (a.format, &a.columns) {
+                (Format::Json, None) => serde_json::to_string_pretty(&rows),
+                (Format::Json, Some(_)) => {
+                    serde_json::to_string_pretty(&api::project(&rows, &columns))
+                }
+                _ => Ok(api::table(&rows, &columns)),
+            }
+            .map_err(|e| e.to_string())?;
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        "purge" => {
+            let queue = a
+                .queue
+                .as_deref()
+                .ok_or_else(|| format!("purge needs --queue\n{USAGE}"))?;
+            let vhost = a.vhost.as_deref().unwrap_or(&uri.vhost);
+            api.delete(&format!(
+                "/api/queues/{}/{}/contents",
+                api::encode(vhost),
+                api::encode(queue)
+            ))?;
+            println!("purged {queue}");
+            Ok(())
+        }
+        "export" => {
+            let path = match &a.vhost {
+                Some(v) => format!("/api/definitions/{}", api::encode(v)),
+                None => "/api/definitions".to_owned(),
+            };
+            let defs = api.get(&path)?;
+            let text = serde_json::to_string_pretty(&defs).map_err(|e| e.to_string())? + "\n";
+            match a.body.as_deref() {
+                None | Some("-") => print!("{text}"),
+                Some(file) => {
+                    std::fs::write(file, &text).map_err(|e| format!("{file}: {e}"))?;
+                    let count =
+                        |k: &str| defs.get(k).and_then(|v| v.as_array()).map_or(0, Vec::len);
+                    println!(
+                        "exported {} queues, {} exchanges, {} bindings to {file}",
+                        count("queues"),
+                        count("exchanges"),
+                        count("bindings")
+                    );
+                }
+            }
+            Ok(())
+        }
+        "import" => {
+            let file = a
+                .body
+                .as_deref()
+                .ok_or_else(|| format!("import needs FILE (- for stdin)\n{USAGE}"))?;
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                s
+            } else {
+                std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?
+            };
+            let defs: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{file}: not JSON: {e}"))?;
+            if !defs.is_object() {
+                return Err(format!("{file}: definitions must be a JSON object"));
+            }
+            let path = match &a.vhost {
+                Some(v) => format!("/api/definitions/{}", api::encode(v)),
+                None => "/api/definitions".to_owned(),
+            };
+            api.post(&path, &text)?;
+            println!("imported {file}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
 /// Publishes `count` copies of `body` and waits for the broker's answer:
 /// confirms with `--confirm`; otherwise one synchronous round trip on the
 /// same channel, which the broker answers only after it has handled every
@@ -1010,5 +1209,32 @@ mod tests {
         assert!(parse_args(["consume", "--format", "xml"].map(String::from)).is_err());
         assert!(parse_args(["--count".to_owned()]).is_err());
         assert!(parse_args(["x", "--bogus"].map(String::from)).is_err());
+        let a = parse_args(
+            [
+                "list",
+                "queues",
+                "--api",
+                "http://h:1",
+                "--columns",
+                "name, messages",
+                "--format",
+                "table",
+                "--vhost",
+                "/",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        assert_eq!(
+            (a.command.as_str(), a.body.as_deref()),
+            ("list", Some("queues"))
+        );
+        assert_eq!(a.columns, Some(vec!["name".into(), "messages".into()]));
+        assert_eq!(
+            (a.api.as_deref(), a.vhost.as_deref()),
+            (Some("http://h:1"), Some("/"))
+        );
+        assert_eq!(a.format, Format::Body);
+        assert!(parse_args(["list", "--columns", ","].map(String::from)).is_err());
     }
 }
