@@ -404,3 +404,37 @@ fn exchanges_bindings_and_consume_formats() {
     let out = client(&["declare", "--exchange", "b"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("declare needs --type"));
 }
+
+#[test]
+fn get_peeks_by_default_and_takes_with_ack() {
+    if skip() {
+        return;
+    }
+    let q = format!("amqp-client-get-{}", std::process::id());
+    ok(&["declare", "--queue", &q]);
+    ok(&[
+        "publish",
+        "--exchange",
+        "",
+        "--routing-key",
+        &q,
+        "--count",
+        "2",
+        "m",
+    ]);
+    // A peek: both printed, both still there (redelivered now).
+    assert_eq!(ok(&["get", "--queue", &q, "--count", "5"]), "m\nm\n");
+    let json = ok(&["get", "--queue", &q, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["redelivered"], true);
+    assert_eq!(v["routing_key"], q.as_str());
+    // --ack takes one; one is left.
+    assert_eq!(ok(&["get", "--queue", &q, "--ack"]), "m\n");
+    assert_eq!(ok(&["get", "--queue", &q, "--ack", "--count", "3"]), "m\n");
+    // Empty: said on stderr, not an error.
+    let out = client(&["get", "--queue", &q]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+    ok(&["delete", "--queue", &q]);
+}

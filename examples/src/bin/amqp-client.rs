@@ -10,6 +10,7 @@
 //!   publish --exchange X --routing-key K [--confirm] [--persistent]
 //!           [--content-type T] [--header SPEC]... [--count N] (BODY | --body-file PATH)
 //!   consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
+//!   get     --queue Q [--count N] [--ack] [--verbose | --format json]
 //!   delete  (--queue Q | --exchange X)
 //!  over the management HTTP API (--api URL):
 //!   list    (queues | exchanges | bindings | connections | channels | consumers |
@@ -25,7 +26,9 @@
 //! with `--verbose` the exchange, routing key, redelivered flag,
 //! properties and typed headers before it, or with `--format json` one
 //! JSON object per line; it exits after `--count` messages (acknowledged
-//! unless `--no-ack`). `publish` waits for the broker's word on the
+//! unless `--no-ack`). `get` takes up to `--count` messages with
+//! basic.get and, like rabbitmqadmin's default, puts them back (requeued,
+//! flagged redelivered) unless `--ack`. `publish` waits for the broker's word on the
 //! channel before it says "published", so a refusal (such as 404 for a
 //! missing exchange) is reported even without `--confirm`. Errors go to
 //! stderr as `amqp-client: ...` with exit status 1; a broker refusal names
@@ -40,7 +43,7 @@
 //! RabbitMQ's `error` and `reason`, with advice.
 
 use amqp_codec::types::method::{
-    BasicConsume, BasicPublish, BasicQos, ConfirmSelect, ExchangeBind, ExchangeDeclare,
+    BasicConsume, BasicGet, BasicPublish, BasicQos, ConfirmSelect, ExchangeBind, ExchangeDeclare,
     ExchangeDelete, ExchangeUnbind, QueueBind, QueueDeclare, QueueDelete, QueueUnbind,
 };
 use amqp_codec::types::{BasicProperties, FieldTable, Method, ReplyCode, ShortString};
@@ -63,6 +66,7 @@ const USAGE: &str = "usage: amqp-client [--uri URI] [--heartbeat SECS] [--timeou
   publish --exchange X --routing-key K [--confirm] [--persistent] [--content-type T]
           [--header SPEC]... [--count N] (BODY | --body-file PATH)
   consume --queue Q [--count N] [--prefetch N] [--no-ack] [--verbose | --format json]
+  get     --queue Q [--count N] [--ack] [--verbose | --format json]
   delete  (--queue Q | --exchange X)
  over the management HTTP API (--api URL):
   list    (queues | exchanges | bindings | connections | channels | consumers |
@@ -390,6 +394,8 @@ struct Args {
     auto_delete: bool,
     internal: bool,
     no_ack: bool,
+    /// get: acknowledge (take) the messages instead of requeueing them.
+    ack: bool,
     format: Format,
     content_type: Option<String>,
     headers: FieldTable,
@@ -474,6 +480,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--auto-delete" => a.auto_delete = true,
             "--internal" => a.internal = true,
             "--no-ack" => a.no_ack = true,
+            "--ack" => a.ack = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             _ if a.command.is_empty() => a.command = arg,
             _ if a.body.is_none() => a.body = Some(arg),
@@ -560,10 +567,51 @@ fn arg_text(arg: Arg<'_>, out: &mut String) {
     };
 }
 
+/// What a basic.deliver or basic.get-ok says of its message.
+struct Delivery<'a> {
+    exchange: &'a ShortString,
+    routing_key: &'a ShortString,
+    redelivered: bool,
+    delivery_tag: u64,
+}
+
+impl<'a> Delivery<'a> {
+    fn of(m: &'a Method) -> Option<Delivery<'a>> {
+        match m {
+            Method::BasicDeliver(d) => Some(Delivery {
+                exchange: &d.exchange,
+                routing_key: &d.routing_key,
+                redelivered: d.redelivered,
+                delivery_tag: d.delivery_tag,
+            }),
+            Method::BasicGetOk(g) => Some(Delivery {
+                exchange: &g.exchange,
+                routing_key: &g.routing_key,
+                redelivered: g.redelivered,
+                delivery_tag: g.delivery_tag,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Prints a delivered message as `--format` says.
+fn print_message(format: Format, n: u64, message: &Message) {
+    match format {
+        Format::Body => println!("{}", String::from_utf8_lossy(&message.body)),
+        Format::Json => println!("{}", render_json(message)),
+        Format::Verbose => {
+            let mut text = String::new();
+            render_verbose(n, message, &mut text);
+            print!("{text}");
+        }
+    }
+}
+
 /// `consume --verbose`: the delivery, each property on its own line,
 /// headers one per line with their AMQP types, then the body.
 fn render_verbose(n: u64, message: &Message, out: &mut String) {
-    if let Method::BasicDeliver(d) = &message.method {
+    if let Some(d) = Delivery::of(&message.method) {
         let _ = write!(out, "--- message {n}\nexchange: ");
         quote(d.exchange.as_bytes(), usize::MAX, out);
         out.push_str("\nrouting-key: ");
@@ -604,7 +652,7 @@ fn render_verbose(n: u64, message: &Message, out: &mut String) {
 fn render_json(message: &Message) -> String {
     use serde_json::{Map, Value, json};
     let mut obj = Map::new();
-    if let Method::BasicDeliver(d) = &message.method {
+    if let Some(d) = Delivery::of(&message.method) {
         obj.insert("exchange".into(), json!(d.exchange.to_string_lossy()));
         obj.insert("routing_key".into(), json!(d.routing_key.to_string_lossy()));
         obj.insert("redelivered".into(), json!(d.redelivered));
@@ -897,18 +945,65 @@ async fn run(a: Args) -> Result<(), Error> {
                     };
                     let tag = d.delivery_tag;
                     got += 1;
-                    match a.format {
-                        Format::Body => println!("{}", String::from_utf8_lossy(&message.body)),
-                        Format::Json => println!("{}", render_json(&message)),
-                        Format::Verbose => {
-                            let mut text = String::new();
-                            render_verbose(got, &message, &mut text);
-                            print!("{text}");
-                        }
-                    }
+                    print_message(a.format, got, &message);
                     if !a.no_ack {
                         c.conn.ack(ch, tag, false).map_err(|e| e.to_string())?;
                     }
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            c.finish(result).await
+        }
+        "get" => {
+            let queue = need(&a.queue, "--queue")?;
+            let count = a.count.unwrap_or(1);
+            let mut c = Client::connect(&uri, a.heartbeat, timeout).await?;
+            let result = async {
+                let ch = c.channel().await?;
+                let mut got = 0;
+                let mut last = None;
+                while got < count {
+                    c.conn
+                        .send_method(
+                            ch,
+                            BasicGet {
+                                queue: short(&queue)?,
+                                no_ack: false,
+                                ..Default::default()
+                            },
+                        )
+                        .map_err(|e| e.to_string())?;
+                    let reply = c
+                        .run(|e| match e {
+                            Event::Message {
+                                channel, message, ..
+                            } if *channel == ch => Some(Some(message.clone())),
+                            Event::Method {
+                                channel,
+                                method: Method::BasicGetEmpty(_),
+                            } if *channel == ch => Some(None),
+                            _ => None,
+                        })
+                        .await?;
+                    let Some(message) = reply else {
+                        break;
+                    };
+                    got += 1;
+                    last = Delivery::of(&message.method).map(|d| d.delivery_tag);
+                    print_message(a.format, got, &message);
+                }
+                if got == 0 {
+                    eprintln!("amqp-client: queue {queue:?} is empty");
+                }
+                if let Some(tag) = last {
+                    // All at once: taken (--ack), or back where they were.
+                    let done = if a.ack {
+                        c.conn.ack(ch, tag, true)
+                    } else {
+                        c.conn.nack(ch, tag, true, true)
+                    };
+                    done.map_err(|e| e.to_string())?;
                 }
                 Ok::<(), Error>(())
             }
