@@ -7,7 +7,7 @@
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::types::{generation::gen_field_table, parsing::parse_field_table};
 use amqp_benches::wire_inputs::{
-    ack_frames, deliver_frames, encode_all, publish_frames, twenty_entry_table,
+    ack_frames, body, deliver_frames, encode_all, publish_frames, twenty_entry_table,
 };
 use amqp_types::FieldTable;
 use amqp_wire::{
@@ -122,6 +122,8 @@ fn main() {
     let pubs = encode_all(&publish_frames());
     let dels = encode_all(&deliver_frames());
     let acks = encode_all(&ack_frames(10_000));
+    let body_1b = encode_all(&[Frame::body(1, body(1))]);
+    let body_128k = encode_all(&[Frame::body(1, body(128 * 1024))]);
     let ours_frames = publish_frames();
     let mut theirs_frames = Vec::new();
     let mut rest = &pubs[..];
@@ -138,7 +140,7 @@ fn main() {
     if which == "check" {
         // Both libraries read the same inputs to the same sums, and write
         // the same bytes (run once, outside any counted function).
-        for input in [&pubs, &dels, &acks] {
+        for input in [&pubs, &dels, &acks, &body_1b, &body_128k] {
             assert_eq!(ours_parse(input), theirs_parse(input));
         }
         let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
@@ -168,6 +170,10 @@ fn main() {
             "parse_deliver/theirs" => theirs_parse(black_box(&dels)),
             "parse_ack_x10000/ours" => ours_parse(black_box(&acks)),
             "parse_ack_x10000/theirs" => theirs_parse(black_box(&acks)),
+            "parse_body_1B/ours" => ours_parse(black_box(&body_1b)),
+            "parse_body_1B/theirs" => theirs_parse(black_box(&body_1b)),
+            "parse_body_128KiB/ours" => ours_parse(black_box(&body_128k)),
+            "parse_body_128KiB/theirs" => theirs_parse(black_box(&body_128k)),
             "serialize_publish/ours" => ours_serialize(black_box(&ours_frames), &mut out),
             "serialize_publish/theirs" => theirs_serialize(black_box(&theirs_frames), &mut out),
             "table_decode/ours" => ours_table_decode(black_box(&tin)),
