@@ -141,18 +141,39 @@ impl ShortString {
     /// ```
     #[inline]
     pub fn from_window(window: &[u8], len: usize) -> Option<Self> {
-        if len > Self::MAX_LEN || len > window.len() {
+        if len > window.len() {
             return None;
         }
+        let len = u8::try_from(len).ok()?;
+        Some(Self::from_window_prefix(window, len))
+    }
+
+    /// Copies the first `len` bytes of `window` into a new short string, or
+    /// all of `window` if it is shorter: [`from_window`](Self::from_window)
+    /// for a parser that has already checked the length against its input.
+    ///
+    /// It returns the string itself, not an `Option`, and takes the length
+    /// as a `u8`, so a parser neither repeats its length checks nor unwraps
+    /// a result.
+    ///
+    /// ```
+    /// use amqp_types::ShortString;
+    /// let input = b"orders.eu.created and whatever follows in the frame";
+    /// assert_eq!(ShortString::from_window_prefix(input, 17), "orders.eu.created");
+    /// assert_eq!(ShortString::from_window_prefix(b"abc", 4), "abc");
+    /// ```
+    #[inline]
+    pub fn from_window_prefix(window: &[u8], len: u8) -> Self {
+        let len = (len as usize).min(window.len());
         if len <= INLINE_CAP
             && let Some(w) = window.first_chunk::<48>()
         {
-            return Some(ShortString(Repr::Inline {
+            return ShortString(Repr::Inline {
                 len: len as u8,
                 buf: masked_copy(w, len),
-            }));
+            });
         }
-        Some(Self::from_window_rare(window, len))
+        Self::from_window_rare(window, len)
     }
 
     /// [`from_window`](Self::from_window) for a string that is long or
@@ -706,6 +727,27 @@ mod tests {
         }
         assert!(ShortString::from_window(&src, 256).is_none());
         assert!(ShortString::from_window(&src[..3], 4).is_none());
+    }
+
+    #[test]
+    fn from_window_prefix_equals_from_bytes_or_the_whole_window() {
+        let src: Vec<u8> = (1..=255u8).chain(1..=100).collect();
+        for n in 0..=255u8 {
+            for extra in [0usize, 1, 10, 47, 48, 100] {
+                let window = &src[..(n as usize + extra).min(src.len())];
+                let s = ShortString::from_window_prefix(window, n);
+                assert_eq!(s, ShortString::from_bytes(&src[..n as usize]).unwrap());
+                if let Repr::Inline { buf, .. } = &s.0 {
+                    assert!(
+                        buf[n as usize..].iter().all(|&b| b == 0),
+                        "{n}+{extra}: tail"
+                    );
+                }
+            }
+        }
+        // A window shorter than the length gives the whole window.
+        assert_eq!(ShortString::from_window_prefix(&src[..3], 4), src[..3]);
+        assert_eq!(ShortString::from_window_prefix(&src[..60], 200), src[..60]);
     }
 
     #[test]

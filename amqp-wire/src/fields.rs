@@ -148,11 +148,12 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn short_string(&mut self) -> Result<ShortString, Fail> {
-        let len = self.u8()? as usize;
-        let start = self.sized(len, "short string")?;
+        let len = self.u8()?;
+        let start = self.sized(len as usize, "short string")?;
         // The window runs on past the string to the end of the input, so
-        // short strings copy with a few wide moves.
-        Ok(ShortString::from_window(&self.buf[start..], len).expect("at most 255 bytes, present"))
+        // short strings copy with a few wide moves; the length has been
+        // checked against the payload.
+        Ok(ShortString::from_window_prefix(&self.buf[start..], len))
     }
 
     #[inline]
@@ -204,14 +205,12 @@ impl<'a> Reader<'a> {
             let buf = r.buf;
             let mut entries = Vec::with_capacity(capacity_for(end - r.pos, 16));
             while r.pos < end {
-                let klen = r.u8()? as usize;
-                let kstart = r.sized(klen, "short string")?;
+                let klen = r.u8()?;
+                let kstart = r.sized(klen as usize, "short string")?;
                 // The window runs on past the key to the end of the input,
-                // so short keys copy with a few wide moves.
-                let key = || {
-                    ShortString::from_window(&buf[kstart..], klen)
-                        .expect("at most 255 bytes, present")
-                };
+                // so short keys copy with a few wide moves (the length has
+                // been checked against the table).
+                let key = || ShortString::from_window_prefix(&buf[kstart..], klen);
                 r.value_with(|v| entries.push((key(), v)))?;
             }
             Ok(FieldTable::from(entries))
