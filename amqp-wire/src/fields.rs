@@ -211,7 +211,14 @@ impl<'a> Reader<'a> {
                 // so short keys copy with a few wide moves (the length has
                 // been checked against the table).
                 let key = || ShortString::from_window_prefix(&buf[kstart..], klen);
-                r.value_with(|v| entries.push((key(), v)))?;
+                // Inlined into each arm: called (the compiler did not
+                // inline it, as it is instantiated in all 17 arms), it took
+                // each value through memory and copied it again, about 20
+                // instructions per entry.
+                r.value_with(
+                    #[inline(always)]
+                    |v| entries.push((key(), v)),
+                )?;
             }
             Ok(FieldTable::from(entries))
         })
