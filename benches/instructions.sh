@@ -2,16 +2,22 @@
 # Instructions per iteration, amqp-wire vs amq-protocol 10, counted by
 # callgrind inside each workload's function only (repeatable on a noisy
 # machine, unlike wall-clock time). Needs valgrind.
+#
+# PROFILE selects the cargo profile: bench-best (the default; thin LTO and
+# one codegen unit, the workspace's best build, at which the README's figures
+# are quoted) or release (cargo's default settings, for information).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q --release -p amqp-benches --example wire_instructions
-bin=${CARGO_TARGET_DIR:-target}/release/examples/wire_instructions
+profile=${PROFILE:-bench-best}
+cargo build -q --profile "$profile" -p amqp-benches --example wire_instructions
+bin=${CARGO_TARGET_DIR:-target}/$profile/examples/wire_instructions
+echo "profile: $profile" >&2
 "$bin" check >&2
 printf '| group | amqp-wire | amq-protocol | ratio |\n|---|---|---|---|\n'
 # serialize_publish and table_encode time our slice API (encode_to_slice,
 # encode_field_table_to_slice) against amq-protocol's writer over a slice;
 # the *_bufmut rows time our generic BufMut API for information.
-for g in parse_publish parse_deliver parse_ack_x10000 serialize_publish table_decode table_encode \
+for g in parse_publish parse_deliver parse_ack_x10000 parse_body_1B parse_body_128KiB serialize_publish table_decode table_encode \
   serialize_publish_bufmut table_encode_bufmut; do
   n=1000; [ "$g" = parse_ack_x10000 ] && n=10
   count() {

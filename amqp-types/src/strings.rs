@@ -65,25 +65,37 @@ fn inline_copy<const N: usize>(src: &[u8]) -> [u8; N] {
     buf
 }
 
-/// The first `n` (at most `N`) bytes of `w`, zero-padded to `N`, built
-/// from `W / 16` chunks of 16 bytes masked to the length: whole-register
-/// moves, so the result is never assembled from overlapping byte-sized
-/// stores. `W` is `N` rounded up to a multiple of 16.
+/// 48 bytes of `0xFF` then 48 zeros: the 48 bytes from `48 - n` on keep
+/// the first `n` bytes of a window and clear the rest.
+static KEEP_FIRST: [u8; 96] = {
+    let mut a = [0u8; 96];
+    let mut i = 0;
+    while i < 48 {
+        a[i] = 0xFF;
+        i += 1;
+    }
+    a
+};
+
+/// The first `n` (at most `N`) bytes of `w`, zero-padded to `N`: the window
+/// is ANDed with a mask read from [`KEEP_FIRST`] at an offset given by the
+/// length, which the compiler turns into a few whole-register loads, ANDs
+/// and stores (no per-chunk shift arithmetic, and never a result assembled
+/// from overlapping byte-sized stores). `W` is `N` rounded up to a multiple
+/// of 16, at most 48.
 #[inline(always)]
 fn masked_copy<const W: usize, const N: usize>(w: &[u8; W], n: usize) -> [u8; N] {
-    let mut buf = [0u8; N];
-    for (i, dst) in buf.chunks_mut(16).enumerate() {
-        let mut c = [0u8; 16];
-        c.copy_from_slice(&w[16 * i..16 * i + 16]);
-        let keep = n.saturating_sub(16 * i).min(16);
-        let mask = if keep == 16 {
-            u128::MAX
-        } else {
-            (1u128 << (8 * keep)) - 1
-        };
-        let c = (u128::from_le_bytes(c) & mask).to_le_bytes();
-        dst.copy_from_slice(&c[..dst.len()]);
+    const { assert!(N <= W && W <= 48) };
+    let n = n.min(W);
+    let Some(mask) = KEEP_FIRST[48 - n..].first_chunk::<W>() else {
+        unreachable!("48 - n + W <= 96")
+    };
+    let mut full = [0u8; W];
+    for ((d, &b), &m) in full.iter_mut().zip(w).zip(mask) {
+        *d = b & m;
     }
+    let mut buf = [0u8; N];
+    buf.copy_from_slice(&full[..N]);
     buf
 }
 
@@ -129,18 +141,48 @@ impl ShortString {
     /// ```
     #[inline]
     pub fn from_window(window: &[u8], len: usize) -> Option<Self> {
-        if len > Self::MAX_LEN || len > window.len() {
+        if len > window.len() {
             return None;
         }
+        let len = u8::try_from(len).ok()?;
+        Some(Self::from_window_prefix(window, len))
+    }
+
+    /// Copies the first `len` bytes of `window` into a new short string, or
+    /// all of `window` if it is shorter: [`from_window`](Self::from_window)
+    /// for a parser that has already checked the length against its input.
+    ///
+    /// It returns the string itself, not an `Option`, and takes the length
+    /// as a `u8`, so a parser neither repeats its length checks nor unwraps
+    /// a result.
+    ///
+    /// ```
+    /// use amqp_types::ShortString;
+    /// let input = b"orders.eu.created and whatever follows in the frame";
+    /// assert_eq!(ShortString::from_window_prefix(input, 17), "orders.eu.created");
+    /// assert_eq!(ShortString::from_window_prefix(b"abc", 4), "abc");
+    /// ```
+    #[inline]
+    pub fn from_window_prefix(window: &[u8], len: u8) -> Self {
+        let len = (len as usize).min(window.len());
         if len <= INLINE_CAP
             && let Some(w) = window.first_chunk::<48>()
         {
-            return Some(ShortString(Repr::Inline {
+            return ShortString(Repr::Inline {
                 len: len as u8,
                 buf: masked_copy(w, len),
-            }));
+            });
         }
-        Some(Self::copy_unchecked(&window[..len]))
+        Self::from_window_rare(window, len)
+    }
+
+    /// [`from_window`](Self::from_window) for a string that is long or
+    /// near the end of the window: out of line, so that the common path
+    /// saves no registers for it.
+    #[cold]
+    #[inline(never)]
+    fn from_window_rare(window: &[u8], len: usize) -> Self {
+        Self::copy_unchecked(&window[..len])
     }
 
     /// Builds a short string from a static string without copying it.
@@ -459,7 +501,14 @@ impl LongString {
                 buf,
             }));
         }
-        Some(Self::copy_from(&window[..len]))
+        Some(Self::from_window_rare(window, len))
+    }
+
+    /// [`from_window`](Self::from_window) for a string stored on the heap
+    /// or near the end of the window, out of line.
+    #[inline(never)]
+    fn from_window_rare(window: &[u8], len: usize) -> Self {
+        Self::copy_from(&window[..len])
     }
 
     /// A long string from a static string, without copying.
@@ -678,6 +727,27 @@ mod tests {
         }
         assert!(ShortString::from_window(&src, 256).is_none());
         assert!(ShortString::from_window(&src[..3], 4).is_none());
+    }
+
+    #[test]
+    fn from_window_prefix_equals_from_bytes_or_the_whole_window() {
+        let src: Vec<u8> = (1..=255u8).chain(1..=100).collect();
+        for n in 0..=255u8 {
+            for extra in [0usize, 1, 10, 47, 48, 100] {
+                let window = &src[..(n as usize + extra).min(src.len())];
+                let s = ShortString::from_window_prefix(window, n);
+                assert_eq!(s, ShortString::from_bytes(&src[..n as usize]).unwrap());
+                if let Repr::Inline { buf, .. } = &s.0 {
+                    assert!(
+                        buf[n as usize..].iter().all(|&b| b == 0),
+                        "{n}+{extra}: tail"
+                    );
+                }
+            }
+        }
+        // A window shorter than the length gives the whole window.
+        assert_eq!(ShortString::from_window_prefix(&src[..3], 4), src[..3]);
+        assert_eq!(ShortString::from_window_prefix(&src[..60], 200), src[..60]);
     }
 
     #[test]

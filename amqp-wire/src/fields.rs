@@ -15,10 +15,11 @@ use amqp_types::{
 };
 use bytes::Bytes;
 
-/// Long strings at least this long are handed out as slices of the input
-/// (zero copy); shorter ones are copied (inline in the `LongString` up to 22
-/// bytes, else one small allocation) so that a small value does not keep a
-/// large read buffer alive.
+/// Long strings and message bodies at least this long are handed out as
+/// slices of the input (zero copy); shorter ones are copied (a long string
+/// inline in the `LongString` up to 22 bytes, else one small allocation) so
+/// that a small value does not keep a large read buffer alive, and costs no
+/// atomic reference-count updates.
 pub const ZERO_COPY_MIN: usize = 128;
 
 /// Why a payload failed to decode (internal and `Copy`, so the hot path
@@ -48,9 +49,13 @@ fn capacity_for(len: usize, per_entry: usize) -> usize {
 
 /// A cursor over one frame payload.
 pub(crate) struct Reader<'a> {
+    /// The whole input: strings are sliced (zero copy) or copied through
+    /// a window that may run past the payload's end.
     buf: &'a Bytes,
     pub(crate) pos: usize,
-    end: usize,
+    /// The input up to the end of the current region (payload, table or
+    /// array): every read is one bounds check against it.
+    data: &'a [u8],
     /// Mask of the next bit to read in `bits`; 0 when no octet is open.
     bit_mask: u16,
     bits: u8,
@@ -58,11 +63,12 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader over `start..end` of `buf` (`start <= end <= buf.len()`).
     pub(crate) fn new(buf: &'a Bytes, start: usize, end: usize) -> Self {
         Reader {
             buf,
             pos: start,
-            end,
+            data: &buf[..end],
             bit_mask: 0,
             bits: 0,
             depth: 0,
@@ -71,15 +77,14 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub(crate) fn remaining(&self) -> usize {
-        self.end - self.pos
+        self.data.len() - self.pos
     }
 
     #[inline]
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Fail> {
-        if self.remaining() < n {
+        let Some(s) = self.data.get(self.pos..self.pos + n) else {
             return Err(Fail::Truncated(what));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
+        };
         self.pos += n;
         self.bit_mask = 0;
         Ok(s)
@@ -113,11 +118,10 @@ impl<'a> Reader<'a> {
     #[inline]
     fn bit(&mut self) -> Result<bool, Fail> {
         if self.bit_mask == 0 || self.bit_mask == 0x100 {
-            let pos = self.pos;
-            if pos >= self.end {
+            let Some(&b) = self.data.get(self.pos) else {
                 return Err(Fail::Truncated("bit"));
-            }
-            self.bits = self.buf[pos];
+            };
+            self.bits = b;
             self.pos += 1;
             self.bit_mask = 1;
         }
@@ -144,11 +148,12 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn short_string(&mut self) -> Result<ShortString, Fail> {
-        let len = self.u8()? as usize;
-        let start = self.sized(len, "short string")?;
+        let len = self.u8()?;
+        let start = self.sized(len as usize, "short string")?;
         // The window runs on past the string to the end of the input, so
-        // short strings copy with a few wide moves.
-        Ok(ShortString::from_window(&self.buf[start..], len).expect("at most 255 bytes, present"))
+        // short strings copy with a few wide moves; the length has been
+        // checked against the payload.
+        Ok(ShortString::from_window_prefix(&self.buf[start..], len))
     }
 
     #[inline]
@@ -178,12 +183,13 @@ impl<'a> Reader<'a> {
         }
         let start = self.sized(len, what)?;
         let end = start + len;
-        let saved_end = std::mem::replace(&mut self.end, end);
+        let saved = self.data;
+        self.data = &saved[..end];
         self.pos = start;
         self.depth += 1;
         let r = f(self, end);
         self.depth -= 1;
-        self.end = saved_end;
+        self.data = saved;
         r
     }
 
@@ -199,15 +205,20 @@ impl<'a> Reader<'a> {
             let buf = r.buf;
             let mut entries = Vec::with_capacity(capacity_for(end - r.pos, 16));
             while r.pos < end {
-                let klen = r.u8()? as usize;
-                let kstart = r.sized(klen, "short string")?;
+                let klen = r.u8()?;
+                let kstart = r.sized(klen as usize, "short string")?;
                 // The window runs on past the key to the end of the input,
-                // so short keys copy with a few wide moves.
-                let key = || {
-                    ShortString::from_window(&buf[kstart..], klen)
-                        .expect("at most 255 bytes, present")
-                };
-                r.value_with(|v| entries.push((key(), v)))?;
+                // so short keys copy with a few wide moves (the length has
+                // been checked against the table).
+                let key = || ShortString::from_window_prefix(&buf[kstart..], klen);
+                // Inlined into each arm: called (the compiler did not
+                // inline it, as it is instantiated in all 17 arms), it took
+                // each value through memory and copied it again, about 20
+                // instructions per entry.
+                r.value_with(
+                    #[inline(always)]
+                    |v| entries.push((key(), v)),
+                )?;
             }
             Ok(FieldTable::from(entries))
         })
@@ -801,6 +812,19 @@ macro_rules! gen_methods {
             channel: u16,
             consumed: usize,
         ) -> Result<Parsed<Frame>, ProtocolError> {
+            // The steady state of a busy connection is publishes, deliveries
+            // and acks: they are tested first, one compare each, before the
+            // search over all 66 methods.
+            let key = (class_id as u32) << 16 | method_id as u32;
+            if key == 60 << 16 | 80 {
+                return <m::BasicAck as ReadMethod>::read_frame(r, channel, consumed);
+            }
+            if key == 60 << 16 | 40 {
+                return <m::BasicPublish as ReadMethod>::read_frame(r, channel, consumed);
+            }
+            if key == 60 << 16 | 60 {
+                return <m::BasicDeliver as ReadMethod>::read_frame(r, channel, consumed);
+            }
             match (class_id, method_id) {
                 $( ($cid, $mid) => <m::$Name as ReadMethod>::read_frame(r, channel, consumed), )*
                 _ => Err(method_error(Fail::UnknownMethod, r, channel, class_id, method_id)),

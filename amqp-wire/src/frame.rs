@@ -23,8 +23,9 @@ pub enum FramePayload {
     /// and keeping them inline would make every frame (acks and bodies
     /// included) that large to move; one allocation per message is cheaper.
     Header(Box<ContentHeader>),
-    /// Type 3: a piece of a message body. Parsed bodies share the input
-    /// buffer (zero copy).
+    /// Type 3: a piece of a message body. Parsed bodies of
+    /// [`ZERO_COPY_MIN`](crate::ZERO_COPY_MIN) bytes or more share the input
+    /// buffer (zero copy); smaller ones are copied.
     Body(Bytes),
     /// Type 8: a heartbeat.
     Heartbeat,

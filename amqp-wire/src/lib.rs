@@ -156,22 +156,24 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
         return Ok(incomplete((FRAME_OVERHEAD - input.len()) as u64));
     };
     if limits.frame_max != 0 && size > limits.frame_max {
-        return Err(ProtocolError::frame_error(ErrorKind::FrameTooLarge {
-            size,
-            frame_max: limits.frame_max,
-        })
-        .on_channel(channel)
-        .at_offset(3));
+        return Err(frame_error(
+            ErrorKind::FrameTooLarge {
+                size,
+                frame_max: limits.frame_max,
+            },
+            channel,
+            3,
+        ));
     }
     if !matches!(
         frame_type,
         FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
     ) {
-        return Err(
-            ProtocolError::frame_error(ErrorKind::UnknownFrameType { frame_type })
-                .on_channel(channel)
-                .at_offset(0),
-        );
+        return Err(frame_error(
+            ErrorKind::UnknownFrameType { frame_type },
+            channel,
+            0,
+        ));
     }
     let total = FRAME_HEADER_SIZE as u64 + size as u64 + 1;
     if (input.len() as u64) < total {
@@ -180,11 +182,11 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
     let total = total as usize;
     let end = total - 1;
     if input[end] != FRAME_END {
-        return Err(
-            ProtocolError::frame_error(ErrorKind::BadFrameEnd { found: input[end] })
-                .on_channel(channel)
-                .at_offset(end as u64),
-        );
+        return Err(frame_error(
+            ErrorKind::BadFrameEnd { found: input[end] },
+            channel,
+            end as u64,
+        ));
     }
     // Each arm builds the whole result where it is returned: no frame is
     // moved through an intermediate value.
@@ -208,16 +210,18 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
             return Ok(Parsed::Complete {
                 frame: Frame {
                     channel,
-                    payload: FramePayload::Body(input.slice(FRAME_HEADER_SIZE..end)),
+                    payload: FramePayload::Body(body_at(input, end)),
                 },
                 consumed: total,
             });
         }
         _ => {
             if size != 0 {
-                return Err(ProtocolError::frame_error(ErrorKind::BadHeartbeat { size })
-                    .on_channel(channel)
-                    .at_offset(FRAME_HEADER_SIZE as u64));
+                return Err(frame_error(
+                    ErrorKind::BadHeartbeat { size },
+                    channel,
+                    FRAME_HEADER_SIZE as u64,
+                ));
             }
             FramePayload::Heartbeat
         }
@@ -226,6 +230,31 @@ pub fn parse_frame(input: &Bytes, limits: FrameLimits) -> Result<Parsed<Frame>, 
         frame: Frame { channel, payload },
         consumed: total,
     })
+}
+
+/// A 501 error found in the frame's envelope, out of line so that the
+/// parser's common path does not build it.
+#[cold]
+#[inline(never)]
+fn frame_error(kind: ErrorKind, channel: u16, offset: u64) -> ProtocolError {
+    ProtocolError::frame_error(kind)
+        .on_channel(channel)
+        .at_offset(offset)
+}
+
+/// The body of a body frame that ends at `end`: a slice of the input from
+/// [`ZERO_COPY_MIN`] bytes on, else a copy. Sharing costs two atomic
+/// reference-count updates (one here, one when the body is dropped) and
+/// keeps the whole read buffer alive for as long as the body lives; a small
+/// body is cheaper to copy into its own allocation, which frees without
+/// atomics and pins nothing.
+#[inline(always)]
+fn body_at(input: &Bytes, end: usize) -> Bytes {
+    if end - FRAME_HEADER_SIZE >= ZERO_COPY_MIN {
+        input.slice(FRAME_HEADER_SIZE..end)
+    } else {
+        Bytes::copy_from_slice(&input[FRAME_HEADER_SIZE..end])
+    }
 }
 
 /// Decodes a method payload (`start..end` of `buf`) into the whole parse

@@ -293,6 +293,39 @@ fn long_strings_share_big_input_and_copy_small() {
     assert!(!inside(d.queue.as_ptr()), "short strings own their bytes");
 }
 
+/// A body frame of `ZERO_COPY_MIN` bytes or more is a slice of the input;
+/// a smaller one is copied (no reference-count traffic, and it does not
+/// keep the read buffer alive). The boundary is checked on both sides.
+#[test]
+fn bodies_share_big_input_and_copy_small() {
+    use amqp_wire::ZERO_COPY_MIN;
+    for len in [0, 1, ZERO_COPY_MIN - 1, ZERO_COPY_MIN, 128 * 1024] {
+        let body = Bytes::from(vec![7u8; len]);
+        let mut buf = BytesMut::new();
+        Frame::body(3, body.clone()).encode(&mut buf).unwrap();
+        let input = buf.freeze();
+        let Ok(Parsed::Complete { frame, consumed }) = parse_frame(&input, FrameLimits::UNLIMITED)
+        else {
+            panic!("parse {len}")
+        };
+        assert_eq!(consumed, input.len());
+        let FramePayload::Body(b) = frame.payload else {
+            panic!("kind")
+        };
+        assert_eq!(b, body, "{len}");
+        let start = input.as_ptr() as usize;
+        let inside = (start..start + input.len()).contains(&(b.as_ptr() as usize));
+        if len >= ZERO_COPY_MIN {
+            assert!(inside, "a {len}-byte body is zero copy");
+        } else {
+            assert!(
+                len == 0 || !inside,
+                "a {len}-byte body must not pin the input"
+            );
+        }
+    }
+}
+
 /// Frames and tables larger than the scratch space's first size (4 KiB)
 /// make it grow, through every API.
 #[test]
