@@ -51,6 +51,8 @@ pub trait Disk: Debug {
     fn sync_data(&self, file: &mut Self::File) -> io::Result<()>;
     /// Makes the file's data and metadata durable (`fsync`).
     fn sync_all(&self, file: &mut Self::File) -> io::Result<()>;
+    /// Makes the data of the file at `path` durable (`fsync`).
+    fn sync_path(&self, path: &Path) -> io::Result<()>;
     /// Cuts the file at `path` to `len` bytes, durably.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Removes the file at `path` (durable after [`sync_dir`](Self::sync_dir)).
@@ -111,6 +113,10 @@ impl Disk for RealDisk {
 
     fn sync_all(&self, file: &mut File) -> io::Result<()> {
         file.sync_all()
+    }
+
+    fn sync_path(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -407,6 +413,17 @@ impl Disk for SimDisk {
 
     fn sync_all(&self, file: &mut SimFile) -> io::Result<()> {
         self.sync_data(file)
+    }
+
+    fn sync_path(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.sim();
+        let ino = s.lookup(path)?;
+        if s.sync_fails() {
+            return Err(Sim::eio());
+        }
+        let inode = &mut s.inodes[ino];
+        inode.synced = inode.data.len();
+        Ok(())
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

@@ -17,7 +17,8 @@
 //! * [`recover`] reads the segments in order: a torn or corrupt record at
 //!   the end of the last segment is cut off (with a warning); damage
 //!   elsewhere ends that segment's reading, is reported, and the other
-//!   segments are still read. It never panics on any bytes.
+//!   segments are still read. It never panics on any bytes. It then
+//!   fsyncs the last segment: what it recovered stays recovered.
 //!
 //! The writer ([`Log`]) is driven by the shell's store thread: it appends
 //! what the core asked for, then one `fdatasync` covers every connection's
@@ -380,9 +381,16 @@ pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<Recovered> {
     for &seg in &segs {
         files.push((seg, disk.read(&segment_path(dir, seg))?));
     }
-    recover_from(files, |seg, len| {
+    let recovered = recover_from(files, |seg, len| {
         disk.truncate(&segment_path(dir, seg), len)
-    })
+    })?;
+    // After a killed process, the last segment's tail may be in the page
+    // cache only (and after a failed fsync it may stay so): what is
+    // recovered now must not vanish at a later crash.
+    if let Some(&last) = segs.last() {
+        disk.sync_path(&segment_path(dir, last))?;
+    }
+    Ok(recovered)
 }
 
 /// [`recover`] over segments given as (number, bytes), in order;
