@@ -37,7 +37,7 @@
 //! requires that some seed loses a confirmed message.
 //!
 //! `AMQP_DISK_SEED=n` replays one seed (with `AMQP_DISK_TRACE=1`: each
-//! command); `AMQP_DISK_SEEDS=N` sets how many a run covers (default 1500).
+//! command); `AMQP_DISK_SEEDS=N` sets how many a run covers (default 2000).
 
 use amqp_broker::core::CoreConfig;
 use amqp_broker::store::{self, Disk, Log, SimDisk};
@@ -598,7 +598,7 @@ fn nothing_confirmed_is_lost_across_crashes_of_a_simulated_disk() {
             let n = std::env::var("AMQP_DISK_SEEDS")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(1500);
+                .unwrap_or(2000);
             (0..n).collect()
         }
     };
