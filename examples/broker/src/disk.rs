@@ -12,7 +12,8 @@
 //!
 //! * **a crash** ([`SimDisk::crash`]): of each file's unsynced bytes a
 //!   random prefix survives (none, some or all: a torn write), sometimes
-//!   followed by a few garbage bytes (a sector half written); of the
+//!   followed by a few garbage bytes (a sector half written) or with a
+//!   run of zeros inside it (a page written out of order); of the
 //!   directory operations since the last directory sync, a random prefix
 //!   survives (they are journaled in order). Synced bytes always survive.
 //! * **fsync failure** ([`SimDisk::fail_next_sync`],
@@ -321,7 +322,14 @@ impl SimDisk {
             if len > synced {
                 let cut = synced + s.below((len - synced) as u64 + 1) as usize;
                 s.inodes[ino].data.truncate(cut);
-                if s.below(4) == 0 {
+                if cut > synced && s.below(8) == 0 {
+                    // A page in the middle never made it: zeros, with
+                    // what follows it intact.
+                    let at = synced + s.below((cut - synced) as u64) as usize;
+                    let n = 1 + s.below(512) as usize;
+                    let end = (at + n).min(cut);
+                    s.inodes[ino].data[at..end].fill(0);
+                } else if s.below(4) == 0 {
                     let n = 1 + s.below(16) as usize;
                     for _ in 0..n {
                         let b = s.next() as u8;

@@ -373,8 +373,9 @@ impl World {
                 .flatten()
                 .filter_map(|m| body_id(&m.body))
                 .collect();
+            let segs = self.disk.list(Path::new(DIR)).unwrap_or_default();
             eprintln!(
-                "   {how:?} restart: recovered {ids:?}, warnings {:?}",
+                "   {how:?} restart: recovered {ids:?}, warnings {:?}, segments {segs:?}",
                 r.warnings
             );
         }
