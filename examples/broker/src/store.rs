@@ -493,6 +493,8 @@ pub struct Log<D: Disk = RealDisk> {
     segment_max: u64,
     live: Liveness,
     buf: Vec<u8>,
+    /// An append or sync failed: the log refuses to go on.
+    failed: bool,
 }
 
 impl Log<RealDisk> {
@@ -521,6 +523,7 @@ impl<D: Disk> Log<D> {
             segment_max: SEGMENT_MAX,
             live,
             buf: Vec::new(),
+            failed: false,
         })
     }
 
@@ -531,7 +534,13 @@ impl<D: Disk> Log<D> {
     }
 
     /// Appends records (not yet durable: call [`sync`](Self::sync)).
+    ///
+    /// After an error from `append` or [`sync`](Self::sync), every later
+    /// call fails too: a partly written record may end the segment, and
+    /// what follows it would be cut off with it at recovery.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        self.check()?;
+        self.failed = true;
         self.buf.clear();
         for r in records {
             r.encode(&mut self.buf);
@@ -543,12 +552,25 @@ impl<D: Disk> Log<D> {
         }
         self.disk.append(&mut self.file, &self.buf)?;
         self.len += self.buf.len() as u64;
+        self.failed = false;
+        Ok(())
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "the message store failed earlier; restart to recover",
+            ));
+        }
         Ok(())
     }
 
     /// Makes everything appended durable (`fdatasync`), then rotates the
-    /// segment if it is full and deletes segments no longer needed.
+    /// segment if it is full and deletes segments no longer needed. An
+    /// error is final, as for [`append`](Self::append).
     pub fn sync(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.failed = true;
         self.disk.sync_data(&mut self.file)?;
         if self.len >= self.segment_max {
             self.active += 1;
@@ -566,6 +588,7 @@ impl<D: Disk> Log<D> {
         if !gone.is_empty() {
             self.disk.sync_dir(&self.dir)?;
         }
+        self.failed = false;
         Ok(())
     }
 
@@ -709,6 +732,32 @@ mod tests {
         assert_eq!(log.segment_count(), 1, "segment 1 held only message 1");
         assert_eq!(log.live_messages(), 0);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_a_failure_the_log_refuses_to_go_on() {
+        let disk = SimDisk::new(3);
+        let dir = Path::new("/m");
+        let mut log = Log::open_on(disk.clone(), dir, Liveness::default()).unwrap();
+        log.append(&[publish(1, vec![q("a")], "one")]).unwrap();
+        log.sync().unwrap();
+        disk.set_capacity(Some(disk.used() + 5));
+        let full = log.append(&[publish(2, vec![q("a")], "two")]).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        disk.set_capacity(None);
+        // Appending after the partial record would put synced records
+        // behind damage that recovery cuts off.
+        assert!(log.append(&[publish(3, vec![q("a")], "three")]).is_err());
+        assert!(log.sync().is_err());
+        disk.crash();
+        let r = recover_on(&disk, dir).unwrap();
+        assert_eq!(r.queues[&q("a")].len(), 1);
+        // An fsync failure is final too.
+        let mut log = Log::open_on(disk.clone(), dir, r.live).unwrap();
+        log.append(&[publish(4, vec![q("a")], "four")]).unwrap();
+        disk.fail_next_sync(1);
+        assert!(log.sync().is_err());
+        assert!(log.sync().is_err());
     }
 
     #[test]
