@@ -1,10 +1,12 @@
 //! A model-based test of durability, in the style of RabbitMQ's
 //! `classic_queue_prop_SUITE`: random commands against the broker's core
-//! (persistence on, one durable queue) whose message store runs on a
+//! (persistence on, two durable queues both bound to `amq.fanout`, so a
+//! publish record may name one queue or both) whose message store runs on a
 //! simulated disk ([`store::SimDisk`]) that loses and tears unsynced data at
 //! a crash, fails fsync and fills up.
 //!
-//! Commands: publish persistent messages on a confirm channel; sync (the
+//! Commands: publish persistent messages on a confirm channel, to one
+//! queue or through the fanout to both; sync (the
 //! core's store records are appended to the [`store::Log`] and synced, and
 //! only then is `Core::durable` called, as the shell's store thread does);
 //! basic.get with and without ack; consume (prefetch 3) and cancel; ack
@@ -16,7 +18,7 @@
 //! crash (the disk drops and tears what was not synced). Each restart runs
 //! [`store::recover_on`] over the disk into a fresh core.
 //!
-//! The model knows, for every message: whether a confirm reached the
+//! The model knows, for every message in every queue: whether a confirm reached the
 //! client, whether its publish record is known synced, whether it left
 //! the queue (ack, reject without requeue, no-ack get) and whether that
 //! removal is known synced. Checked:
@@ -50,6 +52,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 const DIR: &str = "/data/messages";
+/// The durable queues; both are bound to `amq.fanout`.
+const QUEUES: [&str; 2] = ["q0", "q1"];
+
+/// A message in one queue: (queue index, message number).
+type Key = (usize, u64);
 const STEPS: usize = 150;
 
 struct Rng(u64);
@@ -106,15 +113,17 @@ struct World {
     failed: bool,
     /// Confirm before fsync (the bug `unsafe_confirms` must catch).
     unsafe_confirms: bool,
-    msgs: BTreeMap<u64, Msg>,
+    msgs: BTreeMap<Key, Msg>,
     next_msg: u64,
-    /// Confirm sequence number -> message, for this run's channel.
-    outstanding: BTreeMap<u64, u64>,
+    /// Confirm sequence number -> what was published, on this run's channel.
+    outstanding: BTreeMap<u64, Vec<Key>>,
     next_seq: u64,
     /// Delivery tag -> message, unacknowledged on this run's channel.
-    unacked: BTreeMap<u64, u64>,
-    pending_gets: VecDeque<bool>,
-    consuming: bool,
+    unacked: BTreeMap<u64, Key>,
+    /// Gets sent: (queue, no_ack).
+    pending_gets: VecDeque<(usize, bool)>,
+    /// The queue the consumer (tag `c`) consumes from.
+    consuming: Option<usize>,
     /// The previous recovery's warnings (a clean restart adds none).
     warnings: BTreeSet<String>,
     trace: bool,
@@ -148,17 +157,30 @@ fn boot(disk: &SimDisk, recovered: Option<(store::Recovered, bool)>) -> (Harness
     h.connect(ClientConfig::default(), ServerConfig::default());
     h.settle(100);
     h.links[0].client.open_channel_with(1).unwrap();
-    h.links[0]
-        .client
-        .send_method(
-            1,
-            QueueDeclare {
-                queue: ShortString::from_static("q"),
-                durable: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    for q in QUEUES {
+        let queue = ShortString::from_static(q);
+        let client = &mut h.links[0].client;
+        client
+            .send_method(
+                1,
+                QueueDeclare {
+                    queue: queue.clone(),
+                    durable: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        client
+            .send_method(
+                1,
+                QueueBind {
+                    queue,
+                    exchange: ShortString::from_static("amq.fanout"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
     h.settle(100);
     // As main.rs does: persistence on, then the recovered messages in.
     h.core.enable_persistence();
@@ -194,7 +216,7 @@ impl World {
             next_seq: 1,
             unacked: BTreeMap::new(),
             pending_gets: VecDeque::new(),
-            consuming: false,
+            consuming: None,
             warnings: BTreeSet::new(),
             trace: std::env::var("AMQP_DISK_TRACE").is_ok(),
             stats: Stats::default(),
@@ -213,25 +235,29 @@ impl World {
     fn event(&mut self, e: Event) -> Result<(), String> {
         match e {
             Event::Message { message, .. } => {
-                let (tag, redelivered, no_ack) = match &message.method {
-                    Method::BasicDeliver(d) => (d.delivery_tag, d.redelivered, false),
+                let (tag, redelivered, q, no_ack) = match &message.method {
+                    Method::BasicDeliver(d) => {
+                        let q = self.consuming.ok_or("a delivery without a consumer")?;
+                        (d.delivery_tag, d.redelivered, q, false)
+                    }
                     Method::BasicGetOk(g) => {
-                        let no_ack = self.pending_gets.pop_front().ok_or("get-ok unasked")?;
-                        (g.delivery_tag, g.redelivered, no_ack)
+                        let (q, no_ack) = self.pending_gets.pop_front().ok_or("get-ok unasked")?;
+                        (g.delivery_tag, g.redelivered, q, no_ack)
                     }
                     m => return Err(format!("unexpected content {m:?}")),
                 };
                 let id = body_id(&message.body).ok_or("a body that is no message")?;
+                let key = (q, id);
                 let m = self
                     .msgs
-                    .get_mut(&id)
-                    .ok_or(format!("m{id}: never published"))?;
+                    .get_mut(&key)
+                    .ok_or(format!("m{id} in q{q}: never published"))?;
                 check!(
                     !m.removed && !m.lost,
                     "m{id} delivered but it left the queue: {m:?}"
                 );
                 check!(
-                    !self.unacked.values().any(|&u| u == id),
+                    !self.unacked.values().any(|&u| u == key),
                     "m{id} delivered while unacknowledged"
                 );
                 check!(
@@ -242,7 +268,7 @@ impl World {
                 if no_ack {
                     m.removed = true;
                 } else {
-                    self.unacked.insert(tag, id);
+                    self.unacked.insert(tag, key);
                 }
             }
             Event::Method { method, .. } => match method {
@@ -255,16 +281,18 @@ impl World {
             Event::Confirm { ack, settled, .. } => {
                 check!(ack, "a persistent publish was nacked");
                 for s in settled {
-                    let id = self
+                    let keys = self
                         .outstanding
                         .remove(&s)
                         .ok_or(format!("confirm of {s}: not outstanding"))?;
-                    let m = self.msgs.get_mut(&id).expect("published");
-                    check!(
-                        m.synced || self.unsafe_confirms,
-                        "m{id} confirmed before its record was synced"
-                    );
-                    m.confirmed = true;
+                    for key in keys {
+                        let m = self.msgs.get_mut(&key).expect("published");
+                        check!(
+                            m.synced || self.unsafe_confirms,
+                            "{key:?} confirmed before its record was synced"
+                        );
+                        m.confirmed = true;
+                    }
                 }
             }
             Event::ChannelClosed { .. } | Event::Closed { .. } => {
@@ -292,21 +320,34 @@ impl World {
             body.push(b' ');
             body.extend(std::iter::repeat_n(b'.', pad));
         }
-        self.h.links[0]
-            .client
-            .publish(
-                1,
+        // One queue through the default exchange, or both through the
+        // fanout (one record for both queues).
+        let (method, queues) = match self.rng.below(3) {
+            2 => (
                 BasicPublish {
-                    routing_key: ShortString::from_static("q"),
+                    exchange: ShortString::from_static("amq.fanout"),
                     ..Default::default()
                 },
-                &p,
-                Bytes::from(body),
-            )
+                vec![0, 1],
+            ),
+            q => (
+                BasicPublish {
+                    routing_key: ShortString::from_static(QUEUES[q as usize]),
+                    ..Default::default()
+                },
+                vec![q as usize],
+            ),
+        };
+        self.h.links[0]
+            .client
+            .publish(1, method, &p, Bytes::from(body))
             .unwrap();
-        self.outstanding.insert(self.next_seq, id);
+        let keys: Vec<Key> = queues.into_iter().map(|q| (q, id)).collect();
+        for &k in &keys {
+            self.msgs.insert(k, Msg::default());
+        }
+        self.outstanding.insert(self.next_seq, keys);
         self.next_seq += 1;
-        self.msgs.insert(id, Msg::default());
     }
 
     /// What the store thread does with one batch.
@@ -389,23 +430,29 @@ impl World {
         }
         self.warnings = warnings;
         // What came back.
-        let mut present: BTreeMap<u64, bool> = BTreeMap::new();
-        for (q, msgs) in &r.queues {
-            check!(q.1.as_bytes() == b"q", "a queue never declared: {q:?}");
+        let mut present: BTreeMap<Key, bool> = BTreeMap::new();
+        let mut counts = [0; QUEUES.len()];
+        for (queue, msgs) in &r.queues {
+            let q = QUEUES
+                .iter()
+                .position(|&n| n.as_bytes() == queue.1.as_bytes())
+                .ok_or(format!("a queue never declared: {queue:?}"))?;
             for rm in msgs {
                 let id = body_id(&rm.body).ok_or("a recovered body that is no message")?;
                 check!(
-                    present.insert(id, rm.redelivered).is_none(),
-                    "m{id} recovered twice"
+                    present.insert((q, id), rm.redelivered).is_none(),
+                    "m{id} recovered twice in q{q}"
                 );
+                counts[q] += 1;
             }
         }
         let n = present.len();
-        for (&id, &redelivered) in &present {
+        for (&(q, id), &redelivered) in &present {
+            let key = (q, id);
             let m = self
                 .msgs
-                .get(&id)
-                .ok_or(format!("m{id} recovered, never published"))?;
+                .get(&key)
+                .ok_or(format!("m{id} recovered in q{q}, never published there"))?;
             check!(!m.lost, "m{id} recovered after it was lost: {m:?}");
             check!(
                 !m.removal_synced,
@@ -422,12 +469,12 @@ impl World {
                 );
             }
         }
-        for (&id, m) in self.msgs.iter_mut().filter(|(_, m)| !m.lost) {
+        for (&(q, id), m) in self.msgs.iter_mut().filter(|(_, m)| !m.lost) {
             // Confirmed (or known on disk) and not removed, or removed
             // but the removal never reached the log.
             let must = (m.confirmed || m.synced) && !m.removal_written;
             let must = must || (how == Restart::Clean && !m.removed);
-            if present.contains_key(&id) {
+            if present.contains_key(&(q, id)) {
                 if m.removed {
                     // Its removal was lost: it is back, and may have been
                     // delivered (at least once).
@@ -441,7 +488,7 @@ impl World {
                     m.seen = true; // recovers redelivered
                 }
             } else {
-                check!(!must, "m{id} lost by a {how:?} restart: {m:?}");
+                check!(!must, "m{id} lost from q{q} by a {how:?} restart: {m:?}");
                 m.lost = true;
             }
         }
@@ -449,17 +496,20 @@ impl World {
         self.h = h;
         self.log = log;
         self.stats.recovered += n as u64;
-        check!(
-            self.h.core.queue_counts("/", "q") == Some((n, 0)),
-            "the core holds {:?}, recovery found {n}",
-            self.h.core.queue_counts("/", "q")
-        );
+        for (q, name) in QUEUES.iter().enumerate() {
+            let held = self.h.core.queue_counts("/", name);
+            check!(
+                held == Some((counts[q], 0)),
+                "{name}: the core holds {held:?}, recovery found {}",
+                counts[q]
+            );
+        }
         self.failed = false;
         self.outstanding.clear();
         self.next_seq = 1;
         self.unacked.clear();
         self.pending_gets.clear();
-        self.consuming = false;
+        self.consuming = None;
         Ok(())
     }
 
@@ -480,10 +530,10 @@ impl World {
             vec![tag]
         };
         for t in tags {
-            if let Some(id) = self.unacked.remove(&t)
+            if let Some(key) = self.unacked.remove(&t)
                 && removed
             {
-                self.msgs.get_mut(&id).expect("published").removed = true;
+                self.msgs.get_mut(&key).expect("published").removed = true;
             }
         }
     }
@@ -506,31 +556,37 @@ impl World {
             25..=44 => self.sync(),
             45..=54 => {
                 let no_ack = self.rng.chance(20);
-                self.pending_gets.push_back(no_ack);
+                let q = self.rng.below(QUEUES.len() as u64) as usize;
+                self.pending_gets.push_back((q, no_ack));
                 self.send(BasicGet {
-                    queue: ShortString::from_static("q"),
+                    queue: ShortString::from_static(QUEUES[q]),
                     no_ack,
                     ..Default::default()
                 });
             }
             55..=58 => {
-                if self.consuming {
+                if self.consuming.is_some() {
                     self.send(BasicCancel {
                         consumer_tag: ShortString::from_static("c"),
                         ..Default::default()
                     });
+                    // Deliveries already on their way still come (and are
+                    // settled below, before the next command).
+                    self.settle()?;
+                    self.consuming = None;
                 } else {
+                    let q = self.rng.below(QUEUES.len() as u64) as usize;
+                    self.consuming = Some(q);
                     self.send(BasicQos {
                         prefetch_count: 3,
                         ..Default::default()
                     });
                     self.send(BasicConsume {
-                        queue: ShortString::from_static("q"),
+                        queue: ShortString::from_static(QUEUES[q]),
                         consumer_tag: ShortString::from_static("c"),
                         ..Default::default()
                     });
                 }
-                self.consuming = !self.consuming;
             }
             59..=71 => {
                 if let Some(tag) = self.pick_unacked() {
