@@ -261,8 +261,16 @@ impl Permission {
 
     /// `.*` for all three.
     pub fn all() -> Self {
+        // Compiled once per process (a core is made per simulated restart;
+        // clones share the compiled program).
+        static ALL: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
         // The pattern is a constant known to compile.
-        Permission::new(".*", ".*", ".*").unwrap_or_else(|_| unreachable!())
+        let re = ALL.get_or_init(|| Regex::new(".*").unwrap_or_else(|_| unreachable!()));
+        Permission {
+            configure: re.clone(),
+            write: re.clone(),
+            read: re.clone(),
+        }
     }
 }
 

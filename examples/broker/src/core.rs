@@ -871,13 +871,16 @@ impl Core {
     /// Puts recovered messages back in their queues, in order; messages of
     /// queues that no longer exist are removed from the store. After an
     /// unclean shutdown every message comes back redelivered (a delivery's
-    /// marker may not have reached the disk). Returns how many were
-    /// recovered.
+    /// marker may not have reached the disk), and gets a delivery marker so
+    /// that it stays so after a later clean restart. The store records
+    /// are written only if persistence is already enabled. Returns how
+    /// many were recovered.
     pub fn recover_messages(&mut self, r: crate::store::Recovered, unclean: bool) -> usize {
         self.next_persist = self.next_persist.max(r.next_id);
         let mut n = 0;
         let wall_ms = self.wall_ms();
         let mut armed = Vec::new();
+        let mut marked = Vec::new();
         for ((vhost, name), msgs) in r.queues {
             let qid = self
                 .vhosts
@@ -932,6 +935,14 @@ impl Core {
                     (Some(ttl), None, Some(now)) => Some(now + Duration::from_millis(ttl)),
                     _ => None,
                 };
+                if unclean && !m.redelivered {
+                    // The flag must outlive this run: a clean restart
+                    // later trusts only the delivery markers.
+                    marked.push(Record::Delivered {
+                        id: m.id,
+                        queue: (vhost.clone(), name.clone()),
+                    });
+                }
                 qs.ready.push_recovered(
                     Arc::new(Msg {
                         exchange: m.exchange,
@@ -946,6 +957,9 @@ impl Core {
                 );
             }
             armed.extend(qid);
+        }
+        for r in marked {
+            self.record(r);
         }
         // Expiry deadlines recovered: the queues' timers run.
         for q in armed {

@@ -45,6 +45,7 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod definitions;
+pub mod disk;
 pub mod lifecycle;
 pub mod management;
 pub mod policy;

@@ -274,6 +274,9 @@ fn main() -> ExitCode {
             "the last run did not shut down cleanly: recovered messages are flagged redelivered"
         );
     }
+    // Persistence first: what recovery records (removals for queues that
+    // are gone, delivery markers after an unclean shutdown) is written.
+    core.enable_persistence();
     let messages = core.recover_messages(recovered, !clean);
     if records > 0 {
         tracing::info!(
@@ -291,7 +294,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    core.enable_persistence();
     let mut server = ServerConfig {
         properties: server_properties(config.product.as_deref().unwrap_or("amqp-broker")),
         mechanisms: LongString::from_static("PLAIN AMQPLAIN"),

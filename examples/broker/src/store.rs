@@ -17,18 +17,33 @@
 //! * [`recover`] reads the segments in order: a torn or corrupt record at
 //!   the end of the last segment is cut off (with a warning); damage
 //!   elsewhere ends that segment's reading, is reported, and the other
-//!   segments are still read. It never panics on any bytes.
+//!   segments are still read. It never panics on any bytes. It then
+//!   fsyncs the last segment: what it recovered stays recovered.
 //!
 //! The writer ([`Log`]) is driven by the shell's store thread: it appends
 //! what the core asked for, then one `fdatasync` covers every connection's
 //! pending records (group commit); only then are the confirms released.
+//!
+//! Every file operation goes through the [`Disk`] trait
+//! ([`crate::disk`]): create and append to a segment, `fdatasync`, list
+//! the segments, read one, truncate a torn tail, remove, rename, sync the
+//! directory. The broker runs on [`RealDisk`] (`std::fs`; `Log` defaults
+//! to it, and [`recover`] and [`write_atomically`] use it). Tests and
+//! fuzzers use [`SimDisk`] through [`Log::open_on`], [`recover_on`] and
+//! [`write_atomically_on`]: an in-memory disk that, from a seed, tears
+//! unsynced writes at a crash (a random prefix survives, sometimes with
+//! garbage after it), loses unsynced directory operations, fails fsync
+//! (`EIO`) and fills up (a write fails partway with `ENOSPC`). When
+//! [`Log::append`] or [`Log::sync`] fails, the caller must stop releasing
+//! confirms: nothing after the last successful sync is known durable
+//! (`tests/disk_model.rs` checks exactly this across thousands of crashes).
 
+pub use crate::disk::{Disk, RealDisk, SimDisk};
 use amqp_types::{BasicProperties, ShortString};
 use amqp_wire::{Frame, FrameLimits, FramePayload, Parsed, parse_frame};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Largest segment file, in bytes (a record may end past it).
@@ -342,21 +357,12 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.seg"))
 }
 
-fn segments(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut v = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for e in entries {
-                let name = e?.file_name();
-                let name = name.to_string_lossy();
-                if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
-                    v.push(n);
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+fn segments<D: Disk>(disk: &D, dir: &Path) -> io::Result<Vec<u64>> {
+    let mut v: Vec<u64> = disk
+        .list(dir)?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".seg").and_then(|n| n.parse().ok()))
+        .collect();
     v.sort_unstable();
     Ok(v)
 }
@@ -365,18 +371,26 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// torn or corrupt tail of the last segment is cut off; damage elsewhere
 /// is reported and the rest is read.
 pub fn recover(dir: &Path) -> io::Result<Recovered> {
-    let segs = segments(dir)?;
+    recover_on(&RealDisk, dir)
+}
+
+/// [`recover`] on `disk`.
+pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<Recovered> {
+    let segs = segments(disk, dir)?;
     let mut files = Vec::with_capacity(segs.len());
     for &seg in &segs {
-        files.push((seg, fs::read(segment_path(dir, seg))?));
+        files.push((seg, disk.read(&segment_path(dir, seg))?));
     }
-    recover_from(files, |seg, len| {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(segment_path(dir, seg))?;
-        f.set_len(len)?;
-        f.sync_all()
-    })
+    let recovered = recover_from(files, |seg, len| {
+        disk.truncate(&segment_path(dir, seg), len)
+    })?;
+    // After a killed process, the last segment's tail may be in the page
+    // cache only (and after a failed fsync it may stay so): what is
+    // recovered now must not vanish at a later crash.
+    if let Some(&last) = segs.last() {
+        disk.sync_path(&segment_path(dir, last))?;
+    }
+    Ok(recovered)
 }
 
 /// [`recover`] over segments given as (number, bytes), in order;
@@ -467,45 +481,66 @@ pub fn recover_from(
 }
 
 /// The writer: appends records to the active segment, syncs, rotates and
-/// deletes segments whose messages are all gone.
+/// deletes segments whose messages are all gone. On `D` (the real file
+/// system unless a test says otherwise).
 #[derive(Debug)]
-pub struct Log {
+pub struct Log<D: Disk = RealDisk> {
+    disk: D,
     dir: PathBuf,
-    file: File,
+    file: D::File,
     active: u64,
     len: u64,
+    segment_max: u64,
     live: Liveness,
     buf: Vec<u8>,
+    /// An append or sync failed: the log refuses to go on.
+    failed: bool,
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-impl Log {
+impl Log<RealDisk> {
     /// Opens the log in `dir` after [`recover`]: starts a new segment.
     pub fn open(dir: &Path, recovered: Liveness) -> io::Result<Log> {
-        fs::create_dir_all(dir)?;
-        let active = segments(dir)?.last().map_or(1, |n| n + 1);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(segment_path(dir, active))?;
-        sync_dir(dir)?;
+        Log::open_on(RealDisk, dir, recovered)
+    }
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens the log in `dir` of `disk` after [`recover_on`]: starts a new
+    /// segment.
+    pub fn open_on(disk: D, dir: &Path, recovered: Liveness) -> io::Result<Log<D>> {
+        disk.create_dir_all(dir)?;
+        let active = segments(&disk, dir)?.last().map_or(1, |n| n + 1);
+        let file = disk.create(&segment_path(dir, active), true)?;
+        disk.sync_dir(dir)?;
         let mut live = recovered;
         live.touch(active);
         Ok(Log {
+            disk,
             dir: dir.to_owned(),
             file,
             active,
             len: 0,
+            segment_max: SEGMENT_MAX,
             live,
             buf: Vec::new(),
+            failed: false,
         })
     }
 
+    /// Starts a new segment once the active one holds `bytes` (tests use
+    /// small segments; the default is [`SEGMENT_MAX`]).
+    pub fn set_segment_max(&mut self, bytes: u64) {
+        self.segment_max = bytes;
+    }
+
     /// Appends records (not yet durable: call [`sync`](Self::sync)).
+    ///
+    /// After an error from `append` or [`sync`](Self::sync), every later
+    /// call fails too: a partly written record may end the segment, and
+    /// what follows it would be cut off with it at recovery.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        self.check()?;
+        self.failed = true;
         self.buf.clear();
         for r in records {
             r.encode(&mut self.buf);
@@ -515,32 +550,45 @@ impl Log {
                 Record::Delivered { .. } => {}
             }
         }
-        self.file.write_all(&self.buf)?;
+        self.disk.append(&mut self.file, &self.buf)?;
         self.len += self.buf.len() as u64;
+        self.failed = false;
+        Ok(())
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "the message store failed earlier; restart to recover",
+            ));
+        }
         Ok(())
     }
 
     /// Makes everything appended durable (`fdatasync`), then rotates the
-    /// segment if it is full and deletes segments no longer needed.
+    /// segment if it is full and deletes segments no longer needed. An
+    /// error is final, as for [`append`](Self::append).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
-        if self.len >= SEGMENT_MAX {
+        self.check()?;
+        self.failed = true;
+        self.disk.sync_data(&mut self.file)?;
+        if self.len >= self.segment_max {
             self.active += 1;
-            self.file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(segment_path(&self.dir, self.active))?;
+            self.file = self
+                .disk
+                .create(&segment_path(&self.dir, self.active), true)?;
             self.len = 0;
             self.live.touch(self.active);
-            sync_dir(&self.dir)?;
+            self.disk.sync_dir(&self.dir)?;
         }
         let gone = self.live.collectable(self.active);
         for seg in &gone {
-            fs::remove_file(segment_path(&self.dir, *seg))?;
+            self.disk.remove(&segment_path(&self.dir, *seg))?;
         }
         if !gone.is_empty() {
-            sync_dir(&self.dir)?;
+            self.disk.sync_dir(&self.dir)?;
         }
+        self.failed = false;
         Ok(())
     }
 
@@ -551,28 +599,33 @@ impl Log {
 
     /// Segment files on disk.
     pub fn segment_count(&self) -> usize {
-        segments(&self.dir).map_or(0, |s| s.len())
+        segments(&self.disk, &self.dir).map_or(0, |s| s.len())
     }
 }
 
 /// Writes `contents` to `path` atomically: a temporary file, fsync, rename,
 /// fsync of the directory.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomically_on(&RealDisk, path, contents)
+}
+
+/// [`write_atomically`] on `disk`.
+pub fn write_atomically_on<D: Disk>(disk: &D, path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    disk.create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    let mut f = disk.create(&tmp, false)?;
+    disk.append(&mut f, contents)?;
+    disk.sync_all(&mut f)?;
+    drop(f);
+    disk.rename(&tmp, path)?;
+    disk.sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn q(name: &'static str) -> QueueKey {
         ("/".into(), ShortString::from_static(name))
@@ -679,6 +732,32 @@ mod tests {
         assert_eq!(log.segment_count(), 1, "segment 1 held only message 1");
         assert_eq!(log.live_messages(), 0);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_a_failure_the_log_refuses_to_go_on() {
+        let disk = SimDisk::new(3);
+        let dir = Path::new("/m");
+        let mut log = Log::open_on(disk.clone(), dir, Liveness::default()).unwrap();
+        log.append(&[publish(1, vec![q("a")], "one")]).unwrap();
+        log.sync().unwrap();
+        disk.set_capacity(Some(disk.used() + 5));
+        let full = log.append(&[publish(2, vec![q("a")], "two")]).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        disk.set_capacity(None);
+        // Appending after the partial record would put synced records
+        // behind damage that recovery cuts off.
+        assert!(log.append(&[publish(3, vec![q("a")], "three")]).is_err());
+        assert!(log.sync().is_err());
+        disk.crash();
+        let r = recover_on(&disk, dir).unwrap();
+        assert_eq!(r.queues[&q("a")].len(), 1);
+        // An fsync failure is final too.
+        let mut log = Log::open_on(disk.clone(), dir, r.live).unwrap();
+        log.append(&[publish(4, vec![q("a")], "four")]).unwrap();
+        disk.fail_next_sync(1);
+        assert!(log.sync().is_err());
+        assert!(log.sync().is_err());
     }
 
     #[test]
