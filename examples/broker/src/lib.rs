@@ -51,3 +51,4 @@ pub mod queue;
 pub mod shell;
 pub mod store;
 pub mod testing;
+pub mod tls;
