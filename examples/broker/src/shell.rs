@@ -268,6 +268,11 @@ pub async fn serve_tls(
     let stream = tokio::select! {
         r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
             Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // Closed before a handshake: port probes, health checks.
+                tracing::debug!(%peer, "TLS connection closed during the handshake: {e}");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(%peer, "TLS handshake failed, connection closed: {e}");
                 return;

@@ -379,10 +379,8 @@ fn escape(v: &str) -> String {
     for (i, &b) in bytes.iter().enumerate() {
         let first = i == 0;
         let last = i + 1 == bytes.len();
-        if (first && (b == b' ' || b == b'#')) || (last && b == b' ') {
-            out.push('\\');
-            out.push(char::from(b));
-        } else if matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\') {
+        let special = matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\');
+        if special || (first && (b == b' ' || b == b'#')) || (last && b == b' ') {
             out.push('\\');
             out.push(char::from(b));
         } else if !(32..126).contains(&b) {
