@@ -281,6 +281,14 @@ mod tests {
     }
 
     #[test]
+    fn external_needs_the_user_and_keeps_the_loopback_rule() {
+        let a = Auth::default();
+        assert!(a.login_external("guest", true));
+        assert!(!a.login_external("guest", false));
+        assert!(!a.login_external("CN=guest", true));
+    }
+
+    #[test]
     fn permissions_match_unanchored() {
         let mut a = Auth::default();
         a.users.insert(
