@@ -336,6 +336,14 @@ impl Auth {
         u.password.verify(password)
     }
 
+    /// Whether `user`, named by a verified client certificate (SASL
+    /// `EXTERNAL`), logs in: it must exist, and connect over loopback if
+    /// it is one of the loopback users. No password is checked.
+    pub fn login_external(&self, user: &str, loopback: bool) -> bool {
+        self.users.contains_key(user)
+            && (loopback || !self.loopback_users.iter().any(|l| l == user))
+    }
+
     /// Whether `user` may open `vhost` (has any permission there).
     pub fn may_open(&self, user: &str, vhost: &str) -> bool {
         self.permissions
@@ -449,6 +457,14 @@ mod tests {
         assert!(!a.login("guest", "guest", false));
         assert!(!a.login("guest", "nope", true));
         assert!(!a.login("nobody", "guest", true));
+    }
+
+    #[test]
+    fn external_needs_the_user_and_keeps_the_loopback_rule() {
+        let a = Auth::default();
+        assert!(a.login_external("guest", true));
+        assert!(!a.login_external("guest", false));
+        assert!(!a.login_external("CN=guest", true));
     }
 
     #[test]

@@ -34,6 +34,15 @@
 //! apply-to = "queues"              # queues, exchanges or all (default)
 //! priority = 0
 //! definition = { max-length = 10000, overflow = "reject-publish", dead-letter-exchange = "dlx" }
+//!
+//! [tls]                            # amqps:// (the --tls-* flags override these)
+//! cert = "server.pem"              # certificate chain, PEM; paths relative to this file
+//! key = "server.key"               # its private key, PEM
+//! listen = ["0.0.0.0:5671"]        # the default when a certificate is configured
+//! ca = "ca.pem"                    # verify client certificates against these CAs (verify_peer)
+//! fail_if_no_peer_cert = false     # true: refuse clients without a certificate
+//! ssl_cert_login_from = "distinguished_name"  # or common_name: the user EXTERNAL logs in
+//! handshake_timeout = 10000        # ms a TLS handshake may take
 //! ```
 //!
 //! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
@@ -73,6 +82,30 @@ pub struct Config {
     /// Policies (`vhost` defaults to `/`).
     #[serde(default)]
     pub policies: Vec<amqp_router::definitions::PolicyDef>,
+    /// The TLS listener.
+    pub tls: Option<TlsDef>,
+}
+
+/// `[tls]`: the TLS listener (RabbitMQ's `listeners.ssl` and
+/// `ssl_options`). Relative paths are relative to the config file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDef {
+    /// Addresses (default `0.0.0.0:5671` when `cert` is set).
+    #[serde(default)]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Certificate chain, PEM.
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key, PEM.
+    pub key: Option<std::path::PathBuf>,
+    /// CA bundle for client certificates (`verify_peer`).
+    pub ca: Option<std::path::PathBuf>,
+    /// Refuse clients without a certificate.
+    pub fail_if_no_peer_cert: Option<bool>,
+    /// `distinguished_name` (default) or `common_name`.
+    pub ssl_cert_login_from: Option<String>,
+    /// Milliseconds a handshake may take (default 10000).
+    pub handshake_timeout: Option<u64>,
 }
 
 /// `consumer_timeout = 1800000` (ms, as in rabbitmq.conf) or `false`.
@@ -287,6 +320,22 @@ mod tests {
             bad,
             "policy 'o': Validation failed: -1 is not a valid maximum length"
         );
+    }
+
+    #[test]
+    fn tls_section() {
+        let c = Config::parse(
+            "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nlisten = [\"127.0.0.1:5671\"]\nca = \"ca.pem\"\nfail_if_no_peer_cert = true\nssl_cert_login_from = \"common_name\"\nhandshake_timeout = 500\n",
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.listen, ["127.0.0.1:5671".parse().unwrap()]);
+        assert_eq!(t.ca.unwrap(), std::path::Path::new("ca.pem"));
+        assert_eq!(t.fail_if_no_peer_cert, Some(true));
+        assert_eq!(t.ssl_cert_login_from.as_deref(), Some("common_name"));
+        assert_eq!(t.handshake_timeout, Some(500));
+        let e = Config::parse("[tls]\nverify = true\n").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

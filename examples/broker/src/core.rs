@@ -244,10 +244,13 @@ impl Default for CoreConfig {
 }
 
 /// What the core knows of a connection's peer when it connects.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Peer {
     /// Connected over a loopback address.
     pub loopback: bool,
+    /// The user name a verified TLS client certificate gives (its subject
+    /// as [`crate::tls`] formats it), for SASL `EXTERNAL`.
+    pub tls_identity: Option<String>,
 }
 
 #[derive(Debug)]
@@ -1630,7 +1633,24 @@ impl Core {
                 ..
             } => {
                 let loopback = self.conns.get(&id).is_some_and(|c| c.peer.loopback);
+                // EXTERNAL: the user the client certificate names, without
+                // a password (rabbitmq_auth_mechanism_ssl; its response,
+                // an authorisation identity, is ignored as there).
+                let external = (mechanism.as_bytes() == b"EXTERNAL")
+                    .then(|| {
+                        self.conns
+                            .get(&id)
+                            .and_then(|c| c.peer.tls_identity.clone())
+                    })
+                    .flatten()
+                    .filter(|u| self.auth.login_external(u, loopback));
                 match (credentials.username(), credentials.password()) {
+                    _ if external.is_some() => {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.user = external;
+                        }
+                        Answer::Accept
+                    }
                     (Some(u), Some(p)) if self.auth.login(u, p, loopback) => {
                         let u = u.to_owned();
                         if let Some(c) = self.conns.get_mut(&id) {

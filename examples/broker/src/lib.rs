@@ -11,7 +11,9 @@
 //!   connection's codec must send comes out.
 //! * [`shell`]: the tokio server: listeners, a task per connection that
 //!   feeds its [`amqp_codec::Connection`], applies what the core says and
-//!   writes what the codec transmits; timers and signals.
+//!   writes what the codec transmits; timers and signals. Plain TCP and
+//!   TLS ([`tls`]: rustls, client certificates, SASL EXTERNAL) share that
+//!   one connection loop.
 //!
 //! Driving the core by hand, as the shell and the simulation tests do:
 //!
@@ -22,7 +24,7 @@
 //!
 //! let now = Instant::now();
 //! let mut core = Core::new(CoreConfig::default());
-//! core.connect(1, Peer { loopback: true });
+//! core.connect(1, Peer { loopback: true, ..Peer::default() });
 //! let mut client = Connection::client(ClientConfig::default(), now);
 //! let mut server = Connection::server(ServerConfig::default(), now);
 //! // Move bytes and events until both sides are quiet.
@@ -53,3 +55,4 @@ pub mod queue;
 pub mod shell;
 pub mod store;
 pub mod testing;
+pub mod tls;

@@ -5,8 +5,9 @@ use amqp_broker::config::Config;
 use amqp_broker::core::{Core, server_properties};
 use amqp_broker::definitions::Definitions;
 use amqp_broker::management;
-use amqp_broker::shell::{Shared, accept_loop, store_thread, timer_loop};
+use amqp_broker::shell::{Shared, accept_loop, accept_tls_loop, store_thread, timer_loop};
 use amqp_broker::store;
+use amqp_broker::tls::{self, LoginFrom, Settings, Tls};
 use amqp_codec::ServerConfig;
 use amqp_codec::types::LongString;
 use clap::Parser;
@@ -26,7 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// With no options it listens on 127.0.0.1:5672 and [::1]:5672 with
 /// RabbitMQ's first-boot defaults: vhost `/`, user guest/guest (loopback
 /// only). Logs go to stderr (`RUST_LOG=debug` for more). SIGTERM or
-/// SIGINT closes every connection with 320 CONNECTION_FORCED and exits 0.
+/// SIGINT closes every connection with 320 CONNECTION_FORCED and exits 0;
+/// SIGHUP reloads the TLS certificate, key and CA files (connections stay).
 #[derive(Debug, Parser)]
 #[command(name = "amqp-broker", version, about, long_about)]
 struct Args {
@@ -79,6 +81,40 @@ struct Args {
     /// log collectors). `RUST_LOG` sets the level (default `info`).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Address to listen on for AMQP over TLS, `amqps://` (repeatable).
+    /// Default: 0.0.0.0:5671 when a certificate is configured; none
+    /// without one.
+    #[arg(long = "tls-listen", value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
+    /// The TLS listener's certificate chain (PEM, leaf first). Enables
+    /// the TLS listener. Config: `cert` in `[tls]`.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    /// Config: `key` in `[tls]`.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) to verify client certificates against:
+    /// clients are asked for one (RabbitMQ's `verify_peer`), and one
+    /// verified offers SASL EXTERNAL. Config: `ca` in `[tls]`.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a certificate
+    /// (RabbitMQ's `fail_if_no_peer_cert`; needs --tls-ca). Config:
+    /// `fail_if_no_peer_cert` in `[tls]`.
+    #[arg(long)]
+    tls_fail_if_no_peer_cert: bool,
+    /// Which user SASL EXTERNAL logs in: the client certificate subject's
+    /// full distinguished name as RabbitMQ prints it (e.g.
+    /// `CN=client,O=Example,C=UK`), or its common name (RabbitMQ's
+    /// `ssl_cert_login_from`). Config: `ssl_cert_login_from` in `[tls]`.
+    /// Default: distinguished_name.
+    #[arg(long, value_name = "distinguished_name|common_name")]
+    ssl_cert_login_from: Option<String>,
+    /// Seconds a TLS handshake may take before the connection is closed.
+    /// Config: `handshake_timeout` (ms) in `[tls]`. Default: 10.
+    #[arg(long, value_name = "SECS")]
+    tls_handshake_timeout: Option<f64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -177,6 +213,20 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+        }
+    };
+    let tls = match tls_settings(&args, &config) {
+        Ok(None) => None,
+        Ok(Some((addrs, settings))) => match Tls::new(settings) {
+            Ok(t) => Some((addrs, t)),
+            Err(e) => {
+                eprintln!("amqp-broker: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("amqp-broker: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let mut core_config = match config.core() {
@@ -328,7 +378,7 @@ fn main() -> ExitCode {
             .spawn(move || store_thread(shared, log, defs, rx))
             .expect("spawn the store thread")
     };
-    let code = runtime.block_on(run(args, shared.clone()));
+    let code = runtime.block_on(run(args, shared.clone(), tls));
     // Shutdown: what the store has is written, then the mark that lets the
     // next start trust the delivery markers.
     shared.close_store();
@@ -338,7 +388,87 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(args: Args, shared: std::sync::Arc<Shared>) -> ExitCode {
+/// The TLS listener's addresses and settings from the flags and the
+/// `[tls]` section (flags win); `None` without a certificate.
+fn tls_settings(
+    args: &Args,
+    config: &Config,
+) -> Result<Option<(Vec<SocketAddr>, Settings)>, String> {
+    let def = config.tls.clone().unwrap_or_default();
+    // Paths in the config file are relative to it.
+    let base = args
+        .config
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new(""));
+    let from_file = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+    let cert = args.tls_cert.clone().or_else(|| from_file(&def.cert));
+    let key = args.tls_key.clone().or_else(|| from_file(&def.key));
+    let ca = args.tls_ca.clone().or_else(|| from_file(&def.ca));
+    let Some(cert) = cert else {
+        let given = [
+            (
+                !args.tls_listen.is_empty() || !def.listen.is_empty(),
+                "--tls-listen",
+            ),
+            (key.is_some(), "--tls-key"),
+            (ca.is_some(), "--tls-ca"),
+            (args.tls_fail_if_no_peer_cert, "--tls-fail-if-no-peer-cert"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(g, _)| *g) {
+            return Err(format!(
+                "{flag} (or its key in [tls]) needs a certificate: give --tls-cert FILE (or cert in [tls])"
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(key) = key else {
+        return Err(format!(
+            "the TLS certificate {} needs its private key: give --tls-key FILE (or key in [tls])",
+            cert.display()
+        ));
+    };
+    let login_from = match args
+        .ssl_cert_login_from
+        .as_deref()
+        .or(def.ssl_cert_login_from.as_deref())
+    {
+        None => LoginFrom::default(),
+        Some(s) => LoginFrom::parse(s)?,
+    };
+    let handshake_timeout = match (args.tls_handshake_timeout, def.handshake_timeout) {
+        (Some(s), _) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        (Some(s), _) => return Err(format!("--tls-handshake-timeout {s}: must be positive")),
+        (None, Some(ms)) if ms > 0 => Duration::from_millis(ms),
+        (None, Some(_)) => return Err("handshake_timeout in [tls]: must be positive".into()),
+        (None, None) => tls::HANDSHAKE_TIMEOUT,
+    };
+    let addrs = if !args.tls_listen.is_empty() {
+        args.tls_listen.clone()
+    } else if !def.listen.is_empty() {
+        def.listen.clone()
+    } else {
+        vec![SocketAddr::from(([0, 0, 0, 0], 5671))]
+    };
+    Ok(Some((
+        addrs,
+        Settings {
+            cert,
+            key,
+            ca,
+            fail_if_no_peer_cert: args.tls_fail_if_no_peer_cert
+                || def.fail_if_no_peer_cert.unwrap_or(false),
+            login_from,
+            handshake_timeout,
+        },
+    )))
+}
+
+async fn run(
+    args: Args,
+    shared: std::sync::Arc<Shared>,
+    tls: Option<(Vec<SocketAddr>, Arc<Tls>)>,
+) -> ExitCode {
     let explicit = !args.listen.is_empty();
     let addrs = if explicit {
         args.listen.clone()
@@ -377,6 +507,29 @@ async fn run(args: Args, shared: std::sync::Arc<Shared>) -> ExitCode {
     if listeners == 0 {
         eprintln!("amqp-broker: no address to listen on");
         return ExitCode::FAILURE;
+    }
+    if let Some((addrs, tls)) = tls {
+        for addr in addrs {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!("listening for TLS (amqps) on {addr}");
+                    tokio::spawn(accept_tls_loop(
+                        l,
+                        tls.clone(),
+                        shared.clone(),
+                        stop_rx.clone(),
+                        tasks.clone(),
+                    ));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "amqp-broker: cannot listen for TLS on {addr}: {e} (choose another address with --tls-listen)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        tokio::spawn(reload_on_sighup(tls));
     }
     let _ = &args.data_dir;
     tokio::spawn(timer_loop(shared.clone(), stop_rx.clone()));
@@ -478,6 +631,29 @@ async fn start_management(
     }
     tokio::spawn(management::sample_loop(m, stop.clone()));
     Ok(())
+}
+
+/// Reloads the TLS files on each SIGHUP; connections keep their session,
+/// new ones get the new certificate. A failed reload keeps the old one.
+async fn reload_on_sighup(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: TLS certificates are not reloadable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and CA files reloaded"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: {e}; the TLS listener keeps the previous certificate")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn wait_for_signal() {

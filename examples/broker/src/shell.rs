@@ -10,6 +10,7 @@
 //! the same way.
 
 use crate::core::{ConnId, Core, Peer};
+use crate::tls::Tls;
 use amqp_codec::types::ReplyCode;
 use amqp_codec::{Connection, Event, ServerConfig};
 use bytes::{Bytes, BytesMut};
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -188,6 +189,28 @@ pub async fn accept_loop(
     shutdown: watch::Receiver<bool>,
     tasks: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
 ) {
+    accept_on(listener, None, shared, shutdown, tasks).await;
+}
+
+/// Accepts TLS connections (`amqps://`) on `listener` until `shutdown`
+/// turns true; each gets the configuration `tls` has when it connects.
+pub async fn accept_tls_loop(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+) {
+    accept_on(listener, Some(tls), shared, shutdown, tasks).await;
+}
+
+async fn accept_on(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+) {
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -195,8 +218,12 @@ pub async fn accept_loop(
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
+                    let tls = tls.clone();
                     tasks.lock().await.spawn(async move {
-                        serve(stream, peer, shared, shutdown).await;
+                        match tls {
+                            None => serve(stream, peer, shared, shutdown).await,
+                            Some(tls) => serve_tls(stream, peer, &tls, shared, shutdown).await,
+                        }
                     });
                 }
                 Err(e) => {
@@ -209,28 +236,96 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one connection until it closes.
+/// Serves one plain TCP connection until it closes.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer); // management
+    let who = Peer {
+        loopback: peer.ip().is_loopback(),
+        tls_identity: None,
+    };
+    let config = shared.config.clone();
+    serve_stream(stream, peer, local, who, config, shared, shutdown).await;
+}
+
+/// Serves one TLS connection: the handshake (at most the configured
+/// handshake timeout; a failure closes this connection with a log line),
+/// then AMQP as on plain TCP. A verified client certificate adds
+/// `EXTERNAL` to the mechanisms offered, for the user it names.
+pub async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &Tls,
+    shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let limit = tls.settings().handshake_timeout;
+    let stream = tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // Closed before a handshake: port probes, health checks.
+                tracing::debug!(%peer, "TLS connection closed during the handshake: {e}");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "TLS handshake failed, connection closed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "TLS handshake not done within {limit:?}, connection closed");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let tls_identity = cert.as_deref().and_then(|c| tls.identity(c));
+    let mut config = shared.config.clone();
+    if let Some(_cert) = &cert {
+        tracing::info!(%peer, identity = ?tls_identity, "TLS client certificate verified");
+        let offered = config.mechanisms.to_string_lossy().into_owned();
+        if !offered.split(' ').any(|m| m == "EXTERNAL") {
+            config.mechanisms = amqp_codec::types::LongString::from(format!("{offered} EXTERNAL"));
+        }
+    }
+    let who = Peer {
+        loopback: peer.ip().is_loopback(),
+        tls_identity,
+    };
+    serve_stream(stream, peer, local, who, config, shared, shutdown).await;
+}
+
+/// Serves one connection over any byte stream until it closes.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    who: Peer,
+    config: ServerConfig,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let notify = Arc::new(Notify::new());
     shared.wakers().insert(id, notify.clone());
-    shared.core().connect(
-        id,
-        Peer {
-            loopback: peer.ip().is_loopback(),
-        },
-    );
-    let local = stream.local_addr().unwrap_or(peer); // management
+    shared.core().connect(id, who);
     shared.with_core(|c| c.set_conn_info(id, peer, local, crate::management::unix_ms()));
     tracing::info!(conn = id, %peer, "connection accepted");
-    let mut conn = Connection::server(shared.config.clone(), Instant::now());
-    let (mut rd, mut wr) = stream.into_split();
+    let mut conn = Connection::server(config, Instant::now());
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut segments: Vec<Bytes> = Vec::new();
     let mut closing = *shutdown.borrow();
@@ -251,7 +346,7 @@ pub async fn serve(
         }
         // Write everything the codec has for the peer.
         segments.extend(std::iter::from_fn(|| conn.poll_transmit()));
-        if let Err(e) = write_all(&mut wr, &mut segments).await {
+        if let Err(e) = write_all(&mut stream, &mut segments).await {
             tracing::debug!(conn = id, "write failed: {e}");
             conn.handle_eof();
             let _ = run(&shared, id, &mut conn);
@@ -281,7 +376,7 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            r = rd.read_buf(&mut buf), if !blocked => match r {
+            r = stream.read_buf(&mut buf), if !blocked => match r {
                 Ok(0) | Err(_) => {
                     conn.handle_eof();
                     eof = true;
@@ -298,7 +393,7 @@ pub async fn serve(
             }
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = stream.shutdown().await;
     shared.wakers().remove(&id);
     shared.core().disconnect(id);
 }
@@ -348,8 +443,10 @@ fn run(
     }
 }
 
-async fn write_all(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+/// Writes the segments with vectored writes, then flushes (TLS keeps
+/// what it encrypted until then; TCP has nothing to flush).
+async fn write_all<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     segments: &mut Vec<Bytes>,
 ) -> std::io::Result<()> {
     let mut start = 0;
@@ -376,7 +473,7 @@ async fn write_all(
         }
     }
     segments.clear();
-    Ok(())
+    wr.flush().await
 }
 
 /// Records for the store thread, with the number of the last one and a

@@ -60,7 +60,13 @@ impl Harness {
     pub fn connect(&mut self, client: ClientConfig, server: ServerConfig) -> usize {
         let id = self.next_id;
         self.next_id += 1;
-        self.core.connect(id, Peer { loopback: true });
+        self.core.connect(
+            id,
+            Peer {
+                loopback: true,
+                ..Peer::default()
+            },
+        );
         self.links.push(Link {
             id,
             client: Connection::client(client, self.now),
