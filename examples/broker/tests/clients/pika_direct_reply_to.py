@@ -34,13 +34,15 @@ def on_reply(ch, method, props, body):
 
 
 client.basic_consume(queue='amq.rabbitmq.reply-to', on_message_callback=on_reply, auto_ack=True)
+# One request at a time, so the server's and the client's lines interleave
+# the same way whatever the timing.
 for i in range(3):
     client.basic_publish(exchange='', routing_key='rpc_reply_to_test',
                          properties=pika.BasicProperties(reply_to='amq.rabbitmq.reply-to',
                                                          correlation_id=str(i)),
                          body=b'q%d' % i)
-while len(replies) < 3:
-    conn.process_data_events(time_limit=1)
+    while len(replies) < i + 1:
+        conn.process_data_events(time_limit=1)
 print(" [*] %d replies" % len(replies))
 
 # A reply to a requester that is gone is dropped (mandatory: returned).
