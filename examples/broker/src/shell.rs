@@ -292,7 +292,7 @@ pub async fn serve_tls(
         .map(|c| c.to_vec());
     let tls_identity = cert.as_deref().and_then(|c| tls.identity(c));
     let mut config = shared.config.clone();
-    if let Some(_cert) = &cert {
+    if cert.is_some() {
         tracing::info!(%peer, identity = ?tls_identity, "TLS client certificate verified");
         let offered = config.mechanisms.to_string_lossy().into_owned();
         if !offered.split(' ').any(|m| m == "EXTERNAL") {

@@ -496,6 +496,55 @@ mod tests {
         }
     }
 
+    /// Drives a client with EXTERNAL against the core, whose connection
+    /// has this certificate identity; returns whether it connected.
+    fn external_login(identity: Option<&str>, loopback: bool) -> bool {
+        use crate::core::{Core, CoreConfig, Out, Peer};
+        use amqp_codec::{ClientConfig, Connection, Credentials, Event, ServerConfig};
+        let now = std::time::Instant::now();
+        let mut core = Core::new(CoreConfig::default());
+        core.connect(
+            1,
+            Peer {
+                loopback,
+                tls_identity: identity.map(str::to_owned),
+            },
+        );
+        let config = ClientConfig {
+            credentials: Credentials::External {
+                identity: String::new(),
+            },
+            ..ClientConfig::default()
+        };
+        let mut client = Connection::client(config, now);
+        let mut server = Connection::server(ServerConfig::default(), now);
+        for _ in 0..10 {
+            while let Some(b) = client.poll_transmit() {
+                server.handle_input(b);
+            }
+            let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+            core.handle(1, events, now);
+            for out in core.take_outbox(1) {
+                if let Out::Decide { id, answer } = out {
+                    server.decide(id, answer).unwrap();
+                }
+            }
+            while let Some(b) = server.poll_transmit() {
+                client.handle_input(b);
+            }
+        }
+        std::iter::from_fn(|| client.poll_event()).any(|e| matches!(e, Event::Connected { .. }))
+    }
+
+    #[test]
+    fn external_logs_in_the_certificate_user_only() {
+        assert!(external_login(Some("guest"), true));
+        // guest stays a loopback user, certificate or not.
+        assert!(!external_login(Some("guest"), false));
+        assert!(!external_login(Some("CN=nobody"), true));
+        assert!(!external_login(None, true));
+    }
+
     #[test]
     fn oids_in_dotted_decimal() {
         assert_eq!(dotted(&[0x55, 0x04, 0x61]), "2.5.4.97");
