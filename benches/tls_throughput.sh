@@ -5,6 +5,10 @@
 # relay that speaks TLS to the broker's amqps listener. The last two differ
 # only by TLS (socat's copying is in both), since amqp-perftest has no TLS
 # of its own. Certificates are made for the run with openssl.
+# Measured (2 shared cores, load ~5, 1 KiB, 8 s, two runs): direct
+# 233k-264k msg/s, TCP relay 160k-173k msg/s, TLS relay 192k-199k msg/s
+# each way: TLS on the broker's side is not what limits the relayed runs
+# (socat's TLS side moves 16 KiB records where its TCP side reads 8 KiB).
 # Environment: SIZE (1024), SECS (10), TARGET (target/release).
 # Build first: cargo build --release -p amqp-broker -p amqp-perftest
 set -u
