@@ -245,6 +245,7 @@ pub async fn serve(
     let who = Peer {
         loopback: peer.ip().is_loopback(),
         tls_identity: None,
+        tls: None,
     };
     let config = shared.config.clone();
     serve_stream(stream, peer, local, who, config, shared, shutdown).await;
@@ -302,6 +303,7 @@ pub async fn serve_tls(
     let who = Peer {
         loopback: peer.ip().is_loopback(),
         tls_identity,
+        tls: Some(crate::tls::Session::of(stream.get_ref().1)),
     };
     serve_stream(stream, peer, local, who, config, shared, shutdown).await;
 }
