@@ -579,6 +579,32 @@ fn external_by_common_name_when_configured() {
 }
 
 #[test]
+fn the_config_files_tls_section_with_relative_paths() {
+    let ports = Ports::take();
+    let pki = Pki::new("config");
+    let config = pki.config(&["tls-client"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\nlisten = [\"127.0.0.1:{}\"]\nfail_if_no_peer_cert = true\nssl_cert_login_from = \"common_name\"\n",
+        ports.tls
+    ));
+    std::fs::write(&config, text).unwrap();
+    let _b = Broker::start(
+        ports.amqp..ports.amqp + 1,
+        &["--config", config.to_str().unwrap(), "--management", "none"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", ports.tls)).is_err() {
+        assert!(Instant::now() < deadline, "no TLS listener from [tls]");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(TlsClient::connect(ports.tls, client_tls(&pki, None), plain()).is_err());
+    let cert = pki.tls_client();
+    let mut c = TlsClient::connect(ports.tls, client_tls(&pki, Some(&cert)), external()).unwrap();
+    assert_eq!(c.round_trip("config-q", "from [tls]"), "from [tls]");
+}
+
+#[test]
 fn fail_if_no_peer_cert_refuses_clients_without_one() {
     let ports = Ports::take();
     let pki = Pki::new("fail");
