@@ -251,6 +251,8 @@ pub struct Peer {
     /// The user name a verified TLS client certificate gives (its subject
     /// as [`crate::tls`] formats it), for SASL `EXTERNAL`.
     pub tls_identity: Option<String>,
+    /// Over TLS: the session, for the management API.
+    pub tls: Option<crate::tls::Session>,
 }
 
 #[derive(Debug)]

@@ -248,6 +248,7 @@ pub async fn serve(
     let who = Peer {
         loopback: peer.ip().is_loopback(),
         tls_identity: None,
+        tls: None,
     };
     let config = shared.config.clone();
     serve_stream(stream, peer, local, who, config, shared, shutdown).await;
@@ -295,7 +296,7 @@ pub async fn serve_tls(
         .map(|c| c.to_vec());
     let tls_identity = cert.as_deref().and_then(|c| tls.identity(c));
     let mut config = shared.config.clone();
-    if let Some(_cert) = &cert {
+    if cert.is_some() {
         tracing::info!(%peer, identity = ?tls_identity, "TLS client certificate verified");
         let offered = config.mechanisms.to_string_lossy().into_owned();
         if !offered.split(' ').any(|m| m == "EXTERNAL") {
@@ -305,6 +306,7 @@ pub async fn serve_tls(
     let who = Peer {
         loopback: peer.ip().is_loopback(),
         tls_identity,
+        tls: Some(crate::tls::Session::of(stream.get_ref().1)),
     };
     serve_stream(stream, peer, local, who, config, shared, shutdown).await;
 }

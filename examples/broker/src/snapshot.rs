@@ -244,6 +244,8 @@ pub struct ConnSnap {
     pub capabilities: Capabilities,
     /// Addresses, client properties, tuning.
     pub info: ConnInfo,
+    /// Over TLS: the session.
+    pub tls: Option<crate::tls::Session>,
 }
 
 /// A channel.
@@ -569,6 +571,7 @@ impl Core {
             channels: c.channels.len() as u64,
             capabilities: c.caps,
             info: c.mgmt.clone(),
+            tls: c.peer.tls.clone(),
         }
     }
 

@@ -211,6 +211,41 @@ impl Tls {
     }
 }
 
+/// What the management API shows of a TLS connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `tlsv1.3` or `tlsv1.2` (RabbitMQ's `ssl_protocol`).
+    pub protocol: &'static str,
+    /// The cipher suite, as rustls names it (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher: String,
+    /// The client certificate's subject, as [`certificate_identity`]
+    /// prints a distinguished name.
+    pub peer_cert_subject: Option<String>,
+    /// Its issuer, the same way.
+    pub peer_cert_issuer: Option<String>,
+}
+
+impl Session {
+    /// The session of an accepted connection.
+    pub fn of(conn: &rustls::ServerConnection) -> Session {
+        let protocol = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2",
+            _ => "tlsv1.3",
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        let cert = conn.peer_certificates().and_then(|c| c.first());
+        Session {
+            protocol,
+            cipher,
+            peer_cert_subject: cert.and_then(|c| names(c).map(|(_, s)| format_dn(&s))),
+            peer_cert_issuer: cert.and_then(|c| names(c).map(|(i, _)| format_dn(&i))),
+        }
+    }
+}
+
 // ----- the subject of an X.509 certificate ---------------------------------
 
 /// One attribute of a distinguished name: its OID (DER content bytes),
@@ -240,8 +275,11 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
-/// The subject's RDNs, in certificate order.
-fn subject(cert: &[u8]) -> Option<Vec<Vec<Attribute<'_>>>> {
+/// A distinguished name's RDNs, in certificate order.
+type Name<'a> = Vec<Vec<Attribute<'a>>>;
+
+/// The issuer's and the subject's names.
+fn names(cert: &[u8]) -> Option<(Name<'_>, Name<'_>)> {
     let (0x30, cert, _) = tlv(cert)? else {
         return None;
     };
@@ -252,14 +290,28 @@ fn subject(cert: &[u8]) -> Option<Vec<Vec<Attribute<'_>>>> {
     if let (0xa0, _, after) = tlv(rest)? {
         rest = after; // the version
     }
-    // The serial number, signature algorithm, issuer and validity, then
-    // the subject.
-    for _ in 0..4 {
+    // The serial number and signature algorithm, then the issuer, the
+    // validity and the subject.
+    for _ in 0..2 {
         (_, _, rest) = tlv(rest)?;
     }
-    let (0x30, mut name, _) = tlv(rest)? else {
+    let (0x30, issuer, rest) = tlv(rest)? else {
         return None;
     };
+    let (_, _, rest) = tlv(rest)?;
+    let (0x30, subject, _) = tlv(rest)? else {
+        return None;
+    };
+    Some((name(issuer)?, name(subject)?))
+}
+
+/// The subject's RDNs, in certificate order.
+fn subject(cert: &[u8]) -> Option<Name<'_>> {
+    names(cert).map(|(_, s)| s)
+}
+
+/// Reads a Name's content: a sequence of RDN sets.
+fn name(mut name: &[u8]) -> Option<Name<'_>> {
     let mut rdns = Vec::new();
     while !name.is_empty() {
         let (0x31, mut set, next) = tlv(name)? else {
@@ -494,6 +546,56 @@ mod tests {
             // Truncations never panic.
             let _ = certificate_identity(&der[..n], LoginFrom::DistinguishedName);
         }
+    }
+
+    /// Drives a client with EXTERNAL against the core, whose connection
+    /// has this certificate identity; returns whether it connected.
+    fn external_login(identity: Option<&str>, loopback: bool) -> bool {
+        use crate::core::{Core, CoreConfig, Out, Peer};
+        use amqp_codec::{ClientConfig, Connection, Credentials, Event, ServerConfig};
+        let now = std::time::Instant::now();
+        let mut core = Core::new(CoreConfig::default());
+        core.connect(
+            1,
+            Peer {
+                loopback,
+                tls_identity: identity.map(str::to_owned),
+                tls: None,
+            },
+        );
+        let config = ClientConfig {
+            credentials: Credentials::External {
+                identity: String::new(),
+            },
+            ..ClientConfig::default()
+        };
+        let mut client = Connection::client(config, now);
+        let mut server = Connection::server(ServerConfig::default(), now);
+        for _ in 0..10 {
+            while let Some(b) = client.poll_transmit() {
+                server.handle_input(b);
+            }
+            let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+            core.handle(1, events, now);
+            for out in core.take_outbox(1) {
+                if let Out::Decide { id, answer } = out {
+                    server.decide(id, answer).unwrap();
+                }
+            }
+            while let Some(b) = server.poll_transmit() {
+                client.handle_input(b);
+            }
+        }
+        std::iter::from_fn(|| client.poll_event()).any(|e| matches!(e, Event::Connected { .. }))
+    }
+
+    #[test]
+    fn external_logs_in_the_certificate_user_only() {
+        assert!(external_login(Some("guest"), true));
+        // guest stays a loopback user, certificate or not.
+        assert!(!external_login(Some("guest"), false));
+        assert!(!external_login(Some("CN=nobody"), true));
+        assert!(!external_login(None, true));
     }
 
     #[test]

@@ -208,9 +208,11 @@ fn random_password() -> String {
 /// accepts connections there.
 fn start(ports: &Ports, pki: &Pki, extra: &[&str]) -> Broker {
     let tls = format!("127.0.0.1:{}", ports.tls);
-    let mut args = vec![
-        "--management",
-        "none",
+    let mut args = vec![];
+    if !extra.contains(&"--management") {
+        args.extend(["--management", "none"]);
+    }
+    args.extend([
         "--prometheus",
         "none",
         "--tls-listen",
@@ -219,7 +221,7 @@ fn start(ports: &Ports, pki: &Pki, extra: &[&str]) -> Broker {
         pki.server_cert.to_str().unwrap(),
         "--tls-key",
         pki.server_key.to_str().unwrap(),
-    ];
+    ]);
     args.extend_from_slice(extra);
     let b = Broker::start(ports.amqp..ports.amqp + 1, &args);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -465,14 +467,45 @@ fn external_logs_in_the_user_the_certificate_dn_names() {
     let pki = Pki::new("dn");
     let config = pki.config(&[CLIENT_DN]);
     let ca = pki.ca.to_str().unwrap().to_owned();
+    // The management API on 10000 above the AMQP port (15760-15769).
+    let management = format!("127.0.0.1:{}", ports.amqp + 10_000);
     let b = start(
         &ports,
         &pki,
-        &["--config", config.to_str().unwrap(), "--tls-ca", &ca],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--tls-ca",
+            &ca,
+            "--management",
+            &management,
+        ],
     );
     let cert = pki.tls_client();
     let mut c = TlsClient::connect(ports.tls, client_tls(&pki, Some(&cert)), external()).unwrap();
     assert_eq!(c.round_trip("dn-q", "as the DN"), "as the DN");
+    // The management API shows the connection as TLS, with its user and
+    // certificate.
+    let list = support::http(
+        management.parse().unwrap(),
+        "GET",
+        "/api/connections",
+        Some("guest:guest"),
+        "",
+    )
+    .json();
+    let tls: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ssl"] == true)
+        .collect();
+    assert_eq!(tls.len(), 1, "{list:#}");
+    assert_eq!(tls[0]["user"], CLIENT_DN);
+    assert_eq!(tls[0]["peer_cert_subject"], CLIENT_DN);
+    assert_eq!(tls[0]["peer_cert_issuer"], "CN=amqp-toolkit test CA");
+    assert_eq!(tls[0]["ssl_protocol"], "tlsv1.3");
+    assert!(tls[0]["ssl_cipher"].as_str().unwrap().starts_with("TLS13_"));
     // A certificate whose DN names no user is refused with RabbitMQ's text.
     let stranger = pki.client("stranger", None, "stranger");
     let e = TlsClient::connect(ports.tls, client_tls(&pki, Some(&stranger)), external())
@@ -543,6 +576,32 @@ fn external_by_common_name_when_configured() {
         .err()
         .expect("an unknown CN logged in");
     assert!(e.contains("ACCESS_REFUSED"), "{e}");
+}
+
+#[test]
+fn the_config_files_tls_section_with_relative_paths() {
+    let ports = Ports::take();
+    let pki = Pki::new("config");
+    let config = pki.config(&["tls-client"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nca = \"ca.pem\"\nlisten = [\"127.0.0.1:{}\"]\nfail_if_no_peer_cert = true\nssl_cert_login_from = \"common_name\"\n",
+        ports.tls
+    ));
+    std::fs::write(&config, text).unwrap();
+    let _b = Broker::start(
+        ports.amqp..ports.amqp + 1,
+        &["--config", config.to_str().unwrap(), "--management", "none"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", ports.tls)).is_err() {
+        assert!(Instant::now() < deadline, "no TLS listener from [tls]");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(TlsClient::connect(ports.tls, client_tls(&pki, None), plain()).is_err());
+    let cert = pki.tls_client();
+    let mut c = TlsClient::connect(ports.tls, client_tls(&pki, Some(&cert)), external()).unwrap();
+    assert_eq!(c.round_trip("config-q", "from [tls]"), "from [tls]");
 }
 
 #[test]
