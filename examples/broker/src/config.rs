@@ -43,6 +43,13 @@
 //! fail_if_no_peer_cert = false     # true: refuse clients without a certificate
 //! ssl_cert_login_from = "distinguished_name"  # or common_name: the user EXTERNAL logs in
 //! handshake_timeout = 10000        # ms a TLS handshake may take
+//!
+//! [paging]                         # queues beyond this go to disk (data dir's paging/)
+//! enabled = true
+//! window_messages = 16384          # messages a queue keeps in memory
+//! window_bytes = 16777216          # or bytes (bodies + 160 each), whichever first
+//! page_messages = 4096             # messages per page file
+//! page_bytes = 4194304             # or bytes per page file
 //! ```
 //!
 //! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
@@ -84,6 +91,51 @@ pub struct Config {
     pub policies: Vec<amqp_router::definitions::PolicyDef>,
     /// The TLS listener.
     pub tls: Option<TlsDef>,
+    /// Paging of long queues.
+    pub paging: Option<PagingDef>,
+}
+
+/// `[paging]`: how much of each queue stays in memory
+/// ([`crate::paging`]).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PagingDef {
+    /// `false`: queues keep every message in memory.
+    pub enabled: Option<bool>,
+    /// Messages a queue keeps in memory.
+    pub window_messages: Option<usize>,
+    /// Bytes a queue keeps in memory.
+    pub window_bytes: Option<usize>,
+    /// Messages per page.
+    pub page_messages: Option<usize>,
+    /// Bytes per page.
+    pub page_bytes: Option<usize>,
+}
+
+impl PagingDef {
+    /// The sizes in force (`None`: paging is off); zero sizes are refused.
+    pub fn paging(&self) -> Result<Option<crate::paging::Paging>, String> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = crate::paging::Paging::default();
+        let p = crate::paging::Paging {
+            window_messages: self.window_messages.unwrap_or(d.window_messages),
+            window_bytes: self.window_bytes.unwrap_or(d.window_bytes),
+            page_messages: self.page_messages.unwrap_or(d.page_messages),
+            page_bytes: self.page_bytes.unwrap_or(d.page_bytes),
+        };
+        if p.window_messages == 0
+            || p.window_bytes == 0
+            || p.page_messages == 0
+            || p.page_bytes == 0
+        {
+            return Err(
+                "[paging]: sizes must be at least 1 (enabled = false turns paging off)".into(),
+            );
+        }
+        Ok(Some(p))
+    }
 }
 
 /// `[tls]`: the TLS listener (RabbitMQ's `listeners.ssl` and

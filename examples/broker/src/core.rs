@@ -11,6 +11,7 @@
 
 use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
+use crate::paging::Pager;
 use crate::queue::{Entry, Msg, Ready, StreamLog};
 use crate::store::{QueueKey, Record};
 use amqp_codec::types::method::*;
@@ -408,6 +409,7 @@ impl QState {
         durable: bool,
         auto_delete: bool,
         arguments: &FieldTable,
+        pager: Option<&Pager>,
     ) -> QState {
         let args = QueueArgs::from_arguments(arguments);
         QState {
@@ -417,7 +419,8 @@ impl QState {
                 Ready::returns_first()
             } else {
                 Ready::with_priorities(args.max_priority.unwrap_or(0))
-            },
+            }
+            .paged(pager.cloned()),
             consumers: Vec::new(),
             rr: 0,
             exclusive_consumer: false,
@@ -559,6 +562,9 @@ pub struct Core {
     /// Bytes publishers may still add before the memory alarm goes off
     /// without waiting for the monitor (`None`: no memory watermark).
     memory_credit: Option<u64>,
+    /// Where queues page messages beyond their window (`None`: they keep
+    /// everything in memory).
+    pager: Option<Pager>,
 }
 
 /// What a message costs in memory besides its body (its `Msg`, queue entry
@@ -671,7 +677,19 @@ impl Core {
             unacked_bytes: 0,
             limits: config.limits.clone(),
             memory_credit: None,
+            pager: None,
         }
+    }
+
+    /// Queues created from now on page beyond their window through
+    /// `pager` ([`crate::paging`]); set it before recovery.
+    pub fn set_pager(&mut self, pager: Pager) {
+        self.pager = Some(pager);
+    }
+
+    /// The pager's counters, if queues page.
+    pub fn page_stats(&self) -> Option<crate::paging::PageStats> {
+        self.pager.as_ref().map(Pager::stats)
     }
 
     /// Loads a definitions export's topology (exchanges, queues, bindings,
@@ -708,6 +726,7 @@ impl Core {
                         q.durable(),
                         q.auto_delete(),
                         q.arguments(),
+                        self.pager.as_ref(),
                     ),
                 );
             }
@@ -1021,6 +1040,20 @@ impl Core {
     }
 
     /// Entry `e` left queue `q` for good: the store forgets it there.
+    /// Removes every ready message of queue `q` (purge, deletion), page
+    /// by page; returns how many there were.
+    pub(crate) fn drain_ready(&mut self, q: QueueId) -> usize {
+        let n = self.queues.get(&q).map_or(0, |qs| qs.ready.len());
+        while let Some(qs) = self.queues.get_mut(&q)
+            && !qs.ready.is_empty()
+        {
+            for e in qs.ready.drain_batch() {
+                self.gone(q, &e);
+            }
+        }
+        n
+    }
+
     fn gone(&mut self, q: QueueId, e: &Entry) {
         if let Some(id) = e.msg.persist
             && let Some(qs) = self.queues.get(&q)
@@ -1993,14 +2026,7 @@ impl Core {
                         (50, 30),
                     ));
                 }
-                let purged = self
-                    .queues
-                    .get_mut(&qid)
-                    .map_or(Vec::new(), |q| q.ready.drain());
-                let n = purged.len();
-                for e in &purged {
-                    self.gone(qid, e);
-                }
+                let n = self.drain_ready(qid);
                 if !m.nowait {
                     self.reply(
                         id,
@@ -2332,6 +2358,7 @@ impl Core {
                     m.durable && !m.exclusive,
                     m.auto_delete,
                     &m.arguments,
+                    self.pager.as_ref(),
                 ),
             );
             self.apply_policy(qid);
@@ -2592,18 +2619,15 @@ impl Core {
         }
         for rq in removed.queues {
             // Its messages, ready and unacknowledged, go with it.
-            let mut gone: Vec<Entry> = self
-                .queues
-                .get_mut(&rq.handle)
-                .map_or(Vec::new(), |q| q.ready.drain());
-            gone.extend(
-                self.conns
-                    .values()
-                    .flat_map(|c| c.channels.values())
-                    .flat_map(|ch| ch.unacked.values())
-                    .filter(|u| u.queue == rq.handle)
-                    .map(|u| u.entry.clone()),
-            );
+            self.drain_ready(rq.handle);
+            let gone: Vec<Entry> = self
+                .conns
+                .values()
+                .flat_map(|c| c.channels.values())
+                .flat_map(|ch| ch.unacked.values())
+                .filter(|u| u.queue == rq.handle)
+                .map(|u| u.entry.clone())
+                .collect();
             for e in &gone {
                 self.gone(rq.handle, e);
             }
@@ -2821,7 +2845,11 @@ impl Core {
             .values()
             .map(|q| match &q.stream {
                 Some(log) => log.bytes(),
-                None => q.ready.bytes() as u64 + q.ready.len() as u64 * MESSAGE_OVERHEAD,
+                None => {
+                    let r = &q.ready;
+                    (r.bytes() - r.paged_bytes()) as u64
+                        + (r.len() - r.paged_len()) as u64 * MESSAGE_OVERHEAD
+                }
             })
             .sum();
         let outboxes: u64 = self.conns.values().map(|c| c.outbox_bytes as u64).sum();

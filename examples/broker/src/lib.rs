@@ -50,6 +50,7 @@ pub mod definitions;
 pub mod disk;
 pub mod lifecycle;
 pub mod management;
+pub mod paging;
 pub mod policy;
 pub mod queue;
 pub mod shell;

@@ -284,6 +284,25 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut core = Core::new(core_config);
+    // Paging before any queue exists (pages of an earlier run are stale:
+    // the message store has every persistent message).
+    match config.paging.clone().unwrap_or_default().paging() {
+        Ok(None) => {}
+        Ok(Some(paging)) => match amqp_broker::paging::DirPages::open(&data.paging()) {
+            Ok(pages) => core.set_pager(amqp_broker::paging::Pager::new(Box::new(pages), paging)),
+            Err(e) => {
+                eprintln!(
+                    "amqp-broker: paging directory {}: {e}",
+                    data.paging().display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("amqp-broker: configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // The wall clock first: recovered TTLs count from their arrival.
     core.set_clock_ms(
         std::time::Instant::now(),
@@ -708,6 +727,10 @@ impl DataDir {
 
     fn messages(&self) -> PathBuf {
         self.path.join("messages")
+    }
+
+    fn paging(&self) -> PathBuf {
+        self.path.join("paging")
     }
 
     /// Whether the last run shut down cleanly (and forgets it: a crash of

@@ -23,6 +23,9 @@ use std::time::Instant;
 
 use amqp_types::{BasicProperties, ShortString};
 
+use crate::core::MESSAGE_OVERHEAD;
+use crate::paging::{PageRef, Pager};
+
 /// A published message, stored once however many queues it reaches.
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -67,9 +70,19 @@ pub struct Entry {
     pub returns: u32,
 }
 
+/// One priority level. Never-delivered messages are, in order, `fresh`
+/// (in memory, the head), `pages` (on disk) and `tail` (in memory,
+/// gathering the next page); `fresh` is empty only when the other two
+/// are, so the head is always in memory.
 #[derive(Debug, Default)]
 struct Level {
     fresh: VecDeque<Entry>,
+    pages: VecDeque<PageRef>,
+    tail: VecDeque<Entry>,
+    tail_bytes: usize,
+    /// After a page could not be written: the tail length at which to
+    /// try again.
+    retry_at: usize,
     returned: BTreeMap<u64, Entry>,
 }
 
@@ -94,14 +107,6 @@ impl Level {
             self.fresh.front()
         }
     }
-
-    fn pop(&mut self) -> Option<Entry> {
-        if self.head_returned() {
-            self.returned.pop_first().map(|(_, e)| e)
-        } else {
-            self.fresh.pop_front()
-        }
-    }
 }
 
 /// The ready messages of one queue.
@@ -116,11 +121,28 @@ pub struct Ready {
     len: usize,
     next_seq: u64,
     bytes: usize,
+    /// Where pages go (`None`: everything stays in memory).
+    pager: Option<Pager>,
+    /// Ready messages on disk, and their body bytes.
+    paged_len: usize,
+    paged_bytes: usize,
 }
 
 impl Default for Ready {
     fn default() -> Self {
         Ready::new()
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        if let Some(pager) = &self.pager {
+            for l in &mut self.levels {
+                for p in l.pages.drain(..) {
+                    pager.discard(p);
+                }
+            }
+        }
     }
 }
 
@@ -138,16 +160,25 @@ impl Ready {
             len: 0,
             next_seq: 0,
             bytes: 0,
+            pager: None,
+            paged_len: 0,
+            paged_bytes: 0,
         }
     }
 
     /// An empty queue that serves requeued messages first, in the order
     /// they came back (a quorum queue's returns).
     pub fn returns_first() -> Self {
-        Ready {
-            returns: Some(VecDeque::new()),
-            ..Ready::new()
-        }
+        let mut r = Ready::new();
+        r.returns = Some(VecDeque::new());
+        r
+    }
+
+    /// The same queue, paging through `pager` beyond its window
+    /// ([`crate::paging`]).
+    pub fn paged(mut self, pager: Option<Pager>) -> Self {
+        self.pager = pager;
+        self
     }
 
     /// Ready messages.
@@ -165,6 +196,16 @@ impl Ready {
         self.bytes
     }
 
+    /// Ready messages paged out to disk.
+    pub fn paged_len(&self) -> usize {
+        self.paged_len
+    }
+
+    /// Body bytes of the ready messages paged out to disk.
+    pub fn paged_bytes(&self) -> usize {
+        self.paged_bytes
+    }
+
     /// The level a message of this priority goes to: priorities above the
     /// queue's maximum count as the maximum.
     pub fn level_of(&self, priority: Option<u8>) -> u8 {
@@ -176,29 +217,85 @@ impl Ready {
     /// before the restart; expiring when its TTL, counted from its arrival,
     /// runs out).
     pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool, expires: Option<Instant>) {
-        let level = usize::from(self.level_of(msg.properties.priority));
-        self.push(msg, expires);
-        if let Some(e) = self.levels[level].fresh.back_mut() {
-            e.redelivered = redelivered;
-        }
+        self.append(msg, redelivered, expires);
     }
 
     /// Appends a new message at the tail of its level.
     pub fn push(&mut self, msg: Arc<Msg>, expires: Option<Instant>) -> u64 {
+        self.append(msg, false, expires)
+    }
+
+    fn append(&mut self, msg: Arc<Msg>, redelivered: bool, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += msg.size();
-        self.len += 1;
+        let size = msg.size();
         let level = self.level_of(msg.properties.priority);
-        self.levels[usize::from(level)].fresh.push_back(Entry {
+        let over = self.pager.as_ref().is_some_and(|p| {
+            let in_memory = self.len - self.paged_len;
+            let mem_bytes = self.bytes - self.paged_bytes + in_memory * MESSAGE_OVERHEAD as usize;
+            in_memory >= p.paging.window_messages || mem_bytes >= p.paging.window_bytes
+        });
+        self.bytes += size;
+        self.len += 1;
+        let e = Entry {
             seq,
             msg,
-            redelivered: false,
+            redelivered,
             level,
             expires,
             returns: 0,
-        });
+        };
+        let l = &mut self.levels[usize::from(level)];
+        if l.pages.is_empty() && l.tail.is_empty() && (!over || l.fresh.is_empty()) {
+            l.fresh.push_back(e);
+            return seq;
+        }
+        l.tail_bytes += size;
+        l.tail.push_back(e);
+        if let Some(pager) = &self.pager
+            && (l.tail.len() >= pager.paging.page_messages
+                || l.tail_bytes >= pager.paging.page_bytes)
+            && l.tail.len() >= l.retry_at
+        {
+            match pager.write(l.tail.drain(..).collect()) {
+                Ok(page) => {
+                    self.paged_len += page.count;
+                    self.paged_bytes += page.bytes;
+                    l.tail_bytes = 0;
+                    l.retry_at = 0;
+                    l.pages.push_back(page);
+                }
+                Err(back) => {
+                    l.tail = back.into();
+                    l.retry_at = l.tail.len() * 2;
+                }
+            }
+        }
         seq
+    }
+
+    /// Brings the next page (or the tail) of `level` to its head once the
+    /// head is empty. A page that cannot be read back loses its messages.
+    fn refill(&mut self, level: usize) {
+        let l = &mut self.levels[level];
+        while l.fresh.is_empty() {
+            let Some(page) = l.pages.pop_front() else {
+                l.fresh = std::mem::take(&mut l.tail);
+                l.tail_bytes = 0;
+                l.retry_at = 0;
+                return;
+            };
+            let (count, bytes) = (page.count, page.bytes);
+            self.paged_len -= count;
+            self.paged_bytes -= bytes;
+            match self.pager.as_ref().and_then(|p| p.read(page)) {
+                Some(entries) => l.fresh = entries.into(),
+                None => {
+                    self.len -= count;
+                    self.bytes -= bytes;
+                }
+            }
+        }
     }
 
     /// Puts a delivered message back in its original place, marked
@@ -234,7 +331,16 @@ impl Ready {
             Some(e) => e,
             None => {
                 let top = self.top()?;
-                self.levels[top].pop()?
+                let l = &mut self.levels[top];
+                if l.head_returned() {
+                    l.returned.pop_first()?.1
+                } else {
+                    let e = l.fresh.pop_front()?;
+                    if l.fresh.is_empty() {
+                        self.refill(top);
+                    }
+                    e
+                }
             }
         };
         self.len -= 1;
@@ -257,33 +363,50 @@ impl Ready {
         self.peek()?.expires
     }
 
-    /// Removes and returns every ready message.
-    pub fn drain(&mut self) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.len);
+    /// Removes ready messages and returns them: every one in memory, and
+    /// the pages on disk up to the first that holds a persistent message
+    /// (read back); pages without one are dropped unread, as nothing needs
+    /// them. Call until [`is_empty`](Self::is_empty) (each call takes at
+    /// least one page).
+    pub fn drain_batch(&mut self) -> Vec<Entry> {
+        let mut out = Vec::new();
         if let Some(r) = &mut self.returns {
             out.extend(r.drain(..));
         }
         for l in &mut self.levels {
             out.extend(l.fresh.drain(..));
             out.extend(std::mem::take(&mut l.returned).into_values());
+            out.extend(l.tail.drain(..));
+            l.tail_bytes = 0;
+            l.retry_at = 0;
         }
-        self.len = 0;
-        self.bytes = 0;
+        let taken: usize = out.iter().map(|e| e.msg.size()).sum();
+        self.len -= out.len();
+        self.bytes -= taken;
+        'levels: for l in &mut self.levels {
+            while let Some(page) = l.pages.pop_front() {
+                let (count, bytes) = (page.count, page.bytes);
+                self.paged_len -= count;
+                self.paged_bytes -= bytes;
+                self.len -= count;
+                self.bytes -= bytes;
+                let Some(pager) = &self.pager else { continue };
+                if page.persistent {
+                    out.extend(pager.read(page).unwrap_or_default());
+                    break 'levels;
+                }
+                pager.discard(page);
+            }
+        }
         out
     }
 
     /// Removes every ready message; returns how many there were.
     pub fn purge(&mut self) -> usize {
         let n = self.len;
-        if let Some(r) = &mut self.returns {
-            r.clear();
+        while !self.is_empty() {
+            self.drain_batch();
         }
-        for l in &mut self.levels {
-            l.fresh.clear();
-            l.returned.clear();
-        }
-        self.len = 0;
-        self.bytes = 0;
         n
     }
 }
@@ -489,6 +612,7 @@ impl StreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paging::{MemPages, Paging};
     use std::time::Duration;
 
     fn msg(body: &'static str, priority: Option<u8>) -> Arc<Msg> {
@@ -567,7 +691,7 @@ mod tests {
         r.push(msg("e", None), None);
         let e = r.pop().unwrap();
         r.requeue(e);
-        assert_eq!(r.drain().len(), 1);
+        assert_eq!(r.drain_batch().len(), 1);
         assert_eq!(r.bytes(), 0);
     }
 
@@ -639,12 +763,29 @@ mod tests {
             } else {
                 Ready::with_priorities(max)
             };
+            // Half the seeds page through a tiny window (pages of 1 to 4
+            // messages, some writes refused), so that the head, pages and
+            // tail of every level are exercised against the same model.
+            let pager = (seed % 2 == 1).then(|| {
+                Pager::new(
+                    Box::new(MemPages::default().failing_writes(seed % 7 == 1)),
+                    Paging {
+                        window_messages: 1 + rnd(4) as usize,
+                        window_bytes: 1 << 20,
+                        page_messages: 1 + rnd(4) as usize,
+                        page_bytes: 1 << 20,
+                    },
+                )
+            });
+            r = r.paged(pager.clone());
+            let mut paged_max = 0;
             // Model: ready (seq, level), returns in order, and taken ones.
             let mut ready: Vec<(u64, u8)> = Vec::new();
             let mut returns: Vec<u64> = Vec::new();
             let mut taken: Vec<Entry> = Vec::new();
-            for _ in 0..300 {
-                match rnd(10) {
+            // 300 random steps, then 300 pops (that drain it).
+            for step in 0..600 {
+                match if step < 300 { rnd(10) } else { 5 } {
                     0..=3 => {
                         let p = (rnd(3) > 0).then(|| rnd(12) as u8);
                         let seq = r.push(msg("m", p), None);
@@ -680,8 +821,91 @@ mod tests {
                     _ => {}
                 }
                 assert_eq!(r.len(), ready.len() + returns.len(), "seed {seed}");
+                paged_max = paged_max.max(r.paged_len());
+            }
+            if let Some(p) = pager {
+                let stats = p.stats();
+                if seed % 7 == 1 {
+                    assert_eq!(stats.written, 0, "seed {seed}");
+                } else {
+                    assert!(paged_max > 0 && stats.read > 0, "seed {seed}: {stats:?}");
+                }
+                assert!(r.is_empty(), "seed {seed}");
+                assert_eq!((r.paged_len(), p.stats().pages), (0, 0), "seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn a_lost_page_loses_its_messages_and_only_them() {
+        let store = MemPages::default();
+        let pager = Pager::new(
+            Box::new(store),
+            Paging {
+                window_messages: 2,
+                window_bytes: 1 << 20,
+                page_messages: 2,
+                page_bytes: 1 << 20,
+            },
+        );
+        let mut r = Ready::new().paged(Some(pager.clone()));
+        for b in ["a", "b", "c", "d", "e", "f", "g"] {
+            r.push(msg(b, None), None);
+        }
+        // a b in memory; c d and e f paged; g in the tail.
+        assert_eq!((r.len(), r.paged_len()), (7, 4));
+        assert_eq!(pager.stats().pages, 2);
+        drop(r);
+        assert_eq!(pager.stats().pages, 0, "a dropped queue discards its pages");
+
+        let corrupt = Pager::new(
+            Box::new(MemPages::default().corrupting(true)),
+            Paging {
+                window_messages: 1,
+                window_bytes: 1 << 20,
+                page_messages: 2,
+                page_bytes: 1 << 20,
+            },
+        );
+        let mut r = Ready::new().paged(Some(corrupt.clone()));
+        for b in ["a", "b", "c", "d"] {
+            r.push(msg(b, None), None);
+        }
+        assert_eq!(r.pop().map(|e| e.msg.body.clone()), Some(Bytes::from("a")));
+        // b c were paged and are lost; d (the tail) follows.
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.pop().map(|e| e.msg.body.clone()), Some(Bytes::from("d")));
+        assert_eq!(corrupt.stats().lost, 2);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn purge_reads_back_only_pages_with_persistent_messages() {
+        let pager = Pager::new(
+            Box::<MemPages>::default(),
+            Paging {
+                window_messages: 1,
+                window_bytes: 1 << 20,
+                page_messages: 2,
+                page_bytes: 1 << 20,
+            },
+        );
+        let mut r = Ready::new().paged(Some(pager.clone()));
+        for i in 0..9u64 {
+            let mut m = (*msg("m", None)).clone();
+            m.persist = (i == 5).then_some(42);
+            r.push(Arc::new(m), None);
+        }
+        assert_eq!(r.paged_len(), 8);
+        let mut got = Vec::new();
+        while !r.is_empty() {
+            got.extend(r.drain_batch().into_iter().map(|e| e.seq));
+        }
+        // The head (0), then the page holding message 5 (5 and 6); the
+        // others were dropped unread.
+        assert_eq!(got, [0, 5, 6]);
+        assert_eq!(pager.stats().read, 1);
+        assert_eq!(pager.stats().pages, 0);
     }
 
     #[test]

@@ -188,6 +188,10 @@ pub struct QueueSnap {
     pub message_bytes_ready: u64,
     /// Body bytes of the unacknowledged messages.
     pub message_bytes_unacknowledged: u64,
+    /// Ready messages paged out to disk.
+    pub messages_paged_out: u64,
+    /// Their body bytes.
+    pub message_bytes_paged_out: u64,
     /// Consumers attached.
     pub consumers: u64,
     /// Memory estimate: the body bytes this queue holds (ready and
@@ -431,6 +435,8 @@ impl Core {
                     Some(log) => (log.len() as u64, log.body_bytes() as u64),
                     None => (qs.ready.len() as u64, qs.ready.bytes() as u64),
                 };
+                let (paged, paged_bytes) =
+                    (qs.ready.paged_len() as u64, qs.ready.paged_bytes() as u64);
                 let exclusive_consumer_tag = qs
                     .exclusive_consumer
                     .then(|| qs.consumers.first().map(|k| lossy(&k.tag)))
@@ -456,8 +462,12 @@ impl Core {
                     messages_unacknowledged: un,
                     message_bytes_ready: ready_bytes,
                     message_bytes_unacknowledged: un_bytes,
+                    messages_paged_out: paged,
+                    message_bytes_paged_out: paged_bytes,
                     consumers: qs.consumers.len() as u64,
-                    memory: ready_bytes + un_bytes + (ready + un) * MSG_OVERHEAD,
+                    memory: ready_bytes - paged_bytes
+                        + un_bytes
+                        + (ready - paged + un) * MSG_OVERHEAD,
                     exclusive_consumer_tag,
                     single_active_consumer_tag,
                     kind: match qs.args.kind {
@@ -728,7 +738,14 @@ impl Core {
             self.next_queue += 1;
             self.queues.insert(
                 next,
-                QState::new(vhost, declared.name, durable, auto_delete, arguments),
+                QState::new(
+                    vhost,
+                    declared.name,
+                    durable,
+                    auto_delete,
+                    arguments,
+                    self.pager.as_ref(),
+                ),
             );
             self.apply_policy(next);
             self.definitions_dirty = true;
@@ -786,14 +803,7 @@ impl Core {
     /// /api/queues/vhost/name/contents`); how many went.
     pub fn admin_purge(&mut self, vhost: &str, name: &str) -> Result<usize, AdminError> {
         let (q, _) = self.admin_queue(vhost, name)?;
-        let purged = self
-            .queues
-            .get_mut(&q)
-            .map_or(Vec::new(), |q| q.ready.drain());
-        for e in &purged {
-            self.gone(q, e);
-        }
-        Ok(purged.len())
+        Ok(self.drain_ready(q))
     }
 
     /// Binds `destination` (a queue, or an exchange) to exchange `source`

@@ -90,9 +90,21 @@ const PUBLISH: u8 = 1;
 const REMOVE: u8 = 2;
 const DELIVERED: u8 = 3;
 
-fn put_short(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn put_short(out: &mut Vec<u8>, s: &[u8]) {
     out.push(s.len().min(255) as u8);
     out.extend_from_slice(&s[..s.len().min(255)]);
+}
+
+/// Writes properties (as an AMQP content header frame) and body, each
+/// length-prefixed.
+pub(crate) fn put_content(out: &mut Vec<u8>, properties: &BasicProperties, body: &[u8]) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let _ = Frame::header(0, body.len() as u64, properties.clone()).encode_to_vec(out);
+    let n = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
 }
 
 fn put_queue(out: &mut Vec<u8>, q: &QueueKey) {
@@ -122,13 +134,7 @@ impl Record {
                 }
                 put_short(out, exchange.as_bytes());
                 put_short(out, routing_key.as_bytes());
-                let mut header = Vec::new();
-                let _ = Frame::header(0, body.len() as u64, (**properties).clone())
-                    .encode_to_vec(&mut header);
-                out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-                out.extend_from_slice(&header);
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(body);
+                put_content(out, properties, body);
             }
             Record::Remove { id, queue } | Record::Delivered { id, queue } => {
                 out.push(if matches!(self, Record::Remove { .. }) {
@@ -158,12 +164,14 @@ pub enum Damage {
     Malformed(&'static str),
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+/// Reads the fields of a record's payload (and of a page's entries:
+/// [`crate::paging`]); every read checks the length first.
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Damage> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Damage> {
         if self.b.len() < n {
             return Err(Damage::Malformed("field past the record's end"));
         }
@@ -171,23 +179,42 @@ impl<'a> Reader<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, Damage> {
+    pub(crate) fn u8(&mut self) -> Result<u8, Damage> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, Damage> {
+    pub(crate) fn u32(&mut self) -> Result<u32, Damage> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().unwrap_or([0; 4]),
         ))
     }
-    fn u64(&mut self) -> Result<u64, Damage> {
+    pub(crate) fn u64(&mut self) -> Result<u64, Damage> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().unwrap_or([0; 8]),
         ))
     }
-    fn short(&mut self) -> Result<ShortString, Damage> {
+    pub(crate) fn short(&mut self) -> Result<ShortString, Damage> {
         let n = self.u8()?;
         ShortString::from_bytes(self.take(usize::from(n))?)
             .map_err(|_| Damage::Malformed("short string"))
+    }
+    /// Properties and body, as [`put_content`] writes them.
+    pub(crate) fn content(&mut self) -> Result<(BasicProperties, Bytes), Damage> {
+        let hlen = self.u32()? as usize;
+        let header = Bytes::copy_from_slice(self.take(hlen)?);
+        let properties = match parse_frame(&header, FrameLimits::UNLIMITED) {
+            Ok(Parsed::Complete {
+                frame:
+                    Frame {
+                        payload: FramePayload::Header(h),
+                        ..
+                    },
+                ..
+            }) => h.properties,
+            _ => return Err(Damage::Malformed("content header")),
+        };
+        let blen = self.u32()? as usize;
+        let body = Bytes::copy_from_slice(self.take(blen)?);
+        Ok((properties, body))
     }
     fn queue(&mut self) -> Result<QueueKey, Damage> {
         let vhost = self.short()?;
@@ -223,27 +250,13 @@ pub fn decode(input: &[u8]) -> Result<(Record, usize), Damage> {
             }
             let exchange = r.short()?;
             let routing_key = r.short()?;
-            let hlen = r.u32()? as usize;
-            let header = Bytes::copy_from_slice(r.take(hlen)?);
-            let properties = match parse_frame(&header, FrameLimits::UNLIMITED) {
-                Ok(Parsed::Complete {
-                    frame:
-                        Frame {
-                            payload: FramePayload::Header(h),
-                            ..
-                        },
-                    ..
-                }) => Box::new(h.properties),
-                _ => return Err(Damage::Malformed("content header")),
-            };
-            let blen = r.u32()? as usize;
-            let body = Bytes::copy_from_slice(r.take(blen)?);
+            let (properties, body) = r.content()?;
             Record::Publish {
                 id,
                 queues,
                 exchange,
                 routing_key,
-                properties,
+                properties: Box::new(properties),
                 body,
             }
         }
