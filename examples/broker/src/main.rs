@@ -47,7 +47,8 @@ struct Args {
     definitions: Option<PathBuf>,
     /// Directory for durable state: the durable topology
     /// (`definitions.json`) and persistent messages of durable queues
-    /// (`messages/`). Locked while the broker runs.
+    /// (`messages/`); also the pages of long queues (`paging/`, emptied
+    /// at every start). Locked while the broker runs.
     #[arg(long, value_name = "DIR", default_value = "amqp-broker-data")]
     data_dir: PathBuf,
     /// Address of the management HTTP API (RabbitMQ's `/api/...`), or
@@ -115,6 +116,12 @@ struct Args {
     /// Config: `handshake_timeout` (ms) in `[tls]`. Default: 10.
     #[arg(long, value_name = "SECS")]
     tls_handshake_timeout: Option<f64>,
+    /// Keep every message of every queue in memory: no paging of long
+    /// queues to the data directory's `paging/` (by default a queue keeps
+    /// 16,384 messages or 16 MiB in memory and pages the rest). Config:
+    /// `enabled = false` in `[paging]`.
+    #[arg(long)]
+    no_paging: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -286,7 +293,11 @@ fn main() -> ExitCode {
     let mut core = Core::new(core_config);
     // Paging before any queue exists (pages of an earlier run are stale:
     // the message store has every persistent message).
-    match config.paging.clone().unwrap_or_default().paging() {
+    let mut paging = config.paging.clone().unwrap_or_default();
+    if args.no_paging {
+        paging.enabled = Some(false);
+    }
+    match paging.paging() {
         Ok(None) => {}
         Ok(Some(paging)) => match amqp_broker::paging::DirPages::open(&data.paging()) {
             Ok(pages) => core.set_pager(amqp_broker::paging::Pager::new(Box::new(pages), paging)),

@@ -27,10 +27,14 @@
 //!   delivery_limit only after more returns than the limit: in a quarter
 //!   of the runs `q3` is a quorum queue with `x-delivery-limit`).
 //!
+//! Half the runs page every queue through a window of a few messages
+//! (pages in memory, some runs refusing every page write).
+//!
 //! `AMQP_SIM_SEED=n` replays one seed; `AMQP_SIM_SEEDS=N` sets how many a
 //! run covers (default 2000).
 
 use amqp_broker::core::CoreConfig;
+use amqp_broker::paging::{MemPages, Pager, Paging};
 use amqp_broker::testing::Harness;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
@@ -176,6 +180,19 @@ impl World {
             delivery_limit: None,
             returns: HashMap::new(),
         };
+        // Half the runs page through a tiny window (pages of 1 to 3
+        // messages, in memory; some refuse every write), so that queues
+        // go through head, pages and tail under every operation.
+        if w.rng.chance(50) {
+            let paging = Paging {
+                window_messages: 1 + w.rng.below(4) as usize,
+                window_bytes: 1 << 20,
+                page_messages: 1 + w.rng.below(3) as usize,
+                page_bytes: 1 << 20,
+            };
+            let pages = MemPages::default().failing_writes(w.rng.chance(10));
+            w.h.core.set_pager(Pager::new(Box::new(pages), paging));
+        }
         let n = 2 + w.rng.below(3) as usize;
         for _ in 0..n {
             w.add_client();
@@ -990,21 +1007,22 @@ impl World {
     }
 }
 
-fn run(seed: u64) -> (u64, [u64; 4]) {
+fn run(seed: u64) -> (u64, [u64; 4], u64) {
     let mut w = World::new(seed);
     let steps = 40 + w.rng.below(160);
     for _ in 0..steps {
         w.step();
     }
     w.finish();
-    (w.steps, w.dead)
+    let pages = w.h.core.page_stats().map_or(0, |s| s.read);
+    (w.steps, w.dead, pages)
 }
 
 #[test]
 fn simulation() {
     if let Ok(s) = std::env::var("AMQP_SIM_SEED") {
         let seed: u64 = s.parse().expect("AMQP_SIM_SEED is a number");
-        let (n, _) = run(seed);
+        let (n, _, _) = run(seed);
         eprintln!("seed {seed}: {n} steps");
         return;
     }
@@ -1014,11 +1032,13 @@ fn simulation() {
         .unwrap_or(2000);
     let mut total = 0;
     let mut dead = [0u64; 4];
+    let mut pages = 0;
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run(seed));
         match r {
-            Ok((n, d)) => {
+            Ok((n, d, p)) => {
                 total += n;
+                pages += p;
                 for (a, b) in dead.iter_mut().zip(d) {
                     *a += b;
                 }
@@ -1034,11 +1054,12 @@ fn simulation() {
         }
     }
     eprintln!(
-        "{seeds} seeds, {total} steps; dead-lettered from q3: {} expired, {} maxlen, {} rejected, {} delivery_limit",
+        "{seeds} seeds, {total} steps; dead-lettered from q3: {} expired, {} maxlen, {} rejected, {} delivery_limit; {pages} pages read back",
         dead[0], dead[1], dead[2], dead[3]
     );
     assert!(
         seeds < 200 || dead.iter().all(|n| *n > 0),
         "the runs reach every dead-letter reason"
     );
+    assert!(seeds < 200 || pages > 0, "the runs page");
 }
