@@ -213,6 +213,9 @@ struct Inner {
     store: Box<dyn PageStore>,
     next: u64,
     stats: PageStats,
+    /// The page being encoded (reused: a fresh multi-MiB buffer per page
+    /// would be cleared by the kernel each time).
+    buf: Vec<u8>,
 }
 
 /// The page store, shared by every queue of a core (cloning shares it).
@@ -251,6 +254,7 @@ impl Pager {
                 store,
                 next: 1,
                 stats: PageStats::default(),
+                buf: Vec::new(),
             })),
             paging,
         }
@@ -268,8 +272,9 @@ impl Pager {
     /// Writes `entries` as one page; on failure they are handed back.
     pub fn write(&self, entries: Vec<Entry>) -> Result<PageRef, Vec<Entry>> {
         let base = entries.iter().find_map(|e| e.expires);
-        let mut payload =
-            Vec::with_capacity(8 + entries.iter().map(|e| e.msg.size() + 96).sum::<usize>());
+        let mut inner = self.lock();
+        let mut payload = std::mem::take(&mut inner.buf);
+        payload.clear();
         payload.extend_from_slice(&[0; 8]);
         payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         let (mut bytes, mut persistent) = (0, false);
@@ -282,10 +287,11 @@ impl Pager {
         let crc = crc32fast::hash(&payload[8..]);
         payload[..4].copy_from_slice(&len.to_le_bytes());
         payload[4..8].copy_from_slice(&crc.to_le_bytes());
-        let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
-        match inner.store.write(id, &payload) {
+        let written = inner.store.write(id, &payload);
+        inner.buf = payload;
+        match written {
             Ok(()) => {
                 inner.stats.written += 1;
                 inner.stats.pages += 1;
