@@ -27,7 +27,7 @@ impl Broker {
         let ports = port_range(ports);
         let port = ports
             .clone()
-            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .find(|p| claim(*p))
             .unwrap_or_else(|| panic!("no free port in {ports:?}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_amqp-broker"));
@@ -51,6 +51,7 @@ impl Broker {
             .stdout(Stdio::null())
             .spawn()
             .expect("start amqp-broker");
+        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).is_err() {
             assert!(
@@ -58,6 +59,11 @@ impl Broker {
                 "amqp-broker did not listen on {addr} within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // What answers must be this broker, not a process of another test
+        // run that took the port meanwhile.
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("amqp-broker exited ({status}) and something else listens on {addr}");
         }
         Broker { addr, child }
     }
@@ -327,14 +333,25 @@ pub fn port_range(range: std::ops::Range<u16>) -> std::ops::Range<u16> {
     ranges.get(kind).cloned().unwrap_or(range)
 }
 
-/// `n` ports of `range` free on loopback now.
+/// Whether port `p` is free on loopback now and was not handed out to
+/// another test of this process before (the tests of one file run in
+/// parallel: two of them must never pick the same port, the second then
+/// talking to the first's broker).
+fn claim(p: u16) -> bool {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
+        return false;
+    }
+    taken.push(p);
+    true
+}
+
+/// `n` ports of `range` free on loopback now (and not handed out before
+/// in this process).
 pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
     let range = port_range(range);
-    let ports: Vec<u16> = range
-        .clone()
-        .filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .take(n)
-        .collect();
+    let ports: Vec<u16> = range.clone().filter(|p| claim(*p)).take(n).collect();
     assert_eq!(ports.len(), n, "{n} free ports in {range:?}");
     ports
 }
