@@ -153,11 +153,12 @@ fn start() -> Ours {
 }
 
 fn start_with(extra: &[&str]) -> Ours {
-    let p = free_ports(15700..15710, 2);
+    // (Eight tests at once, two HTTP ports each.)
+    let p = free_ports(15700..15730, 2);
     let api = SocketAddr::from(([127, 0, 0, 1], p[0]));
     let metrics = SocketAddr::from(([127, 0, 0, 1], p[1]));
     let broker = support::Broker::start(
-        5790..5800,
+        5790..5810,
         &[
             "--management",
             &api.to_string(),

@@ -25,13 +25,28 @@ impl Broker {
     /// connections (at most 10 s).
     pub fn start(ports: std::ops::Range<u16>, extra: &[&str]) -> Broker {
         let ports = port_range(ports);
+        // (A range of one port was chosen by the caller, maybe with
+        // free_ports: only check it is free.)
         let port = ports
             .clone()
-            .find(|p| claim(*p))
+            .find(|p| {
+                if ports.len() == 1 {
+                    TcpListener::bind(("127.0.0.1", *p)).is_ok()
+                } else {
+                    claim(*p)
+                }
+            })
             .unwrap_or_else(|| panic!("no free port in {ports:?}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_amqp-broker"));
         cmd.arg("--listen").arg(addr.to_string()).args(extra);
+        // No HTTP listener on the default ports unless asked for (they
+        // are RabbitMQ's, and parallel brokers would fight over them).
+        for flag in ["--management", "--prometheus"] {
+            if !extra.contains(&flag) {
+                cmd.arg(flag).arg("none");
+            }
+        }
         if !extra.contains(&"--data-dir") {
             // A fresh data directory per broker (tests run in parallel).
             let dir = std::env::temp_dir().join(format!(
@@ -334,16 +349,21 @@ pub fn port_range(range: std::ops::Range<u16>) -> std::ops::Range<u16> {
 }
 
 /// Whether port `p` is free on loopback now and was not handed out to
-/// another test of this process before (the tests of one file run in
-/// parallel: two of them must never pick the same port, the second then
-/// talking to the first's broker).
+/// another test of this process that has not bound it yet (the tests of
+/// one file run in parallel: two of them must never pick the same port,
+/// the second then talking to the first's broker).
 fn claim(p: u16) -> bool {
-    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static TAKEN: std::sync::Mutex<Vec<(u16, Instant)>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    if taken.contains(&p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
+    // A claim lasts until its port is bound (the bind check excludes it
+    // from then on) or 15 s have passed.
+    taken.retain(|(q, at)| {
+        at.elapsed() < Duration::from_secs(15) && TcpListener::bind(("127.0.0.1", *q)).is_ok()
+    });
+    if taken.iter().any(|(q, _)| *q == p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
         return false;
     }
-    taken.push(p);
+    taken.push((p, Instant::now()));
     true
 }
 
