@@ -900,96 +900,111 @@ impl Core {
     /// are written only if persistence is already enabled. Returns how
     /// many were recovered.
     pub fn recover_messages(&mut self, r: crate::store::Recovered, unclean: bool) -> usize {
-        self.next_persist = self.next_persist.max(r.next_id);
         let mut n = 0;
-        let wall_ms = self.wall_ms();
-        let mut armed = Vec::new();
-        let mut marked = Vec::new();
-        for ((vhost, name), msgs) in r.queues {
-            let qid = self
-                .vhosts
-                .get(&vhost)
-                .and_then(|v| v.router.queue(name.as_bytes()))
-                .map(|q| *q.handle());
-            let Some(qs) = qid.and_then(|q| self.queues.get_mut(&q)) else {
-                for m in msgs {
-                    self.record(Record::Remove {
-                        id: m.id,
-                        queue: (vhost.clone(), name.clone()),
-                    });
-                }
-                continue;
-            };
-            if let Some(log) = qs.stream.as_mut() {
-                for m in msgs {
-                    n += 1;
-                    let mut properties = m.properties;
-                    let at_ms = take_private_header(&mut properties, STREAM_AT_HEADER).unwrap_or(0);
-                    let offset = take_private_header(&mut properties, "x-stream-offset")
-                        .unwrap_or(log.next_offset());
-                    let msg = Arc::new(Msg {
-                        exchange: m.exchange,
-                        routing_key: m.routing_key,
-                        properties,
-                        body: m.body,
-                        persist: None,
-                        bcc: Vec::new(),
-                    });
-                    log.append_at(offset, msg, at_ms, qs.args.segment_size, Some(m.id));
-                }
-                continue;
-            }
-            let (now, now_ms) = (self.now, wall_ms);
+        for (queue, msgs) in r.queues {
             for m in msgs {
-                n += 1;
-                let mut properties = m.properties;
-                let arrived = take_private_header(&mut properties, ARRIVED_HEADER);
-                // The TTL counts from when it arrived, not from now.
-                let ttl = match (
-                    qs.args.message_ttl,
-                    lifecycle::expiration_ms(&properties).ok().flatten(),
-                ) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                let expires = match (ttl, arrived, now) {
-                    (Some(ttl), Some(at), Some(now)) => Some(
-                        now + Duration::from_millis(at.saturating_add(ttl).saturating_sub(now_ms)),
-                    ),
-                    (Some(ttl), None, Some(now)) => Some(now + Duration::from_millis(ttl)),
-                    _ => None,
-                };
-                if unclean && !m.redelivered {
-                    // The flag must outlive this run: a clean restart
-                    // later trusts only the delivery markers.
-                    marked.push(Record::Delivered {
-                        id: m.id,
-                        queue: (vhost.clone(), name.clone()),
-                    });
-                }
-                qs.ready.push_recovered(
-                    Arc::new(Msg {
-                        exchange: m.exchange,
-                        routing_key: m.routing_key,
-                        properties,
-                        body: m.body,
-                        persist: Some(m.id),
-                        bcc: Vec::new(),
-                    }),
-                    m.redelivered || unclean,
-                    expires,
-                );
+                n += usize::from(self.recover_message(&queue, m, unclean));
             }
-            armed.extend(qid);
         }
-        for r in marked {
-            self.record(r);
+        self.finish_recovery(r.next_id);
+        n
+    }
+
+    /// Puts one recovered message back into `queue` (as
+    /// [`recover_messages`](Self::recover_messages) does for each; the
+    /// broker streams them from [`crate::store::recover_each_on`], in
+    /// publish order). A queue that no longer exists gets a removal
+    /// record instead (and `false` comes back). Call
+    /// [`finish_recovery`](Self::finish_recovery) after the last.
+    pub fn recover_message(
+        &mut self,
+        queue: &QueueKey,
+        m: crate::store::RecoveredMessage,
+        unclean: bool,
+    ) -> bool {
+        let (vhost, name) = queue;
+        let wall_ms = self.wall_ms();
+        let now = self.now;
+        let qid = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.router.queue(name.as_bytes()))
+            .map(|q| *q.handle());
+        let Some(qs) = qid.and_then(|q| self.queues.get_mut(&q)) else {
+            self.record(Record::Remove {
+                id: m.id,
+                queue: queue.clone(),
+            });
+            return false;
+        };
+        let mut properties = m.properties;
+        if let Some(log) = qs.stream.as_mut() {
+            let at_ms = take_private_header(&mut properties, STREAM_AT_HEADER).unwrap_or(0);
+            let offset = take_private_header(&mut properties, "x-stream-offset")
+                .unwrap_or(log.next_offset());
+            let msg = Arc::new(Msg {
+                exchange: m.exchange,
+                routing_key: m.routing_key,
+                properties,
+                body: m.body,
+                persist: None,
+                bcc: Vec::new(),
+            });
+            log.append_at(offset, msg, at_ms, qs.args.segment_size, Some(m.id));
+            return true;
         }
-        // Expiry deadlines recovered: the queues' timers run.
-        for q in armed {
+        let arrived = take_private_header(&mut properties, ARRIVED_HEADER);
+        // The TTL counts from when it arrived, not from now.
+        let ttl = match (
+            qs.args.message_ttl,
+            lifecycle::expiration_ms(&properties).ok().flatten(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires = match (ttl, arrived, now) {
+            (Some(ttl), Some(at), Some(now)) => {
+                Some(now + Duration::from_millis(at.saturating_add(ttl).saturating_sub(wall_ms)))
+            }
+            (Some(ttl), None, Some(now)) => Some(now + Duration::from_millis(ttl)),
+            _ => None,
+        };
+        qs.ready.push_recovered(
+            Arc::new(Msg {
+                exchange: m.exchange,
+                routing_key: m.routing_key,
+                properties,
+                body: m.body,
+                persist: Some(m.id),
+                bcc: Vec::new(),
+            }),
+            m.redelivered || unclean,
+            expires,
+        );
+        if unclean && !m.redelivered {
+            // The flag must outlive this run: a clean restart later
+            // trusts only the delivery markers.
+            self.record(Record::Delivered {
+                id: m.id,
+                queue: queue.clone(),
+            });
+        }
+        true
+    }
+
+    /// Ends recovery: store ids continue after `next_id - 1`, and the
+    /// queues' expiry timers run.
+    pub fn finish_recovery(&mut self, next_id: u64) {
+        self.next_persist = self.next_persist.max(next_id);
+        let queues: Vec<QueueId> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.ready.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for q in queues {
             self.arm(q);
         }
-        n
     }
 
     fn record(&mut self, r: Record) {

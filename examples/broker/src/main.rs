@@ -336,28 +336,33 @@ fn main() -> ExitCode {
         }
     }
     let started = std::time::Instant::now();
-    let mut recovered = match store::recover(&data.messages()) {
+    let clean = data.take_clean_mark();
+    // Persistence first: what recovery records (removals for queues that
+    // are gone, delivery markers after an unclean shutdown) is written.
+    core.enable_persistence();
+    // Messages stream from the store into their queues (which page), one
+    // segment in memory at a time.
+    let mut messages = 0usize;
+    let mut recovered = match store::recover_each_on(&store::RealDisk, &data.messages(), |q, m| {
+        messages += usize::from(core.recover_message(q, m, !clean));
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("amqp-broker: reading {}: {e}", data.messages().display());
             return ExitCode::FAILURE;
         }
     };
+    core.finish_recovery(recovered.next_id);
     for w in &recovered.warnings {
         tracing::warn!("message store: {w}");
     }
     let live = std::mem::take(&mut recovered.live);
     let records = recovered.records;
-    let clean = data.take_clean_mark();
     if !clean && records > 0 {
         tracing::warn!(
             "the last run did not shut down cleanly: recovered messages are flagged redelivered"
         );
     }
-    // Persistence first: what recovery records (removals for queues that
-    // are gone, delivery markers after an unclean shutdown) is written.
-    core.enable_persistence();
-    let messages = core.recover_messages(recovered, !clean);
     if records > 0 {
         tracing::info!(
             "recovered {messages} persistent messages ({records} records) in {:?}",

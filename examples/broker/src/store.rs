@@ -18,7 +18,12 @@
 //!   the end of the last segment is cut off (with a warning); damage
 //!   elsewhere ends that segment's reading, is reported, and the other
 //!   segments are still read. It never panics on any bytes. It then
-//!   fsyncs the last segment: what it recovered stays recovered.
+//!   fsyncs the last segment: what it recovered stays recovered. The
+//!   broker recovers in two passes ([`recover_each_on`]), one segment in
+//!   memory at a time: the first learns which messages are alive in
+//!   which queues (without decoding properties or copying bodies), the
+//!   second decodes only those and streams them into their queues, which
+//!   page; segments without a live message are read once.
 //!
 //! The writer ([`Log`]) is driven by the shell's store thread: it appends
 //! what the core asked for, then one `fdatasync` covers every connection's
@@ -226,6 +231,13 @@ impl<'a> Reader<'a> {
 /// Reads one record from the front of `input`: the record and the bytes it
 /// used.
 pub fn decode(input: &[u8]) -> Result<(Record, usize), Damage> {
+    decode_with(input, true)
+}
+
+/// [`decode`]; without `content`, a publish comes back with default
+/// properties and an empty body (their lengths are still checked), which
+/// costs no allocation for them.
+fn decode_with(input: &[u8], content: bool) -> Result<(Record, usize), Damage> {
     if input.len() < 8 {
         return Err(Damage::Truncated);
     }
@@ -250,7 +262,15 @@ pub fn decode(input: &[u8]) -> Result<(Record, usize), Damage> {
             }
             let exchange = r.short()?;
             let routing_key = r.short()?;
-            let (properties, body) = r.content()?;
+            let (properties, body) = if content {
+                r.content()?
+            } else {
+                let hlen = r.u32()? as usize;
+                r.take(hlen)?;
+                let blen = r.u32()? as usize;
+                r.take(blen)?;
+                (BasicProperties::default(), Bytes::new())
+            };
             Record::Publish {
                 id,
                 queues,
@@ -389,14 +409,31 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
 
 /// [`recover`] on `disk`.
 pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<Recovered> {
-    let segs = segments(disk, dir)?;
-    let mut files = Vec::with_capacity(segs.len());
-    for &seg in &segs {
-        files.push((seg, disk.read(&segment_path(dir, seg))?));
-    }
-    let recovered = recover_from(files, |seg, len| {
-        disk.truncate(&segment_path(dir, seg), len)
+    let mut queues: BTreeMap<QueueKey, Vec<RecoveredMessage>> = BTreeMap::new();
+    let mut out = recover_each_on(disk, dir, |q, m| {
+        queues.entry(q.clone()).or_default().push(m);
     })?;
+    out.queues = queues;
+    Ok(out)
+}
+
+/// [`recover_on`], handing each message still in a queue to `each` (in
+/// publish order; a message in several queues once per queue) instead of
+/// collecting them: memory holds one segment at a time, and only the
+/// bookkeeping of which messages are alive. `Recovered::queues` stays
+/// empty.
+pub fn recover_each_on<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    each: impl FnMut(&QueueKey, RecoveredMessage),
+) -> io::Result<Recovered> {
+    let segs = segments(disk, dir)?;
+    let recovered = recover_each(
+        &segs,
+        |seg| disk.read(&segment_path(dir, seg)),
+        |seg, len| disk.truncate(&segment_path(dir, seg), len),
+        each,
+    )?;
     // After a killed process, the last segment's tail may be in the page
     // cache only (and after a failed fsync it may stay so): what is
     // recovered now must not vanish at a later crash.
@@ -410,65 +447,64 @@ pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<Recovered> {
 /// `truncate(segment, length)` cuts the last segment's damaged tail.
 pub fn recover_from(
     segments: Vec<(u64, Vec<u8>)>,
+    truncate: impl FnMut(u64, u64) -> io::Result<()>,
+) -> io::Result<Recovered> {
+    let numbers: Vec<u64> = segments.iter().map(|(n, _)| *n).collect();
+    let files: HashMap<u64, Vec<u8>> = segments.into_iter().collect();
+    let mut queues: BTreeMap<QueueKey, Vec<RecoveredMessage>> = BTreeMap::new();
+    let mut out = recover_each(
+        &numbers,
+        |seg| Ok(files.get(&seg).cloned().unwrap_or_default()),
+        truncate,
+        |q, m| queues.entry(q.clone()).or_default().push(m),
+    )?;
+    out.queues = queues;
+    Ok(out)
+}
+
+/// Recovery in two passes over the segments `segs` (in order), each read
+/// with `read` when needed and dropped after: the first learns which
+/// messages are alive where (and which were delivered), cutting a torn
+/// tail of the last segment with `truncate` and reporting damage; the
+/// second hands every live message to `each`, decoding only those.
+pub fn recover_each(
+    segs: &[u64],
+    mut read: impl FnMut(u64) -> io::Result<Vec<u8>>,
     mut truncate: impl FnMut(u64, u64) -> io::Result<()>,
+    mut each: impl FnMut(&QueueKey, RecoveredMessage),
 ) -> io::Result<Recovered> {
     let mut out = Recovered {
         next_id: 1,
         ..Default::default()
     };
-    // id -> message and where it is.
-    let mut msgs: BTreeMap<u64, (RecoveredMessage, Vec<QueueKey>)> = BTreeMap::new();
-    let n = segments.len();
-    for (i, (seg, data)) in segments.into_iter().enumerate() {
+    let mut delivered: std::collections::HashSet<u64> = Default::default();
+    // How much of each segment is readable.
+    let mut readable = Vec::with_capacity(segs.len());
+    for (i, &seg) in segs.iter().enumerate() {
+        let data = read(seg)?;
         let path = format!("segment {seg:016}");
         out.live.touch(seg);
         let mut off = 0;
         while off < data.len() {
-            match decode(&data[off..]) {
+            match decode_with(&data[off..], false) {
                 Ok((rec, used)) => {
                     out.records += 1;
                     off += used;
                     match rec {
-                        Record::Publish {
-                            id,
-                            queues,
-                            exchange,
-                            routing_key,
-                            properties,
-                            body,
-                        } => {
+                        Record::Publish { id, queues, .. } => {
                             out.next_id = out.next_id.max(id.saturating_add(1));
                             out.live.publish(seg, id, &queues);
-                            msgs.insert(
-                                id,
-                                (
-                                    RecoveredMessage {
-                                        id,
-                                        exchange,
-                                        routing_key,
-                                        properties: *properties,
-                                        body,
-                                        redelivered: false,
-                                    },
-                                    queues,
-                                ),
-                            );
                         }
-                        Record::Remove { id, queue } => {
-                            out.live.remove(id, &queue);
-                            if let Some((_, qs)) = msgs.get_mut(&id) {
-                                qs.retain(|q| *q != queue);
-                            }
-                        }
+                        Record::Remove { id, queue } => out.live.remove(id, &queue),
                         Record::Delivered { id, .. } => {
-                            if let Some((m, _)) = msgs.get_mut(&id) {
-                                m.redelivered = true;
+                            if out.live.msgs.contains_key(&id) {
+                                delivered.insert(id);
                             }
                         }
                     }
                 }
                 Err(d) => {
-                    if i + 1 == n {
+                    if i + 1 == segs.len() {
                         out.warnings.push(format!(
                             "{path}: {d:?} record at byte {off}: the tail ({} bytes) is cut off",
                             data.len() - off
@@ -484,10 +520,55 @@ pub fn recover_from(
                 }
             }
         }
+        readable.push(off);
     }
-    for (_, (m, queues)) in msgs {
-        for q in queues {
-            out.queues.entry(q).or_default().push(m.clone());
+    for (&seg, &end) in segs.iter().zip(&readable) {
+        if out.live.segments.get(&seg).is_none_or(|&n| n == 0) {
+            continue;
+        }
+        let data = read(seg)?;
+        let data = &data[..end.min(data.len())];
+        let mut off = 0;
+        while off < data.len() {
+            let Ok((rec, used)) = decode_with(&data[off..], false) else {
+                break;
+            };
+            let rec_bytes = &data[off..off + used];
+            off += used;
+            let Record::Publish { id, .. } = rec else {
+                continue;
+            };
+            let Some((_, queues)) = out.live.msgs.get(&id) else {
+                continue;
+            };
+            match decode_with(rec_bytes, true) {
+                Ok((
+                    Record::Publish {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                        ..
+                    },
+                    _,
+                )) => {
+                    let m = RecoveredMessage {
+                        id,
+                        exchange,
+                        routing_key,
+                        properties: *properties,
+                        body,
+                        redelivered: delivered.contains(&id),
+                    };
+                    for q in queues {
+                        each(q, m.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(d) => out.warnings.push(format!(
+                    "segment {seg:016}: message {id} is unreadable ({d:?}) and left out"
+                )),
+            }
         }
     }
     Ok(out)
@@ -724,6 +805,63 @@ mod tests {
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert_eq!(fs::metadata(&seg).unwrap().len(), full as u64);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn streaming_recovery_reads_dead_segments_once_and_decodes_only_live_messages() {
+        let seg = |recs: &[Record]| {
+            let mut b = Vec::new();
+            for r in recs {
+                r.encode(&mut b);
+            }
+            b
+        };
+        let remove = |id, name| Record::Remove { id, queue: q(name) };
+        let segments = [
+            (
+                1,
+                seg(&[
+                    publish(1, vec![q("a"), q("b")], "one"),
+                    publish(2, vec![q("a")], "two"),
+                ]),
+            ),
+            // Everything published here is gone by the end.
+            (2, seg(&[publish(3, vec![q("a")], "three"), remove(3, "a")])),
+            (
+                3,
+                seg(&[
+                    remove(1, "b"),
+                    Record::Delivered {
+                        id: 2,
+                        queue: q("a"),
+                    },
+                    publish(4, vec![q("b")], "four"),
+                ]),
+            ),
+        ];
+        let mut reads: HashMap<u64, u32> = HashMap::new();
+        let mut got = Vec::new();
+        let out = recover_each(
+            &[1, 2, 3],
+            |n| {
+                *reads.entry(n).or_default() += 1;
+                Ok(segments.iter().find(|s| s.0 == n).unwrap().1.clone())
+            },
+            |_, _| Ok(()),
+            |queue, m| got.push((queue.1.to_string_lossy().into_owned(), m.id, m.redelivered)),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), 1, false),
+                ("a".to_owned(), 2, true),
+                ("b".to_owned(), 4, false)
+            ]
+        );
+        assert_eq!((reads[&1], reads[&2], reads[&3]), (2, 1, 2));
+        assert_eq!((out.next_id, out.records, out.live.messages()), (5, 7, 3));
+        assert!(out.queues.is_empty() && out.warnings.is_empty());
     }
 
     #[test]
