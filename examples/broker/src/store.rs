@@ -331,49 +331,218 @@ pub struct Recovered {
 }
 
 /// Which messages are alive where, so segments can be deleted.
+///
+/// Message ids grow with the log, so each segment holds a contiguous run
+/// of them: a segment keeps, per id from its first, which queues still
+/// hold that message (queue keys interned as numbers; one queue inline),
+/// 16 bytes a message. An id out of that order (never written by this
+/// broker) is kept aside in a map, so any log stays correct.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    /// Message id → (segment, queues still holding it).
-    msgs: HashMap<u64, (u64, Vec<QueueKey>)>,
-    /// Segment → live messages published in it.
-    segments: BTreeMap<u64, u64>,
+    /// Interned queue keys.
+    keys: Vec<QueueKey>,
+    index: HashMap<QueueKey, u32>,
+    /// Segment → its messages.
+    segments: BTreeMap<u64, SegLive>,
+    /// First id of a segment's run → the segment.
+    by_first: BTreeMap<u64, u64>,
+    /// The highest id placed in a run.
+    last_id: Option<u64>,
+    /// Ids out of order: id → (segment, queues).
+    stray: HashMap<u64, (u64, Vec<u32>)>,
+    /// Messages alive.
+    alive: usize,
 }
 
+#[derive(Debug, Default)]
+struct SegLive {
+    /// The id of `run[0]`.
+    first: u64,
+    run: Vec<Holders>,
+    /// Messages published in this segment still alive.
+    live: u64,
+}
+
+/// The queues still holding a message.
+#[derive(Debug, Default)]
+enum Holders {
+    #[default]
+    Gone,
+    One(u32),
+    // Boxed on purpose: a thin pointer keeps `Holders` at 16 bytes (a
+    // `Vec` or a boxed slice would make every message's slot 24 or 32).
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u32>>),
+}
+
+impl Holders {
+    fn of(queues: Vec<u32>) -> Holders {
+        match queues.as_slice() {
+            [] => Holders::Gone,
+            [q] => Holders::One(*q),
+            _ => Holders::Many(Box::new(queues)),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Holders::Gone => &[],
+            Holders::One(q) => std::slice::from_ref(q),
+            Holders::Many(v) => v,
+        }
+    }
+
+    /// Takes `q` out; whether the message is gone now (and was not
+    /// before).
+    fn remove(&mut self, q: u32) -> bool {
+        match self {
+            Holders::Gone => false,
+            Holders::One(x) if *x == q => {
+                *self = Holders::Gone;
+                true
+            }
+            Holders::One(_) => false,
+            Holders::Many(v) => {
+                v.retain(|x| *x != q);
+                match v.as_slice() {
+                    [] => {
+                        *self = Holders::Gone;
+                        true
+                    }
+                    [one] => {
+                        *self = Holders::One(*one);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Holders>() == 16);
+
+/// Ids skipped inside a run beyond which an id is kept aside instead
+/// (a run never grows by more than this at once).
+const MAX_GAP: u64 = 1 << 16;
+
 impl Liveness {
+    fn intern(&mut self, q: &QueueKey) -> u32 {
+        if let Some(&i) = self.index.get(q) {
+            return i;
+        }
+        let i = self.keys.len() as u32;
+        self.keys.push(q.clone());
+        self.index.insert(q.clone(), i);
+        i
+    }
+
     fn publish(&mut self, seg: u64, id: u64, queues: &[QueueKey]) {
-        if queues.is_empty() {
-            self.segments.entry(seg).or_insert(0);
+        let mut qs: Vec<u32> = queues.iter().map(|q| self.intern(q)).collect();
+        qs.sort_unstable();
+        qs.dedup();
+        let e = self.segments.entry(seg).or_default();
+        if qs.is_empty() {
             return;
         }
-        self.msgs.insert(id, (seg, queues.to_vec()));
-        *self.segments.entry(seg).or_insert(0) += 1;
+        let in_order = self.last_id.is_none_or(|l| id > l);
+        let fits = e.run.is_empty()
+            || id
+                .checked_sub(e.first)
+                .is_some_and(|d| d <= e.run.len() as u64 + MAX_GAP);
+        if in_order && fits && !self.stray.contains_key(&id) {
+            if e.run.is_empty() {
+                e.first = id;
+                self.by_first.insert(id, seg);
+            }
+            let at = (id - e.first) as usize;
+            e.run.resize_with(at, Holders::default);
+            e.run.push(Holders::of(qs));
+            self.last_id = Some(id);
+        } else {
+            if let Some((old_seg, _)) = self.stray.insert(id, (seg, qs)) {
+                // The same id twice: the earlier copy no longer counts.
+                if let Some(o) = self.segments.get_mut(&old_seg) {
+                    o.live = o.live.saturating_sub(1);
+                }
+                self.alive -= 1;
+            }
+        }
+        if let Some(e) = self.segments.get_mut(&seg) {
+            e.live += 1;
+        }
+        self.alive += 1;
+    }
+
+    /// Where message `id`'s holders are: its segment and the slot.
+    fn find(&self, id: u64) -> Option<(u64, usize)> {
+        let (&first, &seg) = self.by_first.range(..=id).next_back()?;
+        let e = self.segments.get(&seg)?;
+        let at = usize::try_from(id - first).ok()?;
+        (at < e.run.len()).then_some((seg, at))
     }
 
     fn remove(&mut self, id: u64, queue: &QueueKey) {
-        let Some((seg, qs)) = self.msgs.get_mut(&id) else {
+        let Some(&q) = self.index.get(queue) else {
             return;
         };
-        qs.retain(|q| q != queue);
-        if qs.is_empty() {
+        let (seg, gone) = if let Some((seg, qs)) = self.stray.get_mut(&id) {
             let seg = *seg;
-            self.msgs.remove(&id);
-            if let Some(n) = self.segments.get_mut(&seg) {
-                *n = n.saturating_sub(1);
+            let before = qs.len();
+            qs.retain(|x| *x != q);
+            let gone = before > 0 && qs.is_empty();
+            if gone {
+                self.stray.remove(&id);
+            }
+            (seg, gone)
+        } else if let Some((seg, at)) = self.find(id) {
+            let gone = self
+                .segments
+                .get_mut(&seg)
+                .is_some_and(|e| e.run[at].remove(q));
+            (seg, gone)
+        } else {
+            return;
+        };
+        if gone {
+            self.alive -= 1;
+            if let Some(e) = self.segments.get_mut(&seg) {
+                e.live = e.live.saturating_sub(1);
             }
         }
     }
 
+    /// The queues still holding message `id` (none if it is gone).
+    fn holders(&self, id: u64) -> impl Iterator<Item = &QueueKey> {
+        let qs: &[u32] = match self.stray.get(&id) {
+            Some((_, qs)) => qs,
+            None => match self.find(id) {
+                Some((seg, at)) => self.segments[&seg].run[at].as_slice(),
+                None => &[],
+            },
+        };
+        qs.iter().filter_map(|&i| self.keys.get(i as usize))
+    }
+
+    /// Whether a message of segment `seg` is alive.
+    fn segment_live(&self, seg: u64) -> bool {
+        self.segments.get(&seg).is_some_and(|e| e.live > 0)
+    }
+
     fn touch(&mut self, seg: u64) {
-        self.segments.entry(seg).or_insert(0);
+        self.segments.entry(seg).or_default();
     }
 
     /// The oldest segments (before `active`) whose messages are all gone,
     /// removed from the bookkeeping; they may be deleted.
     fn collectable(&mut self, active: u64) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Some((&seg, &n)) = self.segments.first_key_value() {
-            if seg >= active || n > 0 {
+        while let Some((&seg, e)) = self.segments.first_key_value() {
+            if seg >= active || e.live > 0 {
                 break;
+            }
+            if !e.run.is_empty() {
+                self.by_first.remove(&e.first);
             }
             self.segments.pop_first();
             out.push(seg);
@@ -383,7 +552,7 @@ impl Liveness {
 
     /// Messages alive.
     pub fn messages(&self) -> usize {
-        self.msgs.len()
+        self.alive
     }
 }
 
@@ -498,7 +667,7 @@ pub fn recover_each(
                         }
                         Record::Remove { id, queue } => out.live.remove(id, &queue),
                         Record::Delivered { id, .. } => {
-                            if out.live.msgs.contains_key(&id) {
+                            if out.live.holders(id).next().is_some() {
                                 delivered.insert(id);
                             }
                         }
@@ -524,7 +693,7 @@ pub fn recover_each(
         readable.push(off);
     }
     for (&seg, &end) in segs.iter().zip(&readable) {
-        if out.live.segments.get(&seg).is_none_or(|&n| n == 0) {
+        if !out.live.segment_live(seg) {
             continue;
         }
         let data = read(seg)?;
@@ -541,9 +710,9 @@ pub fn recover_each(
             let Record::Publish { id, .. } = rec else {
                 continue;
             };
-            let Some((_, queues)) = out.live.msgs.get(&id) else {
+            if out.live.holders(id).next().is_none() {
                 continue;
-            };
+            }
             match decode_with(rec_bytes, true, false) {
                 Ok((
                     Record::Publish {
@@ -563,7 +732,7 @@ pub fn recover_each(
                         body,
                         redelivered: delivered.contains(&id),
                     };
-                    for q in queues {
+                    for q in out.live.holders(id) {
                         each(q, m.clone());
                     }
                 }
@@ -865,6 +1034,87 @@ mod tests {
         assert_eq!((reads[&1], reads[&2], reads[&3]), (2, 1, 2));
         assert_eq!((out.next_id, out.records, out.live.messages()), (5, 7, 3));
         assert!(out.queues.is_empty() && out.warnings.is_empty());
+    }
+
+    #[test]
+    fn liveness_agrees_with_a_map_of_every_message() {
+        for seed in 1..=100u64 {
+            let mut x = seed;
+            let mut rnd = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let names = ["a", "b", "c"];
+            let mut live = Liveness::default();
+            // The model: id -> (segment, queues), segment -> live count.
+            let mut model: BTreeMap<u64, (u64, Vec<&str>)> = BTreeMap::new();
+            let (mut seg, mut id, mut active) = (1u64, 1u64, 1u64);
+            let mut used = std::collections::HashSet::new();
+            for _ in 0..400 {
+                match rnd(10) {
+                    0..=3 => {
+                        // Mostly in order, sometimes a gap, rarely an id
+                        // from the past (kept aside).
+                        let mut this = match rnd(20) {
+                            0 => rnd(id) + 1,
+                            1 => id + rnd(200_000),
+                            _ => id,
+                        };
+                        // (Never an id used before: a log has none.)
+                        if !used.insert(this) {
+                            this = id.max(this + 1);
+                            used.insert(this);
+                        }
+                        id = id.max(this + 1);
+                        let qs: Vec<&str> = names.iter().copied().filter(|_| rnd(2) == 0).collect();
+                        let keys: Vec<QueueKey> = qs.iter().map(|n| q(n)).collect();
+                        live.publish(seg, this, &keys);
+                        if !qs.is_empty() {
+                            model.insert(this, (seg, qs));
+                        }
+                    }
+                    4..=7 if !model.is_empty() => {
+                        let ids: Vec<u64> = model.keys().copied().collect();
+                        let victim = ids[rnd(ids.len() as u64) as usize];
+                        let name = names[rnd(3) as usize];
+                        live.remove(victim, &q(name));
+                        let e = model.get_mut(&victim).unwrap();
+                        e.1.retain(|n| *n != name);
+                        if e.1.is_empty() {
+                            model.remove(&victim);
+                        }
+                    }
+                    8 => {
+                        seg += 1;
+                        active = seg;
+                        live.touch(seg);
+                    }
+                    _ => {
+                        let gone = live.collectable(active);
+                        for g in gone {
+                            assert!(
+                                model.values().all(|(s, _)| *s != g),
+                                "seed {seed}: segment {g} collected with live messages"
+                            );
+                        }
+                    }
+                }
+                assert_eq!(model.len(), live.messages(), "seed {seed}");
+                for (&mid, (_, qs)) in &model {
+                    let mut got: Vec<String> = live
+                        .holders(mid)
+                        .map(|k| k.1.to_string_lossy().into_owned())
+                        .collect();
+                    got.sort();
+                    let mut want: Vec<String> = qs.iter().map(|s| s.to_string()).collect();
+                    want.sort();
+                    want.dedup();
+                    assert_eq!(got, want, "seed {seed}: message {mid}");
+                }
+            }
+        }
     }
 
     #[test]
