@@ -339,7 +339,7 @@ def fmt(v, unit=""):
     return f"{v:,}{unit}"
 
 
-def chart(path, scenarios, results, title):
+def chart(path, scenarios, memory, results, title, a):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -349,8 +349,14 @@ def chart(path, scenarios, results, title):
           and not results[(name, "ours")].get("error")]
     lat = [name for name, _, _ in scenarios if name.startswith("lat")
            and not results[(name, "rabbitmq")].get("error") and not results[(name, "ours")].get("error")]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.55 * max(len(tp), 6) + 2),
-                             gridspec_kw={"width_ratios": [3, 2]})
+    mem = [m for m in memory if not results[(m, "rabbitmq")].get("error")
+           and not results[(m, "ours")].get("error")]
+    top = 0.42 * max(len(tp), 3) + 1
+    fig = plt.figure(figsize=(13, top + 5))
+    gs = fig.add_gridspec(2, 2 if mem else 1, height_ratios=[top, 4.2])
+    axes = [fig.add_subplot(gs[0, :]), fig.add_subplot(gs[1, 0])]
+    if mem:
+        axes.append(fig.add_subplot(gs[1, 1]))
     colors = {"rabbitmq": "#f28e2b", "ours": "#4e79a7"}
     labels = {"rabbitmq": "RabbitMQ", "ours": "amqp-broker"}
     ax = axes[0]
@@ -365,8 +371,10 @@ def chart(path, scenarios, results, title):
     ax.set_yticklabels([n for n, _ in tp], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    top_rate = max([results[(n, w)].get("receive_rate") or 0 for n, _ in tp for w in colors] + [1000])
+    ax.set_xlim(1000, top_rate * 4)
     ax.set_xlabel("messages received per second (log scale)")
-    ax.set_title("Throughput per scenario")
+    ax.set_title("Throughput per scenario (msg/s received)")
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[1]
     pcts = [("median", "p50"), ("p99", "p99"), ("p999", "p99.9")]
@@ -385,6 +393,22 @@ def chart(path, scenarios, results, title):
     ax.set_yscale("log")
     ax.set_ylabel("consumer latency, µs (log scale)")
     ax.set_title("Latency at a fixed rate: p50 / p99 / p99.9 (light to dark)")
+    if mem:
+        ax = axes[2]
+        keys = {"idle": ("bytes_per_connection", f"per idle connection\n({a.connections:,}, heartbeats)"),
+                "queued": ("bytes_per_message_beyond_body", f"per queued 16 B message\n({a.queued:,}), beyond the body")}
+        for k, who in enumerate(["rabbitmq", "ours"]):
+            xs = [i + (k - 0.5) * h for i in range(len(mem))]
+            vals = [max(results[(m, who)][keys[m][0]], 1) for m in mem]
+            ax.bar(xs, vals, width=h, color=colors[who], label=labels[who])
+            for x, v in zip(xs, vals):
+                ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(mem)))
+        ax.set_xticklabels([keys[m][1] for m in mem], fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("broker RSS growth, bytes (log scale)")
+        ax.set_title("Memory")
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -420,6 +444,7 @@ def main():
     rabbit = Rabbit(a.rabbit_node, a.rabbit_port, a.rabbit_dir, nofile)
     ours = Ours(a.broker_port)
     results = {}
+    load0 = os.getloadavg()
     rabbit.start()
     try:
         version = rabbit.version()
@@ -488,11 +513,12 @@ def main():
         out = {f"{k[0]}/{k[1]}": v for k, v in results.items()}
         out["_run"] = {"command": " ".join(sys.argv), "rabbitmq": version, "commit": commit, "cpus": cpu,
                        "seconds": a.seconds, "connections": a.connections, "heartbeat": a.heartbeat,
-                       "queued": a.queued, "nofile": nofile}
+                       "queued": a.queued, "nofile": nofile,
+                       "loadavg_start": load0, "loadavg_end": os.getloadavg()}
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
     if a.chart and scenarios:
-        chart(a.chart, scenarios, results, head)
+        chart(a.chart, scenarios, memory, results, head, a)
 
 
 if __name__ == "__main__":
