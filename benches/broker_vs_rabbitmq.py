@@ -339,7 +339,7 @@ def fmt(v, unit=""):
     return f"{v:,}{unit}"
 
 
-def chart(path, scenarios, memory, results, title, a):
+def chart(path, scenarios, memory, results, title, run):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -395,8 +395,9 @@ def chart(path, scenarios, memory, results, title, a):
     ax.set_title("Latency at a fixed rate: p50 / p99 / p99.9 (light to dark)")
     if mem:
         ax = axes[2]
-        keys = {"idle": ("bytes_per_connection", f"per idle connection\n({a.connections:,}, heartbeats)"),
-                "queued": ("bytes_per_message_beyond_body", f"per queued 16 B message\n({a.queued:,}), beyond the body")}
+        keys = {"idle": ("bytes_per_connection", f"per idle connection\n({run['connections']:,}, heartbeats)"),
+                "queued": ("bytes_per_message_beyond_body",
+                           f"per queued 16 B message\n({run['queued']:,}), beyond the body")}
         for k, who in enumerate(["rabbitmq", "ours"]):
             xs = [i + (k - 0.5) * h for i in range(len(mem))]
             vals = [max(results[(m, who)][keys[m][0]], 1) for m in mem]
@@ -431,9 +432,22 @@ def main():
     ap.add_argument("--heartbeat", type=int, default=10,
                     help="their heartbeat in seconds; held for two intervals (default 10)")
     ap.add_argument("--queued", type=int, default=1_000_000, help="queued 16 B messages (default 1000000)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="run nothing: print the table (and draw --chart) from a --json file of an earlier run")
     ap.add_argument("--nofile", type=int, default=None,
                     help="ulimit -n for the brokers and the load generator (default connections + 2000)")
     a = ap.parse_args()
+    if a.from_json:
+        with open(a.from_json) as f:
+            raw = json.load(f)
+        run = raw.pop("_run")
+        run.setdefault("rabbit_node", "rabbit@localhost")
+        results = {tuple(k.split("/")): v for k, v in raw.items()}
+        names = a.only or ALL
+        scenarios = [s for s in SCENARIOS if s[0] in names and (s[0], "ours") in results]
+        memory = [m for m in MEMORY if m in names and (m, "ours") in results]
+        report(a, run, scenarios, memory, results)
+        return
     nofile = raise_nofile(a.nofile or a.connections + 2000)
     if nofile < a.connections + 100:
         print(f"warning: ulimit -n is {nofile}, too low for {a.connections} connections", file=sys.stderr)
@@ -475,9 +489,22 @@ def main():
         ours.stop()
         rabbit.finish()
     commit = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD").stdout.strip()
-    cpu = os.cpu_count()
-    head = (f"RabbitMQ {version} (node {a.rabbit_node}, no plugins) and amqp-broker {commit}, "
-            f"{cpu} CPUs, load generator on the same machine, {a.seconds} s per run, release builds")
+    run = {"command": " ".join(sys.argv), "rabbitmq": version, "rabbit_node": a.rabbit_node,
+           "commit": commit, "cpus": os.cpu_count(), "seconds": a.seconds, "connections": a.connections,
+           "heartbeat": a.heartbeat, "queued": a.queued, "nofile": nofile,
+           "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    if a.json:
+        out = {f"{k[0]}/{k[1]}": v for k, v in results.items()}
+        out["_run"] = run
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    report(a, run, scenarios, memory, results)
+
+
+def report(a, run, scenarios, memory, results):
+    """Prints the tables and draws the chart."""
+    head = (f"RabbitMQ {run['rabbitmq']} (node {run['rabbit_node']}, no plugins) and amqp-broker {run['commit']}, "
+            f"{run['cpus']} CPUs, load generator on the same machine, {run['seconds']} s per run, release builds")
     print(f"\n{head}\n")
     print("| scenario | RabbitMQ msg/s | amqp-broker msg/s | ratio | RabbitMQ CPU µs/msg | amqp-broker CPU µs/msg | ratio | p50 / p99 / p99.9 µs RabbitMQ | p50 / p99 / p99.9 µs amqp-broker |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -497,28 +524,22 @@ def main():
     for name in memory:
         r, o = results[(name, "rabbitmq")], results[(name, "ours")]
         if name == "idle":
-            desc = f"{a.connections:,} idle connections, heartbeat {a.heartbeat} s: RSS bytes per connection"
+            desc = (f"{run['connections']:,} idle connections, heartbeat {run['heartbeat']} s: "
+                    "broker RSS bytes per connection")
             key = "bytes_per_connection"
         else:
-            desc = f"{a.queued:,} queued transient 16 B messages: RSS bytes per message beyond the body"
+            desc = f"{run['queued']:,} queued transient 16 B messages: broker RSS bytes per message beyond the body"
             key = "bytes_per_message_beyond_body"
         if r.get("error") or o.get("error"):
             print(f"| {desc} | {r.get('error') or '-'} | {o.get('error') or '-'} | |")
             continue
         rv, ov = r[key], o[key]
-        print(f"| {desc} | {fmt(rv)} | {fmt(ov)} | {rv / ov if ov > 0 else 0:.1f}× less |")
-        print(f"|   RSS before → after, MiB | {r['rss_before_kib'] / 1024:,.0f} → {r['rss_after_kib'] / 1024:,.0f} | "
+        ratio = (f"{rv / ov:.1f}× less" if rv >= ov else f"{ov / rv:.1f}× more") if rv > 0 and ov > 0 else "-"
+        print(f"| {desc} | {fmt(rv)} | {fmt(ov)} | {ratio} |")
+        print(f"| (RSS before → after, MiB) | {r['rss_before_kib'] / 1024:,.0f} → {r['rss_after_kib'] / 1024:,.0f} | "
               f"{o['rss_before_kib'] / 1024:,.0f} → {o['rss_after_kib'] / 1024:,.0f} | |")
-    if a.json:
-        out = {f"{k[0]}/{k[1]}": v for k, v in results.items()}
-        out["_run"] = {"command": " ".join(sys.argv), "rabbitmq": version, "commit": commit, "cpus": cpu,
-                       "seconds": a.seconds, "connections": a.connections, "heartbeat": a.heartbeat,
-                       "queued": a.queued, "nofile": nofile,
-                       "loadavg_start": load0, "loadavg_end": os.getloadavg()}
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
     if a.chart and scenarios:
-        chart(a.chart, scenarios, memory, results, head, a)
+        chart(a.chart, scenarios, memory, results, head, run)
 
 
 if __name__ == "__main__":
