@@ -41,6 +41,56 @@ pub enum Command {
     /// (confirming them) and floods consumers with deliveries as fast as
     /// their prefetch allows.
     Sink(SinkArgs),
+    /// Open many connections that complete the AMQP handshake with
+    /// heartbeats and then idle (answering heartbeats) until --time
+    /// elapses or SIGINT/SIGTERM; prints `connected N` on stdout once all
+    /// are open. For measuring a broker's memory per idle connection.
+    Idle(IdleArgs),
+}
+
+/// Options of `amqp-perftest idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Broker URI, as for a load test.
+    #[arg(
+        short = 'h',
+        long = "uri",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub uri: String,
+    /// Connections to open.
+    #[arg(short = 'n', long = "connections", default_value_t = 1000)]
+    pub connections: u32,
+    /// Heartbeat interval asked for, in seconds (the broker may lower it;
+    /// 0 turns heartbeats off).
+    #[arg(long = "heartbeat", default_value_t = 60)]
+    pub heartbeat: u16,
+    /// Connection handshakes in flight at once.
+    #[arg(long = "concurrency", default_value_t = 50)]
+    pub concurrency: u32,
+    /// Seconds to hold the connections once all are open (0: until
+    /// SIGINT or SIGTERM).
+    #[arg(short = 'z', long = "time", default_value_t = 0)]
+    pub time: u64,
+    /// Worker threads.
+    #[arg(long = "threads", default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl IdleArgs {
+    /// Checks the values clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        parse_uri(&self.uri).map(|_| ())
+    }
 }
 
 /// Options of `amqp-perftest sink`.
@@ -126,6 +176,24 @@ pub struct RunArgs {
     /// Last number (inclusive) of --queue-pattern.
     #[arg(long = "queue-pattern-to", requires = "queue_pattern")]
     pub queue_pattern_to: Option<u32>,
+    /// Bind each named queue (-u or --queue-pattern) this many times to the
+    /// exchange, with keys from --binding-key-pattern; producers then cycle
+    /// through routing keys that match those bindings, one per message, so
+    /// each message reaches one queue and all queues get the same share.
+    #[arg(
+        long = "bindings-per-queue",
+        default_value_t = 1,
+        conflicts_with = "routing_key"
+    )]
+    pub bindings_per_queue: u32,
+    /// Binding key pattern with %d (or %0Nd), numbered from 0 over all
+    /// bindings; binding `b` goes to queue `b mod queues`. For a topic
+    /// exchange the routing keys published are the binding keys with each
+    /// `*` or `#` word replaced by `x` (e.g. `stock.%d.*` binds
+    /// `stock.7.*` and publishes `stock.7.x`). Default `perftest.%d` when
+    /// --bindings-per-queue is above 1.
+    #[arg(long = "binding-key-pattern", conflicts_with = "routing_key")]
+    pub binding_key_pattern: Option<String>,
     /// Message and queue flags: `persistent` (delivery mode 2, durable
     /// queues) or `mandatory` (returned when unroutable). Repeatable.
     #[arg(short = 'f', long = "flag", value_parser = ["persistent", "mandatory"])]
@@ -220,6 +288,40 @@ impl RunArgs {
         }
     }
 
+    /// Whether named queues get bindings from --binding-key-pattern and
+    /// producers cycle through routing keys matching them.
+    pub fn cycles_bindings(&self) -> bool {
+        self.bindings_per_queue > 1 || self.binding_key_pattern.is_some()
+    }
+
+    /// The first `total` binding keys of --binding-key-pattern (binding
+    /// `b` is numbered `b`).
+    pub fn binding_keys(&self, total: u32) -> Result<Vec<String>, String> {
+        let pattern = self.binding_key_pattern.as_deref().unwrap_or("perftest.%d");
+        if !has_number(pattern) {
+            return Err(format!(
+                "--binding-key-pattern {pattern:?} has no %d (e.g. stock.%d.*)"
+            ));
+        }
+        (0..total)
+            .map(|b| format_pattern("--binding-key-pattern", pattern, b))
+            .collect()
+    }
+
+    /// The routing key a producer publishes to reach a binding: for a
+    /// topic exchange the key with every `*` or `#` word replaced by `x`,
+    /// otherwise the key itself.
+    pub fn routing_key_for(&self, binding_key: &str) -> String {
+        if self.exchange_type != "topic" {
+            return binding_key.to_owned();
+        }
+        binding_key
+            .split('.')
+            .map(|w| if w == "*" || w == "#" { "x" } else { w })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
     /// Checks combinations clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.interval <= 0.0 || !self.interval.is_finite() {
@@ -249,6 +351,26 @@ impl RunArgs {
             return Err("--threads must be at least 1".into());
         }
         let queues = self.queue_names()?;
+        if self.bindings_per_queue == 0 {
+            return Err("--bindings-per-queue must be at least 1".into());
+        }
+        if self.cycles_bindings() {
+            if queues.is_empty() {
+                return Err("--bindings-per-queue / --binding-key-pattern bind named queues: give -u or --queue-pattern".into());
+            }
+            if self.exchange.is_empty() {
+                return Err("--bindings-per-queue / --binding-key-pattern need an exchange (-e), not the default one".into());
+            }
+            let total = u64::from(self.bindings_per_queue) * queues.len() as u64;
+            if total > 1_000_000 {
+                return Err(format!(
+                    "{total} bindings ({} queues x --bindings-per-queue {}): at most 1000000",
+                    queues.len(),
+                    self.bindings_per_queue
+                ));
+            }
+            self.binding_keys(total as u32)?;
+        }
         if self.exchange.is_empty() && queues.is_empty() && self.routing_key.is_none() {
             return Err("with the default exchange (-e \"\") name the queue (-u or --queue-pattern) or the routing key (-k)".into());
         }
@@ -269,15 +391,21 @@ pub fn expand_queue_pattern(pattern: &str, from: u32, to: u32) -> Result<Vec<Str
     if to - from >= 100_000 {
         return Err("--queue-pattern would expand to more than 100000 queues".into());
     }
-    if !pattern.contains("%d") && !pattern.contains("%0") {
+    if !has_number(pattern) {
         return Err(format!(
             "--queue-pattern {pattern:?} has no %d (e.g. perf-test-%d)"
         ));
     }
-    (from..=to).map(|n| format_pattern(pattern, n)).collect()
+    (from..=to)
+        .map(|n| format_pattern("--queue-pattern", pattern, n))
+        .collect()
 }
 
-fn format_pattern(pattern: &str, n: u32) -> Result<String, String> {
+fn has_number(pattern: &str) -> bool {
+    pattern.contains("%d") || pattern.contains("%0")
+}
+
+fn format_pattern(option: &str, pattern: &str, n: u32) -> Result<String, String> {
     let mut out = String::new();
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
@@ -297,7 +425,7 @@ fn format_pattern(pattern: &str, n: u32) -> Result<String, String> {
                 Some(d) if d.is_ascii_digit() => spec.push(d),
                 _ => {
                     return Err(format!(
-                        "--queue-pattern {pattern:?}: only %d, %0Nd and %% are supported"
+                        "{option} {pattern:?}: only %d, %0Nd and %% are supported"
                     ));
                 }
             }
@@ -311,7 +439,7 @@ fn format_pattern(pattern: &str, n: u32) -> Result<String, String> {
             let width: usize = spec
                 .trim_start_matches('0')
                 .parse()
-                .map_err(|_| format!("--queue-pattern {pattern:?}: bad width {spec:?}"))?;
+                .map_err(|_| format!("{option} {pattern:?}: bad width {spec:?}"))?;
             if spec.starts_with('0') {
                 out.push_str(&format!("{n:0width$}"));
             } else {
@@ -320,7 +448,7 @@ fn format_pattern(pattern: &str, n: u32) -> Result<String, String> {
         }
     }
     if out.len() > 255 {
-        return Err(format!("queue name {out:?} is longer than 255 bytes"));
+        return Err(format!("{option}: {out:?} is longer than 255 bytes"));
     }
     Ok(out)
 }

@@ -15,11 +15,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod idle;
 pub mod link;
 pub mod run;
 pub mod sink;
 pub mod stats;
 
-pub use cli::{Cli, Command, RunArgs, SinkArgs};
+pub use cli::{Cli, Command, IdleArgs, RunArgs, SinkArgs};
 pub use run::{Progress, run, run_async};
 pub use stats::Summary;

@@ -41,19 +41,28 @@ pub struct Link {
     out: Vec<u8>,
     out_pos: usize,
     eof: bool,
+    chunk: usize,
 }
 
 impl Link {
     /// Wraps a connected socket (Nagle off: frames are already batched).
     pub fn new(conn: Connection, tcp: TcpStream) -> Link {
+        Link::with_chunk(conn, tcp, READ_CHUNK)
+    }
+
+    /// As [`new`](Self::new), reading `chunk` bytes at a time (small for
+    /// the many idle connections of `amqp-perftest idle`).
+    pub fn with_chunk(conn: Connection, tcp: TcpStream, chunk: usize) -> Link {
         let _ = tcp.set_nodelay(true);
+        let chunk = chunk.max(64);
         Link {
             conn,
             tcp,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(OUT_HIGH),
+            rbuf: BytesMut::with_capacity(chunk),
+            out: Vec::with_capacity(chunk.min(OUT_HIGH)),
             out_pos: 0,
             eof: false,
+            chunk,
         }
     }
 
@@ -105,8 +114,8 @@ impl Link {
         if self.eof {
             return Ok(false);
         }
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < self.chunk / 4 {
+            self.rbuf.reserve(self.chunk);
         }
         match self.tcp.try_read_buf(&mut self.rbuf) {
             Ok(0) => {

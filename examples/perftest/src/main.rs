@@ -2,14 +2,17 @@
 
 #![forbid(unsafe_code)]
 
+use amqp_perftest::idle::{IdleEvent, idle};
 use amqp_perftest::{Cli, Command, Progress, sink};
 use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Sink(s)) => run_sink(&s),
+        Some(Command::Idle(a)) => run_idle(&a),
         None => run_test(cli.run),
     }
 }
@@ -52,6 +55,57 @@ fn run_sink(s: &amqp_perftest::SinkArgs) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {}
         }
         ExitCode::SUCCESS
+    })
+}
+
+fn run_idle(a: &amqp_perftest::IdleArgs) -> ExitCode {
+    if let Err(e) = a.validate() {
+        eprintln!("amqp-perftest idle: {e}");
+        return ExitCode::from(1);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amqp-perftest idle: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+            stop_tx.send_replace(true);
+        });
+        let report = |e: IdleEvent| match e {
+            IdleEvent::Connected(n, t) => {
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "connected {n} in {:.2} s", t.as_secs_f64());
+                let _ = out.flush();
+            }
+            IdleEvent::Failed(e) => eprintln!("amqp-perftest idle: {e}"),
+        };
+        match idle(a, stop_rx, report).await {
+            Ok(n) => {
+                eprintln!("amqp-perftest idle: closed {n} connections");
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::from(1),
+        }
     })
 }
 

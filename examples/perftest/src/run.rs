@@ -79,6 +79,11 @@ pub struct ProducerTarget {
     /// The named queue its messages go to (None: server-named queues, a
     /// broadcast, or unknown).
     pub queue: Option<usize>,
+    /// With --bindings-per-queue / --binding-key-pattern: the routing keys
+    /// it publishes in turn (one per message, starting at its own index)
+    /// and the queue each reaches; `routing_key` and `queue` are the
+    /// first. Empty otherwise.
+    pub cycle: Vec<(String, usize)>,
 }
 
 /// What a run declares and who talks to which queue.
@@ -92,9 +97,10 @@ pub struct Plan {
     pub id: String,
     /// Named queues (empty: one server-named queue per consumer).
     pub queues: Vec<String>,
-    /// The binding key of each named queue (when the exchange is not the
-    /// default one).
-    pub binding_keys: Vec<String>,
+    /// The bindings of the named queues (queue index, binding key), when
+    /// the exchange is not the default one: one per queue, or
+    /// --bindings-per-queue each.
+    pub bindings: Vec<(usize, String)>,
     /// Per producer.
     pub producers: Vec<ProducerTarget>,
     /// Per consumer: the named queue it consumes from (None: its own
@@ -119,17 +125,45 @@ impl Plan {
         let n = queues.len();
         let default_exchange = args.exchange.is_empty();
         let random_key = format!("perftest-{}", random_suffix());
-        let binding_keys: Vec<String> = queues
-            .iter()
-            .map(|q| match (&args.routing_key, &args.queue_pattern) {
-                (Some(k), _) => k.clone(),
-                (None, Some(_)) => q.clone(),
-                (None, None) => random_key.clone(),
-            })
-            .collect();
+        let cycling = args.cycles_bindings();
+        let bindings: Vec<(usize, String)> = if cycling {
+            let total = n as u32 * args.bindings_per_queue;
+            args.binding_keys(total)?
+                .into_iter()
+                .enumerate()
+                .map(|(b, k)| (b % n, k))
+                .collect()
+        } else {
+            queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| match (&args.routing_key, &args.queue_pattern) {
+                    (Some(k), _) => (i, k.clone()),
+                    (None, Some(_)) => (i, q.clone()),
+                    (None, None) => (i, random_key.clone()),
+                })
+                .collect()
+        };
+        let routes: Vec<(String, usize)> = if cycling {
+            bindings
+                .iter()
+                .map(|(q, k)| (args.routing_key_for(k), *q))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let producers = (0..args.producers as usize)
             .map(|i| {
-                if default_exchange {
+                if cycling {
+                    let mut cycle = routes.clone();
+                    cycle.rotate_left(i % routes.len());
+                    ProducerTarget {
+                        exchange: args.exchange.clone(),
+                        routing_key: cycle[0].0.clone(),
+                        queue: Some(cycle[0].1),
+                        cycle,
+                    }
+                } else if default_exchange {
                     let rk = args
                         .routing_key
                         .clone()
@@ -139,12 +173,14 @@ impl Plan {
                         exchange: String::new(),
                         routing_key: rk,
                         queue,
+                        cycle: Vec::new(),
                     }
                 } else if n > 0 {
                     ProducerTarget {
                         exchange: args.exchange.clone(),
-                        routing_key: binding_keys[i % n].clone(),
+                        routing_key: bindings[i % n].1.clone(),
                         queue: Some(i % n),
+                        cycle: Vec::new(),
                     }
                 } else {
                     ProducerTarget {
@@ -154,6 +190,7 @@ impl Plan {
                             .clone()
                             .unwrap_or_else(|| random_key.clone()),
                         queue: None,
+                        cycle: Vec::new(),
                     }
                 }
             })
@@ -161,18 +198,18 @@ impl Plan {
         let consumers = (0..args.consumers as usize)
             .map(|j| (n > 0).then(|| j % n))
             .collect();
+        let fanout = matches!(args.exchange_type.as_str(), "fanout" | "headers");
         let broadcast = !default_exchange
-            && (matches!(args.exchange_type.as_str(), "fanout" | "headers")
-                || n == 0
-                || args.routing_key.is_some()
-                || args.queue_pattern.is_none());
+            && (fanout
+                || (!cycling
+                    && (n == 0 || args.routing_key.is_some() || args.queue_pattern.is_none())));
         Ok(Plan {
             server_named_key: args.routing_key.clone().unwrap_or(random_key),
             args,
             uri,
             id,
             queues,
-            binding_keys,
+            bindings,
             producers,
             consumers,
             broadcast,
@@ -196,7 +233,7 @@ impl Plan {
         if self.broadcast {
             return Some(total * consumed.len() as u64);
         }
-        if sent_q[self.queues.len()] > 0 {
+        if sent_q[self.queues.len()] > 0 || returned_q[self.queues.len()] > 0 {
             return None;
         }
         Some(consumed.iter().map(|&q| routed(q)).sum())
@@ -262,7 +299,20 @@ impl Shared {
 
 /// Opens a connection and waits for the handshake.
 async fn connect(plan: &Plan, who: &str) -> Result<Link, String> {
-    let u = &plan.uri;
+    let name = format!("{} {who}", plan.id);
+    connect_to(&plan.uri, &name, who, None, None).await
+}
+
+/// Opens a connection to `u` named `name` (asking for `heartbeat` seconds
+/// if given; reading `chunk` bytes at a time if given) and waits for the
+/// handshake.
+pub(crate) async fn connect_to(
+    u: &Uri,
+    name: &str,
+    who: &str,
+    heartbeat: Option<u16>,
+    chunk: Option<usize>,
+) -> Result<Link, String> {
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
         TcpStream::connect((u.host.as_str(), u.port)),
@@ -278,6 +328,7 @@ async fn connect(plan: &Plan, who: &str) -> Result<Link, String> {
     let mut cfg = ClientConfig {
         credentials: Credentials::plain(&u.user, &u.password),
         virtual_host: short(&u.vhost)?,
+        heartbeat,
         ..ClientConfig::default()
     };
     cfg.properties = FieldTable::new();
@@ -287,11 +338,13 @@ async fn connect(plan: &Plan, who: &str) -> Result<Link, String> {
     );
     cfg.properties.push(
         ShortString::from_static("connection_name"),
-        FieldValue::LongString(LongString::copy_from(
-            format!("{} {who}", plan.id).as_bytes(),
-        )),
+        FieldValue::LongString(LongString::copy_from(name.as_bytes())),
     );
-    let mut link = Link::new(Connection::client(cfg, Instant::now()), tcp);
+    let conn = Connection::client(cfg, Instant::now());
+    let mut link = match chunk {
+        Some(c) => Link::with_chunk(conn, tcp, c),
+        None => Link::new(conn, tcp),
+    };
     link.until(&format!("{who}: handshake"), SETUP_TIMEOUT, |e| {
         matches!(e, Event::Connected { .. }).then_some(())
     })
@@ -353,7 +406,7 @@ async fn declare_topology(plan: &Plan) -> Result<(), String> {
         .as_ref()
         .map(|q| q.to_table())
         .unwrap_or_default();
-    for (q, key) in plan.queues.iter().zip(&plan.binding_keys) {
+    for q in &plan.queues {
         rpc(
             &mut link,
             ch,
@@ -367,12 +420,14 @@ async fn declare_topology(plan: &Plan) -> Result<(), String> {
             who,
         )
         .await?;
-        if !a.exchange.is_empty() {
+    }
+    if !a.exchange.is_empty() {
+        for (q, key) in &plan.bindings {
             rpc(
                 &mut link,
                 ch,
                 QueueBind {
-                    queue: short(q)?,
+                    queue: short(&plan.queues[*q])?,
                     exchange: short(&a.exchange)?,
                     routing_key: short(key)?,
                     ..Default::default()
@@ -443,8 +498,14 @@ struct Producer {
     link: Link,
     ch: u16,
     shared: Arc<Shared>,
-    slot: usize,
-    publish: BasicPublish,
+    /// What each publish carries in turn (exchange and routing key) and
+    /// the counting slot (named queue, or `queues.len()`) it goes to.
+    routes: Vec<(BasicPublish, usize)>,
+    next_route: usize,
+    /// Sends per slot since the last flush.
+    slot_sent: Vec<u64>,
+    /// The slot returns are counted in.
+    return_slot: usize,
     props: BasicProperties,
     body: BodyMaker,
     window: Option<u64>,
@@ -475,17 +536,37 @@ impl Producer {
             delivery_mode: a.persistent().then_some(2),
             ..Default::default()
         };
+        let unknown = plan.queues.len();
+        let publish = |key: &str| -> Result<BasicPublish, String> {
+            Ok(BasicPublish {
+                exchange: short(&t.exchange)?,
+                routing_key: short(key)?,
+                mandatory: a.mandatory(),
+                ..Default::default()
+            })
+        };
+        let routes = if t.cycle.is_empty() {
+            vec![(publish(&t.routing_key)?, t.queue.unwrap_or(unknown))]
+        } else {
+            t.cycle
+                .iter()
+                .map(|(k, q)| Ok((publish(k)?, *q)))
+                .collect::<Result<Vec<_>, String>>()?
+        };
+        // A return cannot be told apart by queue when keys cycle.
+        let return_slot = if routes.len() == 1 {
+            routes[0].1
+        } else {
+            unknown
+        };
         Ok(Producer {
             link,
             ch,
-            slot: t.queue.unwrap_or(plan.queues.len()),
+            routes,
+            next_route: 0,
+            slot_sent: vec![0; unknown + 1],
+            return_slot,
             shared,
-            publish: BasicPublish {
-                exchange: short(&t.exchange)?,
-                routing_key: short(&t.routing_key)?,
-                mandatory: a.mandatory(),
-                ..Default::default()
-            },
             props,
             body: BodyMaker::new(a.size),
             window: a.confirm.map(u64::from),
@@ -512,10 +593,15 @@ impl Producer {
     fn flush_counts(&mut self) {
         let s = &self.shared;
         if self.local.sent > 0 {
-            s.sent_q[self.slot].fetch_add(self.local.sent, Relaxed);
+            for (slot, n) in self.slot_sent.iter_mut().enumerate() {
+                if *n > 0 {
+                    s.sent_q[slot].fetch_add(*n, Relaxed);
+                    *n = 0;
+                }
+            }
         }
         if self.local.returned > 0 {
-            s.returned_q[self.slot].fetch_add(self.local.returned, Relaxed);
+            s.returned_q[self.return_slot].fetch_add(self.local.returned, Relaxed);
         }
         self.local.flush(&s.counters);
         s.confirm_latency.record_batch(&mut self.samples);
@@ -586,10 +672,16 @@ impl Producer {
             {
                 let ts = now_ns();
                 let body = self.body.make(ts);
+                let (publish, slot) = &self.routes[self.next_route];
+                self.next_route += 1;
+                if self.next_route == self.routes.len() {
+                    self.next_route = 0;
+                }
+                self.slot_sent[*slot] += 1;
                 let seq = self
                     .link
                     .conn
-                    .publish(self.ch, self.publish.clone(), &self.props, body)
+                    .publish(self.ch, publish.clone(), &self.props, body)
                     .map_err(|e| format!("basic.publish: {e}"))?;
                 if seq.is_some() {
                     self.times.push_back(ts);

@@ -129,7 +129,8 @@ impl LocalCounts {
     }
 }
 
-/// min/median/75th/95th/99th of a histogram, in microseconds.
+/// min/median/75th/95th/99th (and, for `--json`, 99.9th and max) of a
+/// histogram, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percentiles {
     /// Samples.
@@ -144,6 +145,11 @@ pub struct Percentiles {
     pub p95: u64,
     /// 99th percentile, µs.
     pub p99: u64,
+    /// 99.9th percentile, µs (in `--json` only, as PerfTest's lines do not
+    /// show it).
+    pub p999: u64,
+    /// Maximum, µs (in `--json` only).
+    pub max: u64,
 }
 
 impl Percentiles {
@@ -161,6 +167,8 @@ impl Percentiles {
             p75: us(h.value_at_quantile(0.75)),
             p95: us(h.value_at_quantile(0.95)),
             p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
         }
     }
 
@@ -176,6 +184,7 @@ impl Percentiles {
         json!({
             "samples": self.count, "min": self.min, "median": self.median,
             "p75": self.p75, "p95": self.p95, "p99": self.p99,
+            "p999": self.p999, "max": self.max,
         })
     }
 }
@@ -514,6 +523,9 @@ mod tests {
             h.record(us * 1000).unwrap();
         }
         let p = Percentiles::of(&h);
+        assert_eq!((p.p99, p.p999, p.max), (500, 500, 500));
+        assert_eq!(p.json()["p999"], 500);
+        assert_eq!(p.json()["max"], 500);
         let d = Totals {
             sent: 2000,
             returned: 10,

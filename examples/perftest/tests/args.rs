@@ -2,12 +2,12 @@
 //! URIs.
 
 use amqp_codec::types::{FieldValue, LongString};
-use amqp_perftest::Cli;
 use amqp_perftest::cli::{
     QueueArgValue, RunArgs, expand_queue_pattern, parse_queue_args, parse_uri,
 };
 use amqp_perftest::run::Plan;
-use clap::CommandFactory;
+use amqp_perftest::{Cli, Command};
+use clap::{CommandFactory, Parser};
 
 fn parse(args: &[&str]) -> RunArgs {
     let mut v = vec!["amqp-perftest"];
@@ -202,8 +202,11 @@ fn help_is_complete() {
         "--interval",
         "--json",
         "--broker-pid",
+        "--bindings-per-queue",
+        "--binding-key-pattern",
         "--help",
         "sink",
+        "idle",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }
@@ -246,10 +249,13 @@ fn producers_and_consumers_spread_over_the_pattern_queues() {
     ]);
     let p = Plan::new(a).unwrap();
     assert_eq!(p.queues, ["pq-1", "pq-2", "pq-3"]);
+    let bound: Vec<_> = p.bindings.iter().map(|(q, k)| (*q, k.as_str())).collect();
     assert_eq!(
-        p.binding_keys, p.queues,
+        bound,
+        [(0, "pq-1"), (1, "pq-2"), (2, "pq-3")],
         "pattern queues are bound with their names"
     );
+    assert!(p.producers.iter().all(|t| t.cycle.is_empty()));
     let targets: Vec<_> = p
         .producers
         .iter()
@@ -312,6 +318,208 @@ fn expected_deliveries_follow_the_topology() {
     let p = Plan::new(parse(&["-e", "", "-u", "dq"])).unwrap();
     assert_eq!(p.producers[0].routing_key, "dq");
     assert_eq!(p.producers[0].exchange, "");
+}
+
+fn topic_args(extra: &[&str]) -> RunArgs {
+    let mut v = vec![
+        "-t",
+        "topic",
+        "-e",
+        "tx",
+        "--queue-pattern",
+        "tq-%d",
+        "--queue-pattern-from",
+        "1",
+        "--queue-pattern-to",
+        "10",
+    ];
+    v.extend_from_slice(extra);
+    parse(&v)
+}
+
+#[test]
+fn bindings_per_queue_bind_every_queue_and_producers_cycle_through_them() {
+    let a = topic_args(&[
+        "-x",
+        "3",
+        "-y",
+        "10",
+        "--bindings-per-queue",
+        "100",
+        "--binding-key-pattern",
+        "stock.%d.*",
+    ]);
+    assert_eq!(a.bindings_per_queue, 100);
+    assert_eq!(a.binding_key_pattern.as_deref(), Some("stock.%d.*"));
+    assert!(a.cycles_bindings());
+    let p = Plan::new(a).unwrap();
+    assert_eq!(p.bindings.len(), 1000);
+    assert_eq!(p.bindings[0], (0, "stock.0.*".to_owned()));
+    assert_eq!(p.bindings[13], (3, "stock.13.*".to_owned()));
+    assert_eq!(p.bindings[999], (9, "stock.999.*".to_owned()));
+    for q in 0..10 {
+        assert_eq!(
+            p.bindings.iter().filter(|(b, _)| *b == q).count(),
+            100,
+            "queue {q} has 100 bindings"
+        );
+    }
+    let keys: std::collections::BTreeSet<_> = p.bindings.iter().map(|(_, k)| k).collect();
+    assert_eq!(keys.len(), 1000, "binding keys are distinct");
+    // Every producer publishes every routing key in turn, each matching
+    // one binding (its `*` word filled in), starting at its own index.
+    for (i, t) in p.producers.iter().enumerate() {
+        assert_eq!(t.cycle.len(), 1000);
+        assert_eq!(t.cycle[0], (format!("stock.{i}.x"), i % 10));
+        assert_eq!(
+            (t.routing_key.as_str(), t.queue),
+            (t.cycle[0].0.as_str(), Some(i % 10))
+        );
+        let mut seen: Vec<_> = t.cycle.iter().map(|(k, q)| (k.clone(), *q)).collect();
+        seen.sort();
+        let mut want: Vec<_> = p
+            .bindings
+            .iter()
+            .map(|(q, k)| (k.replace('*', "x"), *q))
+            .collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+    // One queue per message, every queue consumed: the sends count once.
+    assert!(!p.broadcast);
+    let mut sent = vec![10u64; 10];
+    sent.push(0);
+    assert_eq!(p.expected_received(&sent, &[0; 11]), Some(100));
+    // Returns cannot be told apart by queue while keys cycle.
+    let mut returned = vec![0u64; 10];
+    returned.push(1);
+    assert_eq!(p.expected_received(&sent, &returned), None);
+}
+
+#[test]
+fn binding_keys_fill_topic_wildcards_only_for_topic_exchanges() {
+    let a = topic_args(&["--binding-key-pattern", "a.#.%03d.*"]);
+    assert_eq!(a.binding_keys(2).unwrap(), ["a.#.000.*", "a.#.001.*"]);
+    assert_eq!(a.routing_key_for("a.#.000.*"), "a.x.000.x");
+    assert_eq!(a.routing_key_for("a.b*.c"), "a.b*.c", "only whole words");
+    let d = parse(&["-t", "direct", "-u", "q", "--binding-key-pattern", "k.%d.*"]);
+    assert_eq!(d.routing_key_for("k.1.*"), "k.1.*");
+    let p = Plan::new(d).unwrap();
+    assert_eq!(p.bindings, [(0, "k.0.*".to_owned())]);
+    assert_eq!(p.producers[0].cycle, [("k.0.*".to_owned(), 0)]);
+    // The default pattern, with a single named queue.
+    let p = Plan::new(parse(&["-u", "q", "--bindings-per-queue", "3"])).unwrap();
+    let keys: Vec<_> = p.bindings.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(keys, ["perftest.0", "perftest.1", "perftest.2"]);
+    // Fanout still reaches every queue.
+    let p = Plan::new(parse(&[
+        "-t",
+        "fanout",
+        "-e",
+        "fx",
+        "--queue-pattern",
+        "f-%d",
+        "--queue-pattern-from",
+        "1",
+        "--queue-pattern-to",
+        "2",
+        "-y",
+        "2",
+        "--bindings-per-queue",
+        "2",
+    ]))
+    .unwrap();
+    assert!(p.broadcast);
+    assert_eq!(p.expected_received(&[5, 5, 0], &[0, 0, 0]), Some(20));
+}
+
+#[test]
+fn bad_binding_options_are_refused() {
+    let mut v = vec![
+        "amqp-perftest",
+        "-u",
+        "q",
+        "-k",
+        "rk",
+        "--bindings-per-queue",
+        "2",
+    ];
+    assert!(RunArgs::try_parse_from(&v).is_err(), "-k conflicts");
+    v.truncate(5);
+    v.extend(["--binding-key-pattern", "k.%d"]);
+    assert!(RunArgs::try_parse_from(&v).is_err(), "-k conflicts");
+    let invalid = |args: &[&str]| parse(args).validate().unwrap_err();
+    assert!(invalid(&["--bindings-per-queue", "2"]).contains("-u"));
+    assert!(invalid(&["-u", "q", "--bindings-per-queue", "0"]).contains("at least 1"));
+    assert!(invalid(&["-e", "", "-u", "q", "--bindings-per-queue", "2"]).contains("-e"));
+    assert!(invalid(&["-u", "q", "--binding-key-pattern", "fixed"]).contains("%d"));
+    assert!(
+        invalid(&["-u", "q", "--binding-key-pattern", "k.%x"]).contains("--binding-key-pattern")
+    );
+    assert!(invalid(&["-u", "q", "--bindings-per-queue", "1000001"]).contains("at most 1000000"));
+    assert!(
+        invalid(&[
+            "-u",
+            "q",
+            "--binding-key-pattern",
+            &format!("{}%d", "k".repeat(255))
+        ])
+        .contains("longer than 255")
+    );
+    assert!(Plan::new(parse(&["--bindings-per-queue", "2"])).is_err());
+}
+
+#[test]
+fn idle_options_parse() {
+    let cli = Cli::try_parse_from([
+        "amqp-perftest",
+        "idle",
+        "-h",
+        "amqp://u:p@h:1234/v",
+        "-n",
+        "10000",
+        "--heartbeat",
+        "30",
+        "--concurrency",
+        "20",
+        "-z",
+        "60",
+        "--threads",
+        "2",
+    ])
+    .unwrap();
+    let Some(Command::Idle(a)) = cli.command else {
+        panic!("not idle: {:?}", cli.command)
+    };
+    assert_eq!(a.uri, "amqp://u:p@h:1234/v");
+    assert_eq!((a.connections, a.heartbeat, a.concurrency), (10000, 30, 20));
+    assert_eq!((a.time, a.threads), (60, 2));
+    assert!(a.validate().is_ok());
+    let Some(Command::Idle(d)) = Cli::try_parse_from(["amqp-perftest", "idle"])
+        .unwrap()
+        .command
+    else {
+        panic!("not idle")
+    };
+    assert_eq!(
+        (d.connections, d.heartbeat, d.concurrency, d.time),
+        (1000, 60, 50, 0)
+    );
+    assert_eq!(d.uri, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let invalid = |args: &[&str]| {
+        let mut v = vec!["amqp-perftest", "idle"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Some(Command::Idle(a)) => a.validate().unwrap_err(),
+            c => panic!("not idle: {c:?}"),
+        }
+    };
+    assert!(invalid(&["-n", "0"]).contains("--connections"));
+    assert!(invalid(&["--concurrency", "0"]).contains("--concurrency"));
+    assert!(invalid(&["--threads", "0"]).contains("--threads"));
+    assert!(invalid(&["-h", "http://x"]).contains("amqp://"));
+    assert!(Cli::try_parse_from(["amqp-perftest", "idle", "-n", "-1"]).is_err());
+    assert!(Cli::try_parse_from(["amqp-perftest", "idle", "--heartbeat", "70000"]).is_err());
 }
 
 #[test]

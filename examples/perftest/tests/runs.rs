@@ -193,6 +193,85 @@ fn loopback_sink_returns_and_server_named_queues() {
 }
 
 #[test]
+fn loopback_sink_bindings_per_queue_spread_and_are_exact() {
+    let uri = start_loopback();
+    let pattern = format!("{}-%d", unique("bindings"));
+    let s = go(
+        &uri,
+        &[
+            "-x",
+            "2",
+            "-y",
+            "4",
+            "-e",
+            "bx",
+            "--queue-pattern",
+            &pattern,
+            "--queue-pattern-from",
+            "1",
+            "--queue-pattern-to",
+            "4",
+            "--bindings-per-queue",
+            "25",
+            "--binding-key-pattern",
+            "key.%d",
+            "-C",
+            "1000",
+            "-c",
+            "100",
+            "-a",
+        ],
+    );
+    assert_exact(&s, 2000, 2000);
+    assert_eq!(s.expected_received, Some(2000));
+}
+
+#[test]
+fn idle_connections_open_and_close() {
+    use amqp_perftest::idle::{IdleEvent, idle};
+    let uri = start_loopback();
+    let cli = <amqp_perftest::Cli as clap::Parser>::try_parse_from([
+        "amqp-perftest",
+        "idle",
+        "-h",
+        &uri,
+        "-n",
+        "50",
+        "--heartbeat",
+        "1",
+        "-z",
+        "2",
+    ])
+    .expect("parse");
+    let Some(amqp_perftest::Command::Idle(a)) = cli.command else {
+        panic!("not idle")
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut events = Vec::new();
+    let r = rt.block_on(idle(&a, stop_rx, |e| events.push(e)));
+    assert_eq!(r, Ok(50), "{events:?}");
+    assert!(
+        matches!(events[..], [IdleEvent::Connected(50, _)]),
+        "{events:?}"
+    );
+    // An unreachable broker is an error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut b = a.clone();
+    b.uri = format!("amqp://127.0.0.1:{port}");
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let r = rt.block_on(idle(&b, stop_rx, |_| {}));
+    assert!(r.unwrap_err().contains("cannot connect"));
+}
+
+#[test]
 fn rate_limits_hold() {
     let uri = start_sink(16);
     let t = std::time::Instant::now();
@@ -297,6 +376,47 @@ fn broker_queue_pattern_spreads_and_is_exact() {
     // Two producers on queues 1 and 2; consumers on all three.
     assert_exact(&s, 1000, 1000);
     assert_eq!(s.totals.confirmed, 1000);
+}
+
+#[test]
+fn broker_topic_bindings_per_queue_are_exact() {
+    let Some(uri) = broker() else { return };
+    // The predeclared amq.topic (no exchange left behind on a shared
+    // broker), with keys no other run uses.
+    let name = unique("topic");
+    let pattern = format!("{name}-%d");
+    let keys = format!("{name}.%d.*");
+    let s = go(
+        &uri,
+        &[
+            "-x",
+            "2",
+            "-y",
+            "5",
+            "-t",
+            "topic",
+            "-e",
+            "amq.topic",
+            "--queue-pattern",
+            &pattern,
+            "--queue-pattern-from",
+            "1",
+            "--queue-pattern-to",
+            "5",
+            "--bindings-per-queue",
+            "20",
+            "--binding-key-pattern",
+            &keys,
+            "-C",
+            "1000",
+            "-c",
+            "100",
+            "-q",
+            "100",
+        ],
+    );
+    assert_exact(&s, 2000, 2000);
+    assert_eq!(s.totals.confirmed, 2000);
 }
 
 #[test]
