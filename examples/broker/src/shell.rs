@@ -24,8 +24,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-/// How much a connection reads at once.
+/// The most a connection reads at once.
 const READ_BUFFER: usize = 128 * 1024;
+/// What a connection reads at once to begin with (an idle connection
+/// keeps no more): reads that fill the buffer double it up to
+/// [`READ_BUFFER`], small ones halve it back.
+const READ_BUFFER_MIN: usize = 4 * 1024;
 
 /// The reply text RabbitMQ closes connections with when it shuts down.
 pub const SHUTDOWN_TEXT: &str =
@@ -328,7 +332,8 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     shared.with_core(|c| c.set_conn_info(id, peer, local, crate::management::unix_ms()));
     tracing::info!(conn = id, %peer, "connection accepted");
     let mut conn = Connection::server(config, Instant::now());
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut want = READ_BUFFER_MIN;
+    let mut buf = BytesMut::with_capacity(want);
     let mut segments: Vec<Bytes> = Vec::new();
     let mut closing = *shutdown.borrow();
     if closing {
@@ -367,9 +372,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         if resumed {
             continue;
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(READ_BUFFER);
+        if buf.capacity() - buf.len() < READ_BUFFER_MIN / 4 {
+            buf.reserve(want);
         }
+        let room = buf.capacity() - buf.len();
         let deadline = conn.poll_timeout();
         let sleep = async {
             match deadline {
@@ -383,7 +389,14 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     conn.handle_eof();
                     eof = true;
                 }
-                Ok(_) => conn.handle_input(buf.split().freeze()),
+                Ok(n) => {
+                    if n == room {
+                        want = (want * 2).min(READ_BUFFER);
+                    } else if n < want / 4 {
+                        want = (want / 2).max(READ_BUFFER_MIN);
+                    }
+                    conn.handle_input(buf.split().freeze());
+                }
             },
             _ = notify.notified() => {}
             _ = sleep => conn.handle_timeout(Instant::now()),
