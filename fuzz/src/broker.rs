@@ -267,8 +267,9 @@ pub fn broker_ops(data: &[u8]) {
 
 /// The `store_recover` check: arbitrary bytes as up to three segment files
 /// of a data directory (split where the input says), recovered. Recovery
-/// never panics, cuts only the last segment, reports every damaged
-/// segment, and every message it returns names a queue.
+/// never panics, cuts only the last segment, reports damage at most twice
+/// per segment (a damaged record; messages whose properties do not
+/// parse), and returns each message at most once per queue.
 pub fn store_recover(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let cuts: Vec<usize> = (0..2)
@@ -293,9 +294,17 @@ pub fn store_recover(data: &[u8]) {
         cut.iter().all(|(seg, _)| *seg == 3),
         "only the last segment is cut"
     );
-    assert!(r.warnings.len() <= 3);
+    assert!(r.warnings.len() <= 6, "{:?}", r.warnings);
     for (q, msgs) in &r.queues {
         assert!(!msgs.is_empty(), "{q:?} listed without messages");
-        assert!(msgs.windows(2).all(|w| w[0].id < w[1].id), "publish order");
+        // In the log's order, which is publish order for a log the broker
+        // wrote; arbitrary bytes may number them in any order, but never
+        // twice.
+        let mut ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "a message twice in {q:?}"
+        );
     }
 }
