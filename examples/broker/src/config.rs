@@ -27,6 +27,13 @@
 //! write = ".*"
 //! read = ".*"
 //!
+//! [[topic_permissions]]            # as `rabbitmqctl set_topic_permissions`
+//! user = "guest"
+//! vhost = "/"
+//! exchange = "amq.topic"           # a topic exchange
+//! write = "^{username}\\."         # routing keys it may publish with ({username}, {vhost} expand)
+//! read = ".*"                      # binding keys it may bind with ("" matches nothing)
+//!
 //! [[policies]]                     # as `rabbitmqctl set_policy`
 //! vhost = "/"
 //! name = "orders"
@@ -86,6 +93,9 @@ pub struct Config {
     /// Permissions.
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    #[serde(default)]
+    pub topic_permissions: Vec<crate::definitions::TopicPermissionDef>,
     /// Policies (`vhost` defaults to `/`).
     #[serde(default)]
     pub policies: Vec<amqp_router::definitions::PolicyDef>,
@@ -257,6 +267,7 @@ impl Config {
                 permissions: Default::default(),
                 loopback_users: vec!["guest".into()],
                 vhost_meta: Default::default(),
+                topic_permissions: Default::default(),
             };
             for u in &self.users {
                 let password = match (&u.password, &u.password_hash) {
@@ -300,6 +311,16 @@ impl Config {
                     .insert((p.user.clone(), p.vhost.clone()), perm);
             }
             cfg.auth = auth;
+        }
+        for t in &self.topic_permissions {
+            if !cfg.auth.users.contains_key(&t.user) {
+                return Err(format!("topic_permissions for unknown user '{}'", t.user));
+            }
+            if !cfg.vhosts.contains(&t.vhost) {
+                return Err(format!("topic_permissions in unknown vhost '{}'", t.vhost));
+            }
+            let (key, p) = t.permission()?;
+            cfg.auth.topic_permissions.insert(key, p);
         }
         if let Some(l) = &self.loopback_users {
             cfg.auth.loopback_users = l.clone();
@@ -401,5 +422,29 @@ mod tests {
         assert!(e.contains("consumer_timeout"), "{e}");
         let c = Config::parse("[[users]]\nname = \"a\"\npassword = \"b\"\n[[permissions]]\nuser = \"a\"\nvhost = \"x\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n").unwrap();
         assert!(c.core().unwrap_err().contains("unknown vhost 'x'"));
+        let t = "[[topic_permissions]]\nuser = \"guest\"\nvhost = \"/\"\nexchange = \"amq.topic\"\nwrite = \"(\"\nread = \"\"\n";
+        let e = Config::parse(t).unwrap().core().unwrap_err();
+        assert!(e.contains("invalid regexp"), "{e}");
+        let e = Config::parse(&t.replace("guest", "nobody"))
+            .unwrap()
+            .core()
+            .unwrap_err();
+        assert!(e.contains("unknown user 'nobody'"), "{e}");
+    }
+
+    #[test]
+    fn topic_permissions_section() {
+        let c = Config::parse(
+            "[[topic_permissions]]\nuser = \"guest\"\nvhost = \"/\"\nexchange = \"amq.topic\"\nwrite = \"^{username}\\\\.\"\nread = \".*\"\n",
+        )
+        .unwrap()
+        .core()
+        .unwrap();
+        let key = ("guest".to_owned(), "/".to_owned(), "amq.topic".to_owned());
+        assert_eq!(c.auth.topic_permissions[&key].write, "^{username}\\.");
+        let g = c.auth.topic_grants("guest", "/");
+        use crate::auth::{Access, topic_allowed};
+        assert!(topic_allowed(&g, b"amq.topic", Access::Write, b"guest.a"));
+        assert!(!topic_allowed(&g, b"amq.topic", Access::Write, b"other.a"));
     }
 }

@@ -337,6 +337,8 @@ struct Conn {
     vhost: Option<Arc<str>>,
     /// The user's permission in the vhost, resolved when it opened.
     permission: Option<crate::auth::Permission>,
+    /// The user's topic permissions in the vhost, compiled when it opened.
+    topic: Vec<crate::auth::TopicGrant>,
     /// Permission checks already made on this connection (bounded), so a
     /// publisher's regular expressions run once per exchange, not per
     /// message.
@@ -1728,10 +1730,12 @@ impl Core {
                         vhost = %v,
                         "user authenticated and granted access to the vhost"
                     );
+                    let topic = self.auth.topic_grants(&user, &v);
                     let permission = self.auth.permissions.get(&(user, v.clone())).cloned();
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.vhost = Some(v.into());
                         c.permission = permission;
+                        c.topic = topic;
                     }
                     Answer::Accept
                 }
@@ -1845,6 +1849,48 @@ impl Core {
         ))
     }
 
+    /// Checks a routing or binding `key` on `exchange` against the
+    /// connection's topic permissions (RabbitMQ's
+    /// `check_topic_authorisation`): only topic exchanges that exist are
+    /// checked (others are refused later, as in RabbitMQ); the refusal is
+    /// its 403.
+    fn check_topic(
+        &self,
+        id: ConnId,
+        channel: u16,
+        access: Access,
+        exchange: &[u8],
+        key: &[u8],
+        ids: (u16, u16),
+    ) -> Res {
+        let Some(c) = self.conns.get(&id) else {
+            return Ok(());
+        };
+        if c.topic.is_empty() {
+            return Ok(());
+        }
+        let vhost = c.vhost.as_deref().unwrap_or("");
+        let topic = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.router.exchange(exchange))
+            .is_some_and(|x| x.type_name() == "topic" && !x.internal());
+        if !topic || crate::auth::topic_allowed(&c.topic, exchange, access, key) {
+            return Ok(());
+        }
+        let user = c.user.as_deref().unwrap_or("");
+        Err(refused(
+            channel,
+            ReplyCode::ACCESS_REFUSED,
+            format!(
+                "access to topic '{}' in exchange '{}' in vhost '{vhost}' refused for user '{user}'",
+                s(key),
+                s(exchange)
+            ),
+            ids,
+        ))
+    }
+
     /// The queue name a method means: an empty name is the channel's last
     /// declared queue (404 when there is none).
     fn queue_name(
@@ -1941,6 +1987,14 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 30),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.source.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (40, 30),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router
                     .bind_exchange(&Bind::from_exchange_bind(&m, owner))?;
@@ -1965,6 +2019,14 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 40),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.source.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (40, 40),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed = v
                     .router
@@ -1986,6 +2048,14 @@ impl Core {
                     m.exchange.as_bytes(),
                     (50, 20),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.exchange.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (50, 20),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router.bind_queue(&Bind::from_queue_bind(&m, owner))?;
                 if !m.nowait {
@@ -2001,6 +2071,14 @@ impl Core {
                     Access::Read,
                     "exchange",
                     m.exchange.as_bytes(),
+                    (50, 50),
+                )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.exchange.as_bytes(),
+                    m.routing_key.as_bytes(),
                     (50, 50),
                 )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
@@ -3186,6 +3264,14 @@ impl Core {
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
         }
+        self.check_topic(
+            id,
+            ch,
+            Access::Write,
+            p.exchange.as_bytes(),
+            p.routing_key.as_bytes(),
+            ids,
+        )?;
         let vh = self.vhost_name(id);
         let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let routed = v.router.publish(

@@ -1009,6 +1009,7 @@ impl Core {
         for c in self.conns.values_mut() {
             if let (Some(u), Some(v)) = (&c.user, &c.vhost) {
                 c.permission = auth.permissions.get(&(u.clone(), v.to_string())).cloned();
+                c.topic = auth.topic_grants(u, v);
                 c.allowed.clear();
             }
         }
@@ -1143,6 +1144,7 @@ impl Core {
             });
         }
         self.auth.permissions.retain(|(_, v), _| v != name);
+        self.auth.topic_permissions.retain(|(_, v, _), _| v != name);
         self.auth.vhost_meta.remove(name);
         self.definitions_dirty = true;
         Ok(())
@@ -1165,6 +1167,7 @@ impl Core {
             return Err(AdminError::NotFound(format!("no user '{name}'")));
         }
         self.auth.permissions.retain(|(u, _), _| u != name);
+        self.auth.topic_permissions.retain(|(u, _, _), _| u != name);
         let text = format!("user '{name}' is deleted");
         let mut ids: Vec<ConnId> = self
             .conns
@@ -1222,6 +1225,57 @@ impl Core {
         Ok(())
     }
 
+    /// Sets `user`'s topic permission on `exchange` in `vhost` (`PUT
+    /// /api/topic-permissions/vhost/user`, `rabbitmqctl
+    /// set_topic_permissions`); whether it is new. User and vhost must
+    /// exist (else RabbitMQ's 400 `vhost_or_user_not_found`); the exchange
+    /// need not. Open connections use it from their next operation.
+    pub fn admin_set_topic_permission(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: &str,
+        permission: crate::auth::TopicPermission,
+    ) -> Result<bool, AdminError> {
+        if !self.auth.users.contains_key(user) || !self.vhosts.contains_key(vhost) {
+            return Err(AdminError::BadRequest("vhost_or_user_not_found".into()));
+        }
+        let new = self
+            .auth
+            .topic_permissions
+            .insert(
+                (user.to_owned(), vhost.to_owned(), exchange.to_owned()),
+                permission,
+            )
+            .is_none();
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(new)
+    }
+
+    /// Removes `user`'s topic permissions in `vhost` (`DELETE
+    /// /api/topic-permissions/vhost/user`): on `exchange` only when given,
+    /// else all of them (404 when there was none).
+    pub fn admin_clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<(), AdminError> {
+        let before = self.auth.topic_permissions.len();
+        self.auth
+            .topic_permissions
+            .retain(|(u, v, x), _| !(u == user && v == vhost && exchange.is_none_or(|e| e == x)));
+        if self.auth.topic_permissions.len() == before {
+            return Err(AdminError::NotFound(format!(
+                "no topic permissions of '{user}' in '{vhost}'"
+            )));
+        }
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
     /// The data directory's `definitions.json`: the durable `topology` with
     /// the users, virtual hosts (with their metadata) and permissions, as
     /// a RabbitMQ definitions export, so that they come back at boot.
@@ -1242,6 +1296,10 @@ impl Core {
             o.insert(
                 "permissions".into(),
                 self.auth.permissions_json(None, None).into(),
+            );
+            o.insert(
+                "topic_permissions".into(),
+                self.auth.topic_permissions_json(None, None).into(),
             );
         }
         serde_json::to_string_pretty(&v).unwrap_or_default()
