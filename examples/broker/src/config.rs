@@ -19,6 +19,7 @@
 //! password = "guest"
 //! tags = ["administrator"]
 //! max_connections = 10             # optional, as rabbitmqctl set_user_limits
+//! max_channels = 100               # optional: channels over all the user's connections
 //!
 //! [[permissions]]
 //! user = "guest"
@@ -211,6 +212,8 @@ pub struct UserDef {
     pub tags: Vec<String>,
     /// `max-connections`.
     pub max_connections: Option<u64>,
+    /// `max-channels`.
+    pub max_channels: Option<u64>,
 }
 
 /// `[[permissions]]`.
@@ -250,13 +253,14 @@ impl Config {
                 cfg.limits.vhosts.insert(v.name.clone(), l);
             }
         }
-        for u in self.users.iter().filter(|u| u.max_connections.is_some()) {
-            cfg.limits.users.insert(
-                u.name.clone(),
-                crate::core::UserLimits {
-                    max_connections: u.max_connections,
-                },
-            );
+        for u in &self.users {
+            let l = crate::core::UserLimits {
+                max_connections: u.max_connections,
+                max_channels: u.max_channels,
+            };
+            if l != crate::core::UserLimits::default() {
+                cfg.limits.users.insert(u.name.clone(), l);
+            }
         }
         if let Some(m) = self.max_message_size {
             cfg.limits.max_message_size = m;

@@ -127,6 +127,14 @@ pub enum Out {
         /// The answer.
         answer: Answer,
     },
+    /// Refuse `channel.open` (530, `text`) once `cap` channels are open on
+    /// the connection: what is left of its user's `max-channels`.
+    ChannelCap {
+        /// Channels the connection may have open.
+        cap: usize,
+        /// The refusal's text, without `NOT_ALLOWED - `.
+        text: String,
+    },
 }
 
 impl Out {
@@ -157,6 +165,10 @@ impl Out {
                 text,
             } => conn.close_channel(channel, code, &text),
             Out::Decide { id, answer } => conn.decide(id, answer),
+            Out::ChannelCap { cap, text } => {
+                conn.set_channel_cap(Some((cap, text)));
+                Ok(())
+            }
         }
     }
 }
@@ -222,6 +234,9 @@ pub struct VhostLimits {
 pub struct UserLimits {
     /// Open connections.
     pub max_connections: Option<u64>,
+    /// Open channels, over all the user's connections (RabbitMQ's
+    /// `max-channels`).
+    pub max_channels: Option<u64>,
 }
 
 /// RabbitMQ's default `consumer_timeout` (30 minutes).
@@ -354,6 +369,9 @@ struct Conn {
     blocked: bool,
     /// A connection-level error closed it.
     closing: bool,
+    /// The channel cap last given to the codec (the user's
+    /// `max-channels`).
+    channel_cap: Option<usize>,
 }
 
 /// A queue's reference to one of its consumers.
@@ -1604,8 +1622,12 @@ impl Core {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.channels.insert(channel, Chan::default());
                 }
+                self.update_channel_caps(id);
             }
-            Event::ChannelClosed { channel, .. } => self.close_channel(id, channel),
+            Event::ChannelClosed { channel, .. } => {
+                self.close_channel(id, channel);
+                self.update_channel_caps(id);
+            }
             Event::Closed { .. } => self.disconnect(id),
             Event::Method { channel, method } => {
                 if self.ignoring(id, channel) {
@@ -1737,7 +1759,15 @@ impl Core {
                         c.permission = permission;
                         c.topic = topic;
                     }
-                    Answer::Accept
+                    self.push(
+                        id,
+                        Out::Decide {
+                            id: did,
+                            answer: Answer::Accept,
+                        },
+                    );
+                    self.update_channel_caps(id);
+                    return;
                 }
             }
             _ => Answer::refuse(ReplyCode::NOT_IMPLEMENTED, "unsupported decision"),
@@ -1777,6 +1807,61 @@ impl Core {
             ));
         }
         None
+    }
+
+    /// RabbitMQ's per-user `max-channels`: each connection of the user of
+    /// connection `id` may have open the channels it has plus what is left
+    /// of the user's allowance; the codec refuses beyond that (530,
+    /// RabbitMQ's text) before `channel.open-ok`.
+    fn update_channel_caps(&mut self, id: ConnId) {
+        if let Some(user) = self.conns.get(&id).and_then(|c| c.user.clone()) {
+            self.user_channel_caps(&user);
+        }
+    }
+
+    /// [`Self::update_channel_caps`] for the connections of `user`.
+    pub(crate) fn user_channel_caps(&mut self, user: &str) {
+        let Some(max) = self.limits.users.get(user).and_then(|l| l.max_channels) else {
+            return;
+        };
+        let mine = |c: &Conn| !c.closing && c.vhost.is_some() && c.user.as_deref() == Some(user);
+        let total: u64 = self
+            .conns
+            .values()
+            .filter(|c| mine(c))
+            .map(|c| c.channels.len() as u64)
+            .sum();
+        let left = max.saturating_sub(total);
+        let mut changed: Vec<(ConnId, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| mine(c))
+            .map(|(id, c)| {
+                let cap = (c.channels.len() as u64).saturating_add(left);
+                (*id, usize::try_from(cap).unwrap_or(usize::MAX))
+            })
+            .filter(|(id, cap)| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|c| c.channel_cap != Some(*cap))
+            })
+            .collect();
+        changed.sort_unstable();
+        let text = format!(
+            "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+        );
+        for (cid, cap) in changed {
+            if let Some(c) = self.conns.get_mut(&cid) {
+                c.channel_cap = Some(cap);
+            }
+            self.push(
+                cid,
+                Out::ChannelCap {
+                    cap,
+                    text: text.clone(),
+                },
+            );
+        }
     }
 
     fn vhost_name(&self, id: ConnId) -> Arc<str> {
@@ -3880,7 +3965,9 @@ impl Core {
             let removed = v.router.delete_exclusive_queues(OwnerId(id));
             self.removed(removed);
         }
-        self.conns.remove(&id);
+        if let Some(user) = self.conns.remove(&id).and_then(|c| c.user) {
+            self.user_channel_caps(&user);
+        }
     }
 }
 

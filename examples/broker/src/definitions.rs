@@ -49,6 +49,23 @@ pub struct UserDef {
     /// Tags: a list, or a comma-separated string in older exports.
     #[serde(default)]
     pub tags: serde_json::Value,
+    /// `{"max-connections": n, "max-channels": n}` (RabbitMQ's user
+    /// limits).
+    #[serde(default)]
+    pub limits: Option<serde_json::Value>,
+}
+
+impl UserDef {
+    /// The user's limits, when the export gives any.
+    pub fn limits(&self) -> Result<Option<crate::core::UserLimits>, String> {
+        self.limits
+            .as_ref()
+            .map(|l| {
+                crate::core::snapshot::user_limits_from_json(l)
+                    .map_err(|e| format!("user '{}': {e}", self.name))
+            })
+            .transpose()
+    }
 }
 
 /// A vhost of the export.
@@ -214,6 +231,9 @@ impl Definitions {
         let bad = AdminError::BadRequest;
         for u in &self.users {
             core.admin_put_user(Self::user(u).map_err(bad)?);
+            if let Some(l) = u.limits().map_err(bad)? {
+                core.admin_set_user_limits(&u.name, l);
+            }
         }
         for v in &self.vhosts {
             core.admin_add_vhost(&v.name, v.meta(), creator)?;
@@ -296,6 +316,12 @@ impl Definitions {
         }
         for u in &self.users {
             config.auth.users.insert(u.name.clone(), Self::user(u)?);
+            match u.limits()? {
+                Some(l) if l != crate::core::UserLimits::default() => {
+                    config.limits.users.insert(u.name.clone(), l);
+                }
+                _ => {}
+            }
         }
         for v in &self.vhosts {
             if !config.vhosts.contains(&v.name) {
@@ -332,7 +358,7 @@ mod tests {
         let text = r#"{"rabbit_version":"3.10.8","users":[
             {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{},"name":"guest",
              "password_hash":"jfsx+8mbmsQG4/GkyuDWoiCnfhDFATh+D0SP6OYjc92sBGoY","tags":["administrator"]},
-            {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{},"name":"limited",
+            {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{"max-channels":2,"max-connections":-1},"name":"limited",
              "password_hash":"y/P+ciiN49Dio/5HPudInHnbMmYOsR/VIYuvvDHOLilTVj3D","tags":[]}],
             "vhosts":[{"limits":[],"metadata":{"description":"","tags":[]},"name":"/"},{"name":"other-vhost"}],
             "permissions":[{"configure":".*-mine.*","read":".*-mine.*","user":"limited","vhost":"/","write":".*-mine.*"}],
@@ -344,6 +370,9 @@ mod tests {
         d.apply(&mut c).unwrap();
         assert!(c.auth.login("guest", "guest", true));
         assert!(c.auth.login("limited", "limited", false));
+        assert_eq!(c.limits.users["limited"].max_channels, Some(2));
+        assert_eq!(c.limits.users["limited"].max_connections, None);
+        assert!(!c.limits.users.contains_key("guest"));
         assert!(!c.auth.login("limited", "guest", false));
         assert_eq!(c.vhosts, ["/", "other-vhost"]);
         assert!(c.auth.may_open("limited", "/") && !c.auth.may_open("limited", "other-vhost"));

@@ -911,10 +911,6 @@ fn exchange_path_name(name: &str) -> &str {
     if name == "amq.default" { "" } else { name }
 }
 
-fn users_json(auth: &Auth) -> Vec<Value> {
-    auth.users_json()
-}
-
 fn permissions_json(auth: &Auth) -> Vec<Value> {
     auth.permissions_json(None, None)
 }
@@ -1964,14 +1960,13 @@ async fn vhost(State(m): St, user: User, Path(name): Path<String>) -> ApiResult 
 
 async fn users(State(m): St, user: User) -> ApiResult {
     user.need_admin()?;
-    let auth = m.shared.with_core(|c| c.auth().clone());
-    ok(Value::Array(users_json(&auth)))
+    ok(Value::Array(m.shared.with_core(|c| c.users_json())))
 }
 
 async fn user_one(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
     user.need_admin()?;
-    let auth = m.shared.with_core(|c| c.auth().clone());
-    users_json(&auth)
+    m.shared
+        .with_core(|c| c.users_json())
         .into_iter()
         .find(|u| u["name"] == name.as_str())
         .map_or_else(|| Err(ApiError::not_found()), ok)
@@ -2095,9 +2090,9 @@ async fn whoami(user: User) -> ApiResult {
 
 async fn definitions(State(m): St, user: User) -> ApiResult {
     user.need_admin()?;
-    let (topology, auth, vhosts) = m.shared.with_core(|c| {
+    let (topology, auth, vhosts, users) = m.shared.with_core(|c| {
         let s = c.snapshot();
-        (c.topology(), c.auth().clone(), s.vhosts)
+        (c.topology(), c.auth().clone(), s.vhosts, c.users_json())
     });
     let t = serde_json::to_value(&topology).unwrap_or(Value::Null);
     ok(json!({
@@ -2105,7 +2100,7 @@ async fn definitions(State(m): St, user: User) -> ApiResult {
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "amqp-broker",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "users": users_json(&auth),
+        "users": users,
         "vhosts": vhosts
             .iter()
             .map(|v| crate::core::snapshot::vhost_def_json(&auth, &v.name))

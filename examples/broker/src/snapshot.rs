@@ -595,6 +595,31 @@ impl Core {
         &self.auth
     }
 
+    /// The users as RabbitMQ's `/api/users` and definitions exports show
+    /// them, by name, each with its `limits` (`max-connections`,
+    /// `max-channels`).
+    pub fn users_json(&self) -> Vec<serde_json::Value> {
+        let mut users = self.auth.users_json();
+        for u in &mut users {
+            let name = u["name"].as_str().unwrap_or_default().to_owned();
+            if let Some(l) = self.limits.users.get(&name) {
+                u["limits"] = user_limits_json(l);
+            }
+        }
+        users
+    }
+
+    /// Sets `user`'s limits (a definitions import's `limits`); connections
+    /// already open keep theirs until their next channel opens or closes.
+    pub fn admin_set_user_limits(&mut self, user: &str, limits: crate::core::UserLimits) {
+        if limits == crate::core::UserLimits::default() {
+            self.limits.users.remove(user);
+        } else {
+            self.limits.users.insert(user.to_owned(), limits);
+        }
+        self.user_channel_caps(user);
+    }
+
     /// The global message counters.
     pub fn message_stats(&self) -> MessageStats {
         self.counters
@@ -1168,6 +1193,7 @@ impl Core {
         }
         self.auth.permissions.retain(|(u, _), _| u != name);
         self.auth.topic_permissions.retain(|(u, _, _), _| u != name);
+        self.limits.users.remove(name);
         let text = format!("user '{name}' is deleted");
         let mut ids: Vec<ConnId> = self
             .conns
@@ -1284,7 +1310,7 @@ impl Core {
         let mut names: Vec<&String> = self.vhosts.keys().collect();
         names.sort();
         if let serde_json::Value::Object(o) = &mut v {
-            o.insert("users".into(), self.auth.users_json().into());
+            o.insert("users".into(), self.users_json().into());
             o.insert(
                 "vhosts".into(),
                 names
@@ -1304,6 +1330,37 @@ impl Core {
         }
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
+}
+
+/// A user's limits as RabbitMQ shows them (`{}` without any).
+pub fn user_limits_json(l: &crate::core::UserLimits) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    if let Some(n) = l.max_connections {
+        o.insert("max-connections".into(), n.into());
+    }
+    if let Some(n) = l.max_channels {
+        o.insert("max-channels".into(), n.into());
+    }
+    serde_json::Value::Object(o)
+}
+
+/// A user's limits from RabbitMQ's `limits` object (`max-connections`,
+/// `max-channels`; a negative value is no limit, as in RabbitMQ).
+pub fn user_limits_from_json(v: &serde_json::Value) -> Result<crate::core::UserLimits, String> {
+    let get = |k: &str| -> Result<Option<u64>, String> {
+        match v.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(x) => match x.as_i64() {
+                Some(n) if n < 0 => Ok(None),
+                Some(n) => Ok(u64::try_from(n).ok()),
+                None => Err(format!("user limit {k} must be an integer, not {x}")),
+            },
+        }
+    };
+    Ok(crate::core::UserLimits {
+        max_connections: get("max-connections")?,
+        max_channels: get("max-channels")?,
+    })
 }
 
 /// A virtual host as RabbitMQ's definitions export shows it.

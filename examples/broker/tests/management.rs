@@ -1955,6 +1955,17 @@ fn rabbitmq_mutations_match() {
             "".into(),
             true,
         ),
+        // A user's limits come in with a definitions import.
+        (
+            "POST",
+            "/api/definitions".into(),
+            format!(
+                r#"{{"users":[{{"name":"{p}-lim","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":[],"limits":{{"max-channels":7}}}}]}}"#
+            ),
+            true,
+        ),
+        ("GET", format!("/api/users/{p}-lim"), "".into(), true),
+        ("DELETE", format!("/api/users/{p}-lim"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u2"), "".into(), true),
