@@ -650,6 +650,13 @@ impl Connection {
         Ok(())
     }
 
+    /// The reason of the `connection.close` this side sent (by
+    /// [`close`](Self::close) or because of a protocol error), while its
+    /// `close-ok` is awaited.
+    pub fn close_sent(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
     /// Server role: while `cap` is `Some((n, text))`, a `channel.open` that
     /// would make more than `n` channels open closes the connection with
     /// 530 NOT_ALLOWED and `text` (without the `NOT_ALLOWED - ` prefix),

@@ -372,6 +372,8 @@ struct Conn {
     /// The channel cap last given to the codec (the user's
     /// `max-channels`).
     channel_cap: Option<usize>,
+    /// The SASL mechanism it logged in with.
+    mechanism: Option<String>,
 }
 
 /// A queue's reference to one of its consumers.
@@ -1707,6 +1709,7 @@ impl Core {
                     _ if external.is_some() => {
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.user = external;
+                            c.mechanism = Some("EXTERNAL".into());
                         }
                         Answer::Accept
                     }
@@ -1714,16 +1717,37 @@ impl Core {
                         let u = u.to_owned();
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.user = Some(u);
+                            c.mechanism = Some(mechanism.to_string_lossy().into_owned());
                         }
                         Answer::Accept
                     }
-                    _ => Answer::refuse(
-                        ReplyCode::ACCESS_REFUSED,
-                        format!(
-                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                            mechanism.to_string_lossy()
-                        ),
-                    ),
+                    (user, password) => {
+                        let mech = mechanism.to_string_lossy().into_owned();
+                        let identity = self
+                            .conns
+                            .get(&id)
+                            .and_then(|c| c.peer.tls_identity.clone());
+                        let (user, why) =
+                            self.login_refusal(&mech, user, password, identity, loopback);
+                        let message = match why {
+                            "invalid credentials" | "no such user" => {
+                                format!("{mech} login refused: user '{user}' - invalid credentials")
+                            }
+                            "can only connect via localhost" => {
+                                format!(
+                                    "{mech} login refused: user '{user}' - can only connect via localhost"
+                                )
+                            }
+                            other => format!("{mech} login refused: {other}"),
+                        };
+                        self.log_refused(id, &mech, &user, why, &message);
+                        Answer::refuse(
+                            ReplyCode::ACCESS_REFUSED,
+                            format!(
+                                "ACCESS_REFUSED - Login was refused using authentication mechanism {mech}. For details see the broker logfile."
+                            ),
+                        )
+                    }
                 }
             }
             Decision::OpenVhost { virtual_host, .. } => {
@@ -1733,18 +1757,37 @@ impl Core {
                     .get(&id)
                     .and_then(|c| c.user.clone())
                     .unwrap_or_default();
-                if !self.vhosts.contains_key(&v) {
-                    Answer::refuse(
-                        ReplyCode::NOT_ALLOWED,
+                let refusal = if !self.vhosts.contains_key(&v) {
+                    Some((
+                        "vhost not found",
                         format!("NOT_ALLOWED - vhost {v} not found"),
-                    )
+                    ))
                 } else if !self.auth.may_open(&user, &v) {
-                    Answer::refuse(
-                        ReplyCode::NOT_ALLOWED,
+                    Some((
+                        "no permissions in the vhost",
                         format!("NOT_ALLOWED - access to vhost '{v}' refused for user '{user}'"),
-                    )
-                } else if let Some(refusal) = self.connection_limit(&v, &user) {
-                    Answer::refuse(ReplyCode::NOT_ALLOWED, refusal)
+                    ))
+                } else {
+                    self.connection_limit(&v, &user)
+                        .map(|text| ("connection limit", text))
+                };
+                if let Some((why, text)) = refusal {
+                    let mech = self
+                        .conns
+                        .get(&id)
+                        .and_then(|c| c.mechanism.clone())
+                        .unwrap_or_default();
+                    let message = text.strip_prefix("NOT_ALLOWED - ").unwrap_or(&text);
+                    tracing::warn!(
+                        conn = id,
+                        peer = %self.peer_addr(id),
+                        user = %user,
+                        mechanism = %mech,
+                        vhost = %v,
+                        reason = why,
+                        "vhost access refused: {message}"
+                    );
+                    Answer::refuse(ReplyCode::NOT_ALLOWED, text)
                 } else {
                     tracing::info!(
                         conn = id,
@@ -1776,6 +1819,81 @@ impl Core {
     }
 
     // ----- helpers ---------------------------------------------------------
+
+    /// Why a login was refused, for the log: the user it named and the
+    /// reason (RabbitMQ's "invalid credentials" for a wrong password; an
+    /// unknown user and a loopback-only user are told apart here).
+    fn login_refusal(
+        &self,
+        mechanism: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        identity: Option<String>,
+        loopback: bool,
+    ) -> (String, &'static str) {
+        let loopback_only = |u: &str| !loopback && self.auth.loopback_users.iter().any(|l| l == u);
+        if mechanism == "EXTERNAL" {
+            return match identity {
+                None => (String::new(), "no verified client certificate"),
+                Some(u) if !self.auth.users.contains_key(&u) => (u, "no such user"),
+                Some(u) if loopback_only(&u) => (u, "can only connect via localhost"),
+                Some(u) => (u, "refused"),
+            };
+        }
+        let (Some(user), Some(_)) = (user, password) else {
+            return (
+                user.unwrap_or_default().to_owned(),
+                "malformed or incomplete response",
+            );
+        };
+        let why = if !self.auth.users.contains_key(user) {
+            "no such user"
+        } else if loopback_only(user) {
+            "can only connect via localhost"
+        } else {
+            "invalid credentials"
+        };
+        (user.to_owned(), why)
+    }
+
+    /// The peer's address, as the logs show it (empty before the shell
+    /// gave it).
+    fn peer_addr(&self, id: ConnId) -> String {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.mgmt.addrs)
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default()
+    }
+
+    /// One log line for a refused login, naming peer, user, mechanism and
+    /// reason; the message is RabbitMQ's (`PLAIN login refused: user 'x' -
+    /// invalid credentials`).
+    fn log_refused(&self, id: ConnId, mechanism: &str, user: &str, reason: &str, message: &str) {
+        tracing::warn!(
+            conn = id,
+            peer = %self.peer_addr(id),
+            user = %user,
+            mechanism = %mechanism,
+            reason,
+            "{message}"
+        );
+    }
+
+    /// The codec closed connection `id` with `text` before it logged in:
+    /// when the client chose a mechanism the broker does not offer (503,
+    /// as RabbitMQ), that is logged as a refused login.
+    pub fn log_refused_mechanism(&self, id: ConnId, text: &str) {
+        if self.conns.get(&id).is_none_or(|c| c.user.is_some()) {
+            return;
+        }
+        let Some(at) = text.find("unknown authentication mechanism '") else {
+            return;
+        };
+        let message = &text[at..];
+        let mechanism = message.split('\'').nth(1).unwrap_or_default();
+        self.log_refused(id, mechanism, "", "mechanism not offered", message);
+    }
 
     /// RabbitMQ's refusal when opening `vhost` as `user` would pass the
     /// vhost's or the user's connection limit.
