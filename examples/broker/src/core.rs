@@ -1940,6 +1940,26 @@ impl Core {
     /// [`Self::update_channel_caps`] for the connections of `user`.
     pub(crate) fn user_channel_caps(&mut self, user: &str) {
         let Some(max) = self.limits.users.get(user).and_then(|l| l.max_channels) else {
+            // No limit (any more): lift the caps given before.
+            let mut capped: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.user.as_deref() == Some(user) && c.channel_cap.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            capped.sort_unstable();
+            for cid in capped {
+                if let Some(c) = self.conns.get_mut(&cid) {
+                    c.channel_cap = None;
+                }
+                self.push(
+                    cid,
+                    Out::ChannelCap {
+                        cap: usize::MAX,
+                        text: String::new(),
+                    },
+                );
+            }
             return;
         };
         let mine = |c: &Conn| !c.closing && c.vhost.is_some() && c.user.as_deref() == Some(user);

@@ -139,4 +139,12 @@ fn a_users_max_channels_counts_all_their_connections() {
     h.links[a].client.open_channel_with(3).unwrap();
     let (events, _) = h.settle(100);
     assert_eq!(opened(&events, a), 1, "{events:?}");
+    // The limit lifted (as a definitions import may): no cap any more.
+    h.core.admin_set_user_limits("guest", UserLimits::default());
+    h.settle(100);
+    for ch in 4..8 {
+        h.links[a].client.open_channel_with(ch).unwrap();
+    }
+    let (events, _) = h.settle(100);
+    assert_eq!(opened(&events, a), 4, "{events:?}");
 }
