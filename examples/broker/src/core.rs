@@ -1735,7 +1735,7 @@ impl Core {
                             }
                             "can only connect via localhost" => {
                                 format!(
-                                    "{mech} login refused: user '{user}' - can only connect via localhost"
+                                    "{mech} login refused: user '{user}' can only connect via localhost"
                                 )
                             }
                             other => format!("{mech} login refused: {other}"),
