@@ -236,6 +236,9 @@ pub struct Connection {
     /// The peer's silence is not counted (see
     /// [`pause_peer_monitor`](Self::pause_peer_monitor)).
     monitor_paused: bool,
+    /// An embedder's limit on open channels below `channel_max`, and the
+    /// refusal's text (see [`set_channel_cap`](Self::set_channel_cap)).
+    channel_cap: Option<(usize, String)>,
 }
 
 impl Connection {
@@ -278,6 +281,7 @@ impl Connection {
             close_reason: None,
             blocked: false,
             input_paused: false,
+            channel_cap: None,
             limits,
         }
     }
@@ -644,6 +648,23 @@ impl Connection {
         }
         self.process_input();
         Ok(())
+    }
+
+    /// The reason of the `connection.close` this side sent (by
+    /// [`close`](Self::close) or because of a protocol error), while its
+    /// `close-ok` is awaited.
+    pub fn close_sent(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// Server role: while `cap` is `Some((n, text))`, a `channel.open` that
+    /// would make more than `n` channels open closes the connection with
+    /// 530 NOT_ALLOWED and `text` (without the `NOT_ALLOWED - ` prefix),
+    /// before `channel.open-ok` is sent. For limits the embedder keeps
+    /// beyond the negotiated `channel_max`, such as RabbitMQ's per-user
+    /// `max-channels`; `None` lifts it.
+    pub fn set_channel_cap(&mut self, cap: Option<(usize, String)>) {
+        self.channel_cap = cap;
     }
 
     /// Client role: opens the lowest free channel number; the channel is
@@ -1615,6 +1636,11 @@ impl Connection {
                     // RabbitMQ's close names no method (class 0, method 0):
                     // the limit is the connection's, not channel.open's.
                     .on_channel(channel));
+                }
+                if let Some((cap, text)) = &self.channel_cap
+                    && self.channels.len() >= *cap
+                {
+                    return Err(conn_err(ReplyCode::NOT_ALLOWED, text.clone()).on_channel(channel));
                 }
                 self.channels.insert(channel, Channel::new(ChState::Open));
                 self.put(&Frame::method(channel, ChannelOpenOk::default()));

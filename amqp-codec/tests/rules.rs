@@ -154,6 +154,28 @@ fn channel_max_counts_open_channels() {
 }
 
 #[test]
+fn channel_cap_refuses_before_open_ok() {
+    let (mut s, _) = open_server(ServerConfig::default(), tune(2047, 131_072));
+    while s.poll_transmit().is_some() {}
+    s.set_channel_cap(Some((2, "no more for you".into())));
+    s.handle_input(enc(&[
+        Frame::method(1, ChannelOpen::default()),
+        Frame::method(2, ChannelOpen::default()),
+    ]));
+    assert_eq!(s.channel_count(), 2);
+    s.set_channel_cap(Some((3, "no more for you".into())));
+    s.handle_input(enc(&[Frame::method(3, ChannelOpen::default())]));
+    assert_eq!(s.channel_count(), 3, "a raised cap lets one more in");
+    while s.poll_transmit().is_some() {}
+    s.handle_input(enc(&[Frame::method(4, ChannelOpen::default())]));
+    assert_eq!(s.channel_count(), 3, "channel 4 was not opened");
+    assert_eq!(
+        last_close_with_text(&mut s),
+        Some(((0, 530, 0, 0), "NOT_ALLOWED - no more for you".to_owned()))
+    );
+}
+
+#[test]
 fn channel_faults_are_504() {
     let (mut s, _) = with_channel(ServerConfig::default());
     s.handle_input(enc(&[Frame::method(1, ChannelOpen::default())]));

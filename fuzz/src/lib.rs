@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod codec;
 pub mod router;
+pub mod tls;
 pub mod wire;
 
 use stats_alloc::{Region, StatsAlloc};

@@ -6,7 +6,9 @@
 //!
 //! One test function only: the counting allocator sees the whole process.
 
-use amqp_fuzz::{ALLOCATION_LIMIT, allocated_by, broker, codec, committed_inputs, router, wire};
+use amqp_fuzz::{
+    ALLOCATION_LIMIT, allocated_by, broker, codec, committed_inputs, router, tls, wire,
+};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use std::alloc::System;
 
@@ -18,7 +20,7 @@ type Target = (&'static str, fn(&[u8]));
 
 #[test]
 fn every_committed_input_allocates_within_the_limit() {
-    let targets: [Target; 7] = [
+    let targets: [Target; 8] = [
         ("broker_ops", broker::broker_ops),
         ("store_recover", broker::store_recover),
         ("codec_ops", codec::codec_ops),
@@ -26,6 +28,7 @@ fn every_committed_input_allocates_within_the_limit() {
         ("parse_frames", wire::parse_frames),
         ("roundtrip", wire::roundtrip),
         ("field_table", wire::field_table),
+        ("tls_stream", tls::tls_stream),
     ];
     for (target, check) in targets {
         let mut worst = (0, String::new());

@@ -19,6 +19,7 @@
 //! password = "guest"
 //! tags = ["administrator"]
 //! max_connections = 10             # optional, as rabbitmqctl set_user_limits
+//! max_channels = 100               # optional: channels over all the user's connections
 //!
 //! [[permissions]]
 //! user = "guest"
@@ -26,6 +27,13 @@
 //! configure = ".*"
 //! write = ".*"
 //! read = ".*"
+//!
+//! [[topic_permissions]]            # as `rabbitmqctl set_topic_permissions`
+//! user = "guest"
+//! vhost = "/"
+//! exchange = "amq.topic"           # a topic exchange
+//! write = "^{username}\\."         # routing keys it may publish with ({username}, {vhost} expand)
+//! read = ".*"                      # binding keys it may bind with ("" matches nothing)
 //!
 //! [[policies]]                     # as `rabbitmqctl set_policy`
 //! vhost = "/"
@@ -86,6 +94,9 @@ pub struct Config {
     /// Permissions.
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    #[serde(default)]
+    pub topic_permissions: Vec<crate::definitions::TopicPermissionDef>,
     /// Policies (`vhost` defaults to `/`).
     #[serde(default)]
     pub policies: Vec<amqp_router::definitions::PolicyDef>,
@@ -201,6 +212,8 @@ pub struct UserDef {
     pub tags: Vec<String>,
     /// `max-connections`.
     pub max_connections: Option<u64>,
+    /// `max-channels`.
+    pub max_channels: Option<u64>,
 }
 
 /// `[[permissions]]`.
@@ -240,13 +253,14 @@ impl Config {
                 cfg.limits.vhosts.insert(v.name.clone(), l);
             }
         }
-        for u in self.users.iter().filter(|u| u.max_connections.is_some()) {
-            cfg.limits.users.insert(
-                u.name.clone(),
-                crate::core::UserLimits {
-                    max_connections: u.max_connections,
-                },
-            );
+        for u in &self.users {
+            let l = crate::core::UserLimits {
+                max_connections: u.max_connections,
+                max_channels: u.max_channels,
+            };
+            if l != crate::core::UserLimits::default() {
+                cfg.limits.users.insert(u.name.clone(), l);
+            }
         }
         if let Some(m) = self.max_message_size {
             cfg.limits.max_message_size = m;
@@ -257,6 +271,7 @@ impl Config {
                 permissions: Default::default(),
                 loopback_users: vec!["guest".into()],
                 vhost_meta: Default::default(),
+                topic_permissions: Default::default(),
             };
             for u in &self.users {
                 let password = match (&u.password, &u.password_hash) {
@@ -300,6 +315,16 @@ impl Config {
                     .insert((p.user.clone(), p.vhost.clone()), perm);
             }
             cfg.auth = auth;
+        }
+        for t in &self.topic_permissions {
+            if !cfg.auth.users.contains_key(&t.user) {
+                return Err(format!("topic_permissions for unknown user '{}'", t.user));
+            }
+            if !cfg.vhosts.contains(&t.vhost) {
+                return Err(format!("topic_permissions in unknown vhost '{}'", t.vhost));
+            }
+            let (key, p) = t.permission()?;
+            cfg.auth.topic_permissions.insert(key, p);
         }
         if let Some(l) = &self.loopback_users {
             cfg.auth.loopback_users = l.clone();
@@ -401,5 +426,29 @@ mod tests {
         assert!(e.contains("consumer_timeout"), "{e}");
         let c = Config::parse("[[users]]\nname = \"a\"\npassword = \"b\"\n[[permissions]]\nuser = \"a\"\nvhost = \"x\"\nconfigure = \"\"\nwrite = \"\"\nread = \"\"\n").unwrap();
         assert!(c.core().unwrap_err().contains("unknown vhost 'x'"));
+        let t = "[[topic_permissions]]\nuser = \"guest\"\nvhost = \"/\"\nexchange = \"amq.topic\"\nwrite = \"(\"\nread = \"\"\n";
+        let e = Config::parse(t).unwrap().core().unwrap_err();
+        assert!(e.contains("invalid regexp"), "{e}");
+        let e = Config::parse(&t.replace("guest", "nobody"))
+            .unwrap()
+            .core()
+            .unwrap_err();
+        assert!(e.contains("unknown user 'nobody'"), "{e}");
+    }
+
+    #[test]
+    fn topic_permissions_section() {
+        let c = Config::parse(
+            "[[topic_permissions]]\nuser = \"guest\"\nvhost = \"/\"\nexchange = \"amq.topic\"\nwrite = \"^{username}\\\\.\"\nread = \".*\"\n",
+        )
+        .unwrap()
+        .core()
+        .unwrap();
+        let key = ("guest".to_owned(), "/".to_owned(), "amq.topic".to_owned());
+        assert_eq!(c.auth.topic_permissions[&key].write, "^{username}\\.");
+        let g = c.auth.topic_grants("guest", "/");
+        use crate::auth::{Access, topic_allowed};
+        assert!(topic_allowed(&g, b"amq.topic", Access::Write, b"guest.a"));
+        assert!(!topic_allowed(&g, b"amq.topic", Access::Write, b"other.a"));
     }
 }

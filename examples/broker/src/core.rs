@@ -127,6 +127,14 @@ pub enum Out {
         /// The answer.
         answer: Answer,
     },
+    /// Refuse `channel.open` (530, `text`) once `cap` channels are open on
+    /// the connection: what is left of its user's `max-channels`.
+    ChannelCap {
+        /// Channels the connection may have open.
+        cap: usize,
+        /// The refusal's text, without `NOT_ALLOWED - `.
+        text: String,
+    },
 }
 
 impl Out {
@@ -157,6 +165,10 @@ impl Out {
                 text,
             } => conn.close_channel(channel, code, &text),
             Out::Decide { id, answer } => conn.decide(id, answer),
+            Out::ChannelCap { cap, text } => {
+                conn.set_channel_cap(Some((cap, text)));
+                Ok(())
+            }
         }
     }
 }
@@ -222,6 +234,9 @@ pub struct VhostLimits {
 pub struct UserLimits {
     /// Open connections.
     pub max_connections: Option<u64>,
+    /// Open channels, over all the user's connections (RabbitMQ's
+    /// `max-channels`).
+    pub max_channels: Option<u64>,
 }
 
 /// RabbitMQ's default `consumer_timeout` (30 minutes).
@@ -337,6 +352,8 @@ struct Conn {
     vhost: Option<Arc<str>>,
     /// The user's permission in the vhost, resolved when it opened.
     permission: Option<crate::auth::Permission>,
+    /// The user's topic permissions in the vhost, compiled when it opened.
+    topic: Vec<crate::auth::TopicGrant>,
     /// Permission checks already made on this connection (bounded), so a
     /// publisher's regular expressions run once per exchange, not per
     /// message.
@@ -352,6 +369,11 @@ struct Conn {
     blocked: bool,
     /// A connection-level error closed it.
     closing: bool,
+    /// The channel cap last given to the codec (the user's
+    /// `max-channels`).
+    channel_cap: Option<usize>,
+    /// The SASL mechanism it logged in with.
+    mechanism: Option<String>,
 }
 
 /// A queue's reference to one of its consumers.
@@ -1617,8 +1639,12 @@ impl Core {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.channels.insert(channel, Chan::default());
                 }
+                self.update_channel_caps(id);
             }
-            Event::ChannelClosed { channel, .. } => self.close_channel(id, channel),
+            Event::ChannelClosed { channel, .. } => {
+                self.close_channel(id, channel);
+                self.update_channel_caps(id);
+            }
             Event::Closed { .. } => self.disconnect(id),
             Event::Method { channel, method } => {
                 if self.ignoring(id, channel) {
@@ -1698,6 +1724,7 @@ impl Core {
                     _ if external.is_some() => {
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.user = external;
+                            c.mechanism = Some("EXTERNAL".into());
                         }
                         Answer::Accept
                     }
@@ -1705,16 +1732,37 @@ impl Core {
                         let u = u.to_owned();
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.user = Some(u);
+                            c.mechanism = Some(mechanism.to_string_lossy().into_owned());
                         }
                         Answer::Accept
                     }
-                    _ => Answer::refuse(
-                        ReplyCode::ACCESS_REFUSED,
-                        format!(
-                            "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                            mechanism.to_string_lossy()
-                        ),
-                    ),
+                    (user, password) => {
+                        let mech = mechanism.to_string_lossy().into_owned();
+                        let identity = self
+                            .conns
+                            .get(&id)
+                            .and_then(|c| c.peer.tls_identity.clone());
+                        let (user, why) =
+                            self.login_refusal(&mech, user, password, identity, loopback);
+                        let message = match why {
+                            "invalid credentials" | "no such user" => {
+                                format!("{mech} login refused: user '{user}' - invalid credentials")
+                            }
+                            "can only connect via localhost" => {
+                                format!(
+                                    "{mech} login refused: user '{user}' can only connect via localhost"
+                                )
+                            }
+                            other => format!("{mech} login refused: {other}"),
+                        };
+                        self.log_refused(id, &mech, &user, why, &message);
+                        Answer::refuse(
+                            ReplyCode::ACCESS_REFUSED,
+                            format!(
+                                "ACCESS_REFUSED - Login was refused using authentication mechanism {mech}. For details see the broker logfile."
+                            ),
+                        )
+                    }
                 }
             }
             Decision::OpenVhost { virtual_host, .. } => {
@@ -1724,18 +1772,37 @@ impl Core {
                     .get(&id)
                     .and_then(|c| c.user.clone())
                     .unwrap_or_default();
-                if !self.vhosts.contains_key(&v) {
-                    Answer::refuse(
-                        ReplyCode::NOT_ALLOWED,
+                let refusal = if !self.vhosts.contains_key(&v) {
+                    Some((
+                        "vhost not found",
                         format!("NOT_ALLOWED - vhost {v} not found"),
-                    )
+                    ))
                 } else if !self.auth.may_open(&user, &v) {
-                    Answer::refuse(
-                        ReplyCode::NOT_ALLOWED,
+                    Some((
+                        "no permissions in the vhost",
                         format!("NOT_ALLOWED - access to vhost '{v}' refused for user '{user}'"),
-                    )
-                } else if let Some(refusal) = self.connection_limit(&v, &user) {
-                    Answer::refuse(ReplyCode::NOT_ALLOWED, refusal)
+                    ))
+                } else {
+                    self.connection_limit(&v, &user)
+                        .map(|text| ("connection limit", text))
+                };
+                if let Some((why, text)) = refusal {
+                    let mech = self
+                        .conns
+                        .get(&id)
+                        .and_then(|c| c.mechanism.clone())
+                        .unwrap_or_default();
+                    let message = text.strip_prefix("NOT_ALLOWED - ").unwrap_or(&text);
+                    tracing::warn!(
+                        conn = id,
+                        peer = %self.peer_addr(id),
+                        user = %user,
+                        mechanism = %mech,
+                        vhost = %v,
+                        reason = why,
+                        "vhost access refused: {message}"
+                    );
+                    Answer::refuse(ReplyCode::NOT_ALLOWED, text)
                 } else {
                     tracing::info!(
                         conn = id,
@@ -1743,12 +1810,22 @@ impl Core {
                         vhost = %v,
                         "user authenticated and granted access to the vhost"
                     );
+                    let topic = self.auth.topic_grants(&user, &v);
                     let permission = self.auth.permissions.get(&(user, v.clone())).cloned();
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.vhost = Some(v.into());
                         c.permission = permission;
+                        c.topic = topic;
                     }
-                    Answer::Accept
+                    self.push(
+                        id,
+                        Out::Decide {
+                            id: did,
+                            answer: Answer::Accept,
+                        },
+                    );
+                    self.update_channel_caps(id);
+                    return;
                 }
             }
             _ => Answer::refuse(ReplyCode::NOT_IMPLEMENTED, "unsupported decision"),
@@ -1757,6 +1834,81 @@ impl Core {
     }
 
     // ----- helpers ---------------------------------------------------------
+
+    /// Why a login was refused, for the log: the user it named and the
+    /// reason (RabbitMQ's "invalid credentials" for a wrong password; an
+    /// unknown user and a loopback-only user are told apart here).
+    fn login_refusal(
+        &self,
+        mechanism: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        identity: Option<String>,
+        loopback: bool,
+    ) -> (String, &'static str) {
+        let loopback_only = |u: &str| !loopback && self.auth.loopback_users.iter().any(|l| l == u);
+        if mechanism == "EXTERNAL" {
+            return match identity {
+                None => (String::new(), "no verified client certificate"),
+                Some(u) if !self.auth.users.contains_key(&u) => (u, "no such user"),
+                Some(u) if loopback_only(&u) => (u, "can only connect via localhost"),
+                Some(u) => (u, "refused"),
+            };
+        }
+        let (Some(user), Some(_)) = (user, password) else {
+            return (
+                user.unwrap_or_default().to_owned(),
+                "malformed or incomplete response",
+            );
+        };
+        let why = if !self.auth.users.contains_key(user) {
+            "no such user"
+        } else if loopback_only(user) {
+            "can only connect via localhost"
+        } else {
+            "invalid credentials"
+        };
+        (user.to_owned(), why)
+    }
+
+    /// The peer's address, as the logs show it (empty before the shell
+    /// gave it).
+    fn peer_addr(&self, id: ConnId) -> String {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.mgmt.addrs)
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default()
+    }
+
+    /// One log line for a refused login, naming peer, user, mechanism and
+    /// reason; the message is RabbitMQ's (`PLAIN login refused: user 'x' -
+    /// invalid credentials`).
+    fn log_refused(&self, id: ConnId, mechanism: &str, user: &str, reason: &str, message: &str) {
+        tracing::warn!(
+            conn = id,
+            peer = %self.peer_addr(id),
+            user = %user,
+            mechanism = %mechanism,
+            reason,
+            "{message}"
+        );
+    }
+
+    /// The codec closed connection `id` with `text` before it logged in:
+    /// when the client chose a mechanism the broker does not offer (503,
+    /// as RabbitMQ), that is logged as a refused login.
+    pub fn log_refused_mechanism(&self, id: ConnId, text: &str) {
+        if self.conns.get(&id).is_none_or(|c| c.user.is_some()) {
+            return;
+        }
+        let Some(at) = text.find("unknown authentication mechanism '") else {
+            return;
+        };
+        let message = &text[at..];
+        let mechanism = message.split('\'').nth(1).unwrap_or_default();
+        self.log_refused(id, mechanism, "", "mechanism not offered", message);
+    }
 
     /// RabbitMQ's refusal when opening `vhost` as `user` would pass the
     /// vhost's or the user's connection limit.
@@ -1788,6 +1940,81 @@ impl Core {
             ));
         }
         None
+    }
+
+    /// RabbitMQ's per-user `max-channels`: each connection of the user of
+    /// connection `id` may have open the channels it has plus what is left
+    /// of the user's allowance; the codec refuses beyond that (530,
+    /// RabbitMQ's text) before `channel.open-ok`.
+    fn update_channel_caps(&mut self, id: ConnId) {
+        if let Some(user) = self.conns.get(&id).and_then(|c| c.user.clone()) {
+            self.user_channel_caps(&user);
+        }
+    }
+
+    /// [`Self::update_channel_caps`] for the connections of `user`.
+    pub(crate) fn user_channel_caps(&mut self, user: &str) {
+        let Some(max) = self.limits.users.get(user).and_then(|l| l.max_channels) else {
+            // No limit (any more): lift the caps given before.
+            let mut capped: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.user.as_deref() == Some(user) && c.channel_cap.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            capped.sort_unstable();
+            for cid in capped {
+                if let Some(c) = self.conns.get_mut(&cid) {
+                    c.channel_cap = None;
+                }
+                self.push(
+                    cid,
+                    Out::ChannelCap {
+                        cap: usize::MAX,
+                        text: String::new(),
+                    },
+                );
+            }
+            return;
+        };
+        let mine = |c: &Conn| !c.closing && c.vhost.is_some() && c.user.as_deref() == Some(user);
+        let total: u64 = self
+            .conns
+            .values()
+            .filter(|c| mine(c))
+            .map(|c| c.channels.len() as u64)
+            .sum();
+        let left = max.saturating_sub(total);
+        let mut changed: Vec<(ConnId, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| mine(c))
+            .map(|(id, c)| {
+                let cap = (c.channels.len() as u64).saturating_add(left);
+                (*id, usize::try_from(cap).unwrap_or(usize::MAX))
+            })
+            .filter(|(id, cap)| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|c| c.channel_cap != Some(*cap))
+            })
+            .collect();
+        changed.sort_unstable();
+        let text = format!(
+            "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+        );
+        for (cid, cap) in changed {
+            if let Some(c) = self.conns.get_mut(&cid) {
+                c.channel_cap = Some(cap);
+            }
+            self.push(
+                cid,
+                Out::ChannelCap {
+                    cap,
+                    text: text.clone(),
+                },
+            );
+        }
     }
 
     fn vhost_name(&self, id: ConnId) -> Arc<str> {
@@ -1855,6 +2082,48 @@ impl Core {
             format!(
                 "access to {kind} '{}' in vhost '{vhost}' refused for user '{user}'",
                 s(name)
+            ),
+            ids,
+        ))
+    }
+
+    /// Checks a routing or binding `key` on `exchange` against the
+    /// connection's topic permissions (RabbitMQ's
+    /// `check_topic_authorisation`): only topic exchanges that exist are
+    /// checked (others are refused later, as in RabbitMQ); the refusal is
+    /// its 403.
+    fn check_topic(
+        &self,
+        id: ConnId,
+        channel: u16,
+        access: Access,
+        exchange: &[u8],
+        key: &[u8],
+        ids: (u16, u16),
+    ) -> Res {
+        let Some(c) = self.conns.get(&id) else {
+            return Ok(());
+        };
+        if c.topic.is_empty() {
+            return Ok(());
+        }
+        let vhost = c.vhost.as_deref().unwrap_or("");
+        let topic = self
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.router.exchange(exchange))
+            .is_some_and(|x| x.type_name() == "topic" && !x.internal());
+        if !topic || crate::auth::topic_allowed(&c.topic, exchange, access, key) {
+            return Ok(());
+        }
+        let user = c.user.as_deref().unwrap_or("");
+        Err(refused(
+            channel,
+            ReplyCode::ACCESS_REFUSED,
+            format!(
+                "access to topic '{}' in exchange '{}' in vhost '{vhost}' refused for user '{user}'",
+                s(key),
+                s(exchange)
             ),
             ids,
         ))
@@ -1956,6 +2225,14 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 30),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.source.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (40, 30),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router
                     .bind_exchange(&Bind::from_exchange_bind(&m, owner))?;
@@ -1980,6 +2257,14 @@ impl Core {
                     m.source.as_bytes(),
                     (40, 40),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.source.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (40, 40),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 let removed = v
                     .router
@@ -2001,6 +2286,14 @@ impl Core {
                     m.exchange.as_bytes(),
                     (50, 20),
                 )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.exchange.as_bytes(),
+                    m.routing_key.as_bytes(),
+                    (50, 20),
+                )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
                 v.router.bind_queue(&Bind::from_queue_bind(&m, owner))?;
                 if !m.nowait {
@@ -2016,6 +2309,14 @@ impl Core {
                     Access::Read,
                     "exchange",
                     m.exchange.as_bytes(),
+                    (50, 50),
+                )?;
+                self.check_topic(
+                    id,
+                    ch,
+                    Access::Read,
+                    m.exchange.as_bytes(),
+                    m.routing_key.as_bytes(),
                     (50, 50),
                 )?;
                 let v = self.vhosts.get_mut(&*vh).ok_or_else(no_vhost)?;
@@ -3201,6 +3502,14 @@ impl Core {
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
         }
+        self.check_topic(
+            id,
+            ch,
+            Access::Write,
+            p.exchange.as_bytes(),
+            p.routing_key.as_bytes(),
+            ids,
+        )?;
         let vh = self.vhost_name(id);
         let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let routed = v.router.publish(
@@ -3809,7 +4118,9 @@ impl Core {
             let removed = v.router.delete_exclusive_queues(OwnerId(id));
             self.removed(removed);
         }
-        self.conns.remove(&id);
+        if let Some(user) = self.conns.remove(&id).and_then(|c| c.user) {
+            self.user_channel_caps(&user);
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! vhosts, permissions and the topology, imported into an empty broker at
 //! boot (`--definitions FILE`), as RabbitMQ's `load_definitions` does.
 
-use crate::auth::{Auth, HashAlgorithm, Password, Permission, User, VhostMeta, parse_tags};
+use crate::auth::{
+    Auth, HashAlgorithm, Password, Permission, TopicPermission, User, VhostMeta, parse_tags,
+};
 use crate::core::snapshot::AdminError;
 use crate::core::{Core, CoreConfig};
 use amqp_router::definitions::{Topology, json_to_table};
@@ -22,6 +24,9 @@ pub struct Definitions {
     /// Permissions.
     #[serde(default)]
     pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDef>,
     /// Exchanges, queues, bindings, policies.
     #[serde(flatten)]
     pub topology: Topology,
@@ -44,6 +49,23 @@ pub struct UserDef {
     /// Tags: a list, or a comma-separated string in older exports.
     #[serde(default)]
     pub tags: serde_json::Value,
+    /// `{"max-connections": n, "max-channels": n}` (RabbitMQ's user
+    /// limits).
+    #[serde(default)]
+    pub limits: Option<serde_json::Value>,
+}
+
+impl UserDef {
+    /// The user's limits, when the export gives any.
+    pub fn limits(&self) -> Result<Option<crate::core::UserLimits>, String> {
+        self.limits
+            .as_ref()
+            .map(|l| {
+                crate::core::snapshot::user_limits_from_json(l)
+                    .map_err(|e| format!("user '{}': {e}", self.name))
+            })
+            .transpose()
+    }
 }
 
 /// A vhost of the export.
@@ -99,6 +121,38 @@ pub struct PermissionDef {
     pub read: String,
 }
 
+/// A topic permission of the export (`rabbitmqctl
+/// set_topic_permissions`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopicPermissionDef {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Pattern over published routing keys.
+    pub write: String,
+    /// Pattern over binding keys.
+    pub read: String,
+}
+
+impl TopicPermissionDef {
+    /// The key and permission, or why the patterns are refused.
+    pub fn permission(&self) -> Result<((String, String, String), TopicPermission), String> {
+        let p = TopicPermission::new(&self.write, &self.read).map_err(|e| {
+            format!(
+                "topic permissions of '{}' in '{}' on '{}': {e}",
+                self.user, self.vhost, self.exchange
+            )
+        })?;
+        Ok((
+            (self.user.clone(), self.vhost.clone(), self.exchange.clone()),
+            p,
+        ))
+    }
+}
+
 impl Definitions {
     /// Parses an export; the error names what is wrong.
     pub fn from_json(text: &str) -> Result<Definitions, String> {
@@ -132,6 +186,7 @@ impl Definitions {
             permissions: Default::default(),
             loopback_users: config.auth.loopback_users.clone(),
             vhost_meta: Default::default(),
+            topic_permissions: Default::default(),
         };
         for u in &self.users {
             auth.users.insert(u.name.clone(), Self::user(u)?);
@@ -150,6 +205,10 @@ impl Definitions {
                 .map_err(|e| format!("permissions of '{}' in '{}': {e}", p.user, p.vhost))?;
             auth.permissions
                 .insert((p.user.clone(), p.vhost.clone()), perm);
+        }
+        for t in &self.topic_permissions {
+            let (key, p) = t.permission()?;
+            auth.topic_permissions.insert(key, p);
         }
         config.auth = auth;
         Ok(())
@@ -172,6 +231,9 @@ impl Definitions {
         let bad = AdminError::BadRequest;
         for u in &self.users {
             core.admin_put_user(Self::user(u).map_err(bad)?);
+            if let Some(l) = u.limits().map_err(bad)? {
+                core.admin_set_user_limits(&u.name, l);
+            }
         }
         for v in &self.vhosts {
             core.admin_add_vhost(&v.name, v.meta(), creator)?;
@@ -180,6 +242,10 @@ impl Definitions {
             let perm = Permission::new(&p.configure, &p.write, &p.read)
                 .map_err(|e| bad(format!("permissions of '{}' in '{}': {e}", p.user, p.vhost)))?;
             core.admin_set_permission(&p.user, &p.vhost, perm)?;
+        }
+        for t in &self.topic_permissions {
+            let ((user, vhost, exchange), p) = t.permission().map_err(bad)?;
+            core.admin_set_topic_permission(&user, &vhost, &exchange, p)?;
         }
         let vh = |v: &Option<String>| v.clone().unwrap_or_else(|| vhost.unwrap_or("/").to_owned());
         // RabbitMQ's reason for a missing vhost; existing queues and
@@ -245,10 +311,17 @@ impl Definitions {
                 permissions: Default::default(),
                 loopback_users: config.auth.loopback_users.clone(),
                 vhost_meta: Default::default(),
+                topic_permissions: Default::default(),
             };
         }
         for u in &self.users {
             config.auth.users.insert(u.name.clone(), Self::user(u)?);
+            match u.limits()? {
+                Some(l) if l != crate::core::UserLimits::default() => {
+                    config.limits.users.insert(u.name.clone(), l);
+                }
+                _ => {}
+            }
         }
         for v in &self.vhosts {
             if !config.vhosts.contains(&v.name) {
@@ -266,6 +339,10 @@ impl Definitions {
                 .permissions
                 .insert((p.user.clone(), p.vhost.clone()), perm);
         }
+        for t in &self.topic_permissions {
+            let (key, p) = t.permission()?;
+            config.auth.topic_permissions.insert(key, p);
+        }
         Ok(())
     }
 }
@@ -281,22 +358,35 @@ mod tests {
         let text = r#"{"rabbit_version":"3.10.8","users":[
             {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{},"name":"guest",
              "password_hash":"jfsx+8mbmsQG4/GkyuDWoiCnfhDFATh+D0SP6OYjc92sBGoY","tags":["administrator"]},
-            {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{},"name":"limited",
+            {"hashing_algorithm":"rabbit_password_hashing_sha256","limits":{"max-channels":2,"max-connections":-1},"name":"limited",
              "password_hash":"y/P+ciiN49Dio/5HPudInHnbMmYOsR/VIYuvvDHOLilTVj3D","tags":[]}],
             "vhosts":[{"limits":[],"metadata":{"description":"","tags":[]},"name":"/"},{"name":"other-vhost"}],
             "permissions":[{"configure":".*-mine.*","read":".*-mine.*","user":"limited","vhost":"/","write":".*-mine.*"}],
             "queues":[{"name":"jobs","vhost":"/","durable":true,"auto_delete":false,"arguments":{"x-max-length":10}}],
-            "exchanges":[],"bindings":[],"policies":[],"parameters":[],"global_parameters":[],"topic_permissions":[]}"#;
+            "exchanges":[],"bindings":[],"policies":[],"parameters":[],"global_parameters":[],
+            "topic_permissions":[{"user":"limited","vhost":"/","exchange":"amq.topic","write":"^{username}\\.","read":""}]}"#;
         let d = Definitions::from_json(text).unwrap();
         let mut c = CoreConfig::default();
         d.apply(&mut c).unwrap();
         assert!(c.auth.login("guest", "guest", true));
         assert!(c.auth.login("limited", "limited", false));
+        assert_eq!(c.limits.users["limited"].max_channels, Some(2));
+        assert_eq!(c.limits.users["limited"].max_connections, None);
+        assert!(!c.limits.users.contains_key("guest"));
         assert!(!c.auth.login("limited", "guest", false));
         assert_eq!(c.vhosts, ["/", "other-vhost"]);
         assert!(c.auth.may_open("limited", "/") && !c.auth.may_open("limited", "other-vhost"));
         assert_eq!(d.topology.queues.len(), 1);
+        let key = ("limited".to_owned(), "/".to_owned(), "amq.topic".to_owned());
+        assert_eq!(c.auth.topic_permissions[&key].write, "^{username}\\.");
+        assert_eq!(c.auth.topic_permissions[&key].read, "");
         assert!(Definitions::from_json("[]").is_err());
+        let bad = text.replace("^{username}", "(");
+        let e = Definitions::from_json(&bad)
+            .unwrap()
+            .apply(&mut CoreConfig::default())
+            .unwrap_err();
+        assert!(e.contains("topic permissions of 'limited'"), "{e}");
     }
 
     #[test]

@@ -911,10 +911,6 @@ fn exchange_path_name(name: &str) -> &str {
     if name == "amq.default" { "" } else { name }
 }
 
-fn users_json(auth: &Auth) -> Vec<Value> {
-    auth.users_json()
-}
-
 fn permissions_json(auth: &Auth) -> Vec<Value> {
     auth.permissions_json(None, None)
 }
@@ -1964,14 +1960,13 @@ async fn vhost(State(m): St, user: User, Path(name): Path<String>) -> ApiResult 
 
 async fn users(State(m): St, user: User) -> ApiResult {
     user.need_admin()?;
-    let auth = m.shared.with_core(|c| c.auth().clone());
-    ok(Value::Array(users_json(&auth)))
+    ok(Value::Array(m.shared.with_core(|c| c.users_json())))
 }
 
 async fn user_one(State(m): St, user: User, Path(name): Path<String>) -> ApiResult {
     user.need_admin()?;
-    let auth = m.shared.with_core(|c| c.auth().clone());
-    users_json(&auth)
+    m.shared
+        .with_core(|c| c.users_json())
         .into_iter()
         .find(|u| u["name"] == name.as_str())
         .map_or_else(|| Err(ApiError::not_found()), ok)
@@ -2095,9 +2090,9 @@ async fn whoami(user: User) -> ApiResult {
 
 async fn definitions(State(m): St, user: User) -> ApiResult {
     user.need_admin()?;
-    let (topology, auth, vhosts) = m.shared.with_core(|c| {
+    let (topology, auth, vhosts, users) = m.shared.with_core(|c| {
         let s = c.snapshot();
-        (c.topology(), c.auth().clone(), s.vhosts)
+        (c.topology(), c.auth().clone(), s.vhosts, c.users_json())
     });
     let t = serde_json::to_value(&topology).unwrap_or(Value::Null);
     ok(json!({
@@ -2105,13 +2100,13 @@ async fn definitions(State(m): St, user: User) -> ApiResult {
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "amqp-broker",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "users": users_json(&auth),
+        "users": users,
         "vhosts": vhosts
             .iter()
             .map(|v| crate::core::snapshot::vhost_def_json(&auth, &v.name))
             .collect::<Vec<_>>(),
         "permissions": permissions_json(&auth),
-        "topic_permissions": [],
+        "topic_permissions": auth.topic_permissions_json(None, None),
         "parameters": [],
         "global_parameters": [],
         "policies": t.get("policies").cloned().unwrap_or(json!([])),
@@ -2311,6 +2306,127 @@ async fn delete_permission(
     m.shared
         .with_core(|c| c.admin_clear_permission(&name, &vhost))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/topic-permissions`.
+async fn topic_permissions(State(m): St, user: User) -> ApiResult {
+    user.need_admin()?;
+    let list = m
+        .shared
+        .with_core(|c| c.auth().topic_permissions_json(None, None));
+    ok(Value::Array(list))
+}
+
+/// `GET /api/topic-permissions/vhost/user`: the user's topic permissions
+/// in the vhost, one per exchange (404 when there is none).
+async fn topic_permission_one(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.need_admin()?;
+    let list = m
+        .shared
+        .with_core(|c| c.auth().topic_permissions_json(Some(&name), Some(&vhost)));
+    if list.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    ok(Value::Array(list))
+}
+
+/// `PUT /api/topic-permissions/vhost/user` with `exchange`, `write` and
+/// `read`: 201 when the user had no topic permission in the vhost, else
+/// 204 (RabbitMQ's answers).
+async fn put_topic_permission(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    user.need_admin()?;
+    let o = body_json(&body)?;
+    let missing: Vec<String> = ["exchange", "write", "read"]
+        .iter()
+        .filter(|k| !o.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
+    }
+    let field = |k: &str| match &o[k] {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(ApiError::bad_request(format!("{k} must be a string"))),
+    };
+    let (exchange, write, read) = (field("exchange")?, field("write")?, field("read")?);
+    let permission = crate::auth::TopicPermission::new(&write, &read).map_err(|e| {
+        let bad = if crate::auth::TopicPermission::new(&write, "").is_err() {
+            &write
+        } else {
+            &read
+        };
+        ApiError::bad_request_term(json!(["invalid_regexp", bad, e]))
+    })?;
+    let new = m.shared.with_core(|c| {
+        let had = !c
+            .auth()
+            .topic_permissions_json(Some(&name), Some(&vhost))
+            .is_empty();
+        c.admin_set_topic_permission(&name, &vhost, &exchange, permission)
+            .map(|_| !had)
+    })?;
+    Ok(created(new))
+}
+
+/// `DELETE /api/topic-permissions/vhost/user`: all of the user's topic
+/// permissions in the vhost (as RabbitMQ 3.10's API).
+async fn delete_topic_permission(
+    State(m): St,
+    user: User,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.need_admin()?;
+    m.shared
+        .with_core(|c| c.admin_clear_topic_permissions(&name, &vhost, None))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/users/user/topic-permissions`.
+async fn topic_permissions_of_user(
+    State(m): St,
+    user: User,
+    Path(name): Path<String>,
+) -> ApiResult {
+    user.need_admin()?;
+    let (exists, list) = m.shared.with_core(|c| {
+        let a = c.auth();
+        (
+            a.users.contains_key(&name),
+            a.topic_permissions_json(Some(&name), None),
+        )
+    });
+    if !exists {
+        return Err(ApiError::not_found());
+    }
+    ok(Value::Array(list))
+}
+
+/// `GET /api/vhosts/vhost/topic-permissions`.
+async fn topic_permissions_in_vhost(
+    State(m): St,
+    user: User,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    user.need_admin()?;
+    let (exists, list) = m.shared.with_core(|c| {
+        (
+            c.has_vhost(&vhost),
+            c.auth().topic_permissions_json(None, Some(&vhost)),
+        )
+    });
+    if !exists {
+        return Err(ApiError::not_found());
+    }
+    ok(Value::Array(list))
 }
 
 /// `GET /api/users/user/permissions`.
@@ -2516,6 +2632,21 @@ pub fn router(m: Arc<Management>) -> Router {
             get(permission_one)
                 .put(put_permission)
                 .delete(delete_permission),
+        )
+        .route("/api/topic-permissions", get(topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(topic_permission_one)
+                .put(put_topic_permission)
+                .delete(delete_topic_permission),
+        )
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(topic_permissions_of_user),
+        )
+        .route(
+            "/api/vhosts/{vhost}/topic-permissions",
+            get(topic_permissions_in_vhost),
         )
         .route("/api/policies", get(policies_list))
         .route("/api/policies/{vhost}", get(policies_list))

@@ -341,8 +341,16 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut eof = false;
     let mut blocked = false;
+    let mut close_seen = false;
     loop {
         let (cause, now_blocked) = run(&shared, id, &mut conn);
+        if !close_seen && let Some(reason) = conn.close_sent() {
+            // A refusal the codec made itself (an unknown mechanism) is
+            // logged as a refused login.
+            close_seen = true;
+            let text = reason.text.to_string_lossy();
+            shared.with_core(|c| c.log_refused_mechanism(id, &text));
+        }
         if now_blocked != blocked {
             // A resource alarm: nothing more is read from this publisher
             // (TCP pushes back) until it clears; its silence meanwhile is

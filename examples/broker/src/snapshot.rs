@@ -595,6 +595,31 @@ impl Core {
         &self.auth
     }
 
+    /// The users as RabbitMQ's `/api/users` and definitions exports show
+    /// them, by name, each with its `limits` (`max-connections`,
+    /// `max-channels`).
+    pub fn users_json(&self) -> Vec<serde_json::Value> {
+        let mut users = self.auth.users_json();
+        for u in &mut users {
+            let name = u["name"].as_str().unwrap_or_default().to_owned();
+            if let Some(l) = self.limits.users.get(&name) {
+                u["limits"] = user_limits_json(l);
+            }
+        }
+        users
+    }
+
+    /// Sets `user`'s limits (a definitions import's `limits`); connections
+    /// already open keep theirs until their next channel opens or closes.
+    pub fn admin_set_user_limits(&mut self, user: &str, limits: crate::core::UserLimits) {
+        if limits == crate::core::UserLimits::default() {
+            self.limits.users.remove(user);
+        } else {
+            self.limits.users.insert(user.to_owned(), limits);
+        }
+        self.user_channel_caps(user);
+    }
+
     /// The global message counters.
     pub fn message_stats(&self) -> MessageStats {
         self.counters
@@ -1009,6 +1034,7 @@ impl Core {
         for c in self.conns.values_mut() {
             if let (Some(u), Some(v)) = (&c.user, &c.vhost) {
                 c.permission = auth.permissions.get(&(u.clone(), v.to_string())).cloned();
+                c.topic = auth.topic_grants(u, v);
                 c.allowed.clear();
             }
         }
@@ -1143,6 +1169,7 @@ impl Core {
             });
         }
         self.auth.permissions.retain(|(_, v), _| v != name);
+        self.auth.topic_permissions.retain(|(_, v, _), _| v != name);
         self.auth.vhost_meta.remove(name);
         self.definitions_dirty = true;
         Ok(())
@@ -1165,6 +1192,8 @@ impl Core {
             return Err(AdminError::NotFound(format!("no user '{name}'")));
         }
         self.auth.permissions.retain(|(u, _), _| u != name);
+        self.auth.topic_permissions.retain(|(u, _, _), _| u != name);
+        self.limits.users.remove(name);
         let text = format!("user '{name}' is deleted");
         let mut ids: Vec<ConnId> = self
             .conns
@@ -1222,6 +1251,57 @@ impl Core {
         Ok(())
     }
 
+    /// Sets `user`'s topic permission on `exchange` in `vhost` (`PUT
+    /// /api/topic-permissions/vhost/user`, `rabbitmqctl
+    /// set_topic_permissions`); whether it is new. User and vhost must
+    /// exist (else RabbitMQ's 400 `vhost_or_user_not_found`); the exchange
+    /// need not. Open connections use it from their next operation.
+    pub fn admin_set_topic_permission(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: &str,
+        permission: crate::auth::TopicPermission,
+    ) -> Result<bool, AdminError> {
+        if !self.auth.users.contains_key(user) || !self.vhosts.contains_key(vhost) {
+            return Err(AdminError::BadRequest("vhost_or_user_not_found".into()));
+        }
+        let new = self
+            .auth
+            .topic_permissions
+            .insert(
+                (user.to_owned(), vhost.to_owned(), exchange.to_owned()),
+                permission,
+            )
+            .is_none();
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(new)
+    }
+
+    /// Removes `user`'s topic permissions in `vhost` (`DELETE
+    /// /api/topic-permissions/vhost/user`): on `exchange` only when given,
+    /// else all of them (404 when there was none).
+    pub fn admin_clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<(), AdminError> {
+        let before = self.auth.topic_permissions.len();
+        self.auth
+            .topic_permissions
+            .retain(|(u, v, x), _| !(u == user && v == vhost && exchange.is_none_or(|e| e == x)));
+        if self.auth.topic_permissions.len() == before {
+            return Err(AdminError::NotFound(format!(
+                "no topic permissions of '{user}' in '{vhost}'"
+            )));
+        }
+        self.refresh_permissions();
+        self.definitions_dirty = true;
+        Ok(())
+    }
+
     /// The data directory's `definitions.json`: the durable `topology` with
     /// the users, virtual hosts (with their metadata) and permissions, as
     /// a RabbitMQ definitions export, so that they come back at boot.
@@ -1230,7 +1310,7 @@ impl Core {
         let mut names: Vec<&String> = self.vhosts.keys().collect();
         names.sort();
         if let serde_json::Value::Object(o) = &mut v {
-            o.insert("users".into(), self.auth.users_json().into());
+            o.insert("users".into(), self.users_json().into());
             o.insert(
                 "vhosts".into(),
                 names
@@ -1243,9 +1323,44 @@ impl Core {
                 "permissions".into(),
                 self.auth.permissions_json(None, None).into(),
             );
+            o.insert(
+                "topic_permissions".into(),
+                self.auth.topic_permissions_json(None, None).into(),
+            );
         }
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
+}
+
+/// A user's limits as RabbitMQ shows them (`{}` without any).
+pub fn user_limits_json(l: &crate::core::UserLimits) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    if let Some(n) = l.max_connections {
+        o.insert("max-connections".into(), n.into());
+    }
+    if let Some(n) = l.max_channels {
+        o.insert("max-channels".into(), n.into());
+    }
+    serde_json::Value::Object(o)
+}
+
+/// A user's limits from RabbitMQ's `limits` object (`max-connections`,
+/// `max-channels`; a negative value is no limit, as in RabbitMQ).
+pub fn user_limits_from_json(v: &serde_json::Value) -> Result<crate::core::UserLimits, String> {
+    let get = |k: &str| -> Result<Option<u64>, String> {
+        match v.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(x) => match x.as_i64() {
+                Some(n) if n < 0 => Ok(None),
+                Some(n) => Ok(u64::try_from(n).ok()),
+                None => Err(format!("user limit {k} must be an integer, not {x}")),
+            },
+        }
+    };
+    Ok(crate::core::UserLimits {
+        max_connections: get("max-connections")?,
+        max_channels: get("max-channels")?,
+    })
 }
 
 /// A virtual host as RabbitMQ's definitions export shows it.

@@ -1839,9 +1839,108 @@ fn rabbitmq_mutations_match() {
             "".into(),
             false,
         ),
+        // Topic permissions.
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            r#"{"exchange":"amq.topic","write":"^a"}"#.into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            r#"{"exchange":"amq.topic","write":"(","read":""}"#.into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-none/{p}-u"),
+            r#"{"exchange":"amq.topic","write":"a","read":"b"}"#.into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-none"),
+            r#"{"exchange":"amq.topic","write":"a","read":"b"}"#.into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            "".into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            r#"{"exchange":"amq.topic","write":"^{username}\\.","read":""}"#.into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            r#"{"exchange":"amq.topic","write":"^{username}\\.","read":".*"}"#.into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            "".into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/users/{p}-u/topic-permissions"),
+            "".into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/vhosts/{p}-vh/topic-permissions"),
+            "".into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/topic-permissions/{p}-vh/guest"),
+            "".into(),
+            true,
+        ),
+        (
+            "PUT",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            r#"{"exchange":"other","write":"","read":""}"#.into(),
+            true,
+        ),
         (
             "DELETE",
-            format!("/api/permissions/{p}-vh/{p}-u"),
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            "".into(),
+            true,
+        ),
+        (
+            "DELETE",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
+            "".into(),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/users/{p}-u/topic-permissions"),
+            "".into(),
+            true,
+        ),
+        (
+            "POST",
+            "/api/definitions".into(),
+            format!(
+                r#"{{"topic_permissions":[{{"user":"{p}-u","vhost":"{p}-vh","exchange":"amq.topic","write":"w","read":"r"}}]}}"#
+            ),
+            true,
+        ),
+        (
+            "GET",
+            format!("/api/topic-permissions/{p}-vh/{p}-u"),
             "".into(),
             true,
         ),
@@ -1851,6 +1950,23 @@ fn rabbitmq_mutations_match() {
             "".into(),
             true,
         ),
+        (
+            "DELETE",
+            format!("/api/permissions/{p}-vh/{p}-u"),
+            "".into(),
+            true,
+        ),
+        // A user's limits come in with a definitions import.
+        (
+            "POST",
+            "/api/definitions".into(),
+            format!(
+                r#"{{"users":[{{"name":"{p}-lim","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":[],"limits":{{"max-channels":7}}}}]}}"#
+            ),
+            true,
+        ),
+        ("GET", format!("/api/users/{p}-lim"), "".into(), true),
+        ("DELETE", format!("/api/users/{p}-lim"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u"), "".into(), true),
         ("DELETE", format!("/api/users/{p}-u2"), "".into(), true),
