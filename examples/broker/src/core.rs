@@ -2087,6 +2087,23 @@ impl Core {
         ))
     }
 
+    /// The checks of a (un)binding, in RabbitMQ's order: write on the
+    /// destination (a `queue` or an `exchange`), read on the source
+    /// exchange, then the topic permission for the key on it.
+    fn check_binding(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        destination: (&str, &[u8]),
+        source: &[u8],
+        key: &[u8],
+        ids: (u16, u16),
+    ) -> Res {
+        self.check(id, ch, Access::Write, destination.0, destination.1, ids)?;
+        self.check(id, ch, Access::Read, "exchange", source, ids)?;
+        self.check_topic(id, ch, Access::Read, source, key, ids)
+    }
+
     /// Checks a routing or binding `key` on `exchange` against the
     /// connection's topic permissions (RabbitMQ's
     /// `check_topic_authorisation`): only topic exchanges that exist are
@@ -2209,26 +2226,10 @@ impl Core {
                 }
             }
             Method::ExchangeBind(m) => {
-                self.check(
+                self.check_binding(
                     id,
                     ch,
-                    Access::Write,
-                    "exchange",
-                    m.destination.as_bytes(),
-                    (40, 30),
-                )?;
-                self.check(
-                    id,
-                    ch,
-                    Access::Read,
-                    "exchange",
-                    m.source.as_bytes(),
-                    (40, 30),
-                )?;
-                self.check_topic(
-                    id,
-                    ch,
-                    Access::Read,
+                    ("exchange", m.destination.as_bytes()),
                     m.source.as_bytes(),
                     m.routing_key.as_bytes(),
                     (40, 30),
@@ -2241,26 +2242,10 @@ impl Core {
                 }
             }
             Method::ExchangeUnbind(m) => {
-                self.check(
+                self.check_binding(
                     id,
                     ch,
-                    Access::Write,
-                    "exchange",
-                    m.destination.as_bytes(),
-                    (40, 40),
-                )?;
-                self.check(
-                    id,
-                    ch,
-                    Access::Read,
-                    "exchange",
-                    m.source.as_bytes(),
-                    (40, 40),
-                )?;
-                self.check_topic(
-                    id,
-                    ch,
-                    Access::Read,
+                    ("exchange", m.destination.as_bytes()),
                     m.source.as_bytes(),
                     m.routing_key.as_bytes(),
                     (40, 40),
@@ -2277,19 +2262,10 @@ impl Core {
             Method::QueueDeclare(m) => self.queue_declare(id, ch, m)?,
             Method::QueueBind(mut m) => {
                 m.queue = self.queue_name(id, ch, &m.queue, (50, 20))?;
-                self.check(id, ch, Access::Write, "queue", m.queue.as_bytes(), (50, 20))?;
-                self.check(
+                self.check_binding(
                     id,
                     ch,
-                    Access::Read,
-                    "exchange",
-                    m.exchange.as_bytes(),
-                    (50, 20),
-                )?;
-                self.check_topic(
-                    id,
-                    ch,
-                    Access::Read,
+                    ("queue", m.queue.as_bytes()),
                     m.exchange.as_bytes(),
                     m.routing_key.as_bytes(),
                     (50, 20),
@@ -2302,19 +2278,10 @@ impl Core {
             }
             Method::QueueUnbind(mut m) => {
                 m.queue = self.queue_name(id, ch, &m.queue, (50, 50))?;
-                self.check(id, ch, Access::Write, "queue", m.queue.as_bytes(), (50, 50))?;
-                self.check(
+                self.check_binding(
                     id,
                     ch,
-                    Access::Read,
-                    "exchange",
-                    m.exchange.as_bytes(),
-                    (50, 50),
-                )?;
-                self.check_topic(
-                    id,
-                    ch,
-                    Access::Read,
+                    ("queue", m.queue.as_bytes()),
                     m.exchange.as_bytes(),
                     m.routing_key.as_bytes(),
                     (50, 50),

@@ -749,13 +749,7 @@ mod tests {
     #[test]
     fn pops_follow_priority_then_position_against_a_model() {
         for seed in 1..=200u64 {
-            let mut x = seed;
-            let mut rnd = move |n: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % n
-            };
+            let mut rnd = crate::testing::xorshift(seed);
             let quorum = seed % 4 == 0;
             let max = if quorum { 0 } else { rnd(6) as u8 };
             let mut r = if quorum {

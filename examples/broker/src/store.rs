@@ -1055,13 +1055,7 @@ mod tests {
     #[test]
     fn liveness_agrees_with_a_map_of_every_message() {
         for seed in 1..=100u64 {
-            let mut x = seed;
-            let mut rnd = move |n: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % n
-            };
+            let mut rnd = crate::testing::xorshift(seed);
             let names = ["a", "b", "c"];
             let mut live = Liveness::default();
             // The model: id -> (segment, queues), segment -> live count.

@@ -235,3 +235,16 @@ fn take_chunk(q: &mut VecDeque<Bytes>, size: &mut dyn FnMut(usize) -> usize) -> 
     }
     Some(chunk)
 }
+
+/// A small seeded generator for tests (xorshift64): `rnd(n)` is in
+/// `0..n`. Not for anything but reproducible test sequences; a seed of 0
+/// stays 0.
+pub fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut x = seed;
+    move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    }
+}

@@ -13,18 +13,7 @@ use amqp_codec::Event;
 use amqp_codec::types::Method;
 use amqp_codec::types::method::*;
 use std::time::{Duration, Instant};
-use support::{Broker, Client};
-
-/// The broker's resident set, bytes.
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
+use support::{Broker, Client, rss};
 
 /// The client's events now, reading what its socket holds without waiting.
 fn events_now(p: &mut Client) -> Vec<Event> {

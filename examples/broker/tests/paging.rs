@@ -15,17 +15,7 @@ use amqp_codec::types::{BasicProperties, Method};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::{Broker, Client};
-
-fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
+use support::{Broker, Client, rss};
 
 fn data_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("amqp-paging-{tag}-{}", std::process::id()));

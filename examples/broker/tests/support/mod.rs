@@ -375,3 +375,14 @@ pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
     assert_eq!(ports.len(), n, "{n} free ports in {range:?}");
     ports
 }
+
+/// The resident set of process `pid`, bytes (`/proc/PID/status`).
+pub fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
