@@ -8,6 +8,7 @@
 //!
 //! `AMQP_CRASH_TRIALS=N` sets the number of trials (default 5, as CI runs;
 //! `benches/crash_trials.sh` runs 100); `AMQP_CRASH_SEED` the first seed.
+//! The broker runs with a paging window of 200 messages, so queues page.
 //! A kill -9 leaves the page cache intact, so this cannot catch a confirm
 //! sent before fsync; it catches lost records, bad recovery and bad
 //! bookkeeping.
@@ -40,11 +41,22 @@ impl Drop for Running {
 }
 
 fn start(addr: SocketAddr, data: &Path) -> Running {
+    // A paging window of 200 messages: the queue pages under load, and
+    // the pages (a cache, thrown away at start) must never stand in for
+    // the store.
+    let config = data.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[paging]\nwindow_messages = 200\npage_messages = 100\n",
+    )
+    .expect("write the config");
     let child = Command::new(env!("CARGO_BIN_EXE_amqp-broker"))
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(data)
+        .arg("--config")
+        .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -346,6 +358,7 @@ fn trial(seed: u64, port: u16) -> (usize, usize, usize, usize, usize) {
     drop(s);
     drop(broker);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(data.with_extension("toml"));
     out
 }
 
