@@ -749,7 +749,8 @@ mod tests {
     #[test]
     fn pops_follow_priority_then_position_against_a_model() {
         for seed in 1..=200u64 {
-            let mut rnd = crate::testing::xorshift(seed);
+            let mut rng = crate::testing::SplitMix(seed);
+            let mut rnd = move |n: u64| rng.below(n);
             let quorum = seed % 4 == 0;
             let max = if quorum { 0 } else { rnd(6) as u8 };
             let mut r = if quorum {

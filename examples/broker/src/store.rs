@@ -1055,7 +1055,8 @@ mod tests {
     #[test]
     fn liveness_agrees_with_a_map_of_every_message() {
         for seed in 1..=100u64 {
-            let mut rnd = crate::testing::xorshift(seed);
+            let mut rng = crate::testing::SplitMix(seed);
+            let mut rnd = move |n: u64| rng.below(n);
             let names = ["a", "b", "c"];
             let mut live = Liveness::default();
             // The model: id -> (segment, queues), segment -> live count.

@@ -236,15 +236,29 @@ fn take_chunk(q: &mut VecDeque<Bytes>, size: &mut dyn FnMut(usize) -> usize) -> 
     Some(chunk)
 }
 
-/// A small seeded generator for tests (xorshift64): `rnd(n)` is in
-/// `0..n`. Not for anything but reproducible test sequences; a seed of 0
-/// stays 0.
-pub fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
-    let mut x = seed;
-    move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
+/// A small seeded generator for tests and simulations (splitmix64): the
+/// same seed gives the same sequence everywhere. Not for anything but
+/// reproducible test runs.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
     }
 }

@@ -823,6 +823,38 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs a client program over amqps:// three ways (PLAIN without and with
+/// a client certificate, EXTERNAL) and returns what it needs for more.
+fn client_over_amqps<'a>(
+    interpreter: &str,
+    script: &str,
+    ports: &Ports,
+    pki: &'a Pki,
+) -> impl Fn(&[&str]) -> String + 'a {
+    let port = ports.tls.to_string();
+    let (interpreter, script) = (interpreter.to_owned(), script.to_owned());
+    let run = move |args: &[&str]| {
+        let mut all = vec![script.as_str(), port.as_str(), path(&pki.ca)];
+        all.extend_from_slice(args);
+        program(&interpreter, &all)
+    };
+    let cert = pki.tls_client();
+    let with_cert = |mechanism| [mechanism, path(&cert.cert), path(&cert.key)];
+    assert_eq!(
+        run(&["plain"]),
+        "connected with PLAIN\ngot: hello over amqps\n"
+    );
+    assert_eq!(
+        run(&with_cert("plain")),
+        "connected with PLAIN\ngot: hello over amqps\n"
+    );
+    assert_eq!(
+        run(&with_cert("external")),
+        "connected with EXTERNAL\ngot: hello over amqps\n"
+    );
+    run
+}
+
 #[test]
 fn pika_over_amqps() {
     if !support::interop("pika_over_amqps") {
@@ -831,48 +863,10 @@ fn pika_over_amqps() {
     let ports = Ports::take();
     let pki = Pki::new("pika");
     let _b = interop_broker(&ports, &pki);
-    let port = ports.tls.to_string();
-    let cert = pki.tls_client();
-    let script = "pika_tls.py";
-    let out = program("python3", &[script, &port, path(&pki.ca), "plain"]);
-    assert_eq!(out, "connected with PLAIN\ngot: hello over amqps\n");
-    let out = program(
-        "python3",
-        &[
-            script,
-            &port,
-            path(&pki.ca),
-            "plain",
-            path(&cert.cert),
-            path(&cert.key),
-        ],
-    );
-    assert_eq!(out, "connected with PLAIN\ngot: hello over amqps\n");
-    let out = program(
-        "python3",
-        &[
-            script,
-            &port,
-            path(&pki.ca),
-            "external",
-            path(&cert.cert),
-            path(&cert.key),
-        ],
-    );
-    assert_eq!(out, "connected with EXTERNAL\ngot: hello over amqps\n");
+    let run = client_over_amqps("python3", "pika_tls.py", &ports, &pki);
     // A certificate naming no user: pika reports the refusal.
     let stranger = pki.client("stranger", None, "stranger");
-    let out = program(
-        "python3",
-        &[
-            script,
-            &port,
-            path(&pki.ca),
-            "external",
-            path(&stranger.cert),
-            path(&stranger.key),
-        ],
-    );
+    let out = run(&["external", path(&stranger.cert), path(&stranger.key)]);
     assert!(out.starts_with("refused: "), "{out}");
 }
 
@@ -884,33 +878,5 @@ fn amqplib_over_amqps() {
     let ports = Ports::take();
     let pki = Pki::new("amqplib");
     let _b = interop_broker(&ports, &pki);
-    let port = ports.tls.to_string();
-    let cert = pki.tls_client();
-    let script = "amqplib_tls.js";
-    let out = program("node", &[script, &port, path(&pki.ca), "plain"]);
-    assert_eq!(out, "connected with PLAIN\ngot: hello over amqps\n");
-    let out = program(
-        "node",
-        &[
-            script,
-            &port,
-            path(&pki.ca),
-            "plain",
-            path(&cert.cert),
-            path(&cert.key),
-        ],
-    );
-    assert_eq!(out, "connected with PLAIN\ngot: hello over amqps\n");
-    let out = program(
-        "node",
-        &[
-            script,
-            &port,
-            path(&pki.ca),
-            "external",
-            path(&cert.cert),
-            path(&cert.key),
-        ],
-    );
-    assert_eq!(out, "connected with EXTERNAL\ngot: hello over amqps\n");
+    let _run = client_over_amqps("node", "amqplib_tls.js", &ports, &pki);
 }
