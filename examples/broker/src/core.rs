@@ -13,7 +13,7 @@ use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::paging::Pager;
 use crate::queue::{Entry, Msg, Ready, StreamLog};
-use crate::store::{QueueKey, Record};
+use crate::store::{ARRIVED_HEADER, QueueKey, Record, STREAM_AT_HEADER, take_private_header};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, ProtocolError, ReplyCode,
@@ -970,6 +970,7 @@ impl Core {
                 properties,
                 body: m.body,
                 persist: None,
+                at: None,
                 bcc: Vec::new(),
             });
             log.append_at(offset, msg, at_ms, qs.args.segment_size, Some(m.id));
@@ -998,6 +999,7 @@ impl Core {
                 properties,
                 body: m.body,
                 persist: Some(m.id),
+                at: Some(m.at),
                 bcc: Vec::new(),
             }),
             m.redelivered || unclean,
@@ -1476,6 +1478,7 @@ impl Core {
                     properties: props,
                     body: e.msg.body.clone(),
                     persist: None,
+                    at: None,
                     bcc: if dlrk.is_some() {
                         Vec::new()
                     } else {
@@ -3464,6 +3467,7 @@ impl Core {
                 properties: props,
                 body: compact(message.body),
                 persist: None,
+                at: None,
                 bcc: Vec::new(),
             });
             self.reply_direct(id, ch, target, &p, msg, seqno);
@@ -3497,6 +3501,7 @@ impl Core {
             properties: without_bcc(props),
             body: compact(message.body),
             persist: None,
+            at: None,
             bcc,
         };
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
@@ -4230,25 +4235,6 @@ fn delivery_counted(e: &Entry) -> Arc<Msg> {
         properties: lifecycle::with_delivery_count(&e.msg.properties, e.returns),
         ..(*e.msg).clone()
     })
-}
-
-/// The header a stream's stored record keeps its append time in (ms since
-/// the epoch); removed again at recovery.
-const STREAM_AT_HEADER: &str = "x-amqp-broker-stream-at";
-
-/// The header a stored record with a TTL keeps its arrival time in (ms
-/// since the epoch); removed again at recovery.
-const ARRIVED_HEADER: &str = "x-amqp-broker-arrived";
-
-/// Removes header `key` of stored properties, returning its integer value
-/// (and no headers table at all when it was the only one).
-fn take_private_header(p: &mut BasicProperties, key: &str) -> Option<u64> {
-    let h = p.headers.as_mut()?;
-    let v = h.remove(key);
-    if h.is_empty() {
-        p.headers = None;
-    }
-    v?.as_integer().and_then(|v| u64::try_from(v).ok())
 }
 
 /// The Direct Reply-to pseudo-queue.

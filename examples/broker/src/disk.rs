@@ -42,6 +42,12 @@ pub trait Disk: Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// The whole content of the file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Up to `into.len()` bytes of the file at `path` from `offset`
+    /// (fewer only at its end: 0 there).
+    fn read_part(&self, path: &Path, offset: u64, into: &mut [u8]) -> io::Result<usize>;
+    /// `len` bytes of the file at `path` from `offset` (an error, before
+    /// any allocation, if the file is shorter).
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>>;
     /// Creates the file at `path` for writing: with `new`, failing if it
     /// exists; otherwise replacing (truncating) any file there.
     fn create(&self, path: &Path, new: bool) -> io::Result<Self::File>;
@@ -92,6 +98,39 @@ impl Disk for RealDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_part(&self, path: &Path, offset: u64, into: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(path)?;
+        let mut n = 0;
+        while n < into.len() {
+            match f.read_at(&mut into[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(path)?;
+        let size = f.metadata()?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {len} bytes at {offset} are past its end ({size})",
+                    path.display()
+                ),
+            ));
+        }
+        let mut buf = vec![0; len as usize];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     fn create(&self, path: &Path, new: bool) -> io::Result<File> {
@@ -369,6 +408,37 @@ impl Disk for SimDisk {
         let s = self.sim();
         let ino = s.lookup(path)?;
         Ok(s.inodes[ino].data.clone())
+    }
+
+    fn read_part(&self, path: &Path, offset: u64, into: &mut [u8]) -> io::Result<usize> {
+        let s = self.sim();
+        let data = &s.inodes[s.lookup(path)?].data;
+        let from = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = into.len().min(data.len() - from);
+        into[..n].copy_from_slice(&data[from..from + n]);
+        Ok(n)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let s = self.sim();
+        let ino = s.lookup(path)?;
+        let data = &s.inodes[ino].data;
+        usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, n)| data.get(o..o.checked_add(n)?))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: {len} bytes at {offset} are past its end (simulated)",
+                        path.display()
+                    ),
+                )
+            })
     }
 
     fn create(&self, path: &Path, new: bool) -> io::Result<SimFile> {

@@ -300,7 +300,12 @@ fn main() -> ExitCode {
     match paging.paging() {
         Ok(None) => {}
         Ok(Some(paging)) => match amqp_broker::paging::DirPages::open(&data.paging()) {
-            Ok(pages) => core.set_pager(amqp_broker::paging::Pager::new(Box::new(pages), paging)),
+            // Recovered messages page as where they are in the store.
+            Ok(pages) => core.set_pager(
+                amqp_broker::paging::Pager::new(Box::new(pages), paging).with_records(Box::new(
+                    store::Segments::new(store::RealDisk, &data.messages()),
+                )),
+            ),
             Err(e) => {
                 eprintln!(
                     "amqp-broker: paging directory {}: {e}",
@@ -340,8 +345,9 @@ fn main() -> ExitCode {
     // Persistence first: what recovery records (removals for queues that
     // are gone, delivery markers after an unclean shutdown) is written.
     core.enable_persistence();
-    // Messages stream from the store into their queues (which page), one
-    // segment in memory at a time.
+    // Messages stream from the store into their queues, one chunk of a
+    // segment in memory at a time; beyond a queue's window they page as
+    // where they are in the store.
     let mut messages = 0usize;
     let mut recovered = match store::recover_each_on(&store::RealDisk, &data.messages(), |q, m| {
         messages += usize::from(core.recover_message(q, m, !clean));

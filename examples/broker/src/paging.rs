@@ -32,7 +32,8 @@
 //! restart from the message store).
 
 use crate::queue::{Entry, Msg};
-use crate::store::{Damage, Reader, put_content, put_short};
+use crate::store::{Damage, Reader, RecordAt, put_content, put_short};
+use amqp_types::ShortString;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io;
@@ -168,6 +169,22 @@ impl PageStore for MemPages {
     }
 }
 
+/// Where the messages recovered from the message store are read back
+/// from ([`crate::store::Segments`]). With one, a page holds of such a
+/// message only where its record lies ([`RecordAt`]), not a copy: a
+/// restart pages a long queue without writing its bodies again.
+pub trait RecordSource: Debug + Send {
+    /// `len` bytes of segment `segment` from `offset` (an error, not an
+    /// allocation, if the segment is shorter).
+    fn read(&mut self, segment: u64, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+}
+
+/// Records read back together when they lie at most this far apart (one
+/// read instead of one per record).
+const SPAN_GAP: u64 = 64 << 10;
+/// The most one read of records covers.
+const SPAN_MAX: u64 = 8 << 20;
+
 /// How much of a queue stays in memory, and how big pages are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paging {
@@ -206,6 +223,9 @@ pub struct PageStats {
     pub lost: u64,
     /// Pages on disk now.
     pub pages: u64,
+    /// Messages written to pages as where their records are in the message
+    /// store ([`RecordSource`]), not as copies.
+    pub by_reference: u64,
 }
 
 #[derive(Debug)]
@@ -216,6 +236,8 @@ struct Inner {
     /// The page being encoded (reused: a fresh multi-MiB buffer per page
     /// would be cleared by the kernel each time).
     buf: Vec<u8>,
+    /// Where recovered messages are read back from, if anywhere.
+    records: Option<Box<dyn RecordSource>>,
 }
 
 /// The page store, shared by every queue of a core (cloning shares it).
@@ -245,6 +267,8 @@ const REDELIVERED: u8 = 1;
 const PERSIST: u8 = 2;
 const EXPIRES: u8 = 4;
 const EXPIRES_BEFORE_BASE: u8 = 8;
+/// The entry holds where the message's record is, not the message.
+const STORED: u8 = 16;
 
 impl Pager {
     /// A pager over `store`.
@@ -255,9 +279,17 @@ impl Pager {
                 next: 1,
                 stats: PageStats::default(),
                 buf: Vec::new(),
+                records: None,
             })),
             paging,
         }
+    }
+
+    /// Reads messages recovered from the message store back from
+    /// `records`: their pages hold where they are, not copies.
+    pub fn with_records(self, records: Box<dyn RecordSource>) -> Pager {
+        self.lock().records = Some(records);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -278,10 +310,11 @@ impl Pager {
         payload.extend_from_slice(&[0; 8]);
         payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         let (mut bytes, mut persistent) = (0, false);
+        let by_ref = inner.records.is_some();
         for e in &entries {
             bytes += e.msg.size();
             persistent |= e.msg.persist.is_some();
-            encode(&mut payload, e, base);
+            inner.stats.by_reference += u64::from(encode(&mut payload, e, base, by_ref));
         }
         let len = (payload.len() - 8) as u32;
         let crc = crc32fast::hash(&payload[8..]);
@@ -319,7 +352,8 @@ impl Pager {
             .take(page.id)
             .ok()
             .and_then(|data| decode(&data, page.base).ok())
-            .filter(|v| v.len() == page.count);
+            .filter(|(v, _)| v.len() == page.count)
+            .and_then(|(v, stored)| resolve(v, &stored, inner.records.as_mut()));
         match got {
             Some(v) => {
                 inner.stats.read += 1;
@@ -340,8 +374,72 @@ impl Pager {
     }
 }
 
-fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>) {
+/// Puts the messages of the entries at `stored` (index, where) into them,
+/// read from `records`: nearby records in one read. `None` if any of them
+/// cannot be read or is not the message the entry names.
+fn resolve(
+    mut entries: Vec<Entry>,
+    stored: &[(usize, RecordAt)],
+    records: Option<&mut Box<dyn RecordSource>>,
+) -> Option<Vec<Entry>> {
+    if stored.is_empty() {
+        return Some(entries);
+    }
+    let records = records?;
+    let mut rest = stored;
+    while let Some(&(_, first)) = rest.first() {
+        // The run of records one read covers.
+        let (mut end, mut n) = (first.offset.checked_add(first.len)?, 1);
+        while let Some(&(_, next)) = rest.get(n) {
+            let next_end = next.offset.checked_add(next.len)?;
+            if next.segment != first.segment
+                || next.offset < end
+                || next.offset - end > SPAN_GAP
+                || next_end - first.offset > SPAN_MAX
+            {
+                break;
+            }
+            end = next_end;
+            n += 1;
+        }
+        let span = records
+            .read(first.segment, first.offset, end - first.offset)
+            .ok()?;
+        for &(i, at) in &rest[..n] {
+            let from = usize::try_from(at.offset - first.offset).ok()?;
+            let bytes = span.get(from..from.checked_add(usize::try_from(at.len).ok()?)?)?;
+            let (id, exchange, routing_key, properties, body) =
+                crate::store::decode_publish(bytes).ok()?;
+            let e = entries.get_mut(i)?;
+            if e.msg.persist != Some(id) {
+                return None;
+            }
+            e.msg = Arc::new(Msg {
+                exchange,
+                routing_key,
+                properties,
+                body,
+                persist: Some(id),
+                at: Some(at),
+                bcc: Vec::new(),
+            });
+        }
+        rest = &rest[n..];
+    }
+    Some(entries)
+}
+
+/// Writes entry `e`; with `by_ref`, a message recovered from the store as
+/// where its record is ([`STORED`]: then `true` comes back).
+fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> bool {
     let mut flags = 0;
+    let stored = match (by_ref, e.msg.at, e.msg.persist) {
+        (true, Some(at), Some(_)) if e.msg.bcc.is_empty() => {
+            flags |= STORED;
+            Some(at)
+        }
+        _ => None,
+    };
     if e.redelivered {
         flags |= REDELIVERED;
     }
@@ -371,6 +469,12 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>) {
         let nanos = u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX);
         out.extend_from_slice(&nanos.to_le_bytes());
     }
+    if let Some(at) = stored {
+        for v in [at.segment, at.offset, at.len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        return true;
+    }
     put_short(out, e.msg.exchange.as_bytes());
     put_short(out, e.msg.routing_key.as_bytes());
     out.push(e.msg.bcc.len().min(255) as u8);
@@ -378,9 +482,14 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>) {
         put_short(out, k.as_bytes());
     }
     put_content(out, &e.msg.properties, &e.msg.body);
+    false
 }
 
-fn decode(data: &[u8], base: Option<Instant>) -> Result<Vec<Entry>, Damage> {
+/// A page's entries, and which of them are [`STORED`] (their message is a
+/// placeholder until [`resolve`] reads it).
+type Decoded = (Vec<Entry>, Vec<(usize, RecordAt)>);
+
+fn decode(data: &[u8], base: Option<Instant>) -> Result<Decoded, Damage> {
     if data.len() < 8 {
         return Err(Damage::Truncated);
     }
@@ -395,6 +504,7 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Vec<Entry>, Damage> {
     // An entry takes at least 20 bytes: no allocation sized by an
     // unchecked count.
     let mut out = Vec::with_capacity(n.min(r.b.len() / 20));
+    let mut stored = Vec::new();
     for _ in 0..n {
         let seq = r.u64()?;
         let flags = r.u8()?;
@@ -416,6 +526,37 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Vec<Entry>, Damage> {
         } else {
             None
         };
+        if flags & STORED != 0 {
+            if persist.is_none() {
+                return Err(Damage::Malformed("a stored entry without a store id"));
+            }
+            let at = RecordAt {
+                segment: r.u64()?,
+                offset: r.u64()?,
+                len: r.u64()?,
+            };
+            stored.push((out.len(), at));
+            // A placeholder with the id, checked against the record read
+            // back.
+            let msg = Arc::new(Msg {
+                exchange: ShortString::from_static(""),
+                routing_key: ShortString::from_static(""),
+                properties: Default::default(),
+                body: Default::default(),
+                persist,
+                at: Some(at),
+                bcc: Vec::new(),
+            });
+            out.push(Entry {
+                seq,
+                msg,
+                redelivered: flags & REDELIVERED != 0,
+                level,
+                expires,
+                returns,
+            });
+            continue;
+        }
         let exchange = r.short()?;
         let routing_key = r.short()?;
         let nbcc = r.u8()?;
@@ -432,6 +573,7 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Vec<Entry>, Damage> {
                 properties,
                 body,
                 persist,
+                at: None,
                 bcc,
             }),
             redelivered: flags & REDELIVERED != 0,
@@ -443,7 +585,7 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Vec<Entry>, Damage> {
     if !r.b.is_empty() {
         return Err(Damage::Malformed("bytes after the page's entries"));
     }
-    Ok(out)
+    Ok((out, stored))
 }
 
 #[cfg(test)]
@@ -464,6 +606,7 @@ mod tests {
                 },
                 body: Bytes::from(format!("body {seq}")),
                 persist: seq.is_multiple_of(2).then_some(seq + 100),
+                at: None,
                 bcc: vec![ShortString::from_static("b")],
             }),
             redelivered: seq.is_multiple_of(3),
@@ -548,6 +691,148 @@ mod tests {
             let crc = crc32fast::hash(&d[8..]);
             d[4..8].copy_from_slice(&crc.to_le_bytes());
             let _ = decode(&d, None);
+        }
+    }
+
+    /// Segments in memory, for [`RecordSource`].
+    #[derive(Debug, Default)]
+    struct MemSegments(HashMap<u64, Vec<u8>>);
+
+    impl RecordSource for MemSegments {
+        fn read(&mut self, segment: u64, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+            self.0
+                .get(&segment)
+                .and_then(|d| d.get(offset as usize..(offset + len) as usize))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
+        }
+    }
+
+    /// Messages as recovery hands them over: each with where its publish
+    /// record is in `segments` (two segments, a record of another message
+    /// between some of them, so reads are split and spans skip gaps).
+    fn recovered(n: u64, segments: &mut MemSegments) -> Vec<Entry> {
+        (0..n)
+            .map(|i| {
+                let seg = 1 + i / 5;
+                let data = segments.0.entry(seg).or_default();
+                if i % 3 == 0 {
+                    crate::store::Record::Remove {
+                        id: 999,
+                        queue: ("/".into(), ShortString::from_static("q")),
+                    }
+                    .encode(data);
+                }
+                let offset = data.len() as u64;
+                let properties = BasicProperties {
+                    priority: Some(i as u8),
+                    ..Default::default()
+                };
+                let body = Bytes::from(format!("recovered {i} {}", "x".repeat(200)));
+                crate::store::Record::Publish {
+                    id: 100 + i,
+                    queues: vec![("/".into(), ShortString::from_static("q"))],
+                    exchange: ShortString::from_static("x"),
+                    routing_key: ShortString::from_static("rk"),
+                    properties: Box::new(properties.clone()),
+                    body: body.clone(),
+                }
+                .encode(data);
+                let at = RecordAt {
+                    segment: seg,
+                    offset,
+                    len: data.len() as u64 - offset,
+                };
+                Entry {
+                    seq: i,
+                    msg: Arc::new(Msg {
+                        exchange: ShortString::from_static("x"),
+                        routing_key: ShortString::from_static("rk"),
+                        properties,
+                        body,
+                        persist: Some(100 + i),
+                        at: Some(at),
+                        bcc: Vec::new(),
+                    }),
+                    redelivered: i % 2 == 0,
+                    level: 0,
+                    expires: None,
+                    returns: 0,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_recovered_message_pages_as_where_its_record_is() {
+        let mut segments = MemSegments::default();
+        let entries = recovered(12, &mut segments);
+        let full = Pager::new(Box::<MemPages>::default(), Paging::default());
+        let page = full.write(entries.clone()).expect("written");
+        let full_size = full.lock().store.take(page.id).unwrap().len();
+
+        let pager = Pager::new(Box::<MemPages>::default(), Paging::default())
+            .with_records(Box::new(segments));
+        let page = pager.write(entries.clone()).expect("written");
+        assert_eq!((page.count, page.persistent), (12, true));
+        assert_eq!(
+            (pager.stats().by_reference, full.stats().by_reference),
+            (12, 0)
+        );
+        let back = pager.read(page).expect("read back from the segments");
+        assert_eq!(back.len(), 12);
+        for (a, b) in entries.iter().zip(&back) {
+            assert_eq!(a.seq, b.seq);
+            assert_eq!(a.redelivered, b.redelivered);
+            assert_eq!(*a.msg, *b.msg, "message {}", a.seq);
+        }
+        // Written again, it is still by reference: only the where.
+        let again = pager.write(back).expect("written");
+        let stored_size = {
+            let mut inner = pager.lock();
+            let data = inner.store.take(again.id).unwrap();
+            inner.store.write(again.id, &data).unwrap();
+            data.len()
+        };
+        assert!(
+            stored_size * 2 < full_size,
+            "{stored_size} bytes by reference, {full_size} with the messages"
+        );
+        assert!(pager.read(again).is_some());
+    }
+
+    #[test]
+    fn a_recovered_page_whose_records_are_damaged_is_lost_whole() {
+        // A flipped byte (checksum), a cut segment, another message's
+        // record at the place: each loses the page, and counts it.
+        for damage in 0..3 {
+            let mut segments = MemSegments::default();
+            let entries = recovered(8, &mut segments);
+            let at = entries[6].msg.at.unwrap();
+            match damage {
+                0 => segments.0.get_mut(&at.segment).unwrap()[at.offset as usize + 20] ^= 1,
+                1 => segments
+                    .0
+                    .get_mut(&at.segment)
+                    .unwrap()
+                    .truncate(at.offset as usize + 5),
+                _ => {
+                    let other = entries[5].msg.at.unwrap();
+                    let mut e = entries.clone();
+                    Arc::make_mut(&mut e[6].msg).at = Some(other);
+                    let pager = Pager::new(Box::<MemPages>::default(), Paging::default())
+                        .with_records(Box::new(segments));
+                    let page = pager.write(e).expect("written");
+                    assert!(pager.read(page).is_none(), "a record of another message");
+                    assert_eq!(pager.stats().lost, 8);
+                    continue;
+                }
+            }
+            let pager = Pager::new(Box::<MemPages>::default(), Paging::default())
+                .with_records(Box::new(segments));
+            let page = pager.write(entries).expect("written");
+            assert!(pager.read(page).is_none(), "damage {damage}");
+            assert_eq!(pager.stats().lost, 8);
         }
     }
 

@@ -27,7 +27,7 @@ use crate::core::MESSAGE_OVERHEAD;
 use crate::paging::{PageRef, Pager};
 
 /// A published message, stored once however many queues it reaches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Msg {
     /// The exchange it was published to.
     pub exchange: ShortString,
@@ -40,6 +40,9 @@ pub struct Msg {
     /// Its id in the message store, when it is persistent and reached a
     /// durable queue.
     pub persist: Option<u64>,
+    /// Where its publish record lies in the store, for a message recovered
+    /// from it: a page then holds only that ([`crate::paging`]).
+    pub at: Option<crate::store::RecordAt>,
     /// The `BCC` routing keys it was published with (removed from its
     /// headers; dead-lettering without a routing key routes by them too).
     pub bcc: Vec<ShortString>,
@@ -625,6 +628,7 @@ mod tests {
             },
             body: Bytes::from_static(body.as_bytes()),
             persist: None,
+            at: None,
             bcc: Vec::new(),
         })
     }

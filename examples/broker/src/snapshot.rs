@@ -932,6 +932,7 @@ impl Core {
             properties,
             body: compact(body),
             persist: None,
+            at: None,
             bcc: Vec::new(),
         };
         let msg = self.store_publish(&queues, msg);

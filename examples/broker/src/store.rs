@@ -228,6 +228,75 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The header a stream's stored record keeps its append time in (ms since
+/// the epoch); removed again at recovery.
+pub(crate) const STREAM_AT_HEADER: &str = "x-amqp-broker-stream-at";
+
+/// The header a stored record with a TTL keeps its arrival time in (ms
+/// since the epoch); removed again at recovery.
+pub(crate) const ARRIVED_HEADER: &str = "x-amqp-broker-arrived";
+
+/// Removes header `key` of stored properties, returning its integer value
+/// (and no headers table at all when it was the only one).
+pub(crate) fn take_private_header(p: &mut BasicProperties, key: &str) -> Option<u64> {
+    let h = p.headers.as_mut()?;
+    let v = h.remove(key);
+    if h.is_empty() {
+        p.headers = None;
+    }
+    v?.as_integer().and_then(|v| u64::try_from(v).ok())
+}
+
+/// A message's publish record read back from `bytes` (exactly one record,
+/// checksum verified): its id, exchange, routing key, properties (without
+/// the arrival header) and body.
+pub(crate) fn decode_publish(
+    bytes: &[u8],
+) -> Result<(u64, ShortString, ShortString, BasicProperties, Bytes), Damage> {
+    match decode(bytes)? {
+        (
+            Record::Publish {
+                id,
+                exchange,
+                routing_key,
+                mut properties,
+                body,
+                ..
+            },
+            used,
+        ) if used == bytes.len() => {
+            take_private_header(&mut properties, ARRIVED_HEADER);
+            Ok((id, exchange, routing_key, *properties, body))
+        }
+        _ => Err(Damage::Malformed("not one publish record")),
+    }
+}
+
+/// The log's segments, read back at [`RecordAt`]s: the source of the pages
+/// of recovered messages ([`crate::paging::RecordSource`]).
+#[derive(Debug)]
+pub struct Segments<D: Disk = RealDisk> {
+    disk: D,
+    dir: PathBuf,
+}
+
+impl<D: Disk> Segments<D> {
+    /// The segments of the log in `dir` of `disk`.
+    pub fn new(disk: D, dir: &Path) -> Segments<D> {
+        Segments {
+            disk,
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl<D: Disk + Send> crate::paging::RecordSource for Segments<D> {
+    fn read(&mut self, segment: u64, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.disk
+            .read_at(&segment_path(&self.dir, segment), offset, len)
+    }
+}
+
 /// Reads one record from the front of `input`: the record and the bytes it
 /// used.
 pub fn decode(input: &[u8]) -> Result<(Record, usize), Damage> {
@@ -298,11 +367,26 @@ fn decode_with(input: &[u8], content: bool, verify: bool) -> Result<(Record, usi
     Ok((rec, 8 + len))
 }
 
+/// Where a publish record lies in the log. A page of messages recovered
+/// from the store holds only this for each ([`crate::paging`]): their
+/// segments stay while they are alive, and are never rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAt {
+    /// Segment number.
+    pub segment: u64,
+    /// Offset of the record in it.
+    pub offset: u64,
+    /// Length of the record (header included).
+    pub len: u64,
+}
+
 /// A message recovered into a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMessage {
     /// Store id (publish order).
     pub id: u64,
+    /// Where its record is.
+    pub at: RecordAt,
     /// Exchange.
     pub exchange: ShortString,
     /// Routing key.
@@ -589,9 +673,9 @@ pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<Recovered> {
 
 /// [`recover_on`], handing each message still in a queue to `each` (in
 /// publish order; a message in several queues once per queue) instead of
-/// collecting them: memory holds one segment at a time, and only the
-/// bookkeeping of which messages are alive. `Recovered::queues` stays
-/// empty.
+/// collecting them: memory holds one chunk of a segment at a time, and
+/// only the bookkeeping of which messages are alive. `Recovered::queues`
+/// stays empty.
 pub fn recover_each_on<D: Disk>(
     disk: &D,
     dir: &Path,
@@ -600,7 +684,7 @@ pub fn recover_each_on<D: Disk>(
     let segs = segments(disk, dir)?;
     let recovered = recover_each(
         &segs,
-        |seg| disk.read(&segment_path(dir, seg)),
+        |seg, off, into| disk.read_part(&segment_path(dir, seg), off, into),
         |seg, len| disk.truncate(&segment_path(dir, seg), len),
         each,
     )?;
@@ -624,7 +708,13 @@ pub fn recover_from(
     let mut queues: BTreeMap<QueueKey, Vec<RecoveredMessage>> = BTreeMap::new();
     let mut out = recover_each(
         &numbers,
-        |seg| Ok(files.get(&seg).cloned().unwrap_or_default()),
+        |seg, off, into| {
+            let file = files.get(&seg).map_or(&[][..], Vec::as_slice);
+            let from = usize::try_from(off).unwrap_or(usize::MAX).min(file.len());
+            let n = into.len().min(file.len() - from);
+            into[..n].copy_from_slice(&file[from..from + n]);
+            Ok(n)
+        },
         truncate,
         |q, m| queues.entry(q.clone()).or_default().push(m),
     )?;
@@ -632,8 +722,132 @@ pub fn recover_from(
     Ok(out)
 }
 
+/// How much of a segment recovery reads at a time (its buffer starts at
+/// [`CHUNK_FIRST`] and doubles as a segment proves longer).
+const CHUNK: usize = 1 << 20;
+const CHUNK_FIRST: usize = 64 << 10;
+
+/// A segment's records in order, read a chunk at a time through one
+/// buffer (grown, by doubling as bytes arrive, only for a record longer
+/// than it: never by a length field alone).
+#[derive(Default)]
+struct Chunks {
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[at..end]`; `buf[0]` is byte `pos` of the
+    /// segment.
+    at: usize,
+    end: usize,
+    pos: u64,
+    eof: bool,
+}
+
+/// What [`Chunks::next`] found.
+enum Next {
+    /// A record at `offset`, `used` bytes long, now at `buf[from..]`.
+    Record {
+        rec: Record,
+        offset: u64,
+        from: usize,
+        used: usize,
+    },
+    /// The segment ends.
+    End,
+    /// Damage at `offset`; `rest` bytes from there to the end.
+    Damaged {
+        offset: u64,
+        damage: Damage,
+        rest: u64,
+    },
+}
+
+impl Chunks {
+    fn start(&mut self) {
+        (self.at, self.end, self.pos, self.eof) = (0, 0, 0, false);
+    }
+
+    /// Reads (`read(offset, into)`, 0 at the end) until `need` unread
+    /// bytes are held or the segment ends.
+    fn fill(
+        &mut self,
+        need: usize,
+        read: &mut impl FnMut(u64, &mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if self.at > 0 {
+            self.buf.copy_within(self.at..self.end, 0);
+            self.pos += self.at as u64;
+            self.end -= self.at;
+            self.at = 0;
+        }
+        while self.end < need && !self.eof {
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(CHUNK_FIRST).min(need.max(CHUNK));
+                self.buf.resize(grown, 0);
+            }
+            match read(self.pos + self.end as u64, &mut self.buf[self.end..])? {
+                0 => self.eof = true,
+                n => self.end += n,
+            }
+        }
+        Ok(())
+    }
+
+    /// The next record, stopping at byte `limit` of the segment;
+    /// `content` and `verify` as for [`decode_with`].
+    fn next(
+        &mut self,
+        limit: u64,
+        content: bool,
+        verify: bool,
+        read: &mut impl FnMut(u64, &mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Next> {
+        loop {
+            let offset = self.pos + self.at as u64;
+            if offset >= limit {
+                return Ok(Next::End);
+            }
+            let avail = &self.buf[self.at..self.end];
+            match decode_with(avail, content, verify) {
+                Ok((rec, used)) => {
+                    let from = self.at;
+                    self.at += used;
+                    return Ok(Next::Record {
+                        rec,
+                        offset,
+                        from,
+                        used,
+                    });
+                }
+                Err(Damage::Truncated) if !self.eof => {
+                    let need = match avail.get(..4) {
+                        Some(b) => 8 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                        None => 8,
+                    };
+                    self.fill(need.max(CHUNK), read)?;
+                }
+                Err(_) if avail.is_empty() => return Ok(Next::End),
+                Err(damage) => {
+                    // How much follows, for the warning.
+                    let mut rest = (self.end - self.at) as u64;
+                    self.at = self.end;
+                    while !self.eof {
+                        self.fill(CHUNK, read)?;
+                        rest += self.end as u64;
+                        self.at = self.end;
+                    }
+                    return Ok(Next::Damaged {
+                        offset,
+                        damage,
+                        rest,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Recovery in two passes over the segments `segs` (in order), each read
-/// with `read` when needed and dropped after: the first learns which
+/// a chunk at a time with `read(segment, offset, into)` (the bytes read,
+/// 0 at the end): the first learns which
 /// messages are alive where (and which were delivered), cutting a torn
 /// tail of the last segment with `truncate` and reporting damage; the
 /// second hands every live message to `each`, decoding only those, in the
@@ -641,7 +855,7 @@ pub fn recover_from(
 /// At most two warnings per segment.
 pub fn recover_each(
     segs: &[u64],
-    mut read: impl FnMut(u64) -> io::Result<Vec<u8>>,
+    mut read: impl FnMut(u64, u64, &mut [u8]) -> io::Result<usize>,
     mut truncate: impl FnMut(u64, u64) -> io::Result<()>,
     mut each: impl FnMut(&QueueKey, RecoveredMessage),
 ) -> io::Result<Recovered> {
@@ -652,16 +866,16 @@ pub fn recover_each(
     let mut delivered: std::collections::HashSet<u64> = Default::default();
     // How much of each segment is readable.
     let mut readable = Vec::with_capacity(segs.len());
+    let mut chunks = Chunks::default();
     for (i, &seg) in segs.iter().enumerate() {
-        let data = read(seg)?;
         let path = format!("segment {seg:016}");
         out.live.touch(seg);
-        let mut off = 0;
-        while off < data.len() {
-            match decode_with(&data[off..], false, true) {
-                Ok((rec, used)) => {
+        chunks.start();
+        let mut read = |off: u64, into: &mut [u8]| read(seg, off, into);
+        let end = loop {
+            match chunks.next(u64::MAX, false, true, &mut read)? {
+                Next::Record { rec, .. } => {
                     out.records += 1;
-                    off += used;
                     match rec {
                         Record::Publish { id, queues, .. } => {
                             out.next_id = out.next_id.max(id.saturating_add(1));
@@ -675,24 +889,27 @@ pub fn recover_each(
                         }
                     }
                 }
-                Err(d) => {
+                Next::End => break chunks.pos + chunks.at as u64,
+                Next::Damaged {
+                    offset: off,
+                    damage: d,
+                    rest,
+                } => {
                     if i + 1 == segs.len() {
                         out.warnings.push(format!(
-                            "{path}: {d:?} record at byte {off}: the tail ({} bytes) is cut off",
-                            data.len() - off
+                            "{path}: {d:?} record at byte {off}: the tail ({rest} bytes) is cut off"
                         ));
-                        truncate(seg, off as u64)?;
+                        truncate(seg, off)?;
                     } else {
                         out.warnings.push(format!(
-                            "{path}: {d:?} record at byte {off}: the remaining {} bytes of this segment are unreadable and skipped",
-                            data.len() - off
+                            "{path}: {d:?} record at byte {off}: the remaining {rest} bytes of this segment are unreadable and skipped"
                         ));
                     }
-                    break;
+                    break off;
                 }
             }
-        }
-        readable.push(off);
+        };
+        readable.push(end);
     }
     // Ids out of order (a log this broker wrote has none) may appear more
     // than once: the first copy is the one recovered.
@@ -701,18 +918,24 @@ pub fn recover_each(
         if !out.live.segment_live(seg) {
             continue;
         }
-        let data = read(seg)?;
-        let data = &data[..end.min(data.len())];
+        chunks.start();
+        let mut read = |off: u64, into: &mut [u8]| read(seg, off, into);
         let mut unreadable = Vec::new();
-        let mut off = 0;
-        while off < data.len() {
-            // (Verified by the first pass: the same bytes of a file this
-            // process has locked.)
-            let Ok((rec, used)) = decode_with(&data[off..], false, false) else {
-                break;
+        // (Verified by the first pass: the same bytes of a file this
+        // process has locked.)
+        while let Next::Record {
+            rec,
+            offset,
+            from,
+            used,
+        } = chunks.next(end, false, false, &mut read)?
+        {
+            let rec_bytes = &chunks.buf[from..from + used];
+            let at = RecordAt {
+                segment: seg,
+                offset,
+                len: used as u64,
             };
-            let rec_bytes = &data[off..off + used];
-            off += used;
             let Record::Publish { id, .. } = rec else {
                 continue;
             };
@@ -734,6 +957,7 @@ pub fn recover_each(
                 )) => {
                     let m = RecoveredMessage {
                         id,
+                        at,
                         exchange,
                         routing_key,
                         properties: *properties,
@@ -933,6 +1157,97 @@ mod tests {
         d
     }
 
+    type ReadOutcome = (
+        Vec<(String, u64, RecordAt, usize)>,
+        Vec<String>,
+        Vec<(u64, u64)>,
+    );
+
+    /// Recovery of `segs` with reads of at most `most` bytes each: what it
+    /// hands over (queue, id, where, body length), its warnings and the
+    /// truncations it asks for.
+    fn recover_reading_at_most(segs: &[(u64, Vec<u8>)], most: usize) -> ReadOutcome {
+        let mut got = Vec::new();
+        let mut cuts = Vec::new();
+        let numbers: Vec<u64> = segs.iter().map(|s| s.0).collect();
+        let out = recover_each(
+            &numbers,
+            |n, off, into| {
+                let file = &segs.iter().find(|s| s.0 == n).unwrap().1;
+                let from = (off as usize).min(file.len());
+                let k = into.len().min(most).min(file.len() - from);
+                into[..k].copy_from_slice(&file[from..from + k]);
+                Ok(k)
+            },
+            |seg, len| {
+                cuts.push((seg, len));
+                Ok(())
+            },
+            |queue, m| {
+                got.push((
+                    queue.1.to_string_lossy().into_owned(),
+                    m.id,
+                    m.at,
+                    m.body.len(),
+                ));
+            },
+        )
+        .unwrap();
+        (got, out.warnings, cuts)
+    }
+
+    #[test]
+    fn recovery_reads_in_chunks_as_it_would_in_one_piece() {
+        // Small records, one longer than the first chunk (the buffer grows
+        // for it), damage inside a segment and a torn tail.
+        let big: &'static str = Box::leak("B".repeat(3 * CHUNK_FIRST).into_boxed_str());
+        let mut segs = Vec::new();
+        let mut id = 1;
+        for n in 1..=3u64 {
+            let mut data = Vec::new();
+            for i in 0..300 {
+                let body = if n == 2 && i == 150 { big } else { "small" };
+                publish(id, vec![q("a")], body).encode(&mut data);
+                if i % 7 == 0 {
+                    Record::Remove { id, queue: q("a") }.encode(&mut data);
+                }
+                id += 1;
+            }
+            segs.push((n, data));
+        }
+        let whole = recover_reading_at_most(&segs, usize::MAX);
+        assert_eq!(whole.0.len(), 900 - 3 * 43);
+        assert!(whole.0.iter().any(|m| m.3 == big.len()));
+        for m in &whole.0 {
+            // Where it says, there is its record.
+            let file = &segs[m.2.segment as usize - 1].1;
+            let rec = &file[m.2.offset as usize..(m.2.offset + m.2.len) as usize];
+            assert_eq!(decode_publish(rec).unwrap().0, m.1);
+        }
+        for most in [1, 7, 4096, CHUNK_FIRST + 3] {
+            assert_eq!(
+                recover_reading_at_most(&segs, most),
+                whole,
+                "reads of {most}"
+            );
+        }
+        segs[0].1[5000] ^= 0x10;
+        let len = segs[2].1.len();
+        segs[2].1.truncate(len - 3);
+        let damaged = recover_reading_at_most(&segs, usize::MAX);
+        assert_eq!(damaged.1.len(), 2, "{:?}", damaged.1);
+        assert!(damaged.1[0].contains("unreadable and skipped"));
+        assert!(damaged.1[1].contains("is cut off"));
+        assert_eq!(damaged.2.len(), 1);
+        for most in [1, 13, 65_536] {
+            assert_eq!(
+                recover_reading_at_most(&segs, most),
+                damaged,
+                "reads of {most}"
+            );
+        }
+    }
+
     #[test]
     fn records_round_trip_and_any_damage_is_named() {
         let r = publish(7, vec![q("a"), q("b")], "hello");
@@ -1031,9 +1346,15 @@ mod tests {
         let mut got = Vec::new();
         let out = recover_each(
             &[1, 2, 3],
-            |n| {
-                *reads.entry(n).or_default() += 1;
-                Ok(segments.iter().find(|s| s.0 == n).unwrap().1.clone())
+            |n, off, into| {
+                let file = &segments.iter().find(|s| s.0 == n).unwrap().1;
+                if off == 0 {
+                    *reads.entry(n).or_default() += 1;
+                }
+                let from = (off as usize).min(file.len());
+                let k = into.len().min(file.len() - from);
+                into[..k].copy_from_slice(&file[from..from + k]);
+                Ok(k)
             },
             |_, _| Ok(()),
             |queue, m| got.push((queue.1.to_string_lossy().into_owned(), m.id, m.redelivered)),

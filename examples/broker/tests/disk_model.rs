@@ -43,6 +43,7 @@
 //! command); `AMQP_DISK_SEEDS=N` sets how many a run covers (default 2000).
 
 use amqp_broker::core::CoreConfig;
+use amqp_broker::paging::{MemPages, Pager, Paging};
 use amqp_broker::store::{self, Disk, Log, SimDisk};
 use amqp_broker::testing::Harness;
 use amqp_codec::types::method::*;
@@ -120,6 +121,8 @@ struct Stats {
     crashes: u64,
     faults: u64,
     recovered: u64,
+    pages_read: u64,
+    by_reference: u64,
 }
 
 macro_rules! check {
@@ -137,6 +140,19 @@ fn body_id(body: &[u8]) -> Option<u64> {
 
 fn boot(disk: &SimDisk, recovered: Option<(store::Recovered, bool)>) -> (Harness, Log<SimDisk>) {
     let mut h = Harness::new(CoreConfig::default());
+    // Queues page beyond four messages, as main.rs sets it up: recovered
+    // messages page as where their records are, read back from the
+    // simulated disk's segments.
+    let paging = Paging {
+        window_messages: 4,
+        window_bytes: 1 << 20,
+        page_messages: 3,
+        page_bytes: 1 << 20,
+    };
+    h.core.set_pager(
+        Pager::new(Box::<MemPages>::default(), paging)
+            .with_records(Box::new(store::Segments::new(disk.clone(), Path::new(DIR)))),
+    );
     h.connect(ClientConfig::default(), ServerConfig::default());
     h.settle(100);
     h.links[0].client.open_channel_with(1).unwrap();
@@ -479,6 +495,11 @@ impl World {
             }
         }
         let (h, log) = boot(&self.disk, Some((r, how != Restart::Clean)));
+        if let Some(p) = self.h.core.page_stats() {
+            check!(p.lost == 0, "pages lost: {p:?}");
+            self.stats.pages_read += p.read;
+            self.stats.by_reference += p.by_reference;
+        }
         self.h = h;
         self.log = log;
         self.stats.recovered += n as u64;
@@ -655,19 +676,27 @@ fn nothing_confirmed_is_lost_across_crashes_of_a_simulated_disk() {
                 total.crashes += s.crashes;
                 total.faults += s.faults;
                 total.recovered += s.recovered;
+                total.pages_read += s.pages_read;
+                total.by_reference += s.by_reference;
             }
             Err(e) => panic!("{e}\n(replay: AMQP_DISK_SEED={seed} AMQP_DISK_TRACE=1)"),
         }
     }
+    if seeds.len() > 100 {
+        assert!(total.by_reference > 0, "no recovered message paged");
+    }
     eprintln!(
         "{} seeds, {} commands, {} restarts ({} crashes), {} injected faults, \
-         {} messages recovered, in {:?}",
+         {} messages recovered, {} pages read back ({} messages paged by \
+         reference), in {:?}",
         seeds.len(),
         total.commands,
         total.restarts,
         total.crashes,
         total.faults,
         total.recovered,
+        total.pages_read,
+        total.by_reference,
         started.elapsed()
     );
 }
