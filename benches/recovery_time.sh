@@ -75,8 +75,10 @@ if [ "${RABBITMQ:-0}" = 1 ]; then
   done
   if [ $owned = 1 ]; then
     if [ "${KILL:-0}" = 1 ]; then
-      pkill -9 -f "beam.*-sname $NODE|beam.*$NODE" || true
-      sleep 1
+      # (The node's name is in its environment, not its command line.)
+      rpid=$($CTL eval 'os:getpid().' | tr -d '"')
+      kill -9 "$rpid"
+      while kill -0 "$rpid" 2>/dev/null; do sleep 0.1; done
       how="SIGKILL"
     else
       $CTL -q stop
