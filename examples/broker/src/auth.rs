@@ -3,6 +3,7 @@
 
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// How RabbitMQ hashed a stored password (`hashing_algorithm` in a
 /// definitions export).
@@ -225,24 +226,26 @@ pub struct VhostMeta {
 }
 
 /// What a user may do in one virtual host: three regular expressions over
-/// resource names, matched unanchored as RabbitMQ does.
+/// resource names, matched unanchored as RabbitMQ does. Clones share the
+/// compiled expressions (each connection holds its user's: a clone of a
+/// `Regex` itself would allocate a cache of its own, 2.5 KB a connection).
 #[derive(Debug, Clone)]
 pub struct Permission {
     /// Declare and delete.
-    pub configure: Regex,
+    pub configure: Arc<Regex>,
     /// Publish, bind as destination.
-    pub write: Regex,
+    pub write: Arc<Regex>,
     /// Consume, get, purge, bind as source.
-    pub read: Regex,
+    pub read: Arc<Regex>,
 }
 
 impl Permission {
     /// Builds a permission from its three patterns.
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, regex::Error> {
         Ok(Permission {
-            configure: Regex::new(configure)?,
-            write: Regex::new(write)?,
-            read: Regex::new(read)?,
+            configure: Arc::new(Regex::new(configure)?),
+            write: Arc::new(Regex::new(write)?),
+            read: Arc::new(Regex::new(read)?),
         })
     }
 
@@ -263,9 +266,9 @@ impl Permission {
     pub fn all() -> Self {
         // Compiled once per process (a core is made per simulated restart;
         // clones share the compiled program).
-        static ALL: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+        static ALL: std::sync::OnceLock<Arc<Regex>> = std::sync::OnceLock::new();
         // The pattern is a constant known to compile.
-        let re = ALL.get_or_init(|| Regex::new(".*").unwrap_or_else(|_| unreachable!()));
+        let re = ALL.get_or_init(|| Arc::new(Regex::new(".*").unwrap_or_else(|_| unreachable!())));
         Permission {
             configure: re.clone(),
             write: re.clone(),

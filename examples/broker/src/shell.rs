@@ -29,7 +29,7 @@ const READ_BUFFER: usize = 128 * 1024;
 /// What a connection reads at once to begin with (an idle connection
 /// keeps no more): reads that fill the buffer double it up to
 /// [`READ_BUFFER`], small ones halve it back.
-const READ_BUFFER_MIN: usize = 4 * 1024;
+const READ_BUFFER_MIN: usize = 1024;
 
 /// The reply text RabbitMQ closes connections with when it shuts down.
 pub const SHUTDOWN_TEXT: &str =
@@ -226,7 +226,9 @@ async fn accept_on(
                     tasks.lock().await.spawn(async move {
                         match tls {
                             None => serve(stream, peer, shared, shutdown).await,
-                            Some(tls) => serve_tls(stream, peer, &tls, shared, shutdown).await,
+                            // (Boxed: a plain connection's task is not
+                            // sized for a TLS handshake.)
+                            Some(tls) => Box::pin(serve_tls(stream, peer, &tls, shared, shutdown)).await,
                         }
                     });
                 }
