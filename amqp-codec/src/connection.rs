@@ -411,6 +411,8 @@ impl Connection {
     /// frames decoded here may queue bytes to send: drain
     /// [`poll_transmit`](Self::poll_transmit) after this returns `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
+        /// Queues this small are given back when empty.
+        const SMALL_EVENT_QUEUE: usize = 8;
         if self.events.is_empty() {
             if self.input_paused {
                 self.input_paused = false;
@@ -419,6 +421,10 @@ impl Connection {
                 // After a burst outside the bound (EOF, commands): give the
                 // memory back.
                 self.events.shrink_to(MAX_PENDING_EVENTS);
+            } else if self.events.capacity() <= SMALL_EVENT_QUEUE {
+                // A quiet connection (an idle one after its handshake)
+                // keeps no queue; a busy one keeps the room it grew.
+                self.events = VecDeque::new();
             }
         }
         self.events.pop_front()
@@ -1250,10 +1256,11 @@ impl Connection {
             )));
             return;
         }
-        let RoleConfig::Server(cfg) = &self.config else {
+        let RoleConfig::Server(cfg) = &mut self.config else {
             return;
         };
-        let mut props = cfg.properties.clone();
+        // Sent once: the connection does not keep them.
+        let mut props = std::mem::take(&mut cfg.properties);
         if !props.contains_key("capabilities") {
             props.push(
                 ShortString::from_static("capabilities"),

@@ -468,9 +468,18 @@ impl FrameEncoder {
 
     /// Takes the next segment of bytes to write, if any.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        /// Less room than this left in the scratch buffer once everything
+        /// is taken is given back (a quiet connection keeps none).
+        const SMALL_SCRATCH: usize = 1024;
         let b = match self.segments.pop_front() {
             Some(b) => b,
-            None if !self.scratch.is_empty() => self.scratch.split().freeze(),
+            None if !self.scratch.is_empty() => {
+                let b = self.scratch.split().freeze();
+                if self.scratch.capacity() < SMALL_SCRATCH {
+                    self.scratch = BytesMut::new();
+                }
+                b
+            }
             None => return None,
         };
         self.queued -= b.len();

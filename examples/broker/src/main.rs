@@ -299,7 +299,7 @@ fn main() -> ExitCode {
     }
     match paging.paging() {
         Ok(None) => {}
-        Ok(Some(paging)) => match amqp_broker::paging::DirPages::open(&data.paging()) {
+        Ok(Some(paging)) => match amqp_broker::paging::BackgroundPages::open(&data.paging()) {
             // Recovered messages page as where they are in the store.
             Ok(pages) => core.set_pager(
                 amqp_broker::paging::Pager::new(Box::new(pages), paging).with_records(Box::new(

@@ -762,7 +762,7 @@ impl Management {
             "auth_mechanism": "PLAIN",
             "channel_max": t.channel_max,
             "channels": c.channels,
-            "client_properties": table(&c.info.client_properties),
+            "client_properties": table(&c.info.client_properties()),
             "connected_at": c.info.connected_at,
             "frame_max": t.frame_max,
             "host": host,

@@ -121,8 +121,10 @@ pub struct ConnInfo {
     pub addrs: Option<(SocketAddr, SocketAddr)>,
     /// When it connected, ms since the Unix epoch.
     pub connected_at: u64,
-    /// The client's properties (`connection.start-ok`).
-    pub client_properties: FieldTable,
+    /// The client's properties (`connection.start-ok`), encoded as on the
+    /// wire (a few hundred bytes, where the decoded table takes a few KB
+    /// for each connection): [`ConnInfo::client_properties`] decodes them.
+    pub client_properties_wire: bytes::Bytes,
     /// Negotiated channel-max, frame-max, heartbeat.
     pub tuning: Option<amqp_codec::Tuning>,
 }
@@ -131,7 +133,15 @@ impl ConnInfo {
     /// The handshake finished.
     pub(super) fn connected(&mut self, tuning: amqp_codec::Tuning, properties: FieldTable) {
         self.tuning = Some(tuning);
-        self.client_properties = properties;
+        let mut wire = bytes::BytesMut::new();
+        // (A table the codec decoded encodes again.)
+        let _ = amqp_wire::encode_field_table(&properties, &mut wire);
+        self.client_properties_wire = wire.freeze();
+    }
+
+    /// The client's properties (empty before the handshake ends).
+    pub fn client_properties(&self) -> FieldTable {
+        amqp_wire::decode_field_table(&self.client_properties_wire).unwrap_or_default()
     }
 }
 

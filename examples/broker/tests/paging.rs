@@ -30,6 +30,20 @@ fn page_files(data: &Path) -> usize {
 }
 
 /// Writes what the client has to send.
+/// Waits (at most 10 s) for `n` page files: the broker's page writer
+/// writes them in the background.
+fn wait_for_page_files(data: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while page_files(data) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} page files, not {n}",
+            page_files(data)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn flush(c: &mut Client) {
     use std::io::Write;
     while let Some(b) = c.conn.poll_transmit() {
@@ -154,7 +168,7 @@ fn a_long_queue_pages_to_disk_and_comes_back_in_order() {
         u64::from(N),
         "{q}"
     );
-    assert!(page_files(&data) >= 50);
+    wait_for_page_files(&data, 50);
     // 117 MiB of bodies; in memory at most the window and the tail.
     assert!(
         after < before + (64 << 20),
@@ -213,7 +227,7 @@ fn a_paging_durable_queue_survives_kill_9_and_a_purge_stays_purged() {
             confirmed = confirmed.max(delivery_tag);
         }
     }
-    assert!(page_files(&data) > 10, "both queues page");
+    wait_for_page_files(&data, 11); // both queues page
     match c.call(QueuePurge {
         queue: "purged".try_into().unwrap(),
         ..Default::default()
