@@ -2142,3 +2142,44 @@ mod reply_table_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod quiet_connection_tests {
+    use super::*;
+
+    /// After its handshake, an idle server connection keeps no event
+    /// queue, no encode buffer and not the server properties it sent.
+    #[test]
+    fn a_quiet_connection_keeps_no_buffers() {
+        let now = Instant::now();
+        let mut server_config = ServerConfig::default();
+        server_config.properties.insert("x-test", "test broker");
+        let mut server = Connection::server(server_config, now);
+        let mut client = Connection::client(ClientConfig::default(), now);
+        for _ in 0..20 {
+            while let Some(b) = client.poll_transmit() {
+                server.handle_input(b);
+            }
+            while let Some(e) = server.poll_event() {
+                if let Event::Decision { id, .. } = e {
+                    server.decide(id, Answer::Accept).unwrap();
+                }
+            }
+            while let Some(b) = server.poll_transmit() {
+                client.handle_input(b);
+            }
+            while client.poll_event().is_some() {}
+        }
+        assert!(server.is_open() && client.is_open());
+        assert_eq!(server.events.capacity(), 0, "event queue kept");
+        assert_eq!(server.encoder.scratch_capacity(), 0, "encode buffer kept");
+        let RoleConfig::Server(cfg) = &server.config else {
+            panic!("a server")
+        };
+        assert!(cfg.properties.is_empty(), "server properties kept");
+        assert_eq!(
+            client.peer_properties().get("x-test"),
+            Some(&FieldValue::from("test broker"))
+        );
+    }
+}

@@ -486,6 +486,13 @@ impl FrameEncoder {
         Some(b)
     }
 
+    /// Room held by the encode buffer (tests of what a quiet connection
+    /// keeps).
+    #[cfg(test)]
+    pub(crate) fn scratch_capacity(&self) -> usize {
+        self.scratch.capacity()
+    }
+
     /// Takes everything queued as one list of segments (for a vectored
     /// write).
     pub fn drain(&mut self) -> Vec<Bytes> {
