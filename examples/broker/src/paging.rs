@@ -332,8 +332,15 @@ impl PageStore for BackgroundPages {
     fn write(&mut self, id: u64, page: &[u8]) -> io::Result<()> {
         let (lock, done) = &*self.shared;
         let mut p = lock_pending(lock);
-        while p.bytes > Self::AHEAD {
-            p = done.wait(p).unwrap_or_else(|e| e.into_inner());
+        // (Rechecked every 100 ms: a writer that died would never wake
+        // this; its pages then stay in memory.)
+        let writing =
+            |t: &Option<std::thread::JoinHandle<()>>| t.as_ref().is_some_and(|t| !t.is_finished());
+        while p.bytes > Self::AHEAD && writing(&self.thread) {
+            p = done
+                .wait_timeout(p, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         p.bytes += page.len();
         p.queued += 1;
