@@ -3,7 +3,7 @@
 use crate::channels::ChannelTable;
 use crate::model::*;
 use crate::sasl::Credentials;
-use crate::stream::{Decoded, FrameDecoder, FrameEncoder, check_frame_max};
+use crate::stream::{Body, Decoded, FrameDecoder, FrameEncoder, SendError, check_frame_max};
 use amqp_types::method::*;
 use amqp_types::{
     BasicProperties, ErrorKind, FieldTable, FieldValue, LongString, Method, MethodKind,
@@ -960,9 +960,42 @@ impl Connection {
     pub fn send_content(
         &mut self,
         channel: u16,
-        mut method: Method,
+        method: Method,
         properties: &BasicProperties,
         body: Bytes,
+    ) -> Result<Option<u64>, CommandError> {
+        self.send_content_with(
+            channel,
+            method,
+            Props::Decoded(properties),
+            Body::Shared(&body),
+        )
+    }
+
+    /// [`send_content`](Self::send_content) with the properties already
+    /// in wire form ([`amqp_wire::encode_properties`]): a broker that keeps
+    /// messages that way sends them without decoding. `properties` is
+    /// checked for shape ([`amqp_wire::check_properties`]: flags and
+    /// lengths; a headers table is sent as it is); a [`Body::Borrowed`]
+    /// body is copied into the output, a [`Body::Shared`] one is not.
+    pub fn send_content_encoded(
+        &mut self,
+        channel: u16,
+        method: Method,
+        properties: &[u8],
+        body: Body<'_>,
+    ) -> Result<Option<u64>, CommandError> {
+        amqp_wire::check_properties(properties)
+            .map_err(|e| CommandError::Send(SendError::Properties(e)))?;
+        self.send_content_with(channel, method, Props::Encoded(properties), body)
+    }
+
+    fn send_content_with(
+        &mut self,
+        channel: u16,
+        mut method: Method,
+        properties: Props<'_>,
+        body: Body<'_>,
     ) -> Result<Option<u64>, CommandError> {
         self.check_open()?;
         let kind = method.kind();
@@ -996,9 +1029,19 @@ impl Connection {
             Method::BasicPublish(_) if ch.confirm => result = Some(ch.seqno),
             _ => {}
         }
-        self.encoder
-            .push_content(channel, &method, properties, &body)
-            .map_err(CommandError::Send)?;
+        match (properties, body) {
+            (Props::Decoded(p), Body::Shared(b)) => {
+                self.encoder.push_content(channel, &method, p, b)
+            }
+            (Props::Decoded(p), Body::Borrowed(b)) => {
+                self.encoder
+                    .push_content(channel, &method, p, &Bytes::copy_from_slice(b))
+            }
+            (Props::Encoded(p), body) => {
+                self.encoder.push_content_encoded(channel, &method, p, body)
+            }
+        }
+        .map_err(CommandError::Send)?;
         self.sent_activity = true;
         let Some(ch) = self.channels.get_mut(&channel) else {
             return Ok(None);
@@ -2182,4 +2225,11 @@ mod quiet_connection_tests {
             Some(&FieldValue::from("test broker"))
         );
     }
+}
+
+/// Properties to send: decoded, or already in wire form.
+#[derive(Clone, Copy)]
+enum Props<'a> {
+    Decoded(&'a BasicProperties),
+    Encoded(&'a [u8]),
 }

@@ -99,7 +99,7 @@ pub mod codec;
 pub use connection::{Connection, MAX_PENDING_EVENTS};
 pub use model::*;
 pub use sasl::Credentials;
-pub use stream::{Decoded, FrameDecoder, FrameEncoder, SendError};
+pub use stream::{Body, Decoded, FrameDecoder, FrameEncoder, SendError};
 
 /// The frame layer this crate builds on.
 pub use amqp_wire as wire;

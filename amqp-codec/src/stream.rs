@@ -335,6 +335,33 @@ pub enum SendError {
     /// The value cannot be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// Encoded properties are malformed ([`amqp_wire::check_properties`]).
+    #[error("encoded properties: {0}")]
+    Properties(ProtocolError),
+}
+
+/// A body to send with [`FrameEncoder::push_content_encoded`].
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// Copied into the output.
+    Borrowed(&'a [u8]),
+    /// Large pieces go out as slices of it, without a copy.
+    Shared(&'a Bytes),
+}
+
+impl Body<'_> {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Borrowed(b) => b.len(),
+            Body::Shared(b) => b.len(),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Bodies shorter than this are copied into the coalescing buffer rather
@@ -449,6 +476,55 @@ impl FrameEncoder {
         Ok(n)
     }
 
+    /// [`push_content`](Self::push_content) with the properties already
+    /// encoded ([`amqp_wire::encode_properties`], checked with
+    /// [`amqp_wire::check_properties`]) and the body borrowed or shared.
+    /// Nothing is queued on error.
+    pub fn push_content_encoded(
+        &mut self,
+        channel: u16,
+        method: &Method,
+        properties: &[u8],
+        body: Body<'_>,
+    ) -> Result<usize, SendError> {
+        let m = Frame {
+            channel,
+            payload: amqp_wire::FramePayload::Method(method.clone()),
+        };
+        self.check_fits(&m)?;
+        let header_len = properties.len() + 12 + FRAME_OVERHEAD;
+        if header_len > self.limit() {
+            return Err(SendError::FrameTooLarge {
+                len: header_len,
+                frame_max: self.frame_max,
+            });
+        }
+        let mut n = self.push_frame(&m)?;
+        let len = body.len();
+        n += amqp_wire::write_header_frame(&mut self.scratch, channel, len as u64, properties);
+        self.queued += header_len;
+        let max_body = self.limit().saturating_sub(FRAME_OVERHEAD).max(1);
+        let mut off = 0;
+        while off < len {
+            let end = len.min(off + max_body);
+            n += match body {
+                Body::Shared(b) => self.push_body(channel, b.slice(off..end)),
+                Body::Borrowed(b) => self.push_body_copied(channel, &b[off..end]),
+            };
+            off = end;
+        }
+        Ok(n)
+    }
+
+    fn push_body_copied(&mut self, channel: u16, piece: &[u8]) -> usize {
+        let len = piece.len();
+        write_body_frame_header(&mut self.scratch, channel, len as u32);
+        self.scratch.put_slice(piece);
+        self.scratch.put_u8(FRAME_END);
+        self.queued += len + FRAME_OVERHEAD;
+        len + FRAME_OVERHEAD
+    }
+
     /// Queues one body frame whose bytes are `piece` (the caller keeps it
     /// within frame_max − 8).
     pub fn push_body(&mut self, channel: u16, piece: Bytes) -> usize {
@@ -522,6 +598,43 @@ mod tests {
     use super::*;
     use amqp_types::method::{BasicAck, BasicPublish, QueueDeclare};
     use amqp_wire::FramePayload;
+
+    /// Encoded properties and a borrowed or shared body give the very
+    /// bytes push_content gives, body split across frames included.
+    #[test]
+    fn encoded_content_is_the_same_bytes() {
+        let props = BasicProperties {
+            content_type: Some(amqp_types::ShortString::from_static("text/plain")),
+            delivery_mode: Some(2),
+            headers: Some(amqp_types::FieldTable::new()),
+            ..Default::default()
+        };
+        let mut wire = Vec::new();
+        amqp_wire::encode_properties(&props, &mut wire).unwrap();
+        let method: Method = BasicPublish::default().into();
+        for len in [0usize, 1, 511, 512, 4088, 4089, 10_000] {
+            let body = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+            let all = |enc: &mut FrameEncoder| enc.drain().concat();
+            let mut plain = FrameEncoder::new();
+            let n = plain.push_content(3, &method, &props, &body).unwrap();
+            let expected = all(&mut plain);
+            assert_eq!(n, expected.len());
+            for b in [Body::Shared(&body), Body::Borrowed(&body)] {
+                let mut enc = FrameEncoder::new();
+                let m = enc.push_content_encoded(3, &method, &wire, b).unwrap();
+                assert_eq!(enc.queued(), m);
+                assert_eq!(all(&mut enc), expected, "body of {len} bytes");
+            }
+        }
+        // A header frame over frame_max is refused and nothing is queued.
+        let mut enc = FrameEncoder::new();
+        let long = vec![0u8; 5000];
+        assert!(matches!(
+            enc.push_content_encoded(3, &method, &long, Body::Borrowed(b"x")),
+            Err(SendError::FrameTooLarge { .. })
+        ));
+        assert_eq!(enc.queued(), 0);
+    }
 
     fn frames_bytes() -> (Vec<Frame>, Bytes) {
         let mut enc = FrameEncoder::new();

@@ -848,6 +848,34 @@ macro_rules! gen_methods {
 }
 amqp_types::for_each_method!(gen_methods);
 
+/// How a property value's length is found on the wire.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shape {
+    /// Always this many bytes.
+    Fixed(usize),
+    /// A 1-byte length, then that many bytes (short string).
+    Len8,
+    /// A 4-byte length, then that many bytes (field table).
+    Len32,
+}
+
+/// The [`Shape`] of each property type.
+pub(crate) trait HasShape {
+    const SHAPE: Shape;
+}
+impl HasShape for u8 {
+    const SHAPE: Shape = Shape::Fixed(1);
+}
+impl HasShape for u64 {
+    const SHAPE: Shape = Shape::Fixed(8);
+}
+impl HasShape for ShortString {
+    const SHAPE: Shape = Shape::Len8;
+}
+impl HasShape for FieldTable {
+    const SHAPE: Shape = Shape::Len32;
+}
+
 macro_rules! gen_properties {
     ($( $f:ident : $ty:ident = $name:literal @ $bit:literal ),* $(,)?) => {
         #[inline]
@@ -862,6 +890,11 @@ macro_rules! gen_properties {
         pub(crate) fn write_properties(p: &BasicProperties, w: &mut Writer<'_>) {
             $( if let Some(v) = &p.$f { Arg::write(v, w); } )*
         }
+
+        /// Each property's flag bit and how its length is found, in wire
+        /// order.
+        pub(crate) const PROPERTY_SHAPES: [(u16, Shape); 14] =
+            [$( (1 << $bit, <$ty as HasShape>::SHAPE) ),*];
     };
 }
 amqp_types::for_each_basic_property!(gen_properties);

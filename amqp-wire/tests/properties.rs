@@ -7,8 +7,9 @@ use amqp_types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, MethodKind, ShortString,
 };
 use amqp_wire::{
-    ContentHeader, EncodeError, Frame, FrameLimits, FramePayload, Parsed, decode_field_table,
-    encode_field_table, encode_field_table_to_slice, parse_frame,
+    ContentHeader, EncodeError, Frame, FrameLimits, FramePayload, Parsed, check_properties,
+    decode_field_table, decode_properties, encode_field_table, encode_field_table_to_slice,
+    encode_properties, parse_frame, write_header_frame,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -187,6 +188,40 @@ proptest! {
     fn arbitrary_properties_roundtrip(data in prop::collection::vec(any::<u8>(), 0..2048), body_size in any::<u64>()) {
         if let Ok(p) = BasicProperties::arbitrary(&mut Unstructured::new(&data)) {
             roundtrip(&Frame::header(7, body_size, p));
+        }
+    }
+
+    #[test]
+    fn encoded_properties_are_the_header_frames_own(data in prop::collection::vec(any::<u8>(), 0..2048), body_size in any::<u64>()) {
+        if let Ok(p) = BasicProperties::arbitrary(&mut Unstructured::new(&data)) {
+            let mut wire = Vec::new();
+            let n = encode_properties(&p, &mut wire).unwrap();
+            prop_assert_eq!(n, wire.len());
+            // The same bytes as inside the header frame Frame::encode writes.
+            let mut frame = BytesMut::new();
+            Frame::header(9, body_size, p.clone()).encode(&mut frame).unwrap();
+            let mut raw = BytesMut::new();
+            prop_assert_eq!(write_header_frame(&mut raw, 9, body_size, &wire), frame.len());
+            prop_assert_eq!(&raw[..], &frame[..]);
+            prop_assert_eq!(check_properties(&wire), Ok(()));
+            let bytes = Bytes::from(wire.clone());
+            prop_assert_eq!(decode_properties(&bytes).unwrap(), p);
+            // Every cut is refused by both, and so is a trailing byte.
+            for cut in 0..wire.len() {
+                prop_assert!(check_properties(&wire[..cut]).is_err());
+                prop_assert!(decode_properties(&bytes.slice(..cut)).is_err());
+            }
+            wire.push(0);
+            prop_assert!(check_properties(&wire).is_err());
+            prop_assert!(decode_properties(&Bytes::from(wire)).is_err());
+        }
+    }
+
+    #[test]
+    fn properties_that_fail_the_check_fail_to_decode(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        let bytes = Bytes::from(data);
+        if check_properties(&bytes).is_err() {
+            prop_assert!(decode_properties(&bytes).is_err());
         }
     }
 

@@ -13,7 +13,7 @@ use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::paging::Pager;
 use crate::queue::{Entry, Msg, Ready, StreamLog};
-use crate::store::{ARRIVED_HEADER, QueueKey, Record, STREAM_AT_HEADER, take_private_header};
+use crate::store::{ARRIVED_HEADER, QueueKey, Record, STREAM_AT_HEADER};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
     BasicProperties, FieldTable, FieldValue, LongString, Method, ProtocolError, ReplyCode,
@@ -104,7 +104,7 @@ pub enum Out {
         /// `basic.deliver`, `basic.get-ok` or `basic.return`.
         method: Method,
         /// The message.
-        msg: Arc<Msg>,
+        msg: Msg,
     },
     /// Close the channel (soft code) or the connection (hard code) with
     /// this error, naming its class and method.
@@ -151,7 +151,7 @@ impl Out {
                 method,
                 msg,
             } => conn
-                .send_content(channel, method, &msg.properties, msg.body.clone())
+                .send_content_encoded(channel, method, msg.raw_properties(), msg.body_to_send())
                 .map(|_| ()),
             Out::Refuse(e) => conn.refuse_error(e.channel_id(), &e),
             Out::Close {
@@ -304,7 +304,7 @@ enum Settle {
 #[derive(Debug)]
 struct TxPublish {
     queues: Vec<QueueId>,
-    msg: Arc<Msg>,
+    msg: Msg,
     /// (exchange, routing key) of a mandatory message that routed nowhere.
     ret: Option<(ShortString, ShortString)>,
 }
@@ -503,7 +503,7 @@ impl QState {
     fn persists(&self, msg: &Msg) -> bool {
         self.durable
             && match self.args.kind {
-                lifecycle::QueueKind::Classic => msg.properties.is_persistent(),
+                lifecycle::QueueKind::Classic => msg.is_persistent(),
                 lifecycle::QueueKind::Quorum => true,
                 lifecycle::QueueKind::Stream => false,
             }
@@ -959,29 +959,37 @@ impl Core {
             });
             return false;
         };
-        let mut properties = m.properties;
         if let Some(log) = qs.stream.as_mut() {
-            let at_ms = take_private_header(&mut properties, STREAM_AT_HEADER).unwrap_or(0);
-            let offset = take_private_header(&mut properties, "x-stream-offset")
-                .unwrap_or(log.next_offset());
-            let msg = Arc::new(Msg {
-                exchange: m.exchange,
-                routing_key: m.routing_key,
-                properties,
-                body: m.body,
-                persist: None,
-                at: None,
-                bcc: Vec::new(),
-            });
-            log.append_at(offset, msg, at_ms, qs.args.segment_size, Some(m.id));
+            let ([at_ms, offset], properties) =
+                crate::store::without_private(&m.properties, [STREAM_AT_HEADER, "x-stream-offset"]);
+            let offset = offset.unwrap_or(log.next_offset());
+            let msg = Msg::with_encoded(
+                m.exchange.as_bytes(),
+                m.routing_key.as_bytes(),
+                &properties,
+                m.body,
+            );
+            log.append_at(
+                offset,
+                msg,
+                at_ms.unwrap_or(0),
+                qs.args.segment_size,
+                Some(m.id),
+            );
             return true;
         }
-        let arrived = take_private_header(&mut properties, ARRIVED_HEADER);
+        let ([arrived], properties) =
+            crate::store::without_private(&m.properties, [ARRIVED_HEADER]);
+        let mut msg = Msg::with_encoded(
+            m.exchange.as_bytes(),
+            m.routing_key.as_bytes(),
+            &properties,
+            m.body,
+        );
+        msg.set_persist(Some(m.id));
+        msg.set_at(Some(m.at));
         // The TTL counts from when it arrived, not from now.
-        let ttl = match (
-            qs.args.message_ttl,
-            lifecycle::expiration_ms(&properties).ok().flatten(),
-        ) {
+        let ttl = match (qs.args.message_ttl, msg.expiration_ms()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -992,19 +1000,8 @@ impl Core {
             (Some(ttl), None, Some(now)) => Some(now + Duration::from_millis(ttl)),
             _ => None,
         };
-        qs.ready.push_recovered(
-            Arc::new(Msg {
-                exchange: m.exchange,
-                routing_key: m.routing_key,
-                properties,
-                body: m.body,
-                persist: Some(m.id),
-                at: Some(m.at),
-                bcc: Vec::new(),
-            }),
-            m.redelivered || unclean,
-            expires,
-        );
+        qs.ready
+            .push_recovered(msg, m.redelivered || unclean, expires);
         if unclean && !m.redelivered {
             // The flag must outlive this run: a clean restart later
             // trusts only the delivery markers.
@@ -1041,7 +1038,7 @@ impl Core {
     /// A message that goes to `queues`: persistent and reaching a durable
     /// queue, it gets a store id and a publish record (before anything
     /// can remove it from a queue).
-    fn store_publish(&mut self, queues: &[QueueId], mut msg: Msg) -> Arc<Msg> {
+    fn store_publish(&mut self, queues: &[QueueId], mut msg: Msg) -> Msg {
         if self.persistence {
             let keys: Vec<QueueKey> = queues
                 .iter()
@@ -1052,30 +1049,37 @@ impl Core {
             if !keys.is_empty() {
                 let id = self.next_persist;
                 self.next_persist += 1;
-                msg.persist = Some(id);
+                msg.set_persist(Some(id));
                 // A TTL runs on across a restart: the record keeps when
                 // the message arrived.
-                let ttl = msg.properties.expiration.is_some()
+                let ttl = msg.has_expiration()
                     || queues
                         .iter()
                         .filter_map(|q| self.queues.get(q))
                         .any(|q| q.args.message_ttl.is_some());
                 let properties = if ttl {
-                    lifecycle::with_header(&msg.properties, ARRIVED_HEADER, self.wall_ms() as i64)
+                    let p = lifecycle::with_header(
+                        &msg.properties(),
+                        ARRIVED_HEADER,
+                        self.wall_ms() as i64,
+                    );
+                    let mut out = Vec::new();
+                    let _ = amqp_wire::encode_properties(&p, &mut out);
+                    Bytes::from(out)
                 } else {
-                    msg.properties.clone()
+                    Bytes::copy_from_slice(msg.raw_properties())
                 };
                 self.record(Record::Publish {
                     id,
                     queues: keys,
-                    exchange: msg.exchange.clone(),
-                    routing_key: msg.routing_key.clone(),
-                    properties: Box::new(properties),
-                    body: msg.body.clone(),
+                    exchange: msg.exchange_name(),
+                    routing_key: msg.routing_key_name(),
+                    properties,
+                    body: msg.body_bytes(),
                 });
             }
         }
-        Arc::new(msg)
+        msg
     }
 
     /// Entry `e` left queue `q` for good: the store forgets it there.
@@ -1094,7 +1098,7 @@ impl Core {
     }
 
     fn gone(&mut self, q: QueueId, e: &Entry) {
-        if let Some(id) = e.msg.persist
+        if let Some(id) = e.msg.persist()
             && let Some(qs) = self.queues.get(&q)
             && qs.persists(&e.msg)
         {
@@ -1107,7 +1111,7 @@ impl Core {
     /// ack: it recovers redelivered.
     fn delivered_once(&mut self, q: QueueId, e: &Entry) {
         if !e.redelivered
-            && let Some(id) = e.msg.persist
+            && let Some(id) = e.msg.persist()
             && let Some(qs) = self.queues.get(&q)
             && qs.persists(&e.msg)
         {
@@ -1434,24 +1438,24 @@ impl Core {
         let time = self.wall_secs();
         for e in entries {
             let props = lifecycle::dead_letter_properties(
-                &e.msg.properties,
-                &e.msg.exchange,
-                &e.msg.routing_key,
+                &e.msg.properties(),
+                &e.msg.exchange_name(),
+                &e.msg.routing_key_name(),
                 &qname,
                 reason,
                 time,
                 dlrk.is_some(),
             );
-            let key = dlrk.clone().unwrap_or_else(|| e.msg.routing_key.clone());
+            let key = dlrk.clone().unwrap_or_else(|| e.msg.routing_key_name());
             let Some(v) = self.vhosts.get(&vhost) else {
                 return;
             };
             // Without a dead-letter routing key the message goes by all the
             // keys it was published with, BCC ones included.
-            let with_bcc = (dlrk.is_none() && !e.msg.bcc.is_empty()).then(|| {
+            let with_bcc = (dlrk.is_none() && !e.msg.bcc().is_empty()).then(|| {
                 let mut h = props.headers.clone().unwrap_or_default();
                 let mut a = amqp_codec::types::FieldArray::new();
-                for k in &e.msg.bcc {
+                for k in e.msg.bcc() {
                     a.push(FieldValue::LongString(LongString::copy_from(k.as_bytes())));
                 }
                 h.set(ShortString::from_static("BCC"), FieldValue::Array(a));
@@ -1470,22 +1474,11 @@ impl Core {
                 .filter(|t| !lifecycle::is_cycle(&props, t.name().as_bytes()))
                 .map(|t| *t.handle())
                 .collect();
-            let msg = self.store_publish(
-                &targets,
-                Msg {
-                    exchange: dlx.clone(),
-                    routing_key: key,
-                    properties: props,
-                    body: e.msg.body.clone(),
-                    persist: None,
-                    at: None,
-                    bcc: if dlrk.is_some() {
-                        Vec::new()
-                    } else {
-                        e.msg.bcc.clone()
-                    },
-                },
-            );
+            let mut dead = Msg::new(dlx.as_bytes(), key.as_bytes(), &props, e.msg.body_bytes());
+            if dlrk.is_none() {
+                dead.set_bcc(e.msg.bcc().to_vec());
+            }
+            let msg = self.store_publish(&targets, dead);
             self.enqueue(&targets, &msg);
         }
     }
@@ -1588,7 +1581,7 @@ impl Core {
     fn push(&mut self, id: ConnId, out: Out) {
         if let Some(c) = self.conns.get_mut(&id) {
             if let Out::Content { msg, .. } = &out {
-                c.outbox_bytes += msg.body.len() + 64;
+                c.outbox_bytes += msg.size() + 64;
             }
             c.outbox.push(out);
             if id != self.current {
@@ -3000,8 +2993,8 @@ impl Core {
         let method = BasicGetOk {
             delivery_tag: tag,
             redelivered: entry.redelivered,
-            exchange: entry.msg.exchange.clone(),
-            routing_key: entry.msg.routing_key.clone(),
+            exchange: entry.msg.exchange_name(),
+            routing_key: entry.msg.routing_key_name(),
             message_count: remaining,
         };
         // A quorum queue's basic.get says how often it came back, 0 too.
@@ -3343,7 +3336,7 @@ impl Core {
     fn commit(&mut self, id: ConnId, ch: u16, tx: Tx) -> bool {
         let mut refused = false;
         for TxPublish { queues, msg, ret } in tx.publishes {
-            let msg = self.store_publish(&queues, Arc::unwrap_or_clone(msg));
+            let msg = self.store_publish(&queues, msg);
             if let Some((exchange, routing_key)) = ret {
                 self.push(
                     id,
@@ -3461,15 +3454,12 @@ impl Core {
             let target = std::str::from_utf8(suffix)
                 .ok()
                 .and_then(|s| self.reply_to.get(s).copied());
-            let msg = Arc::new(Msg {
-                exchange: p.exchange.clone(),
-                routing_key: p.routing_key.clone(),
-                properties: props,
-                body: compact(message.body),
-                persist: None,
-                at: None,
-                bcc: Vec::new(),
-            });
+            let msg = Msg::new(
+                p.exchange.as_bytes(),
+                p.routing_key.as_bytes(),
+                &props,
+                message.body,
+            );
             self.reply_direct(id, ch, target, &p, msg, seqno);
             return Ok(());
         }
@@ -3495,20 +3485,18 @@ impl Core {
         queues.clear();
         queues.extend(routed.handles().copied());
         let bcc = bcc_keys(&props);
-        let msg = Msg {
-            exchange: p.exchange.clone(),
-            routing_key: p.routing_key.clone(),
-            properties: without_bcc(props),
-            body: compact(message.body),
-            persist: None,
-            at: None,
-            bcc,
-        };
+        let mut msg = Msg::new(
+            p.exchange.as_bytes(),
+            p.routing_key.as_bytes(),
+            &without_bcc(props),
+            message.body,
+        );
+        msg.set_bcc(bcc);
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         self.count_exchange(&vh, &p.exchange, routed_any); // management
         let in_tx = self.chan(id, ch).is_some_and(|c| c.tx.is_some());
         if in_tx {
-            let msg = Arc::new(msg);
+            let msg = msg;
             if let Some(tx) = self.chan(id, ch).and_then(|c| c.tx.as_mut()) {
                 tx.publishes.push(TxPublish { queues, msg, ret });
             }
@@ -3526,7 +3514,7 @@ impl Core {
                         routing_key,
                     }
                     .into(),
-                    msg: Arc::new(msg.clone()),
+                    msg: msg.clone(),
                 },
             );
         }
@@ -3536,7 +3524,7 @@ impl Core {
         self.route_buf = queues;
         if let Some(seq) = seqno {
             self.counters.confirm += u64::from(!refused); // management
-            if msg.persist.is_some() || std::mem::take(&mut self.stream_stored) {
+            if msg.persist().is_some() || std::mem::take(&mut self.stream_stored) {
                 // Confirmed once its record is on disk.
                 self.waiting
                     .push_back((self.store_seq, id, ch, Settle::Confirm(seq, !refused)));
@@ -3556,7 +3544,7 @@ impl Core {
         ch: u16,
         target: Option<(ConnId, u16)>,
         p: &BasicPublish,
-        msg: Arc<Msg>,
+        msg: Msg,
         seqno: Option<u64>,
     ) {
         let consumer = target.and_then(|(conn, tch)| {
@@ -3614,9 +3602,9 @@ impl Core {
     /// Puts a message in queues, as their limits allow; returns whether a
     /// queue refused it (`x-overflow` `reject-publish[-dlx]`: the publisher
     /// gets a nack).
-    fn enqueue(&mut self, queues: &[QueueId], msg: &Arc<Msg>) -> bool {
+    fn enqueue(&mut self, queues: &[QueueId], msg: &Msg) -> bool {
         let mut refused = false;
-        let msg_ttl = lifecycle::expiration_ms(&msg.properties).ok().flatten();
+        let msg_ttl = msg.expiration_ms();
         for &q in queues {
             if self.queues.get(&q).is_some_and(|qs| qs.stream.is_some()) {
                 self.append_to_stream(q, msg);
@@ -3667,7 +3655,7 @@ impl Core {
     /// Appends `msg` to stream `q`: stored as a record of its own that
     /// carries its offset and time (recovery puts it back where it was),
     /// old segments deleted by retention, consumers served.
-    fn append_to_stream(&mut self, q: QueueId, msg: &Arc<Msg>) {
+    fn append_to_stream(&mut self, q: QueueId, msg: &Msg) {
         let at_ms = self.wall_ms();
         let Some(qs) = self.queues.get(&q) else {
             return;
@@ -3680,15 +3668,17 @@ impl Core {
         let id = (self.persistence && qs.durable).then(|| {
             let id = self.next_persist;
             self.next_persist += 1;
-            let p = lifecycle::with_header(&msg.properties, "x-stream-offset", offset as i64);
+            let p = lifecycle::with_header(&msg.properties(), "x-stream-offset", offset as i64);
             let p = lifecycle::with_header(&p, STREAM_AT_HEADER, at_ms as i64);
+            let mut properties = Vec::new();
+            let _ = amqp_wire::encode_properties(&p, &mut properties);
             self.record(Record::Publish {
                 id,
                 queues: vec![key.clone()],
-                exchange: msg.exchange.clone(),
-                routing_key: msg.routing_key.clone(),
-                properties: Box::new(p),
-                body: msg.body.clone(),
+                exchange: msg.exchange_name(),
+                routing_key: msg.routing_key_name(),
+                properties: properties.into(),
+                body: msg.body_bytes(),
             });
             self.stream_stored = true;
             id
@@ -3980,19 +3970,16 @@ impl Core {
             consumer_tag: tag.clone(),
             delivery_tag: dtag,
             redelivered: entry.redelivered,
-            exchange: entry.msg.exchange.clone(),
-            routing_key: entry.msg.routing_key.clone(),
+            exchange: entry.msg.exchange_name(),
+            routing_key: entry.msg.routing_key_name(),
         };
         let msg = match kind {
             lifecycle::QueueKind::Quorum if entry.returns > 0 => delivery_counted(&entry),
-            lifecycle::QueueKind::Stream => Arc::new(Msg {
-                properties: lifecycle::with_header(
-                    &entry.msg.properties,
-                    "x-stream-offset",
-                    entry.seq as i64,
-                ),
-                ..(*entry.msg).clone()
-            }),
+            lifecycle::QueueKind::Stream => entry.msg.with_properties(&lifecycle::with_header(
+                &entry.msg.properties(),
+                "x-stream-offset",
+                entry.seq as i64,
+            )),
             _ => entry.msg.clone(),
         };
         let redelivered = entry.redelivered; // management
@@ -4230,25 +4217,15 @@ fn check_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), S
 }
 
 /// A quorum queue's delivery of `e`: its message with `x-delivery-count`.
-fn delivery_counted(e: &Entry) -> Arc<Msg> {
-    Arc::new(Msg {
-        properties: lifecycle::with_delivery_count(&e.msg.properties, e.returns),
-        ..(*e.msg).clone()
-    })
+fn delivery_counted(e: &Entry) -> Msg {
+    e.msg.with_properties(&lifecycle::with_delivery_count(
+        &e.msg.properties(),
+        e.returns,
+    ))
 }
 
 /// The Direct Reply-to pseudo-queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// A body as stored: small ones copied out of the read buffer
-/// ([`COMPACT_BELOW`]).
-fn compact(body: Bytes) -> Bytes {
-    if body.len() < COMPACT_BELOW {
-        Bytes::copy_from_slice(&body)
-    } else {
-        body
-    }
-}
 
 fn no_vhost() -> ProtocolError {
     ProtocolError::refused(0, ReplyCode::INTERNAL_ERROR, "virtual host is gone")

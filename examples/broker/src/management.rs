@@ -1647,7 +1647,7 @@ async fn get_messages(
     let out: Vec<Value> = got
         .iter()
         .map(|g| {
-            let body = &g.msg.body;
+            let body = g.msg.body();
             let shown = &body[..truncate.unwrap_or(body.len()).min(body.len())];
             let (payload, enc) = match std::str::from_utf8(shown) {
                 Ok(s) if encoding == "auto" => (s.to_owned(), "string"),
@@ -1659,10 +1659,10 @@ async fn get_messages(
             json!({
                 "payload_bytes": body.len(),
                 "redelivered": g.redelivered,
-                "exchange": g.msg.exchange.to_string_lossy(),
-                "routing_key": g.msg.routing_key.to_string_lossy(),
+                "exchange": String::from_utf8_lossy(g.msg.exchange()),
+                "routing_key": String::from_utf8_lossy(g.msg.routing_key()),
                 "message_count": g.message_count,
-                "properties": properties_json(&g.msg.properties),
+                "properties": properties_json(&g.msg.properties()),
                 "payload": payload,
                 "payload_encoding": enc,
             })
@@ -2038,7 +2038,7 @@ async fn aliveness(State(m): St, user: User, Path(vhost): Path<String>) -> ApiRe
         )?;
         c.admin_get(&vhost, "aliveness-test", 1, false, now)
     })?;
-    if got.iter().any(|g| &g.msg.body[..] == b"test_message") {
+    if got.iter().any(|g| g.msg.body() == b"test_message") {
         ok(json!({"status": "ok"}))
     } else {
         ok(json!({"status": "failed", "reason": "the test message did not come back"}))

@@ -33,7 +33,6 @@
 
 use crate::queue::{Entry, Msg};
 use crate::store::{Damage, Reader, RecordAt, put_content, put_short};
-use amqp_types::ShortString;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io;
@@ -612,7 +611,7 @@ impl Pager {
         let by_ref = inner.records.is_some();
         for e in &entries {
             bytes += e.msg.size();
-            persistent |= e.msg.persist.is_some();
+            persistent |= e.msg.persist().is_some();
             inner.stats.by_reference += u64::from(encode(&mut payload, e, base, by_ref));
         }
         let len = (payload.len() - 8) as u32;
@@ -707,21 +706,14 @@ fn resolve(
         for &(i, at) in &rest[..n] {
             let from = usize::try_from(at.offset - first.offset).ok()?;
             let bytes = span.get(from..from.checked_add(usize::try_from(at.len).ok()?)?)?;
-            let (id, exchange, routing_key, properties, body) =
-                crate::store::decode_publish(bytes).ok()?;
+            let (id, mut msg) = crate::store::decode_publish(bytes).ok()?;
             let e = entries.get_mut(i)?;
-            if e.msg.persist != Some(id) {
+            if e.msg.persist() != Some(id) {
                 return None;
             }
-            e.msg = Arc::new(Msg {
-                exchange,
-                routing_key,
-                properties,
-                body,
-                persist: Some(id),
-                at: Some(at),
-                bcc: Vec::new(),
-            });
+            msg.set_persist(Some(id));
+            msg.set_at(Some(at));
+            e.msg = msg;
         }
         rest = &rest[n..];
     }
@@ -732,8 +724,8 @@ fn resolve(
 /// where its record is ([`STORED`]: then `true` comes back).
 fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> bool {
     let mut flags = 0;
-    let stored = match (by_ref, e.msg.at, e.msg.persist) {
-        (true, Some(at), Some(_)) if e.msg.bcc.is_empty() => {
+    let stored = match (by_ref, e.msg.at(), e.msg.persist()) {
+        (true, Some(at), Some(_)) if e.msg.bcc().is_empty() => {
             flags |= STORED;
             Some(at)
         }
@@ -742,7 +734,7 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> 
     if e.redelivered {
         flags |= REDELIVERED;
     }
-    if e.msg.persist.is_some() {
+    if e.msg.persist().is_some() {
         flags |= PERSIST;
     }
     let offset = match (e.expires, base) {
@@ -761,7 +753,7 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> 
     out.push(flags);
     out.push(e.level);
     out.extend_from_slice(&e.returns.to_le_bytes());
-    if let Some(id) = e.msg.persist {
+    if let Some(id) = e.msg.persist() {
         out.extend_from_slice(&id.to_le_bytes());
     }
     if flags & EXPIRES != 0 {
@@ -774,13 +766,13 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> 
         }
         return true;
     }
-    put_short(out, e.msg.exchange.as_bytes());
-    put_short(out, e.msg.routing_key.as_bytes());
-    out.push(e.msg.bcc.len().min(255) as u8);
-    for k in e.msg.bcc.iter().take(255) {
+    put_short(out, e.msg.exchange());
+    put_short(out, e.msg.routing_key());
+    out.push(e.msg.bcc().len().min(255) as u8);
+    for k in e.msg.bcc().iter().take(255) {
         put_short(out, k.as_bytes());
     }
-    put_content(out, &e.msg.properties, &e.msg.body);
+    put_content(out, e.msg.raw_properties(), e.msg.body());
     false
 }
 
@@ -837,15 +829,9 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Decoded, Damage> {
             stored.push((out.len(), at));
             // A placeholder with the id, checked against the record read
             // back.
-            let msg = Arc::new(Msg {
-                exchange: ShortString::from_static(""),
-                routing_key: ShortString::from_static(""),
-                properties: Default::default(),
-                body: Default::default(),
-                persist,
-                at: Some(at),
-                bcc: Vec::new(),
-            });
+            let mut msg = Msg::with_encoded(b"", b"", &[0, 0], bytes::Bytes::new());
+            msg.set_persist(persist);
+            msg.set_at(Some(at));
             out.push(Entry {
                 seq,
                 msg,
@@ -864,17 +850,17 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Decoded, Damage> {
             bcc.push(r.short()?);
         }
         let (properties, body) = r.content()?;
+        let mut msg = Msg::with_encoded(
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            &properties,
+            body,
+        );
+        msg.set_persist(persist);
+        msg.set_bcc(bcc);
         out.push(Entry {
             seq,
-            msg: Arc::new(Msg {
-                exchange,
-                routing_key,
-                properties,
-                body,
-                persist,
-                at: None,
-                bcc,
-            }),
+            msg,
             redelivered: flags & REDELIVERED != 0,
             level,
             expires,
@@ -896,18 +882,20 @@ mod tests {
     fn entry(seq: u64, expires: Option<Instant>) -> Entry {
         Entry {
             seq,
-            msg: Arc::new(Msg {
-                exchange: ShortString::from_static("x"),
-                routing_key: ShortString::from_static("rk"),
-                properties: BasicProperties {
-                    priority: Some(3),
-                    ..Default::default()
-                },
-                body: Bytes::from(format!("body {seq}")),
-                persist: seq.is_multiple_of(2).then_some(seq + 100),
-                at: None,
-                bcc: vec![ShortString::from_static("b")],
-            }),
+            msg: {
+                let mut m = Msg::new(
+                    b"x",
+                    b"rk",
+                    &BasicProperties {
+                        priority: Some(3),
+                        ..Default::default()
+                    },
+                    Bytes::from(format!("body {seq}")),
+                );
+                m.set_persist(seq.is_multiple_of(2).then_some(seq + 100));
+                m.set_bcc(vec![ShortString::from_static("b")]);
+                m
+            },
             redelivered: seq.is_multiple_of(3),
             level: 2,
             expires,
@@ -938,12 +926,13 @@ mod tests {
             assert_eq!(a.level, b.level);
             assert_eq!(a.expires, b.expires);
             assert_eq!(a.returns, b.returns);
-            assert_eq!(a.msg.body, b.msg.body);
-            assert_eq!(a.msg.persist, b.msg.persist);
-            assert_eq!(a.msg.properties, b.msg.properties);
-            assert_eq!(a.msg.exchange, b.msg.exchange);
-            assert_eq!(a.msg.routing_key, b.msg.routing_key);
-            assert_eq!(a.msg.bcc, b.msg.bcc);
+            assert_eq!(a.msg.body(), b.msg.body());
+            assert_eq!(a.msg.persist(), b.msg.persist());
+            assert_eq!(a.msg.properties(), b.msg.properties());
+            assert_eq!(a.msg.exchange(), b.msg.exchange());
+            assert_eq!(a.msg.routing_key(), b.msg.routing_key());
+            assert_eq!(a.msg.bcc(), b.msg.bcc());
+            assert_eq!(a.msg, b.msg);
         }
         assert_eq!(back.len(), 5);
         assert_eq!(pager.stats().pages, 0);
@@ -1033,7 +1022,11 @@ mod tests {
                     queues: vec![("/".into(), ShortString::from_static("q"))],
                     exchange: ShortString::from_static("x"),
                     routing_key: ShortString::from_static("rk"),
-                    properties: Box::new(properties.clone()),
+                    properties: {
+                        let mut v = Vec::new();
+                        amqp_wire::encode_properties(&properties, &mut v).unwrap();
+                        v.into()
+                    },
                     body: body.clone(),
                 }
                 .encode(data);
@@ -1044,15 +1037,12 @@ mod tests {
                 };
                 Entry {
                     seq: i,
-                    msg: Arc::new(Msg {
-                        exchange: ShortString::from_static("x"),
-                        routing_key: ShortString::from_static("rk"),
-                        properties,
-                        body,
-                        persist: Some(100 + i),
-                        at: Some(at),
-                        bcc: Vec::new(),
-                    }),
+                    msg: {
+                        let mut m = Msg::new(b"x", b"rk", &properties, body);
+                        m.set_persist(Some(100 + i));
+                        m.set_at(Some(at));
+                        m
+                    },
                     redelivered: i % 2 == 0,
                     level: 0,
                     expires: None,
@@ -1083,7 +1073,7 @@ mod tests {
         for (a, b) in entries.iter().zip(&back) {
             assert_eq!(a.seq, b.seq);
             assert_eq!(a.redelivered, b.redelivered);
-            assert_eq!(*a.msg, *b.msg, "message {}", a.seq);
+            assert_eq!(a.msg, b.msg, "message {}", a.seq);
         }
         // Written again, it is still by reference: only the where.
         let again = pager.write(back).expect("written");
@@ -1107,7 +1097,7 @@ mod tests {
         for damage in 0..3 {
             let mut segments = MemSegments::default();
             let entries = recovered(8, &mut segments);
-            let at = entries[6].msg.at.unwrap();
+            let at = entries[6].msg.at().unwrap();
             match damage {
                 0 => segments.0.get_mut(&at.segment).unwrap()[at.offset as usize + 20] ^= 1,
                 1 => segments
@@ -1116,9 +1106,9 @@ mod tests {
                     .unwrap()
                     .truncate(at.offset as usize + 5),
                 _ => {
-                    let other = entries[5].msg.at.unwrap();
+                    let other = entries[5].msg.at().unwrap();
                     let mut e = entries.clone();
-                    Arc::make_mut(&mut e[6].msg).at = Some(other);
+                    e[6].msg.set_at(Some(other));
                     let pager = Pager::new(Box::<MemPages>::default(), Paging::default())
                         .with_records(Box::new(segments));
                     let page = pager.write(e).expect("written");

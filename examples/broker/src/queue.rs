@@ -26,33 +26,316 @@ use amqp_types::{BasicProperties, ShortString};
 use crate::core::MESSAGE_OVERHEAD;
 use crate::paging::{PageRef, Pager};
 
-/// A published message, stored once however many queues it reaches.
-#[derive(Debug, Clone, PartialEq)]
+/// A published message, stored once however many queues it reaches: 24
+/// bytes (cloning it shares it) and, for a body under
+/// [`COMPACT_BELOW`](crate::core::COMPACT_BELOW), one allocation holding
+/// exchange, routing key, properties in wire form
+/// ([`amqp_wire::encode_properties`], sent again as they are) and body.
+/// What few messages have (a large body, a store id, `BCC` keys) lives
+/// in a second, optional allocation.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Msg {
-    /// The exchange it was published to.
-    pub exchange: ShortString,
-    /// The routing key it was published with.
-    pub routing_key: ShortString,
-    /// Its properties (BCC already removed).
-    pub properties: BasicProperties,
-    /// Its body.
-    pub body: Bytes,
-    /// Its id in the message store, when it is persistent and reached a
-    /// durable queue.
-    pub persist: Option<u64>,
-    /// Where its publish record lies in the store, for a message recovered
-    /// from it: a page then holds only that ([`crate::paging`]).
-    pub at: Option<crate::store::RecordAt>,
-    /// The `BCC` routing keys it was published with (removed from its
-    /// headers; dead-lettering without a routing key routes by them too).
-    pub bcc: Vec<ShortString>,
+    /// `[flags, priority, exchange length, exchange.., routing key
+    /// length, routing key.., properties length (u32 LE), properties..,
+    /// body..]`.
+    data: Arc<[u8]>,
+    ext: Option<Arc<MsgExt>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct MsgExt {
+    /// The body, when it is not inline.
+    body: Option<Bytes>,
+    persist: Option<u64>,
+    at: Option<crate::store::RecordAt>,
+    bcc: Vec<ShortString>,
+}
+
+/// `data[0]` bits.
+const PERSISTENT: u8 = 1;
+const HAS_PRIORITY: u8 = 2;
+const HAS_EXPIRATION: u8 = 4;
+
+thread_local! {
+    /// Where a message's inline bytes are gathered before the one
+    /// allocation that holds them.
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Msg")
+            .field("exchange", &String::from_utf8_lossy(self.exchange()))
+            .field("routing_key", &String::from_utf8_lossy(self.routing_key()))
+            .field("properties", &self.properties())
+            .field("body_len", &self.size())
+            .field("ext", &self.ext)
+            .finish()
+    }
 }
 
 impl Msg {
+    /// A message with these parts (BCC already removed from `properties`).
+    pub fn new(
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Msg {
+        GATHER.with_borrow_mut(|v| {
+            v.clear();
+            // Cannot fail for properties that were decoded or built in
+            // memory (no string over 255 bytes, no table over 4 GiB).
+            let _ = amqp_wire::encode_properties(properties, v);
+            let props = v.split_off(0);
+            Msg::from_encoded(exchange, routing_key, &props, body, v)
+        })
+    }
+
+    /// A message whose properties are already in wire form (as
+    /// [`Msg::raw_properties`] gives them).
+    pub fn with_encoded(
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: &[u8],
+        body: Bytes,
+    ) -> Msg {
+        GATHER.with_borrow_mut(|v| Msg::from_encoded(exchange, routing_key, properties, body, v))
+    }
+
+    fn from_encoded(
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: &[u8],
+        body: Bytes,
+        v: &mut Vec<u8>,
+    ) -> Msg {
+        let (flags, priority) = derived(properties);
+        let exchange = &exchange[..exchange.len().min(255)];
+        let routing_key = &routing_key[..routing_key.len().min(255)];
+        v.clear();
+        v.extend_from_slice(&[flags, priority, exchange.len() as u8]);
+        v.extend_from_slice(exchange);
+        v.push(routing_key.len() as u8);
+        v.extend_from_slice(routing_key);
+        v.extend_from_slice(&(properties.len() as u32).to_le_bytes());
+        v.extend_from_slice(properties);
+        let inline = body.len() < crate::core::COMPACT_BELOW;
+        if inline {
+            v.extend_from_slice(&body);
+        }
+        Msg {
+            data: Arc::from(&v[..]),
+            ext: (!inline).then(|| {
+                Arc::new(MsgExt {
+                    body: Some(body),
+                    ..Default::default()
+                })
+            }),
+        }
+    }
+
+    /// The same message with other properties.
+    pub fn with_properties(&self, properties: &BasicProperties) -> Msg {
+        let mut m = Msg::new(
+            self.exchange(),
+            self.routing_key(),
+            properties,
+            self.body_bytes(),
+        );
+        if let Some(x) = &self.ext {
+            m.ext = Some(Arc::new(MsgExt {
+                body: m.ext.take().and_then(|e| e.body.clone()),
+                ..(**x).clone()
+            }));
+        }
+        m
+    }
+
+    fn ranges(
+        &self,
+    ) -> (
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+    ) {
+        let d = &self.data;
+        let ex = 3..3 + usize::from(d[2]);
+        let rk = ex.end + 1..ex.end + 1 + usize::from(d[ex.end]);
+        let n = u32::from_le_bytes(d[rk.end..rk.end + 4].try_into().unwrap_or([0; 4])) as usize;
+        let props = rk.end + 4..rk.end + 4 + n;
+        (ex, rk, props)
+    }
+
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &[u8] {
+        &self.data[self.ranges().0]
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &[u8] {
+        &self.data[self.ranges().1]
+    }
+
+    /// The exchange, as a short string.
+    pub fn exchange_name(&self) -> ShortString {
+        ShortString::from_bytes(self.exchange()).unwrap_or_default()
+    }
+
+    /// The routing key, as a short string.
+    pub fn routing_key_name(&self) -> ShortString {
+        ShortString::from_bytes(self.routing_key()).unwrap_or_default()
+    }
+
+    /// Its properties in wire form (flags, then values).
+    pub fn raw_properties(&self) -> &[u8] {
+        &self.data[self.ranges().2]
+    }
+
+    /// Its properties, decoded.
+    pub fn properties(&self) -> BasicProperties {
+        amqp_wire::decode_properties(&Bytes::copy_from_slice(self.raw_properties()))
+            .unwrap_or_default()
+    }
+
+    /// Its body.
+    pub fn body(&self) -> &[u8] {
+        match self.ext.as_ref().and_then(|x| x.body.as_ref()) {
+            Some(b) => b,
+            None => &self.data[self.ranges().2.end..],
+        }
+    }
+
+    /// Its body, to send.
+    pub fn body_to_send(&self) -> amqp_codec::Body<'_> {
+        match self.ext.as_ref().and_then(|x| x.body.as_ref()) {
+            Some(b) => amqp_codec::Body::Shared(b),
+            None => amqp_codec::Body::Borrowed(self.body()),
+        }
+    }
+
+    /// Its body as [`Bytes`] (shared when large, else a copy).
+    pub fn body_bytes(&self) -> Bytes {
+        match self.ext.as_ref().and_then(|x| x.body.as_ref()) {
+            Some(b) => b.clone(),
+            None => Bytes::copy_from_slice(self.body()),
+        }
+    }
+
     /// Bytes counted against length limits and memory (the body).
     pub fn size(&self) -> usize {
-        self.body.len()
+        self.body().len()
     }
+
+    /// `delivery-mode` 2.
+    pub fn is_persistent(&self) -> bool {
+        self.data[0] & PERSISTENT != 0
+    }
+
+    /// Its `priority` property.
+    pub fn priority(&self) -> Option<u8> {
+        (self.data[0] & HAS_PRIORITY != 0).then(|| self.data[1])
+    }
+
+    /// Whether it has an `expiration` property.
+    pub fn has_expiration(&self) -> bool {
+        self.data[0] & HAS_EXPIRATION != 0
+    }
+
+    /// Its `expiration` in milliseconds (none when absent or invalid).
+    pub fn expiration_ms(&self) -> Option<u64> {
+        if !self.has_expiration() {
+            return None;
+        }
+        crate::lifecycle::expiration_ms(&self.properties())
+            .ok()
+            .flatten()
+    }
+
+    /// Its id in the message store, when it is persistent and reached a
+    /// durable queue.
+    pub fn persist(&self) -> Option<u64> {
+        self.ext.as_ref().and_then(|x| x.persist)
+    }
+
+    /// Where its publish record lies in the store, for a message recovered
+    /// from it: a page then holds only that ([`crate::paging`]).
+    pub fn at(&self) -> Option<crate::store::RecordAt> {
+        self.ext.as_ref().and_then(|x| x.at)
+    }
+
+    /// The `BCC` routing keys it was published with (removed from its
+    /// headers; dead-lettering without a routing key routes by them too).
+    pub fn bcc(&self) -> &[ShortString] {
+        self.ext.as_ref().map_or(&[], |x| &x.bcc)
+    }
+
+    fn ext_mut(&mut self) -> &mut MsgExt {
+        Arc::make_mut(self.ext.get_or_insert_with(Default::default))
+    }
+
+    /// Sets its store id.
+    pub fn set_persist(&mut self, id: Option<u64>) {
+        if id.is_some() || self.persist().is_some() {
+            self.ext_mut().persist = id;
+        }
+    }
+
+    /// Sets where its publish record lies.
+    pub fn set_at(&mut self, at: Option<crate::store::RecordAt>) {
+        if at.is_some() || self.at().is_some() {
+            self.ext_mut().at = at;
+        }
+    }
+
+    /// Sets its `BCC` keys.
+    pub fn set_bcc(&mut self, bcc: Vec<ShortString>) {
+        if !bcc.is_empty() || !self.bcc().is_empty() {
+            self.ext_mut().bcc = bcc;
+        }
+    }
+}
+
+/// The flags byte and priority of encoded properties.
+fn derived(properties: &[u8]) -> (u8, u8) {
+    // Flag bits (big-endian u16): delivery-mode 12, priority 11,
+    // expiration 8; values follow in bit order, 15 first.
+    let Some(&[f0, f1]) = properties.first_chunk::<2>() else {
+        return (0, 0);
+    };
+    let flags = u16::from_be_bytes([f0, f1]);
+    let mut out = 0;
+    if flags & (1 << 8) != 0 {
+        out |= HAS_EXPIRATION;
+    }
+    if flags & (1 << 12 | 1 << 11) == 0 {
+        return (out, 0);
+    }
+    // Step over content-type (15), content-encoding (14) and headers (13).
+    let mut at = 2;
+    for (bit, len_bytes) in [(15, 1), (14, 1), (13, 4)] {
+        if flags & (1 << bit) != 0 {
+            let Some(len) = properties.get(at..at + len_bytes) else {
+                return (out, 0);
+            };
+            let n = len.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+            at += len_bytes + n;
+        }
+    }
+    if flags & (1 << 12) != 0 {
+        if properties.get(at) == Some(&2) {
+            out |= PERSISTENT;
+        }
+        at += 1;
+    }
+    let mut priority = 0;
+    if flags & (1 << 11) != 0
+        && let Some(&p) = properties.get(at)
+    {
+        out |= HAS_PRIORITY;
+        priority = p;
+    }
+    (out, priority)
 }
 
 /// A message in a queue.
@@ -61,7 +344,7 @@ pub struct Entry {
     /// Position in the queue's enqueue order.
     pub seq: u64,
     /// The message.
-    pub msg: Arc<Msg>,
+    pub msg: Msg,
     /// Delivered before (and requeued).
     pub redelivered: bool,
     /// Its priority level in the queue (0 without priorities).
@@ -219,20 +502,20 @@ impl Ready {
     /// Appends a recovered message (redelivered if it was delivered
     /// before the restart; expiring when its TTL, counted from its arrival,
     /// runs out).
-    pub fn push_recovered(&mut self, msg: Arc<Msg>, redelivered: bool, expires: Option<Instant>) {
+    pub fn push_recovered(&mut self, msg: Msg, redelivered: bool, expires: Option<Instant>) {
         self.append(msg, redelivered, expires);
     }
 
     /// Appends a new message at the tail of its level.
-    pub fn push(&mut self, msg: Arc<Msg>, expires: Option<Instant>) -> u64 {
+    pub fn push(&mut self, msg: Msg, expires: Option<Instant>) -> u64 {
         self.append(msg, false, expires)
     }
 
-    fn append(&mut self, msg: Arc<Msg>, redelivered: bool, expires: Option<Instant>) -> u64 {
+    fn append(&mut self, msg: Msg, redelivered: bool, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let size = msg.size();
-        let level = self.level_of(msg.properties.priority);
+        let level = self.level_of(msg.priority());
         let over = self.pager.as_ref().is_some_and(|p| {
             let in_memory = self.len - self.paged_len;
             let mem_bytes = self.bytes - self.paged_bytes + in_memory * MESSAGE_OVERHEAD as usize;
@@ -439,7 +722,7 @@ pub struct StreamEntry {
     /// When it was appended, ms since the Unix epoch.
     pub at_ms: u64,
     /// The message.
-    pub msg: Arc<Msg>,
+    pub msg: Msg,
     /// Its record in the message store, if persisted.
     pub id: Option<u64>,
 }
@@ -510,7 +793,7 @@ impl StreamLog {
     pub fn append_at(
         &mut self,
         offset: u64,
-        msg: Arc<Msg>,
+        msg: Msg,
         at_ms: u64,
         segment_size: u64,
         id: Option<u64>,
@@ -540,7 +823,7 @@ impl StreamLog {
     }
 
     /// Appends a message at the next offset.
-    pub fn append(&mut self, msg: Arc<Msg>, at_ms: u64, segment_size: u64) -> u64 {
+    pub fn append(&mut self, msg: Msg, at_ms: u64, segment_size: u64) -> u64 {
         self.append_at(self.next, msg, at_ms, segment_size, None)
     }
 
@@ -618,26 +901,65 @@ mod tests {
     use crate::paging::{MemPages, Paging};
     use std::time::Duration;
 
-    fn msg(body: &'static str, priority: Option<u8>) -> Arc<Msg> {
-        Arc::new(Msg {
-            exchange: ShortString::EMPTY,
-            routing_key: ShortString::EMPTY,
-            properties: BasicProperties {
+    fn msg(body: &'static str, priority: Option<u8>) -> Msg {
+        Msg::new(
+            b"",
+            b"",
+            &BasicProperties {
                 priority,
                 ..Default::default()
             },
-            body: Bytes::from_static(body.as_bytes()),
-            persist: None,
-            at: None,
-            bcc: Vec::new(),
-        })
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+
+    /// The flags read straight off the wire form agree with the decoded
+    /// properties, whatever comes before them; every part comes back.
+    #[test]
+    fn a_message_keeps_its_parts_and_reads_its_flags_right() {
+        let mut headers = amqp_types::FieldTable::new();
+        headers.insert("k", "v");
+        for mask in 0u32..64 {
+            let on = |b: u32| mask & (1 << b) != 0;
+            let p = BasicProperties {
+                content_type: on(0).then(|| ShortString::from_static("text/plain")),
+                content_encoding: on(1).then(|| ShortString::from_static("gzip")),
+                headers: on(2).then(|| headers.clone()),
+                delivery_mode: on(3).then_some(if on(5) { 2 } else { 1 }),
+                priority: on(4).then_some(7),
+                expiration: on(5).then(|| ShortString::from_static("60000")),
+                message_id: on(1).then(|| ShortString::from_static("id")),
+                ..Default::default()
+            };
+            for size in [0usize, 16, crate::core::COMPACT_BELOW] {
+                let body = Bytes::from(vec![mask as u8; size]);
+                let mut m = Msg::new(b"ex", b"rk", &p, body.clone());
+                assert_eq!(m.is_persistent(), p.is_persistent(), "{p:?}");
+                assert_eq!(m.priority(), p.priority, "{p:?}");
+                assert_eq!(m.has_expiration(), p.expiration.is_some());
+                assert_eq!(m.expiration_ms(), p.expiration.as_ref().map(|_| 60000));
+                assert_eq!(m.properties(), p);
+                assert_eq!((m.exchange(), m.routing_key()), (&b"ex"[..], &b"rk"[..]));
+                assert_eq!(m.body(), &body[..]);
+                assert_eq!(m.body_bytes(), body);
+                assert_eq!(m.persist(), None);
+                m.set_persist(Some(9));
+                m.set_bcc(vec![ShortString::from_static("b")]);
+                let other = m.with_properties(&BasicProperties::default());
+                assert_eq!((other.persist(), other.bcc().len()), (Some(9), 1));
+                assert_eq!(other.body(), &body[..]);
+                assert_eq!(other.properties(), BasicProperties::default());
+            }
+        }
+        // A small message is 24 bytes and one allocation.
+        assert_eq!(std::mem::size_of::<Msg>(), 24);
     }
 
     fn bodies(r: &mut Ready) -> Vec<(String, bool)> {
         std::iter::from_fn(|| r.pop())
             .map(|e| {
                 (
-                    String::from_utf8(e.msg.body.to_vec()).unwrap(),
+                    String::from_utf8(e.msg.body().to_vec()).unwrap(),
                     e.redelivered,
                 )
             })
@@ -870,10 +1192,10 @@ mod tests {
         for b in ["a", "b", "c", "d"] {
             r.push(msg(b, None), None);
         }
-        assert_eq!(r.pop().map(|e| e.msg.body.clone()), Some(Bytes::from("a")));
+        assert_eq!(r.pop().map(|e| e.msg.body_bytes()), Some(Bytes::from("a")));
         // b c were paged and are lost; d (the tail) follows.
         assert_eq!(r.len(), 1);
-        assert_eq!(r.pop().map(|e| e.msg.body.clone()), Some(Bytes::from("d")));
+        assert_eq!(r.pop().map(|e| e.msg.body_bytes()), Some(Bytes::from("d")));
         assert_eq!(corrupt.stats().lost, 2);
         assert!(r.is_empty());
     }
@@ -891,9 +1213,9 @@ mod tests {
         );
         let mut r = Ready::new().paged(Some(pager.clone()));
         for i in 0..9u64 {
-            let mut m = (*msg("m", None)).clone();
-            m.persist = (i == 5).then_some(42);
-            r.push(Arc::new(m), None);
+            let mut m = msg("m", None);
+            m.set_persist((i == 5).then_some(42));
+            r.push(m, None);
         }
         assert_eq!(r.paged_len(), 8);
         let mut got = Vec::new();
@@ -928,7 +1250,7 @@ mod tests {
         r.push(msg("over", Some(200)), None);
         r.push(msg("low2", Some(1)), None);
         let h = r.pop().unwrap();
-        assert_eq!(&h.msg.body[..], b"high1");
+        assert_eq!(h.msg.body(), b"high1");
         r.requeue(h);
         let got: Vec<String> = bodies(&mut r).into_iter().map(|(b, _)| b).collect();
         assert_eq!(got, ["high1", "over", "low1", "low2", "none"]);
@@ -944,7 +1266,7 @@ mod tests {
         assert!(r.pop_expired(t0 + Duration::from_secs(1)).is_none());
         assert_eq!(r.len(), 2, "the expired message behind a live one stays");
         let e = r.pop_expired(t0 + Duration::from_secs(11)).unwrap();
-        assert_eq!(&e.msg.body[..], b"long");
+        assert_eq!(e.msg.body(), b"long");
         assert!(r.pop_expired(t0 + Duration::from_secs(11)).is_some());
         assert!(r.is_empty());
         // Behind a higher priority that does not expire, a low one waits.

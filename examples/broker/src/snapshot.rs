@@ -7,7 +7,7 @@
 //! private state; the core itself only carries a few counter increments
 //! (marked `// management`).
 
-use super::{Conn, ConnId, Core, QState, QueueId, TxAck, Unacked, check_queue_args, compact};
+use super::{Conn, ConnId, Core, QState, QueueId, TxAck, Unacked, check_queue_args};
 use crate::auth::Auth;
 use crate::queue::Msg;
 use amqp_codec::Capabilities;
@@ -17,7 +17,6 @@ use amqp_router::{DestinationKind, OwnerId, QueueUsage};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Cumulative message counters, globally and per queue, named as in
@@ -361,7 +360,7 @@ impl From<ProtocolError> for AdminError {
 #[derive(Debug, Clone)]
 pub struct GotMessage {
     /// The message.
-    pub msg: Arc<Msg>,
+    pub msg: Msg,
     /// Delivered before.
     pub redelivered: bool,
     /// Messages left in the queue after this one was taken.
@@ -936,15 +935,13 @@ impl Core {
         let queues: Vec<QueueId> = routed.handles().copied().collect();
         self.counters.count_publish(queues.is_empty(), false);
         self.count_exchange(vhost, &short(exchange)?, !queues.is_empty());
-        let msg = Msg {
-            exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
-            properties,
-            body: compact(body),
-            persist: None,
-            at: None,
-            bcc: Vec::new(),
-        };
+        short(routing_key)?;
+        let msg = Msg::new(
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            &properties,
+            body,
+        );
         let msg = self.store_publish(&queues, msg);
         self.enqueue(&queues, &msg);
         Ok(!queues.is_empty())

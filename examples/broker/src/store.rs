@@ -45,7 +45,6 @@
 
 pub use crate::disk::{Disk, RealDisk, SimDisk};
 use amqp_types::{BasicProperties, ShortString};
-use amqp_wire::{Frame, FrameLimits, FramePayload, Parsed, parse_frame};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -70,8 +69,8 @@ pub enum Record {
         exchange: ShortString,
         /// Routing key.
         routing_key: ShortString,
-        /// Properties (boxed: they are most of the record's size).
-        properties: Box<BasicProperties>,
+        /// Properties, in wire form ([`amqp_wire::encode_properties`]).
+        properties: Bytes,
         /// Body.
         body: Bytes,
     },
@@ -102,12 +101,10 @@ pub(crate) fn put_short(out: &mut Vec<u8>, s: &[u8]) {
 
 /// Writes properties (as an AMQP content header frame) and body, each
 /// length-prefixed.
-pub(crate) fn put_content(out: &mut Vec<u8>, properties: &BasicProperties, body: &[u8]) {
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let _ = Frame::header(0, body.len() as u64, properties.clone()).encode_to_vec(out);
-    let n = (out.len() - at - 4) as u32;
-    out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+pub(crate) fn put_content(out: &mut Vec<u8>, properties: &[u8], body: &[u8]) {
+    let n = properties.len() + 12 + amqp_wire::FRAME_OVERHEAD;
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    amqp_wire::write_header_frame(out, 0, body.len() as u64, properties);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(body);
 }
@@ -202,21 +199,32 @@ impl<'a> Reader<'a> {
         ShortString::from_bytes(self.take(usize::from(n))?)
             .map_err(|_| Damage::Malformed("short string"))
     }
-    /// Properties and body, as [`put_content`] writes them.
-    pub(crate) fn content(&mut self) -> Result<(BasicProperties, Bytes), Damage> {
+    /// Properties (in wire form, checked) and body, as [`put_content`]
+    /// writes them.
+    pub(crate) fn content(&mut self) -> Result<(Bytes, Bytes), Damage> {
         let hlen = self.u32()? as usize;
-        let header = Bytes::copy_from_slice(self.take(hlen)?);
-        let properties = match parse_frame(&header, FrameLimits::UNLIMITED) {
-            Ok(Parsed::Complete {
-                frame:
-                    Frame {
-                        payload: FramePayload::Header(h),
-                        ..
-                    },
-                ..
-            }) => h.properties,
+        let header = self.take(hlen)?;
+        // A content header frame: type, channel, size, class, weight, body
+        // size, then the properties, then the end octet.
+        let properties = match header {
+            [2, _, _, s0, s1, s2, s3, 0, 60, _, _, rest @ .., 0xCE]
+                if rest.len() >= 8
+                    && u32::from_be_bytes([*s0, *s1, *s2, *s3]) as usize + 8 == header.len() =>
+            {
+                &rest[8..]
+            }
             _ => return Err(Damage::Malformed("content header")),
         };
+        let properties = Bytes::copy_from_slice(properties);
+        let headers_table = properties.first().is_some_and(|f| f & 0x20 != 0);
+        let ok = if headers_table {
+            amqp_wire::decode_properties(&properties).is_ok()
+        } else {
+            amqp_wire::check_properties(&properties).is_ok()
+        };
+        if !ok {
+            return Err(Damage::Malformed("content header"));
+        }
         let blen = self.u32()? as usize;
         let body = Bytes::copy_from_slice(self.take(blen)?);
         Ok((properties, body))
@@ -247,26 +255,52 @@ pub(crate) fn take_private_header(p: &mut BasicProperties, key: &str) -> Option<
     v?.as_integer().and_then(|v| u64::try_from(v).ok())
 }
 
+/// Stored properties (wire form) without the private headers `keys`:
+/// each one's integer value, and the properties left (the same bytes
+/// when there is no headers table).
+pub(crate) fn without_private<const N: usize>(
+    properties: &Bytes,
+    keys: [&str; N],
+) -> ([Option<u64>; N], Bytes) {
+    let mut values = [None; N];
+    if properties.first().is_none_or(|f| f & 0x20 == 0) {
+        return (values, properties.clone());
+    }
+    let Ok(mut p) = amqp_wire::decode_properties(properties) else {
+        return (values, properties.clone());
+    };
+    for (v, k) in values.iter_mut().zip(keys) {
+        *v = take_private_header(&mut p, k);
+    }
+    let mut out = Vec::new();
+    let _ = amqp_wire::encode_properties(&p, &mut out);
+    (values, out.into())
+}
+
 /// A message's publish record read back from `bytes` (exactly one record,
-/// checksum verified): its id, exchange, routing key, properties (without
-/// the arrival header) and body.
-pub(crate) fn decode_publish(
-    bytes: &[u8],
-) -> Result<(u64, ShortString, ShortString, BasicProperties, Bytes), Damage> {
+/// checksum verified): its id and the message (without the arrival
+/// header).
+pub(crate) fn decode_publish(bytes: &[u8]) -> Result<(u64, crate::queue::Msg), Damage> {
     match decode(bytes)? {
         (
             Record::Publish {
                 id,
                 exchange,
                 routing_key,
-                mut properties,
+                properties,
                 body,
                 ..
             },
             used,
         ) if used == bytes.len() => {
-            take_private_header(&mut properties, ARRIVED_HEADER);
-            Ok((id, exchange, routing_key, *properties, body))
+            let (_, properties) = without_private(&properties, [ARRIVED_HEADER]);
+            let msg = crate::queue::Msg::with_encoded(
+                exchange.as_bytes(),
+                routing_key.as_bytes(),
+                &properties,
+                body,
+            );
+            Ok((id, msg))
         }
         _ => Err(Damage::Malformed("not one publish record")),
     }
@@ -339,14 +373,14 @@ fn decode_with(input: &[u8], content: bool, verify: bool) -> Result<(Record, usi
                 r.take(hlen)?;
                 let blen = r.u32()? as usize;
                 r.take(blen)?;
-                (BasicProperties::default(), Bytes::new())
+                (Bytes::new(), Bytes::new())
             };
             Record::Publish {
                 id,
                 queues,
                 exchange,
                 routing_key,
-                properties: Box::new(properties),
+                properties,
                 body,
             }
         }
@@ -391,8 +425,8 @@ pub struct RecoveredMessage {
     pub exchange: ShortString,
     /// Routing key.
     pub routing_key: ShortString,
-    /// Properties.
-    pub properties: BasicProperties,
+    /// Properties, in wire form.
+    pub properties: Bytes,
     /// Body.
     pub body: Bytes,
     /// Delivered before the restart.
@@ -905,7 +939,7 @@ fn pass_two<'a>(
                         },
                         exchange,
                         routing_key,
-                        properties: *properties,
+                        properties,
                         body,
                         redelivered: delivered.contains(&id),
                     };
@@ -1169,10 +1203,18 @@ mod tests {
             queues,
             exchange: ShortString::from_static("x"),
             routing_key: ShortString::from_static("k"),
-            properties: Box::new(BasicProperties {
-                delivery_mode: Some(2),
-                ..Default::default()
-            }),
+            properties: {
+                let mut v = Vec::new();
+                amqp_wire::encode_properties(
+                    &BasicProperties {
+                        delivery_mode: Some(2),
+                        ..Default::default()
+                    },
+                    &mut v,
+                )
+                .unwrap();
+                v.into()
+            },
             body: Bytes::from_static(body.as_bytes()),
         }
     }
