@@ -3624,7 +3624,7 @@ impl Core {
                     msg: msg.clone(),
                     redelivered: false,
                     level: 0,
-                    expires: None,
+                    expires: crate::queue::Expiry::NEVER,
                     returns: 0,
                 };
                 if dlx {
@@ -3843,7 +3843,7 @@ impl Core {
                     msg: e.msg.clone(),
                     redelivered: false,
                     level: 0,
-                    expires: None,
+                    expires: crate::queue::Expiry::NEVER,
                     returns: 0,
                 };
                 if let Some(k) = self

@@ -601,7 +601,7 @@ impl Pager {
 
     /// Writes `entries` as one page; on failure they are handed back.
     pub fn write(&self, entries: Vec<Entry>) -> Result<PageRef, Vec<Entry>> {
-        let base = entries.iter().find_map(|e| e.expires);
+        let base = entries.iter().find_map(|e| e.expires.get());
         let mut inner = self.lock();
         let mut payload = std::mem::take(&mut inner.buf);
         payload.clear();
@@ -737,7 +737,7 @@ fn encode(out: &mut Vec<u8>, e: &Entry, base: Option<Instant>, by_ref: bool) -> 
     if e.msg.persist().is_some() {
         flags |= PERSIST;
     }
-    let offset = match (e.expires, base) {
+    let offset = match (e.expires.get(), base) {
         (Some(t), Some(b)) => {
             flags |= EXPIRES;
             if t >= b {
@@ -837,7 +837,7 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Decoded, Damage> {
                 msg,
                 redelivered: flags & REDELIVERED != 0,
                 level,
-                expires,
+                expires: expires.into(),
                 returns,
             });
             continue;
@@ -863,7 +863,7 @@ fn decode(data: &[u8], base: Option<Instant>) -> Result<Decoded, Damage> {
             msg,
             redelivered: flags & REDELIVERED != 0,
             level,
-            expires,
+            expires: expires.into(),
             returns,
         });
     }
@@ -898,7 +898,7 @@ mod tests {
             },
             redelivered: seq.is_multiple_of(3),
             level: 2,
-            expires,
+            expires: expires.into(),
             returns: seq as u32,
         }
     }
@@ -1045,7 +1045,7 @@ mod tests {
                     },
                     redelivered: i % 2 == 0,
                     level: 0,
-                    expires: None,
+                    expires: crate::queue::Expiry::NEVER,
                     returns: 0,
                 }
             })
