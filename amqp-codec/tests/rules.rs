@@ -576,3 +576,62 @@ fn refuse_error_closes_with_the_errors_code_text_and_method() {
     let (mut s, _) = with_channel(ServerConfig::default());
     assert_eq!(s.refuse_error(7, &e), Err(CommandError::ChannelNotOpen(7)));
 }
+
+/// Encoded properties go out as given when well formed; malformed ones
+/// (unknown flag bits, a value cut short, trailing bytes) are refused
+/// before anything is queued.
+#[test]
+fn encoded_properties_are_checked_before_sending() {
+    let (mut s, _b) = with_channel(ServerConfig::default());
+    while s.poll_transmit().is_some() {}
+    let deliver = || -> Method {
+        BasicDeliver {
+            consumer_tag: "c".try_into().unwrap(),
+            ..Default::default()
+        }
+        .into()
+    };
+    let props = BasicProperties {
+        content_type: Some("text/plain".try_into().unwrap()),
+        ..Default::default()
+    };
+    let mut wire = Vec::new();
+    amqp_codec::wire::encode_properties(&props, &mut wire).unwrap();
+    for bad in [
+        &[0x00, 0x01][..],
+        &wire[..wire.len() - 1],
+        &[&wire[..], &[0][..]].concat(),
+    ] {
+        let r = s.send_content_encoded(1, deliver(), bad, amqp_codec::Body::Borrowed(b"x"));
+        assert!(
+            matches!(
+                r,
+                Err(amqp_codec::CommandError::Send(
+                    amqp_codec::SendError::Properties(_)
+                ))
+            ),
+            "{bad:?}: {r:?}"
+        );
+        assert!(s.poll_transmit().is_none(), "nothing queued for {bad:?}");
+    }
+    assert_eq!(
+        s.send_content_encoded(1, deliver(), &wire, amqp_codec::Body::Borrowed(b"body")),
+        Ok(Some(1))
+    );
+    let out: Vec<u8> = std::iter::from_fn(|| s.poll_transmit()).flatten().collect();
+    let out = Bytes::from(out);
+    let limits = amqp_codec::wire::FrameLimits::UNLIMITED;
+    let Ok(amqp_codec::wire::Parsed::Complete { consumed, .. }) =
+        amqp_codec::wire::parse_frame(&out, limits)
+    else {
+        panic!("a method frame first");
+    };
+    let Ok(amqp_codec::wire::Parsed::Complete { frame, .. }) =
+        amqp_codec::wire::parse_frame(&out.slice(consumed..), limits)
+    else {
+        panic!("then a header frame");
+    };
+    assert!(
+        matches!(&frame.payload, amqp_codec::wire::FramePayload::Header(h) if h.properties == props)
+    );
+}
