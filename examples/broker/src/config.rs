@@ -58,6 +58,9 @@
 //! window_bytes = 16777216          # or bytes (bodies + 160 each), whichever first
 //! page_messages = 4096             # messages per page file
 //! page_bytes = 4194304             # or bytes per page file
+//! memory_budget = 0                # page past the window only while all queues' ready
+//!                                  # messages hold more bytes than this (0: always;
+//!                                  # default: half the memory high watermark)
 //! ```
 //!
 //! Without `users`, the broker has RabbitMQ's first-boot user guest/guest
@@ -121,6 +124,10 @@ pub struct PagingDef {
     pub page_messages: Option<usize>,
     /// Bytes per page.
     pub page_bytes: Option<usize>,
+    /// Queues page past their windows only while their ready messages
+    /// hold more than this many bytes in memory; 0: always. Default: half
+    /// the memory high watermark (RabbitMQ's paging ratio).
+    pub memory_budget: Option<usize>,
 }
 
 impl PagingDef {
@@ -135,6 +142,7 @@ impl PagingDef {
             window_bytes: self.window_bytes.unwrap_or(d.window_bytes),
             page_messages: self.page_messages.unwrap_or(d.page_messages),
             page_bytes: self.page_bytes.unwrap_or(d.page_bytes),
+            memory_budget: self.memory_budget.unwrap_or(d.memory_budget),
         };
         if p.window_messages == 0
             || p.window_bytes == 0

@@ -297,12 +297,31 @@ fn main() -> ExitCode {
     if args.no_paging {
         paging.enabled = Some(false);
     }
-    match paging.paging() {
-        Ok(None) => {}
-        Ok(Some(paging)) => match amqp_broker::paging::BackgroundPages::open(&data.paging()) {
+    let sizes = match paging.paging() {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            eprintln!("amqp-broker: configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(mut sizes) = sizes {
+        // By default queues page only past half the memory high
+        // watermark, as RabbitMQ's paging ratio has them.
+        if paging.memory_budget.is_none() {
+            sizes.memory_budget = alarm_limits(&args)
+                .ok()
+                .and_then(|l| l.memory)
+                .map_or(0, |m| usize::try_from(m / 2).unwrap_or(usize::MAX));
+        }
+        tracing::info!(
+            window_messages = sizes.window_messages,
+            memory_budget = sizes.memory_budget,
+            "paging"
+        );
+        match amqp_broker::paging::BackgroundPages::open(&data.paging()) {
             // Recovered messages page as where they are in the store.
             Ok(pages) => core.set_pager(
-                amqp_broker::paging::Pager::new(Box::new(pages), paging).with_records(Box::new(
+                amqp_broker::paging::Pager::new(Box::new(pages), sizes).with_records(Box::new(
                     store::Segments::new(store::RealDisk, &data.messages()),
                 )),
             ),
@@ -313,10 +332,6 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-        },
-        Err(e) => {
-            eprintln!("amqp-broker: configuration: {e}");
-            return ExitCode::FAILURE;
         }
     }
     // The wall clock first: recovered TTLs count from their arrival.

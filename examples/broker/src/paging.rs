@@ -495,6 +495,12 @@ pub struct Paging {
     pub page_messages: usize,
     /// Bytes per page (the page is written when either is reached).
     pub page_bytes: usize,
+    /// A queue past its window pages only while the ready messages of
+    /// all queues hold more than this in memory (bodies plus
+    /// [`crate::core::MESSAGE_OVERHEAD`] each), as RabbitMQ pages only
+    /// past `vm_memory_high_watermark_paging_ratio`; 0: always at the
+    /// window.
+    pub memory_budget: usize,
 }
 
 impl Default for Paging {
@@ -504,6 +510,7 @@ impl Default for Paging {
             window_bytes: 16 << 20,
             page_messages: 4_096,
             page_bytes: 4 << 20,
+            memory_budget: 0,
         }
     }
 }
@@ -542,6 +549,9 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Pager {
     inner: Arc<Mutex<Inner>>,
+    /// Bytes the ready messages of its queues hold in memory, as each
+    /// queue last reported them.
+    held: Arc<std::sync::atomic::AtomicUsize>,
     /// The sizes in force.
     pub paging: Paging,
 }
@@ -579,8 +589,30 @@ impl Pager {
                 buf: Vec::new(),
                 records: None,
             })),
+            held: Default::default(),
             paging,
         }
+    }
+
+    /// Bytes the ready messages of its queues hold in memory.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A queue's memory went from `was` to `now` bytes.
+    pub(crate) fn report(&self, was: usize, now: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if now > was {
+            self.held.fetch_add(now - was, Relaxed);
+        } else if was > now {
+            self.held.fetch_sub(was - now, Relaxed);
+        }
+    }
+
+    /// Whether a queue past its window should page now: there is no
+    /// memory budget, or the queues are over it.
+    pub fn over_budget(&self) -> bool {
+        self.paging.memory_budget == 0 || self.held() > self.paging.memory_budget
     }
 
     /// Reads messages recovered from the message store back from

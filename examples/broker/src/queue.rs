@@ -463,6 +463,8 @@ pub struct Ready {
     /// Ready messages on disk, and their body bytes.
     paged_len: usize,
     paged_bytes: usize,
+    /// The bytes in memory last reported to the pager.
+    reported: usize,
 }
 
 impl Default for Ready {
@@ -474,6 +476,7 @@ impl Default for Ready {
 impl Drop for Ready {
     fn drop(&mut self) {
         if let Some(pager) = &self.pager {
+            pager.report(self.reported, 0);
             for l in &mut self.levels {
                 for p in l.pages.drain(..) {
                     pager.discard(p);
@@ -500,6 +503,7 @@ impl Ready {
             pager: None,
             paged_len: 0,
             paged_bytes: 0,
+            reported: 0,
         }
     }
 
@@ -562,15 +566,36 @@ impl Ready {
         self.append(msg, false, expires)
     }
 
+    /// Bytes its ready messages hold in memory (bodies and overhead).
+    pub fn memory(&self) -> usize {
+        let in_memory = self.len - self.paged_len;
+        self.bytes - self.paged_bytes + in_memory * MESSAGE_OVERHEAD as usize
+    }
+
+    /// Tells the pager how much memory the queue holds now.
+    fn report(&mut self) {
+        if let Some(p) = &self.pager {
+            let now = self.memory();
+            p.report(self.reported, now);
+            self.reported = now;
+        }
+    }
+
     fn append(&mut self, msg: Msg, redelivered: bool, expires: Option<Instant>) -> u64 {
+        let seq = self.append_unreported(msg, redelivered, expires);
+        self.report();
+        seq
+    }
+
+    fn append_unreported(&mut self, msg: Msg, redelivered: bool, expires: Option<Instant>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let size = msg.size();
         let level = self.level_of(msg.priority());
         let over = self.pager.as_ref().is_some_and(|p| {
             let in_memory = self.len - self.paged_len;
-            let mem_bytes = self.bytes - self.paged_bytes + in_memory * MESSAGE_OVERHEAD as usize;
-            in_memory >= p.paging.window_messages || mem_bytes >= p.paging.window_bytes
+            (in_memory >= p.paging.window_messages || self.memory() >= p.paging.window_bytes)
+                && p.over_budget()
         });
         self.bytes += size;
         self.len += 1;
@@ -589,22 +614,36 @@ impl Ready {
         }
         l.tail_bytes += size;
         l.tail.push_back(e);
-        if let Some(pager) = &self.pager
+        // The tail goes to disk a page at a time while the queues are
+        // over the memory budget; under it, it waits in memory.
+        while let Some(pager) = &self.pager
             && (l.tail.len() >= pager.paging.page_messages
                 || l.tail_bytes >= pager.paging.page_bytes)
             && l.tail.len() >= l.retry_at
+            && pager.over_budget()
         {
-            match pager.write(l.tail.drain(..).collect()) {
+            let (mut n, mut bytes) = (0, 0);
+            for e in &l.tail {
+                if n == pager.paging.page_messages || (n > 0 && bytes >= pager.paging.page_bytes) {
+                    break;
+                }
+                n += 1;
+                bytes += e.msg.size();
+            }
+            match pager.write(l.tail.drain(..n).collect()) {
                 Ok(page) => {
                     self.paged_len += page.count;
                     self.paged_bytes += page.bytes;
-                    l.tail_bytes = 0;
+                    l.tail_bytes = l.tail_bytes.saturating_sub(page.bytes);
                     l.retry_at = 0;
                     l.pages.push_back(page);
                 }
                 Err(back) => {
-                    l.tail = back.into();
+                    for e in back.into_iter().rev() {
+                        l.tail.push_front(e);
+                    }
                     l.retry_at = l.tail.len() * 2;
+                    break;
                 }
             }
         }
@@ -643,10 +682,11 @@ impl Ready {
         self.len += 1;
         if let Some(r) = &mut self.returns {
             r.push_back(e);
-            return;
+        } else {
+            let level = usize::from(e.level).min(self.levels.len() - 1);
+            self.levels[level].returned.insert(e.seq, e);
         }
-        let level = usize::from(e.level).min(self.levels.len() - 1);
-        self.levels[level].returned.insert(e.seq, e);
+        self.report();
     }
 
     fn top(&self) -> Option<usize> {
@@ -682,6 +722,7 @@ impl Ready {
         };
         self.len -= 1;
         self.bytes -= e.msg.size();
+        self.report();
         Some(e)
     }
 
@@ -735,6 +776,7 @@ impl Ready {
                 pager.discard(page);
             }
         }
+        self.report();
         out
     }
 
@@ -1007,6 +1049,63 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 48);
     }
 
+    /// Queues page past their windows only while all of them together
+    /// hold more than the memory budget; pages are page-sized however
+    /// long the tail grew meanwhile; a queue that drains lets the others
+    /// stop paging.
+    #[test]
+    fn queues_page_past_their_window_only_over_the_shared_budget() {
+        let one = 1 + MESSAGE_OVERHEAD as usize; // a 1-byte body in memory
+        let pager = Pager::new(
+            Box::<MemPages>::default(),
+            Paging {
+                window_messages: 2,
+                window_bytes: 1 << 20,
+                page_messages: 3,
+                page_bytes: 1 << 20,
+                memory_budget: 20 * one,
+            },
+        );
+        let mut a = Ready::new().paged(Some(pager.clone()));
+        let mut b = Ready::new().paged(Some(pager.clone()));
+        for _ in 0..12 {
+            a.push(msg("a", None), None);
+        }
+        // 12 messages, past the window of 2, under the budget of 20.
+        assert_eq!((a.paged_len(), pager.held()), (0, 12 * one));
+        for _ in 0..12 {
+            b.push(msg("b", None), None);
+        }
+        // Past the budget from b's 9th message: b's own messages beyond
+        // its window page, 3 at a time; a's stay.
+        assert_eq!(a.paged_len(), 0);
+        assert!(
+            b.paged_len() > 0 && b.paged_len().is_multiple_of(3),
+            "{}",
+            b.paged_len()
+        );
+        assert_eq!(pager.held(), a.memory() + b.memory());
+        assert!(pager.held() <= 20 * one + 3 * one, "{}", pager.held());
+        // a drains: b's next messages stay in memory.
+        while a.pop().is_some() {}
+        let paged = b.paged_len();
+        for _ in 0..6 {
+            b.push(msg("b", None), None);
+        }
+        assert_eq!(b.paged_len(), paged);
+        assert_eq!(pager.held(), b.memory());
+        // Every message comes back, in order.
+        let mut n = 0;
+        while let Some(e) = b.pop() {
+            assert_eq!(e.seq, n);
+            n += 1;
+        }
+        assert_eq!(n, 18);
+        drop(b);
+        drop(a);
+        assert_eq!(pager.held(), 0);
+    }
+
     #[test]
     fn an_expiry_keeps_its_instant_to_the_nanosecond() {
         let base = Expiry::base();
@@ -1169,11 +1268,14 @@ mod tests {
                         window_bytes: 1 << 20,
                         page_messages: 1 + rnd(4) as usize,
                         page_bytes: 1 << 20,
+                        // Some seeds page only past a memory budget.
+                        memory_budget: if seed % 3 == 0 { 0 } else { rnd(1500) as usize },
                     },
                 )
             });
             r = r.paged(pager.clone());
             let mut paged_max = 0;
+            let mut held_max = 0;
             // Model: ready (seq, level), returns in order, and taken ones.
             let mut ready: Vec<(u64, u8)> = Vec::new();
             let mut returns: Vec<u64> = Vec::new();
@@ -1217,14 +1319,23 @@ mod tests {
                 }
                 assert_eq!(r.len(), ready.len() + returns.len(), "seed {seed}");
                 paged_max = paged_max.max(r.paged_len());
+                if let Some(p) = &pager {
+                    // The pager's count is the queue's own, at every step.
+                    assert_eq!(p.held(), r.memory(), "seed {seed}");
+                    held_max = held_max.max(p.held());
+                }
             }
             if let Some(p) = pager {
                 let stats = p.stats();
                 if seed % 7 == 1 {
                     assert_eq!(stats.written, 0, "seed {seed}");
-                } else {
+                } else if held_max > p.paging.memory_budget + 2 * MESSAGE_OVERHEAD as usize {
                     assert!(paged_max > 0 && stats.read > 0, "seed {seed}: {stats:?}");
+                } else {
+                    // Never over the budget: nothing went to disk.
+                    assert_eq!(stats.written, 0, "seed {seed}: {stats:?}");
                 }
+                assert_eq!(p.held(), 0, "seed {seed}");
                 assert!(r.is_empty(), "seed {seed}");
                 assert_eq!((r.paged_len(), p.stats().pages), (0, 0), "seed {seed}");
             }
@@ -1241,6 +1352,7 @@ mod tests {
                 window_bytes: 1 << 20,
                 page_messages: 2,
                 page_bytes: 1 << 20,
+                memory_budget: 0,
             },
         );
         let mut r = Ready::new().paged(Some(pager.clone()));
@@ -1260,6 +1372,7 @@ mod tests {
                 window_bytes: 1 << 20,
                 page_messages: 2,
                 page_bytes: 1 << 20,
+                memory_budget: 0,
             },
         );
         let mut r = Ready::new().paged(Some(corrupt.clone()));
@@ -1283,6 +1396,7 @@ mod tests {
                 window_bytes: 1 << 20,
                 page_messages: 2,
                 page_bytes: 1 << 20,
+                memory_budget: 0,
             },
         );
         let mut r = Ready::new().paged(Some(pager.clone()));

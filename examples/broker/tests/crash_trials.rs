@@ -47,7 +47,7 @@ fn start(addr: SocketAddr, data: &Path) -> Running {
     let config = data.with_extension("toml");
     std::fs::write(
         &config,
-        "[paging]\nwindow_messages = 200\npage_messages = 100\n",
+        "[paging]\nwindow_messages = 200\npage_messages = 100\nmemory_budget = 0\n",
     )
     .expect("write the config");
     let child = Command::new(env!("CARGO_BIN_EXE_amqp-broker"))

@@ -148,6 +148,7 @@ fn boot(disk: &SimDisk, recovered: Option<(store::Recovered, bool)>) -> (Harness
         window_bytes: 1 << 20,
         page_messages: 3,
         page_bytes: 1 << 20,
+        memory_budget: 0,
     };
     h.core.set_pager(
         Pager::new(Box::<MemPages>::default(), paging)

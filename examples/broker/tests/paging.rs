@@ -132,7 +132,7 @@ fn a_long_queue_pages_to_disk_and_comes_back_in_order() {
     let cfg = data.with_extension("toml");
     std::fs::write(
         &cfg,
-        "[paging]\nwindow_messages = 2000\nwindow_bytes = 8388608\npage_messages = 1000\n",
+        "[paging]\nwindow_messages = 2000\nwindow_bytes = 8388608\npage_messages = 1000\nmemory_budget = 0\n",
     )
     .unwrap();
     let api = format!("127.0.0.1:{}", support::free_ports(15870..15875, 1)[0]);
@@ -201,7 +201,7 @@ fn a_paging_durable_queue_survives_kill_9_and_a_purge_stays_purged() {
     let cfg = data.with_extension("toml");
     std::fs::write(
         &cfg,
-        "[paging]\nwindow_messages = 1000\npage_messages = 500\n",
+        "[paging]\nwindow_messages = 1000\npage_messages = 500\nmemory_budget = 0\n",
     )
     .unwrap();
     let args = [

@@ -173,6 +173,7 @@ impl World {
                 window_bytes: 1 << 20,
                 page_messages: 1 + w.rng.below(3) as usize,
                 page_bytes: 1 << 20,
+                memory_budget: 0,
             };
             let pages = MemPages::default().failing_writes(w.rng.chance(10));
             w.h.core.set_pager(Pager::new(Box::new(pages), paging));
