@@ -407,15 +407,117 @@ impl std::fmt::Debug for Expiry {
     }
 }
 
+/// Entries per chunk of a [`Chunked`] queue (48 KiB of entries).
+const CHUNK: usize = 1024;
+
+/// A FIFO kept in chunks of at most [`CHUNK`] entries. A `VecDeque`
+/// doubles as it grows, copying every entry and leaving a quarter of its
+/// capacity unused on average (half, just past a power of two, and the
+/// allocator may keep the buffers it outgrew); here a long queue wastes
+/// at most one chunk. A short queue is one ring buffer that keeps its
+/// capacity, so steady traffic through it allocates nothing.
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: VecDeque<VecDeque<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Chunked<T> {
+    /// One chunk, without a copy (however long `v` is).
+    fn from(v: Vec<T>) -> Self {
+        let len = v.len();
+        Chunked {
+            chunks: VecDeque::from([VecDeque::from(v)]),
+            len,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.chunks.front().and_then(VecDeque::front)
+    }
+
+    fn push_back(&mut self, e: T) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK => c.push_back(e),
+            _ => {
+                let mut c = VecDeque::with_capacity(if self.len == 0 { 1 } else { CHUNK });
+                c.push_back(e);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn push_front(&mut self, e: T) {
+        match self.chunks.front_mut() {
+            Some(c) if c.len() < CHUNK => c.push_front(e),
+            _ => self.chunks.push_front(VecDeque::from([e])),
+        }
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let c = self.chunks.front_mut()?;
+        let e = c.pop_front()?;
+        // An emptied chunk goes unless it is the last (kept, with its
+        // capacity, for the next messages).
+        if c.is_empty() && self.chunks.len() > 1 {
+            self.chunks.pop_front();
+        }
+        self.len -= 1;
+        Some(e)
+    }
+
+    /// Takes the first `n` entries (all, if fewer).
+    fn take_front(&mut self, n: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(n.min(self.len));
+        while out.len() < n
+            && let Some(e) = self.pop_front()
+        {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Takes every entry, in order.
+    fn take_all(&mut self) -> impl Iterator<Item = T> + use<T> {
+        self.len = 0;
+        std::mem::take(&mut self.chunks).into_iter().flatten()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
 /// One priority level. Never-delivered messages are, in order, `fresh`
 /// (in memory, the head), `pages` (on disk) and `tail` (in memory,
 /// gathering the next page); `fresh` is empty only when the other two
 /// are, so the head is always in memory.
 #[derive(Debug, Default)]
 struct Level {
-    fresh: VecDeque<Entry>,
+    fresh: Chunked<Entry>,
     pages: VecDeque<PageRef>,
-    tail: VecDeque<Entry>,
+    tail: Chunked<Entry>,
     tail_bytes: usize,
     /// After a page could not be written: the tail length at which to
     /// try again.
@@ -623,14 +725,14 @@ impl Ready {
             && pager.over_budget()
         {
             let (mut n, mut bytes) = (0, 0);
-            for e in &l.tail {
+            for e in l.tail.iter() {
                 if n == pager.paging.page_messages || (n > 0 && bytes >= pager.paging.page_bytes) {
                     break;
                 }
                 n += 1;
                 bytes += e.msg.size();
             }
-            match pager.write(l.tail.drain(..n).collect()) {
+            match pager.write(l.tail.take_front(n)) {
                 Ok(page) => {
                     self.paged_len += page.count;
                     self.paged_bytes += page.bytes;
@@ -752,9 +854,9 @@ impl Ready {
             out.extend(r.drain(..));
         }
         for l in &mut self.levels {
-            out.extend(l.fresh.drain(..));
+            out.extend(l.fresh.take_all());
             out.extend(std::mem::take(&mut l.returned).into_values());
-            out.extend(l.tail.drain(..));
+            out.extend(l.tail.take_all());
             l.tail_bytes = 0;
             l.retry_at = 0;
         }
@@ -1104,6 +1206,61 @@ mod tests {
         drop(b);
         drop(a);
         assert_eq!(pager.held(), 0);
+    }
+
+    /// A chunked queue behaves as a `VecDeque` under every operation,
+    /// across chunk boundaries, and wastes at most one chunk besides the
+    /// one being consumed.
+    #[test]
+    fn a_chunked_queue_is_a_fifo() {
+        let mut rng = crate::testing::SplitMix(7);
+        let mut c: Chunked<u64> = Chunked::default();
+        let mut m: VecDeque<u64> = VecDeque::new();
+        let mut next = 0;
+        for step in 0..200_000u64 {
+            match rng.below(100) {
+                // Grow and shrink in long runs, so chunks fill and empty.
+                r if r < if (step / 5000) % 2 == 0 { 70 } else { 30 } => {
+                    c.push_back(next);
+                    m.push_back(next);
+                    next += 1;
+                }
+                r if r < 95 => assert_eq!(c.pop_front(), m.pop_front()),
+                96 => {
+                    c.push_front(next);
+                    m.push_front(next);
+                    next += 1;
+                }
+                97 => {
+                    let n = rng.below(3000) as usize;
+                    let want: Vec<u64> = m.drain(..n.min(m.len())).collect();
+                    assert_eq!(c.take_front(n), want);
+                }
+                98 if rng.below(50) == 0 => {
+                    assert!(c.take_all().eq(m.drain(..)));
+                }
+                _ => {
+                    let v: Vec<u64> = (0..rng.below(5000)).map(|i| next + i).collect();
+                    next += v.len() as u64;
+                    if c.is_empty() {
+                        m = v.iter().copied().collect();
+                        c = v.into();
+                    }
+                }
+            }
+            assert_eq!(c.len(), m.len());
+            assert_eq!(c.front(), m.front());
+            // Room to spare: the chunk being consumed (its room already
+            // used), the one being filled, and a page read back whole.
+            let spare: usize = c
+                .chunks
+                .iter()
+                .skip(1)
+                .map(|k| k.capacity() - k.len())
+                .sum();
+            assert!(spare <= 2 * CHUNK + 5000, "{spare} spare slots");
+        }
+        assert!(c.iter().eq(m.iter()));
     }
 
     #[test]
