@@ -9,6 +9,10 @@
 # space: the message store and the pages), and a clean restart before the
 # drain, reporting the recovery time and the RSS after it.
 # Environment: N, SIZE, TARGET (target/release), PORT (5760),
+#   BUDGET ([paging] memory_budget in bytes; default 0: the queue pages
+#   past its window whatever memory is free, which is what this measures;
+#   unset it with BUDGET=default for the broker's own default, half the
+#   memory high watermark),
 #   EXTRA (more amqp-broker flags, e.g. --no-paging to compare).
 # Build first: cargo build --release -p amqp-broker -p amqp-perftest
 set -u
@@ -16,11 +20,16 @@ cd "$(dirname "$0")/.."
 N=${N:-10000000}; SIZE=${SIZE:-1024}; PORT=${PORT:-5760}; API=$((PORT + 10000))
 T=${TARGET:-target/release}
 D=$(mktemp -d)
+CONFIG=""
+if [ "${BUDGET:-0}" != default ]; then
+  printf '[paging]\nmemory_budget = %s\n' "${BUDGET:-0}" > $D/config.toml
+  CONFIG="--config $D/config.toml"
+fi
 trap 'kill $B 2>/dev/null; wait $B 2>/dev/null; rm -rf $D' EXIT
 start() {
   # shellcheck disable=SC2086
   $T/amqp-broker --listen 127.0.0.1:$PORT --management 127.0.0.1:$API --prometheus none \
-    --data-dir $D/data ${EXTRA:-} >> $D/log 2>&1 &
+    --data-dir $D/data $CONFIG ${EXTRA:-} >> $D/log 2>&1 &
   B=$!
   until (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do sleep 0.01; done
 }
