@@ -51,6 +51,14 @@ pub trait Disk: Debug {
     /// Creates the file at `path` for writing: with `new`, failing if it
     /// exists; otherwise replacing (truncating) any file there.
     fn create(&self, path: &Path, new: bool) -> io::Result<Self::File>;
+    /// Creates a new segment of the message store's log at `path`
+    /// (failing if it exists); [`RealDisk`] writes it with direct I/O.
+    /// Past the last record such a file may end in zeros, up to a whole
+    /// block: a record never starts with a zero length, so readers stop
+    /// there.
+    fn create_log(&self, path: &Path) -> io::Result<Self::File> {
+        self.create(path, true)
+    }
     /// Writes all of `data` at the end of `file` (it may write a prefix
     /// and fail).
     fn append(&self, file: &mut Self::File, data: &[u8]) -> io::Result<()>;
@@ -75,8 +83,72 @@ pub trait Disk: Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealDisk;
 
+/// Direct I/O (`O_DIRECT`) works in blocks of this size, from buffers
+/// aligned to it.
+pub(crate) const BLOCK: usize = 4096;
+
+/// A buffer whose slice starts at a [`BLOCK`]-aligned address (found by
+/// offsetting into a larger vector: no unsafe code).
+#[derive(Debug, Default)]
+pub(crate) struct Aligned {
+    v: Vec<u8>,
+    off: usize,
+}
+
+impl Aligned {
+    /// `len` bytes rounded up to whole blocks, aligned (what was there
+    /// before is lost when it grows).
+    pub(crate) fn blocks(&mut self, len: usize) -> &mut [u8] {
+        self.grow(len, 0)
+    }
+
+    /// [`blocks`](Self::blocks), keeping the first `keep` bytes when it
+    /// grows.
+    fn grow(&mut self, len: usize, keep: usize) -> &mut [u8] {
+        let n = len.div_ceil(BLOCK) * BLOCK;
+        if self.v.len() < self.off + n {
+            let mut v = vec![0; n + BLOCK];
+            let off = (BLOCK - v.as_ptr() as usize % BLOCK) % BLOCK;
+            v[off..off + keep].copy_from_slice(&self.v[self.off..self.off + keep]);
+            (self.v, self.off) = (v, off);
+        }
+        &mut self.v[self.off..self.off + n]
+    }
+}
+
+/// Opens `path` with `options` and `O_DIRECT`, or without it where the
+/// file system refuses it (tmpfs); says which.
+pub(crate) fn open_direct(options: &OpenOptions, path: &Path) -> io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match options
+        .clone()
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            options.open(path).map(|f| (f, false))
+        }
+        r => r.map(|f| (f, true)),
+    }
+}
+
+/// A file [`RealDisk`] appends to: plainly, or for a log segment with
+/// direct I/O, in whole blocks from an aligned buffer that keeps the
+/// partial last block (each append rewrites it, zero-padded). Appending
+/// a record into new page-cache pages was 62% of the broker's CPU with
+/// persistent 1 KiB messages on this machine (`perf`).
+#[derive(Debug)]
+pub struct RealFile {
+    file: File,
+    /// `Some` with direct I/O: the buffer (its first `len % BLOCK` bytes
+    /// are the partial last block).
+    direct: Option<Aligned>,
+    /// Bytes appended.
+    len: u64,
+}
+
 impl Disk for RealDisk {
-    type File = File;
+    type File = RealFile;
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -133,26 +205,63 @@ impl Disk for RealDisk {
         Ok(buf)
     }
 
-    fn create(&self, path: &Path, new: bool) -> io::Result<File> {
-        if new {
-            OpenOptions::new().create_new(true).append(true).open(path)
+    fn create(&self, path: &Path, new: bool) -> io::Result<RealFile> {
+        let file = if new {
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(path)?
         } else {
-            File::create(path)
-        }
+            File::create(path)?
+        };
+        Ok(RealFile {
+            file,
+            direct: None,
+            len: 0,
+        })
+    }
+
+    fn create_log(&self, path: &Path) -> io::Result<RealFile> {
+        let mut o = OpenOptions::new();
+        o.create_new(true).write(true);
+        let (file, direct) = open_direct(&o, path)?;
+        Ok(RealFile {
+            file,
+            direct: direct.then(Aligned::default),
+            len: 0,
+        })
     }
 
     #[inline]
-    fn append(&self, file: &mut File, data: &[u8]) -> io::Result<()> {
-        file.write_all(data)
+    fn append(&self, file: &mut RealFile, data: &[u8]) -> io::Result<()> {
+        let Some(buf) = &mut file.direct else {
+            file.file.write_all(data)?;
+            file.len += data.len() as u64;
+            return Ok(());
+        };
+        use std::os::unix::fs::FileExt;
+        let keep = (file.len % BLOCK as u64) as usize;
+        let start = file.len - keep as u64;
+        let total = keep + data.len();
+        let blocks = buf.grow(total, keep);
+        blocks[keep..total].copy_from_slice(data);
+        blocks[total..].fill(0);
+        file.file.write_all_at(blocks, start)?;
+        file.len += data.len() as u64;
+        // The new partial last block moves to the front for the next
+        // append.
+        let last = total / BLOCK * BLOCK;
+        blocks.copy_within(last..total, 0);
+        Ok(())
     }
 
     #[inline]
-    fn sync_data(&self, file: &mut File) -> io::Result<()> {
-        file.sync_data()
+    fn sync_data(&self, file: &mut RealFile) -> io::Result<()> {
+        file.file.sync_data()
     }
 
-    fn sync_all(&self, file: &mut File) -> io::Result<()> {
-        file.sync_all()
+    fn sync_all(&self, file: &mut RealFile) -> io::Result<()> {
+        file.file.sync_all()
     }
 
     fn sync_path(&self, path: &Path) -> io::Result<()> {
@@ -560,6 +669,48 @@ impl Disk for SimDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log segment written with direct I/O holds exactly the bytes
+    /// appended, then zeros to the end of the block, whatever the sizes
+    /// of the appends (each rewrites the partial last block).
+    #[test]
+    fn direct_appends_are_the_bytes_appended_then_block_padding() {
+        let dir = std::env::temp_dir().join(format!("amqp-broker-direct-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seg");
+        let d = RealDisk;
+        let mut f = d.create_log(&path).unwrap();
+        let mut all = Vec::new();
+        let mut x = 1u64;
+        for i in 0..300usize {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = match i % 4 {
+                0 => (x >> 33) as usize % 10,
+                1 => BLOCK - 1 + (x >> 40) as usize % 3,
+                2 => (x >> 33) as usize % 20_000,
+                _ => 1,
+            };
+            let data: Vec<u8> = (0..n)
+                .map(|k| (k as u8).wrapping_add(i as u8) | 1)
+                .collect();
+            d.append(&mut f, &data).unwrap();
+            all.extend_from_slice(&data);
+            if i % 50 == 0 {
+                d.sync_data(&mut f).unwrap();
+            }
+        }
+        d.sync_data(&mut f).unwrap();
+        let on_disk = fs::read(&path).unwrap();
+        if f.direct.is_some() {
+            assert_eq!(on_disk.len(), all.len().div_ceil(BLOCK) * BLOCK);
+        }
+        assert_eq!(&on_disk[..all.len()], &all[..]);
+        assert!(on_disk[all.len()..].iter().all(|&b| b == 0));
+        assert_eq!(f.len, all.len() as u64);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn synced_bytes_survive_a_crash_and_unsynced_ones_may_not() {

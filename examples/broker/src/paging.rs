@@ -31,6 +31,7 @@
 //! (counted in [`PageStats::lost`]; persistent ones come back at the next
 //! restart from the message store).
 
+use crate::disk::Aligned;
 use crate::queue::{Entry, Msg};
 use crate::store::{Damage, Reader, RecordAt, put_content, put_short};
 use std::collections::HashMap;
@@ -260,49 +261,14 @@ impl BackgroundPages {
     }
 }
 
-/// Direct I/O (`O_DIRECT`) works in blocks of this size, from buffers
-/// aligned to it.
-const BLOCK: usize = 4096;
-
-/// A buffer whose slice starts at a [`BLOCK`]-aligned address (found by
-/// offsetting into a larger vector: no unsafe code).
-#[derive(Debug, Default)]
-struct Aligned {
-    v: Vec<u8>,
-    off: usize,
-}
-
-impl Aligned {
-    /// `len` bytes rounded up to whole blocks, aligned.
-    fn blocks(&mut self, len: usize) -> &mut [u8] {
-        let n = len.div_ceil(BLOCK) * BLOCK;
-        if self.v.len() < self.off + n {
-            self.v = vec![0; n + BLOCK];
-            self.off = (BLOCK - self.v.as_ptr() as usize % BLOCK) % BLOCK;
-        }
-        &mut self.v[self.off..self.off + n]
-    }
-}
-
 /// Opens slot file `slot` for direct I/O (pages skip the page cache:
 /// written straight from a reused buffer, they cost no new cached pages,
 /// which this machine allocates slowly; `dd` wrote 1.9 GB/s direct), or
 /// normally where the file system refuses it (tmpfs).
 fn open_slot(dir: &Path, slot: u64, write: bool) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = slot_path(dir, slot);
     let mut o = std::fs::OpenOptions::new();
     o.read(!write).write(write).create(write).truncate(false);
-    match o
-        .clone()
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(&path)
-    {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-            o.open(&path)
-        }
-        r => r,
-    }
+    crate::disk::open_direct(&o, &slot_path(dir, slot)).map(|(f, _)| f)
 }
 
 /// Writes `page` over the start of slot file `slot` (created if new; a
