@@ -643,6 +643,21 @@ mod tests {
                 assert_eq!(all(&mut enc), expected, "body of {len} bytes");
             }
         }
+        // Many copied bodies leave in segments of about SEAL_AT bytes, in
+        // order, not in one buffer that doubles.
+        let body = vec![5u8; 1024];
+        let (mut enc, mut plain) = (FrameEncoder::new(), FrameEncoder::new());
+        for _ in 0..1000 {
+            enc.push_content_encoded(3, &method, &wire, Body::Borrowed(&body))
+                .unwrap();
+            plain
+                .push_content(3, &method, &props, &Bytes::from(body.clone()))
+                .unwrap();
+        }
+        let segments = enc.drain();
+        assert!(segments.len() > 10, "{} segments", segments.len());
+        assert!(segments.iter().all(|s| s.len() < SEAL_AT + 2048));
+        assert_eq!(segments.concat(), plain.drain().concat());
         // A header frame over frame_max is refused and nothing is queued.
         let mut enc = FrameEncoder::new();
         let long = vec![0u8; 5000];
