@@ -83,12 +83,14 @@ impl Msg {
         body: Bytes,
     ) -> Msg {
         GATHER.with_borrow_mut(|v| {
-            v.clear();
-            // Cannot fail for properties that were decoded or built in
-            // memory (no string over 255 bytes, no table over 4 GiB).
-            let _ = amqp_wire::encode_properties(properties, v);
-            let props = v.split_off(0);
-            Msg::from_encoded(exchange, routing_key, &props, body, v)
+            Msg::gather(exchange, routing_key, body, v, |v| {
+                // Cannot fail for properties that were decoded or built
+                // in memory (no string over 255 bytes, no table over 4
+                // GiB); if it did, the message would go without any.
+                if amqp_wire::encode_properties(properties, v).is_err() {
+                    v.extend_from_slice(&[0, 0]);
+                }
+            })
         })
     }
 
@@ -100,26 +102,35 @@ impl Msg {
         properties: &[u8],
         body: Bytes,
     ) -> Msg {
-        GATHER.with_borrow_mut(|v| Msg::from_encoded(exchange, routing_key, properties, body, v))
+        GATHER.with_borrow_mut(|v| {
+            Msg::gather(exchange, routing_key, body, v, |v| {
+                v.extend_from_slice(properties)
+            })
+        })
     }
 
-    fn from_encoded(
+    /// Builds the one allocation in `v`: `properties` writes the
+    /// properties in wire form where they go (no buffer of their own).
+    fn gather(
         exchange: &[u8],
         routing_key: &[u8],
-        properties: &[u8],
         body: Bytes,
         v: &mut Vec<u8>,
+        properties: impl FnOnce(&mut Vec<u8>),
     ) -> Msg {
-        let (flags, priority) = derived(properties);
         let exchange = &exchange[..exchange.len().min(255)];
         let routing_key = &routing_key[..routing_key.len().min(255)];
         v.clear();
-        v.extend_from_slice(&[flags, priority, exchange.len() as u8]);
+        v.extend_from_slice(&[0, 0, exchange.len() as u8]);
         v.extend_from_slice(exchange);
         v.push(routing_key.len() as u8);
         v.extend_from_slice(routing_key);
-        v.extend_from_slice(&(properties.len() as u32).to_le_bytes());
-        v.extend_from_slice(properties);
+        let at = v.len();
+        v.extend_from_slice(&[0; 4]);
+        properties(v);
+        let len = v.len() - at - 4;
+        v[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        (v[0], v[1]) = derived(&v[at + 4..]);
         let inline = body.len() < crate::core::COMPACT_BELOW;
         if inline {
             v.extend_from_slice(&body);
