@@ -118,8 +118,10 @@ struct Args {
     tls_handshake_timeout: Option<f64>,
     /// Keep every message of every queue in memory: no paging of long
     /// queues to the data directory's `paging/` (by default a queue keeps
-    /// 16,384 messages or 16 MiB in memory and pages the rest). Config:
-    /// `enabled = false` in `[paging]`.
+    /// 16,384 messages or 16 MiB in memory and pages the rest once all
+    /// queues' ready messages hold more than half the memory high
+    /// watermark, `memory_budget` in `[paging]`). Config: `enabled =
+    /// false` in `[paging]`.
     #[arg(long)]
     no_paging: bool,
     #[command(subcommand)]
