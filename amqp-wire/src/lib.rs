@@ -639,6 +639,79 @@ pub fn decode_properties(input: &Bytes) -> Result<BasicProperties, ProtocolError
 /// after the last. Field tables are stepped over by their length, not
 /// read. Allocates nothing.
 pub fn check_properties(input: &[u8]) -> Result<(), ProtocolError> {
+    walk_properties(input, |_, _| true)
+}
+
+/// The flag bit of the property the spec calls `name` (`"delivery-mode"`,
+/// `"headers"`, … as in [`BasicProperties::NAMES`]), for
+/// [`property_value`] and [`has_property`]; usable in a `const`. An
+/// unknown name panics (at compile time in a `const`).
+///
+/// ```
+/// assert_eq!(amqp_wire::property_flag("delivery-mode"), 1 << 12);
+/// ```
+pub const fn property_flag(name: &str) -> u16 {
+    let names = BasicProperties::NAMES;
+    let mut i = 0;
+    while i < names.len() {
+        let (a, b) = (names[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut k = 0;
+            while k < a.len() && a[k] == b[k] {
+                k += 1;
+            }
+            if k == a.len() {
+                return 1 << (15 - i);
+            }
+        }
+        i += 1;
+    }
+    panic!("not a basic property name")
+}
+
+/// Whether encoded properties announce the property with flag `flag`
+/// ([`property_flag`]), from their flags alone.
+pub fn has_property(input: &[u8], flag: u16) -> bool {
+    input
+        .first_chunk::<2>()
+        .is_some_and(|f| u16::from_be_bytes(*f) & flag != 0)
+}
+
+/// The value of the property with flag `flag` in encoded properties, as
+/// its bytes (a string's or table's without their length), without
+/// decoding the others; `None` when absent or malformed.
+///
+/// ```
+/// use amqp_types::BasicProperties;
+/// use amqp_wire::{encode_properties, property_flag, property_value};
+/// let p = BasicProperties { delivery_mode: Some(2), priority: Some(7), ..Default::default() };
+/// let mut wire = Vec::new();
+/// encode_properties(&p, &mut wire)?;
+/// assert_eq!(property_value(&wire, property_flag("priority")), Some(&[7][..]));
+/// assert_eq!(property_value(&wire, property_flag("expiration")), None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn property_value(input: &[u8], flag: u16) -> Option<&[u8]> {
+    if !has_property(input, flag) {
+        return None;
+    }
+    let mut found = None;
+    let _ = walk_properties(input, |bit, value| {
+        if bit == flag {
+            found = Some(value);
+        }
+        found.is_none()
+    });
+    found
+}
+
+/// Steps over encoded properties, handing each present one's flag bit and
+/// value bytes to `each` until it returns `false`; the error names the
+/// first fault (checked up to where `each` stopped).
+fn walk_properties<'a>(
+    input: &'a [u8],
+    mut each: impl FnMut(u16, &'a [u8]) -> bool,
+) -> Result<(), ProtocolError> {
     use fields::Shape;
     let truncated = |what, at: usize| {
         ProtocolError::frame_error(ErrorKind::Truncated { what }).at_offset(at as u64)
@@ -674,9 +747,13 @@ pub fn check_properties(input: &[u8]) -> Result<(), ProtocolError> {
                 None => return Err(truncated("field table length", at)),
             },
         };
-        rest = rest
-            .get(len..)
-            .ok_or_else(|| truncated("property value", input.len() - rest.len()))?;
+        let Some((value, r)) = rest.split_at_checked(len) else {
+            return Err(truncated("property value", input.len() - rest.len()));
+        };
+        rest = r;
+        if !each(bit, value) {
+            return Ok(());
+        }
     }
     if !rest.is_empty() {
         return Err(

@@ -9,7 +9,8 @@ use amqp_types::{
 use amqp_wire::{
     ContentHeader, EncodeError, Frame, FrameLimits, FramePayload, Parsed, check_properties,
     decode_field_table, decode_properties, encode_field_table, encode_field_table_to_slice,
-    encode_properties, parse_frame, write_header_frame,
+    encode_properties, has_property, parse_frame, property_flag, property_value,
+    write_header_frame,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -204,6 +205,21 @@ proptest! {
             prop_assert_eq!(write_header_frame(&mut raw, 9, body_size, &wire), frame.len());
             prop_assert_eq!(&raw[..], &frame[..]);
             prop_assert_eq!(check_properties(&wire), Ok(()));
+            // One value found without decoding the others.
+            let octet = |v: Option<u8>| v.map(|b| vec![b]);
+            let string = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_bytes().to_vec());
+            for (name, want) in [
+                ("delivery-mode", octet(p.delivery_mode)),
+                ("priority", octet(p.priority)),
+                ("content-type", string(&p.content_type)),
+                ("expiration", string(&p.expiration)),
+                ("cluster-id", string(&p.cluster_id)),
+            ] {
+                let flag = property_flag(name);
+                prop_assert_eq!(property_value(&wire, flag).map(<[u8]>::to_vec), want.clone());
+                prop_assert_eq!(has_property(&wire, flag), want.is_some());
+            }
+            prop_assert_eq!(has_property(&wire, property_flag("headers")), p.headers.is_some());
             let bytes = Bytes::from(wire.clone());
             prop_assert_eq!(decode_properties(&bytes).unwrap(), p);
             // Every cut is refused by both, and so is a trailing byte.

@@ -309,43 +309,24 @@ impl Msg {
 
 /// The flags byte and priority of encoded properties.
 fn derived(properties: &[u8]) -> (u8, u8) {
-    // Flag bits (big-endian u16): delivery-mode 12, priority 11,
-    // expiration 8; values follow in bit order, 15 first.
-    let Some(&[f0, f1]) = properties.first_chunk::<2>() else {
-        return (0, 0);
-    };
-    let flags = u16::from_be_bytes([f0, f1]);
+    use amqp_wire::{has_property, property_flag, property_value};
+    const DELIVERY_MODE: u16 = property_flag("delivery-mode");
+    const PRIORITY: u16 = property_flag("priority");
+    const EXPIRATION: u16 = property_flag("expiration");
     let mut out = 0;
-    if flags & (1 << 8) != 0 {
+    if has_property(properties, EXPIRATION) {
         out |= HAS_EXPIRATION;
     }
-    if flags & (1 << 12 | 1 << 11) == 0 {
-        return (out, 0);
+    if property_value(properties, DELIVERY_MODE) == Some(&[2]) {
+        out |= PERSISTENT;
     }
-    // Step over content-type (15), content-encoding (14) and headers (13).
-    let mut at = 2;
-    for (bit, len_bytes) in [(15, 1), (14, 1), (13, 4)] {
-        if flags & (1 << bit) != 0 {
-            let Some(len) = properties.get(at..at + len_bytes) else {
-                return (out, 0);
-            };
-            let n = len.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
-            at += len_bytes + n;
+    let priority = match property_value(properties, PRIORITY) {
+        Some(&[p]) => {
+            out |= HAS_PRIORITY;
+            p
         }
-    }
-    if flags & (1 << 12) != 0 {
-        if properties.get(at) == Some(&2) {
-            out |= PERSISTENT;
-        }
-        at += 1;
-    }
-    let mut priority = 0;
-    if flags & (1 << 11) != 0
-        && let Some(&p) = properties.get(at)
-    {
-        out |= HAS_PRIORITY;
-        priority = p;
-    }
+        _ => 0,
+    };
     (out, priority)
 }
 

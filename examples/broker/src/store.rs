@@ -216,7 +216,7 @@ impl<'a> Reader<'a> {
             _ => return Err(Damage::Malformed("content header")),
         };
         let properties = Bytes::copy_from_slice(properties);
-        let headers_table = properties.first().is_some_and(|f| f & 0x20 != 0);
+        let headers_table = amqp_wire::has_property(&properties, HEADERS);
         let ok = if headers_table {
             amqp_wire::decode_properties(&properties).is_ok()
         } else {
@@ -235,6 +235,9 @@ impl<'a> Reader<'a> {
         Ok((vhost.to_string_lossy().into_owned(), name))
     }
 }
+
+/// The `headers` property's flag.
+const HEADERS: u16 = amqp_wire::property_flag("headers");
 
 /// The header a stream's stored record keeps its append time in (ms since
 /// the epoch); removed again at recovery.
@@ -263,7 +266,7 @@ pub(crate) fn without_private<const N: usize>(
     keys: [&str; N],
 ) -> ([Option<u64>; N], Bytes) {
     let mut values = [None; N];
-    if properties.first().is_none_or(|f| f & 0x20 == 0) {
+    if !amqp_wire::has_property(properties, HEADERS) {
         return (values, properties.clone());
     }
     let Ok(mut p) = amqp_wire::decode_properties(properties) else {
