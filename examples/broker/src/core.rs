@@ -81,9 +81,12 @@ pub type QueueId = u64;
 /// publish to deliver).
 pub const COMPACT_BELOW: usize = 8 * 1024;
 
-/// Bytes of deliveries the core queues for one connection before it stops
-/// dispatching to that connection's consumers until the shell has taken
-/// them ([`Core::take_outbox`]).
+/// Bytes of deliveries the core hands one connection before it stops
+/// dispatching to that connection's consumers until the shell has written
+/// them all ([`Core::resume`]). Taking the outbox
+/// ([`Core::take_outbox`]) does not make room: a consumer whose shell
+/// keeps encoding deliveries without getting to write them would
+/// otherwise grow its output without bound while it received nothing.
 pub const OUTBOX_LIMIT: usize = 1024 * 1024;
 
 /// What the shell must do with one connection's codec, in order.
@@ -363,6 +366,8 @@ struct Conn {
     mgmt: snapshot::ConnInfo,
     channels: HashMap<u16, Chan>,
     outbox: Vec<Out>,
+    /// Bytes of deliveries handed to the shell since it last wrote
+    /// everything (see [`OUTBOX_LIMIT`]).
     outbox_bytes: usize,
     throttled: bool,
     /// A publisher stopped by a resource alarm (the shell stops reading).
@@ -799,17 +804,18 @@ impl Core {
         let Some(c) = self.conns.get_mut(&id) else {
             return Vec::new();
         };
-        c.outbox_bytes = 0;
         std::mem::take(&mut c.outbox)
     }
 
-    /// The shell wrote everything connection `id` had: dispatch to its
-    /// consumers resumes if [`OUTBOX_LIMIT`] held it back. Returns whether
-    /// it did (there may be new output).
+    /// The shell wrote everything connection `id` had: the deliveries
+    /// handed to it no longer count against [`OUTBOX_LIMIT`], and
+    /// dispatch to its consumers resumes if the limit held it back.
+    /// Returns whether it did (there may be new output).
     pub fn resume(&mut self, id: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&id) else {
             return false;
         };
+        c.outbox_bytes = 0;
         if !std::mem::take(&mut c.throttled) {
             return false;
         }
