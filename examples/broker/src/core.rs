@@ -397,6 +397,8 @@ struct QConsumer {
 struct QState {
     vhost: String,
     name: ShortString,
+    /// (`vhost`, `name`), as the store's records name it.
+    key: QueueKey,
     ready: Ready,
     /// Consumers by descending priority; within a priority, in
     /// round-robin order from `rr` (one priority) or rotated to the end of
@@ -441,6 +443,7 @@ impl QState {
         let args = QueueArgs::from_arguments(arguments);
         QState {
             vhost: vhost.to_owned(),
+            key: crate::store::queue_key(vhost, name.clone()),
             name,
             ready: if args.kind == lifecycle::QueueKind::Quorum {
                 Ready::returns_first()
@@ -466,7 +469,7 @@ impl QState {
     }
 
     fn key(&self) -> QueueKey {
-        (self.vhost.clone(), self.name.clone())
+        self.key.clone()
     }
 
     /// Whether `msg` is in the store for this queue: a durable queue's
@@ -950,7 +953,7 @@ impl Core {
         m: crate::store::RecoveredMessage,
         unclean: bool,
     ) -> bool {
-        let (vhost, name) = queue;
+        let (vhost, name) = &**queue;
         let wall_ms = self.wall_ms();
         let now = self.now;
         let qid = self
@@ -1063,7 +1066,7 @@ impl Core {
                         .iter()
                         .filter_map(|q| self.queues.get(q))
                         .any(|q| q.args.message_ttl.is_some());
-                let properties = if ttl {
+                let properties = ttl.then(|| {
                     let p = lifecycle::with_header(
                         &msg.properties(),
                         ARRIVED_HEADER,
@@ -1072,16 +1075,12 @@ impl Core {
                     let mut out = Vec::new();
                     let _ = amqp_wire::encode_properties(&p, &mut out);
                     Bytes::from(out)
-                } else {
-                    Bytes::copy_from_slice(msg.raw_properties())
-                };
-                self.record(Record::Publish {
+                });
+                self.record(Record::Message {
                     id,
                     queues: keys,
-                    exchange: msg.exchange_name(),
-                    routing_key: msg.routing_key_name(),
+                    msg: msg.clone(),
                     properties,
-                    body: msg.body_bytes(),
                 });
             }
         }
@@ -3678,13 +3677,11 @@ impl Core {
             let p = lifecycle::with_header(&p, STREAM_AT_HEADER, at_ms as i64);
             let mut properties = Vec::new();
             let _ = amqp_wire::encode_properties(&p, &mut properties);
-            self.record(Record::Publish {
+            self.record(Record::Message {
                 id,
                 queues: vec![key.clone()],
-                exchange: msg.exchange_name(),
-                routing_key: msg.routing_key_name(),
-                properties: properties.into(),
-                body: msg.body_bytes(),
+                msg: msg.clone(),
+                properties: Some(properties.into()),
             });
             self.stream_stored = true;
             id

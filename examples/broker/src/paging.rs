@@ -1005,7 +1005,7 @@ mod tests {
                 if i % 3 == 0 {
                     crate::store::Record::Remove {
                         id: 999,
-                        queue: ("/".into(), ShortString::from_static("q")),
+                        queue: crate::store::queue_key("/", ShortString::from_static("q")),
                     }
                     .encode(data);
                 }
@@ -1017,7 +1017,7 @@ mod tests {
                 let body = Bytes::from(format!("recovered {i} {}", "x".repeat(200)));
                 crate::store::Record::Publish {
                     id: 100 + i,
-                    queues: vec![("/".into(), ShortString::from_static("q"))],
+                    queues: vec![crate::store::queue_key("/", ShortString::from_static("q"))],
                     exchange: ShortString::from_static("x"),
                     routing_key: ShortString::from_static("rk"),
                     properties: {

@@ -44,17 +44,26 @@
 //! (`tests/disk_model.rs` checks exactly this across thousands of crashes).
 
 pub use crate::disk::{Disk, RealDisk, SimDisk};
+use crate::queue::Msg;
 use amqp_types::{BasicProperties, ShortString};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest segment file, in bytes (a record may end past it).
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 
-/// A queue, as the store names it: (vhost, queue name).
-pub type QueueKey = (String, ShortString);
+/// A queue, as the store names it: (vhost, queue name), shared (a record
+/// per publish and per ack names its queue: a clone is a count, not two
+/// allocations).
+pub type QueueKey = Arc<(String, ShortString)>;
+
+/// The [`QueueKey`] of queue `name` in `vhost`.
+pub fn queue_key(vhost: impl Into<String>, name: ShortString) -> QueueKey {
+    Arc::new((vhost.into(), name))
+}
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +82,21 @@ pub enum Record {
         properties: Bytes,
         /// Body.
         body: Bytes,
+    },
+    /// A persistent message's publish record, written from the message
+    /// itself, without copying its parts: it encodes as the
+    /// [`Record::Publish`] of the same parts, which is what reading it
+    /// back gives.
+    Message {
+        /// The store's id for it.
+        id: u64,
+        /// The durable queues it went to.
+        queues: Vec<QueueKey>,
+        /// The message.
+        msg: Msg,
+        /// Properties to write instead of the message's own (with the
+        /// arrival time, for a TTL that runs on across a restart).
+        properties: Option<Bytes>,
     },
     /// Message `id` left `queue`.
     Remove {
@@ -109,6 +133,27 @@ pub(crate) fn put_content(out: &mut Vec<u8>, properties: &[u8], body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// A publish record's fields.
+fn put_publish(
+    out: &mut Vec<u8>,
+    id: u64,
+    queues: &[QueueKey],
+    exchange: &[u8],
+    routing_key: &[u8],
+    properties: &[u8],
+    body: &[u8],
+) {
+    out.push(PUBLISH);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(queues.len() as u32).to_le_bytes());
+    for q in queues {
+        put_queue(out, q);
+    }
+    put_short(out, exchange);
+    put_short(out, routing_key);
+    put_content(out, properties, body);
+}
+
 fn put_queue(out: &mut Vec<u8>, q: &QueueKey) {
     put_short(out, q.0.as_bytes());
     put_short(out, q.1.as_bytes());
@@ -128,15 +173,32 @@ impl Record {
                 properties,
                 body,
             } => {
-                out.push(PUBLISH);
-                out.extend_from_slice(&id.to_le_bytes());
-                out.extend_from_slice(&(queues.len() as u32).to_le_bytes());
-                for q in queues {
-                    put_queue(out, q);
-                }
-                put_short(out, exchange.as_bytes());
-                put_short(out, routing_key.as_bytes());
-                put_content(out, properties, body);
+                put_publish(
+                    out,
+                    *id,
+                    queues,
+                    exchange.as_bytes(),
+                    routing_key.as_bytes(),
+                    properties,
+                    body,
+                );
+            }
+            Record::Message {
+                id,
+                queues,
+                msg,
+                properties,
+            } => {
+                let props = properties.as_deref().unwrap_or(msg.raw_properties());
+                put_publish(
+                    out,
+                    *id,
+                    queues,
+                    msg.exchange(),
+                    msg.routing_key(),
+                    props,
+                    msg.body(),
+                );
             }
             Record::Remove { id, queue } | Record::Delivered { id, queue } => {
                 out.push(if matches!(self, Record::Remove { .. }) {
@@ -232,7 +294,7 @@ impl<'a> Reader<'a> {
     fn queue(&mut self) -> Result<QueueKey, Damage> {
         let vhost = self.short()?;
         let name = self.short()?;
-        Ok((vhost.to_string_lossy().into_owned(), name))
+        Ok(queue_key(vhost.to_string_lossy(), name))
     }
 }
 
@@ -1014,7 +1076,7 @@ pub fn recover_each(
                 Next::Record { rec, .. } => {
                     out.records += 1;
                     match rec {
-                        Record::Publish { id, queues, .. } => {
+                        Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
                             out.next_id = out.next_id.max(id.saturating_add(1));
                             out.live.publish(seg, id, &queues);
                         }
@@ -1122,7 +1184,9 @@ impl<D: Disk> Log<D> {
         for r in records {
             r.encode(&mut self.buf);
             match r {
-                Record::Publish { id, queues, .. } => self.live.publish(self.active, *id, queues),
+                Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
+                    self.live.publish(self.active, *id, queues)
+                }
                 Record::Remove { id, queue } => self.live.remove(*id, queue),
                 Record::Delivered { .. } => {}
             }
@@ -1205,7 +1269,7 @@ mod tests {
     use std::fs;
 
     fn q(name: &'static str) -> QueueKey {
-        ("/".into(), ShortString::from_static(name))
+        queue_key("/", ShortString::from_static(name))
     }
 
     fn publish(id: u64, queues: Vec<QueueKey>, body: &'static str) -> Record {
@@ -1227,6 +1291,55 @@ mod tests {
                 v.into()
             },
             body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_message_record_encodes_as_the_publish_of_its_parts() {
+        let props = BasicProperties {
+            delivery_mode: Some(2),
+            priority: Some(3),
+            ..Default::default()
+        };
+        let mut raw = Vec::new();
+        amqp_wire::encode_properties(&props, &mut raw).unwrap();
+        let other = {
+            let mut v = Vec::new();
+            let p = BasicProperties {
+                message_id: Some(ShortString::from_static("m")),
+                ..props.clone()
+            };
+            amqp_wire::encode_properties(&p, &mut v).unwrap();
+            Bytes::from(v)
+        };
+        // Inline and large bodies; the message's own properties or others.
+        for size in [0, 16, 1024, crate::core::COMPACT_BELOW + 1] {
+            for override_props in [None, Some(other.clone())] {
+                let body = Bytes::from(vec![b'b'; size]);
+                let msg = Msg::new(b"ex", b"route", &props, body.clone());
+                let queues = vec![q("a"), q("b")];
+                let mut from_msg = Vec::new();
+                Record::Message {
+                    id: 9,
+                    queues: queues.clone(),
+                    msg,
+                    properties: override_props.clone(),
+                }
+                .encode(&mut from_msg);
+                let parts = Record::Publish {
+                    id: 9,
+                    queues,
+                    exchange: ShortString::from_static("ex"),
+                    routing_key: ShortString::from_static("route"),
+                    properties: override_props.unwrap_or_else(|| raw.clone().into()),
+                    body,
+                };
+                let mut from_parts = Vec::new();
+                parts.encode(&mut from_parts);
+                assert_eq!(from_msg, from_parts, "body of {size}");
+                let (back, used) = decode(&from_msg).unwrap();
+                assert_eq!((back, used), (parts, from_msg.len()));
+            }
         }
     }
 
