@@ -12,7 +12,7 @@
 use crate::auth::{Access, Auth};
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::paging::Pager;
-use crate::queue::{Entry, Msg, Ready, StreamLog};
+use crate::queue::{self, Entry, Msg, Ready, StreamLog};
 use crate::store::{ARRIVED_HEADER, QueueKey, Record, STREAM_AT_HEADER};
 use amqp_codec::types::method::*;
 use amqp_codec::types::{
@@ -329,6 +329,9 @@ enum TxAck {
 struct Chan {
     /// An error closed it; events still queued for it are ignored.
     closing: bool,
+    /// The route of its last publish, shared by the messages that follow
+    /// alike.
+    routes: queue::Routes,
     next_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
     /// Unacked deliveries to consumers (the global limit counts these).
@@ -3490,12 +3493,14 @@ impl Core {
         queues.clear();
         queues.extend(routed.handles().copied());
         let bcc = bcc_keys(&props);
-        let mut msg = Msg::new(
-            p.exchange.as_bytes(),
-            p.routing_key.as_bytes(),
-            &without_bcc(props),
-            message.body,
-        );
+        let props = without_bcc(props);
+        let (exchange, key) = (p.exchange.as_bytes(), p.routing_key.as_bytes());
+        let mut msg = match self.chan(id, ch) {
+            Some(c) => c
+                .routes
+                .msg(exchange, key, queue::encode(&props), message.body),
+            None => Msg::new(exchange, key, &props, message.body),
+        };
         msg.set_bcc(bcc);
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
         self.count_exchange(&vh, &p.exchange, routed_any); // management
