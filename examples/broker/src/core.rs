@@ -364,6 +364,8 @@ struct Conn {
     /// publisher's regular expressions run once per exchange, not per
     /// message.
     allowed: HashMap<(Access, ShortString), bool>,
+    /// The last of them (a publisher names the same exchange each time).
+    last_allowed: Option<(Access, ShortString, bool)>,
     caps: Capabilities,
     /// Management: addresses, client properties, tuning.
     mgmt: snapshot::ConnInfo,
@@ -1820,6 +1822,8 @@ impl Core {
                         c.vhost = Some(v.into());
                         c.permission = permission;
                         c.topic = topic;
+                        c.allowed.clear();
+                        c.last_allowed = None;
                     }
                     self.push(
                         id,
@@ -2060,6 +2064,14 @@ impl Core {
         } else {
             name
         };
+        if let Some((a, n, ok)) = &c.last_allowed
+            && *a == access
+            && n.as_bytes() == name
+        {
+            if *ok {
+                return Ok(());
+            }
+        }
         let key = ShortString::from_bytes(name).unwrap_or_default();
         let ok = match c.allowed.get(&(access, key.clone())) {
             Some(ok) => *ok,
@@ -2071,10 +2083,11 @@ impl Core {
                 if c.allowed.len() >= 1024 {
                     c.allowed.clear();
                 }
-                c.allowed.insert((access, key), ok);
+                c.allowed.insert((access, key.clone()), ok);
                 ok
             }
         };
+        c.last_allowed = Some((access, key, ok));
         if ok {
             return Ok(());
         }

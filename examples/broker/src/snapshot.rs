@@ -1044,6 +1044,7 @@ impl Core {
                 c.permission = auth.permissions.get(&(u.clone(), v.to_string())).cloned();
                 c.topic = auth.topic_grants(u, v);
                 c.allowed.clear();
+                c.last_allowed = None;
             }
         }
     }

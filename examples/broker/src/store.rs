@@ -47,7 +47,10 @@ pub use crate::disk::{Disk, RealDisk, SimDisk};
 use crate::queue::Msg;
 use amqp_types::{BasicProperties, ShortString};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+/// foldhash, randomly seeded, as the core's maps (SipHash showed in the
+/// store thread's profile).
+type HashMap<K, V> = std::collections::HashMap<K, V, crate::core::CoreHasher>;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1608,7 +1611,7 @@ mod tests {
                 ]),
             ),
         ];
-        let mut reads: HashMap<u64, u32> = HashMap::new();
+        let mut reads: HashMap<u64, u32> = HashMap::default();
         let mut got = Vec::new();
         let out = recover_each(
             &[1, 2, 3],
