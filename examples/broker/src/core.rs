@@ -2064,13 +2064,11 @@ impl Core {
         } else {
             name
         };
-        if let Some((a, n, ok)) = &c.last_allowed
+        if let Some((a, n, true)) = &c.last_allowed
             && *a == access
             && n.as_bytes() == name
         {
-            if *ok {
-                return Ok(());
-            }
+            return Ok(());
         }
         let key = ShortString::from_bytes(name).unwrap_or_default();
         let ok = match c.allowed.get(&(access, key.clone())) {
