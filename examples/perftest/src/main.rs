@@ -8,6 +8,11 @@ use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
 
+// mimalloc: the system allocator's malloc and free were 11% of the tool's
+// samples under load (perf, persistent 1 KiB with 4 producers).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
