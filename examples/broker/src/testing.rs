@@ -78,6 +78,41 @@ impl Harness {
         self.links.len() - 1
     }
 
+    /// Two links with channel 1 open, the first consuming from a new
+    /// queue `queue` (with `no_ack`); returns (consumer, publisher).
+    pub fn consumer_and_publisher(&mut self, queue: &str, no_ack: bool) -> (usize, usize) {
+        use amqp_codec::types::method::{BasicConsume, QueueDeclare};
+        let (consumer, publisher) = (
+            self.connect(ClientConfig::default(), ServerConfig::default()),
+            self.connect(ClientConfig::default(), ServerConfig::default()),
+        );
+        assert!(self.settle(100).1, "handshakes");
+        for l in [consumer, publisher] {
+            self.links[l].client.open_channel_with(1).unwrap();
+        }
+        let name = amqp_codec::types::ShortString::try_from(queue).unwrap();
+        let c = &mut self.links[consumer].client;
+        c.send_method(
+            1,
+            QueueDeclare {
+                queue: name.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        c.send_method(
+            1,
+            BasicConsume {
+                queue: name,
+                no_ack,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(self.settle(100).1, "declare and consume");
+        (consumer, publisher)
+    }
+
     /// Bytes straight into link `i`'s server side, as if its client sent
     /// them (garbage, half frames).
     pub fn inject(&mut self, i: usize, bytes: Bytes) {

@@ -9,9 +9,9 @@
 
 use amqp_broker::core::{OUTBOX_LIMIT, Out};
 use amqp_broker::testing::Harness;
+use amqp_codec::Event;
 use amqp_codec::types::BasicProperties;
 use amqp_codec::types::method::*;
-use amqp_codec::{ClientConfig, Event, ServerConfig};
 use bytes::Bytes;
 
 const BODY: usize = 1024;
@@ -29,33 +29,7 @@ fn delivered(outs: &[Out]) -> usize {
 #[test]
 fn deliveries_taken_but_not_written_count_against_the_outbox_limit() {
     let mut h = Harness::default();
-    let (consumer, publisher) = (
-        h.connect(ClientConfig::default(), ServerConfig::default()),
-        h.connect(ClientConfig::default(), ServerConfig::default()),
-    );
-    assert!(h.settle(100).1);
-    for l in [consumer, publisher] {
-        h.links[l].client.open_channel_with(1).unwrap();
-    }
-    let c = &mut h.links[consumer].client;
-    c.send_method(
-        1,
-        QueueDeclare {
-            queue: "q".try_into().unwrap(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    c.send_method(
-        1,
-        BasicConsume {
-            queue: "q".try_into().unwrap(),
-            no_ack: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(h.settle(100).1);
+    let (consumer, publisher) = h.consumer_and_publisher("q", true);
     let (pid, cid) = (h.links[publisher].id, h.links[consumer].id);
 
     // Three times the limit, published in rounds; after each round the

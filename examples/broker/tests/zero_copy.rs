@@ -4,42 +4,16 @@
 
 use amqp_broker::core::Out;
 use amqp_broker::testing::Harness;
+use amqp_codec::Event;
 use amqp_codec::types::method::*;
 use amqp_codec::types::{BasicProperties, Method};
-use amqp_codec::{ClientConfig, Event, ServerConfig};
 use bytes::{Bytes, BytesMut};
 
 /// Publishes `size` bytes in one input chunk; returns the chunk and the
 /// delivery the consumer's connection was told to send.
 fn publish_and_deliver(size: usize) -> (Bytes, (usize, Vec<u8>), Vec<Bytes>) {
     let mut h = Harness::default();
-    let (consumer, publisher) = (
-        h.connect(ClientConfig::default(), ServerConfig::default()),
-        h.connect(ClientConfig::default(), ServerConfig::default()),
-    );
-    assert!(h.settle(100).1);
-    for l in [consumer, publisher] {
-        h.links[l].client.open_channel_with(1).unwrap();
-    }
-    let c = &mut h.links[consumer].client;
-    c.send_method(
-        1,
-        QueueDeclare {
-            queue: "big".try_into().unwrap(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    c.send_method(
-        1,
-        BasicConsume {
-            queue: "big".try_into().unwrap(),
-            no_ack: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(h.settle(100).1);
+    let (consumer, publisher) = h.consumer_and_publisher("big", true);
     let p = &mut h.links[publisher];
     p.client
         .publish(
