@@ -400,9 +400,7 @@ struct QConsumer {
 
 #[derive(Debug)]
 struct QState {
-    vhost: String,
-    name: ShortString,
-    /// (`vhost`, `name`), as the store's records name it.
+    /// (vhost, name): the store's records name it so.
     key: QueueKey,
     ready: Ready,
     /// Consumers by descending priority; within a priority, in
@@ -447,9 +445,7 @@ impl QState {
     ) -> QState {
         let args = QueueArgs::from_arguments(arguments);
         QState {
-            vhost: vhost.to_owned(),
-            key: crate::store::queue_key(vhost, name.clone()),
-            name,
+            key: crate::store::queue_key(vhost, name),
             ready: if args.kind == lifecycle::QueueKind::Quorum {
                 Ready::returns_first()
             } else {
@@ -475,6 +471,14 @@ impl QState {
 
     fn key(&self) -> QueueKey {
         self.key.clone()
+    }
+
+    fn vhost(&self) -> &String {
+        &self.key.0
+    }
+
+    fn name(&self) -> &ShortString {
+        &self.key.1
     }
 
     /// Whether `msg` is in the store for this queue: a durable queue's
@@ -526,8 +530,8 @@ impl QState {
     fn rs(&self) -> String {
         format!(
             "queue '{}' in vhost '{}'",
-            self.name.to_string_lossy(),
-            self.vhost
+            self.name().to_string_lossy(),
+            self.vhost()
         )
     }
 }
@@ -1254,7 +1258,7 @@ impl Core {
                         .is_some_and(|u| u + std::time::Duration::from_millis(ms) <= now)
                 });
             if unused {
-                let (vh, name) = (qs.vhost.clone(), qs.name.clone());
+                let (vh, name) = (qs.vhost().clone(), qs.name().clone());
                 self.delete_queue_named(&vh, &name);
                 continue;
             }
@@ -1269,10 +1273,10 @@ impl Core {
         let Some(qs) = self.queues.get(&q) else {
             return;
         };
-        let Some(v) = self.vhosts.get(&qs.vhost) else {
+        let Some(v) = self.vhosts.get(qs.vhost()) else {
             return;
         };
-        let p = crate::policy::effective(v.policies.values(), qs.name.as_bytes(), true);
+        let p = crate::policy::effective(v.policies.values(), qs.name().as_bytes(), true);
         let name = p.map(|p| p.name.clone());
         let args = crate::policy::combine(&qs.declared, p.map(|p| &p.keys));
         let Some(qs) = self.queues.get_mut(&q) else {
@@ -1444,7 +1448,7 @@ impl Core {
             return;
         };
         let dlrk = qs.args.dead_letter_routing_key.clone();
-        let (vhost, qname) = (qs.vhost.clone(), qs.name.clone());
+        let (vhost, qname) = (qs.vhost().clone(), qs.name().clone());
         let time = self.wall_secs();
         for e in entries {
             let props = lifecycle::dead_letter_properties(
@@ -2766,8 +2770,8 @@ impl Core {
                 ReplyCode::NOT_IMPLEMENTED,
                 format!(
                     "queue '{}' in vhost '{}' does not support global qos",
-                    q.name.to_string_lossy(),
-                    q.vhost
+                    q.name().to_string_lossy(),
+                    q.vhost()
                 ),
                 ids,
             ));
@@ -2780,8 +2784,8 @@ impl Core {
                 ReplyCode::ACCESS_REFUSED,
                 format!(
                     "queue '{}' in vhost '{}' in exclusive use",
-                    q.name.to_string_lossy(),
-                    q.vhost
+                    q.name().to_string_lossy(),
+                    q.vhost()
                 ),
                 ids,
             ));
@@ -2882,7 +2886,7 @@ impl Core {
             .retain(|k| !(k.conn == id && k.ch == ch && k.tag == *tag));
         q.exclusive_consumer = false;
         if q.consumers.is_empty() && q.auto_delete && q.had_consumers {
-            let (vh, name) = (q.vhost.clone(), q.name.clone());
+            let (vh, name) = (q.vhost().clone(), q.name().clone());
             self.delete_queue_named(&vh, &name);
         } else if q.consumers.is_empty() {
             // Unused from now on (x-expires).

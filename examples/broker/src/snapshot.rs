@@ -485,7 +485,7 @@ impl Core {
                         crate::lifecycle::QueueKind::Stream => "stream",
                     },
                     policy: qs.policy.as_ref().and_then(|p| {
-                        let def = self.vhosts.get(&qs.vhost)?.policies.get(p)?;
+                        let def = self.vhosts.get(qs.vhost())?.policies.get(p)?;
                         Some((p.clone(), def.definition.clone()))
                     }),
                     stats: qs.stats,
@@ -553,8 +553,8 @@ impl Core {
                     consumers.push(ConsumerSnap {
                         conn: id,
                         channel: n,
-                        vhost: qs.vhost.clone(),
-                        queue: lossy(&qs.name),
+                        vhost: qs.vhost().clone(),
+                        queue: lossy(qs.name()),
                         tag: lossy(tag),
                         ack_required: !k.no_ack,
                         prefetch: k.prefetch,
