@@ -89,6 +89,30 @@ pub const COMPACT_BELOW: usize = 8 * 1024;
 /// otherwise grow its output without bound while it received nothing.
 pub const OUTBOX_LIMIT: usize = 1024 * 1024;
 
+/// Consumer bias, RabbitMQ's `consumer_bias` with credit flow in the
+/// shape of this broker: a queue holding more than this many ready
+/// messages while its consumers are taking them ...
+pub const FLOW_BACKLOG: usize = 1000;
+/// ... and a batch of a connection's input that put at least this many
+/// messages into such queues (a publisher that writes one message at a
+/// time is never held) ...
+pub const FLOW_BATCH: u32 = 32;
+/// ... holds the publisher (the shell reads nothing more from it) until
+/// one of those queues next delivers to a consumer, or for this long at
+/// most. A queue's consumers are "taking" messages when it delivered
+/// within [`FLOW_ACTIVE`].
+///
+/// Without it, a publisher pipelining 1,000 unconfirmed messages outruns
+/// a consumer acking each of its 100 prefetched ones: both compete for
+/// the same CPU, the consumer's round trips lose, and the queue grows by
+/// hundreds of thousands of messages a second while the consumer gets
+/// fewer. RabbitMQ's queue process serves acks and consumer credit
+/// before publishes once egress falls behind ingress, and its credit flow
+/// then stops reading from the publisher (connection state `flow`).
+pub const FLOW_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
+/// See [`FLOW_HOLD`].
+pub const FLOW_ACTIVE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What the shell must do with one connection's codec, in order.
 #[derive(Debug)]
 pub enum Out {
@@ -377,6 +401,11 @@ struct Conn {
     throttled: bool,
     /// A publisher stopped by a resource alarm (the shell stops reading).
     blocked: bool,
+    /// Held by consumer bias ([`FLOW_HOLD`]): on this queue, with this
+    /// hold's number (its deadline names it).
+    held: Option<(QueueId, u64)>,
+    /// When it was last held (management shows `flow` for a second).
+    held_at: Option<Instant>,
     /// A connection-level error closed it.
     closing: bool,
     /// The channel cap last given to the codec (the user's
@@ -432,6 +461,14 @@ struct QState {
     durable: bool,
     /// Management: message counters.
     stats: snapshot::MessageStats,
+    /// When it last delivered to a consumer (consumer bias).
+    delivered_at: Option<Instant>,
+    /// Messages delivered to consumers so far (consumer bias).
+    delivered: u64,
+    /// Publishers held until `delivered` reaches a count ([`FLOW_HOLD`]),
+    /// and the least of those counts.
+    holding: Vec<(ConnId, u64)>,
+    holding_until: u64,
 }
 
 impl QState {
@@ -466,6 +503,10 @@ impl QState {
             last_used: None,
             durable,
             stats: snapshot::MessageStats::default(),
+            delivered_at: None,
+            delivered: 0,
+            holding: Vec::new(),
+            holding_until: u64::MAX,
         }
     }
 
@@ -562,6 +603,14 @@ pub struct Core {
     /// Queue deadlines: the head's expiry, or `x-expires`.
     timers: BTreeSet<(Instant, QueueId)>,
     timers_changed: bool,
+    /// Held publishers' deadlines, in order (each is now + [`FLOW_HOLD`]):
+    /// (deadline, connection, hold number).
+    held: VecDeque<(Instant, ConnId, u64)>,
+    /// Numbers holds.
+    next_hold: u64,
+    /// Messages the current batch put into queues that are behind
+    /// their consumers, and the last such queue.
+    behind: (u32, QueueId),
     /// A wall-clock reading (`x-death`'s `time`, TTLs across restarts):
     /// this instant was this many ms since the Unix epoch.
     clock: Option<(Instant, u64)>,
@@ -698,6 +747,9 @@ impl Core {
             route_buf: Vec::new(),
             next_consumer: 0,
             timers: BTreeSet::new(),
+            held: VecDeque::new(),
+            next_hold: 0,
+            behind: (0, 0),
             timers_changed: false,
             clock: None,
             persistence: false,
@@ -805,10 +857,47 @@ impl Core {
     pub fn handle(&mut self, id: ConnId, events: impl IntoIterator<Item = Event>, now: Instant) {
         self.now = Some(now);
         self.current = id;
+        self.behind = (0, 0);
         for e in events {
             self.event(id, e);
         }
         self.flush_confirms(id);
+        if self.behind.0 >= FLOW_BATCH {
+            self.hold(id, self.behind, now);
+        }
+    }
+
+    /// Whether consumer bias holds publisher `id` ([`FLOW_HOLD`]): the
+    /// shell reads nothing more from it until it is woken.
+    pub fn is_held(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.held.is_some())
+    }
+
+    fn hold(&mut self, id: ConnId, (n, q): (u32, QueueId), now: Instant) {
+        let (Some(c), Some(qs)) = (self.conns.get_mut(&id), self.queues.get_mut(&q)) else {
+            return;
+        };
+        if c.held.is_some() || c.closing {
+            return;
+        }
+        self.next_hold += 1;
+        c.held = Some((q, self.next_hold));
+        c.held_at = Some(now);
+        let until = qs.delivered + u64::from(n);
+        qs.holding.push((id, until));
+        qs.holding_until = qs.holding_until.min(until);
+        self.held.push_back((now + FLOW_HOLD, id, self.next_hold));
+        self.timers_changed = true;
+    }
+
+    /// Ends a hold (the shell is woken to read again).
+    fn release(&mut self, id: ConnId, hold: impl Fn((QueueId, u64)) -> bool) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.held.is_some_and(&hold)
+        {
+            c.held = None;
+            self.woken.push(id);
+        }
     }
 
     /// Takes what connection `id` must do.
@@ -1163,10 +1252,8 @@ impl Core {
     /// message expiring at a queue's head, an unused queue expiring).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let queue = self.timers.first().map(|(t, _)| *t);
-        match (queue, self.next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let held = self.held.front().map(|(t, ..)| *t);
+        [queue, self.next_tick, held].into_iter().flatten().min()
     }
 
     /// A delivery now awaits its ack: the channel tick runs if it did not.
@@ -1240,6 +1327,13 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
         self.current = 0;
+        while let Some(&(t, id, n)) = self.held.front() {
+            if t > now {
+                break;
+            }
+            self.held.pop_front();
+            self.release(id, |(_, h)| h == n);
+        }
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
@@ -3629,6 +3723,9 @@ impl Core {
     /// gets a nack).
     fn enqueue(&mut self, queues: &[QueueId], msg: &Msg) -> bool {
         let mut refused = false;
+        // A queue behind its consumers that this message reached (one
+        // message counts once, however many such queues it reached).
+        let mut behind = None;
         let msg_ttl = msg.expiration_ms();
         for &q in queues {
             if self.queues.get(&q).is_some_and(|qs| qs.stream.is_some()) {
@@ -3665,6 +3762,13 @@ impl Core {
             };
             let expires = ttl.and_then(|ms| Some(self.now? + std::time::Duration::from_millis(ms)));
             qs.ready.push(msg.clone(), expires);
+            if qs.ready.len() > FLOW_BACKLOG
+                && !qs.consumers.is_empty()
+                && let (Some(at), Some(now)) = (qs.delivered_at, self.now)
+                && now.saturating_duration_since(at) < FLOW_ACTIVE
+            {
+                behind = Some(q);
+            }
             qs.update_rejecting();
             qs.stats.publish += 1; // management
             // A consumer that can take it now gets it (a TTL-0 message
@@ -3673,6 +3777,9 @@ impl Core {
             self.drop_over_limit(q);
             self.expire(q);
             self.arm(q);
+        }
+        if let Some(q) = behind {
+            self.behind = (self.behind.0 + 1, q);
         }
         refused
     }
@@ -3972,8 +4079,30 @@ impl Core {
     }
 
     fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
-        let kind = self.queues.get(&q).map(|q| q.args.kind).unwrap_or_default();
         let now = self.now;
+        let mut kind = lifecycle::QueueKind::default();
+        if let Some(qs) = self.queues.get_mut(&q) {
+            kind = qs.args.kind;
+            qs.delivered_at = now;
+            qs.delivered += 1;
+            if qs.delivered >= qs.holding_until {
+                // Its consumers took as many as these publishers put in:
+                // they go on.
+                let d = qs.delivered;
+                let mut go = Vec::new();
+                qs.holding.retain(|&(id, until)| {
+                    let done = until <= d;
+                    if done {
+                        go.push(id);
+                    }
+                    !done
+                });
+                qs.holding_until = qs.holding.iter().map(|h| h.1).min().unwrap_or(u64::MAX);
+                for id in go {
+                    self.release(id, |(on, _)| on == q);
+                }
+            }
+        }
         let no_ack = self
             .chan(conn, ch)
             .and_then(|c| c.consumers.get(&tag))

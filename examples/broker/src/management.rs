@@ -780,7 +780,7 @@ impl Management {
             "ssl_hash": null,
             "ssl_key_exchange": null,
             "ssl_protocol": tls.map(|t| t.protocol),
-            "state": if c.user.is_some() { "running" } else { "starting" },
+            "state": c.state,
             "timeout": t.heartbeat,
             "type": "network",
             "user": c.user.clone().unwrap_or_default(),

@@ -345,7 +345,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut blocked = false;
     let mut close_seen = false;
     loop {
-        let (cause, now_blocked) = run(&shared, id, &mut conn);
+        let (cause, now_blocked, held) = run(&shared, id, &mut conn);
         if !close_seen && let Some(reason) = conn.close_sent() {
             // A refusal the codec made itself (an unknown mechanism) is
             // logged as a refused login.
@@ -394,7 +394,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         tokio::select! {
-            r = stream.read_buf(&mut buf), if !blocked => match r {
+            r = stream.read_buf(&mut buf), if !blocked && !held => match r {
                 Ok(0) | Err(_) => {
                     conn.handle_eof();
                     eof = true;
@@ -424,13 +424,14 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Moves events to the core and the core's output to the codec until both
-/// are quiet; returns the cause if the connection ended, and whether a
-/// resource alarm blocks it.
+/// are quiet; returns the cause if the connection ended, whether a
+/// resource alarm blocks it, and whether consumer bias holds it
+/// ([`FLOW_HOLD`](crate::core::FLOW_HOLD)).
 fn run(
     shared: &Shared,
     id: ConnId,
     conn: &mut Connection,
-) -> (Option<amqp_codec::CloseCause>, bool) {
+) -> (Option<amqp_codec::CloseCause>, bool, bool) {
     let mut closed = None;
     loop {
         let mut events = Vec::new();
@@ -441,7 +442,7 @@ fn run(
             events.push(e);
         }
         let had_events = !events.is_empty();
-        let (outs, woken, side, blocked) = {
+        let (outs, woken, side, blocked, held) = {
             let mut core = shared.core();
             if had_events {
                 core.handle(id, events, Instant::now());
@@ -452,12 +453,13 @@ fn run(
                 core.take_woken(),
                 side,
                 core.is_blocked(id),
+                core.is_held(id),
             )
         };
         shared.after(side);
         shared.wake(&woken);
         if !had_events && outs.is_empty() {
-            return (closed, blocked);
+            return (closed, blocked, held);
         }
         for out in outs {
             if let Err(e) = out.apply_to(conn) {

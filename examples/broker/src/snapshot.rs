@@ -257,6 +257,11 @@ pub struct ConnSnap {
     pub capabilities: Capabilities,
     /// Addresses, client properties, tuning.
     pub info: ConnInfo,
+    /// RabbitMQ's connection state: `starting` (handshake), `blocked` (a
+    /// resource alarm stopped it publishing), `flow` (consumer bias held
+    /// it within the last second, [`FLOW_HOLD`](crate::core::FLOW_HOLD))
+    /// or `running`.
+    pub state: &'static str,
     /// Over TLS: the session.
     pub tls: Option<crate::tls::Session>,
 }
@@ -590,6 +595,19 @@ impl Core {
             channels: c.channels.len() as u64,
             capabilities: c.caps,
             info: c.mgmt.clone(),
+            state: if c.user.is_none() {
+                "starting"
+            } else if c.blocked {
+                "blocked"
+            } else if c.held.is_some()
+                || c.held_at.zip(self.now).is_some_and(|(at, now)| {
+                    now.saturating_duration_since(at) < std::time::Duration::from_secs(1)
+                })
+            {
+                "flow"
+            } else {
+                "running"
+            },
             tls: c.peer.tls.clone(),
         }
     }
