@@ -401,9 +401,9 @@ struct Conn {
     throttled: bool,
     /// A publisher stopped by a resource alarm (the shell stops reading).
     blocked: bool,
-    /// Held by consumer bias ([`FLOW_HOLD`]): on this queue, with this
-    /// hold's number (its deadline names it).
-    held: Option<(QueueId, u64)>,
+    /// Held by consumer bias ([`FLOW_HOLD`]): the hold's number (its
+    /// deadline and its queue's entry name it).
+    held: Option<u64>,
     /// When it was last held (management shows `flow` for a second).
     held_at: Option<Instant>,
     /// A connection-level error closed it.
@@ -465,9 +465,9 @@ struct QState {
     delivered_at: Option<Instant>,
     /// Messages delivered to consumers so far (consumer bias).
     delivered: u64,
-    /// Publishers held until `delivered` reaches a count ([`FLOW_HOLD`]),
-    /// and the least of those counts.
-    holding: Vec<(ConnId, u64)>,
+    /// Publishers held until `delivered` reaches a count ([`FLOW_HOLD`]):
+    /// (connection, count, hold number); and the least of those counts.
+    holding: Vec<(ConnId, u64, u64)>,
     holding_until: u64,
 }
 
@@ -881,19 +881,20 @@ impl Core {
             return;
         }
         self.next_hold += 1;
-        c.held = Some((q, self.next_hold));
+        c.held = Some(self.next_hold);
         c.held_at = Some(now);
         let until = qs.delivered + u64::from(n);
-        qs.holding.push((id, until));
+        qs.holding.push((id, until, self.next_hold));
         qs.holding_until = qs.holding_until.min(until);
         self.held.push_back((now + FLOW_HOLD, id, self.next_hold));
         self.timers_changed = true;
     }
 
-    /// Ends a hold (the shell is woken to read again).
-    fn release(&mut self, id: ConnId, hold: impl Fn((QueueId, u64)) -> bool) {
+    /// Ends hold number `n` if it still holds `id` (the shell is woken to
+    /// read again).
+    fn release(&mut self, id: ConnId, n: u64) {
         if let Some(c) = self.conns.get_mut(&id)
-            && c.held.is_some_and(&hold)
+            && c.held == Some(n)
         {
             c.held = None;
             self.woken.push(id);
@@ -1332,7 +1333,7 @@ impl Core {
                 break;
             }
             self.held.pop_front();
-            self.release(id, |(_, h)| h == n);
+            self.release(id, n);
         }
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
@@ -4090,16 +4091,18 @@ impl Core {
                 // they go on.
                 let d = qs.delivered;
                 let mut go = Vec::new();
-                qs.holding.retain(|&(id, until)| {
+                qs.holding.retain(|&(id, until, n)| {
                     let done = until <= d;
                     if done {
-                        go.push(id);
+                        go.push((id, n));
                     }
                     !done
                 });
                 qs.holding_until = qs.holding.iter().map(|h| h.1).min().unwrap_or(u64::MAX);
-                for id in go {
-                    self.release(id, |(on, _)| on == q);
+                for (id, n) in go {
+                    // (A hold that ended at its deadline leaves its entry
+                    // here; it must not end a later hold early.)
+                    self.release(id, n);
                 }
             }
         }
