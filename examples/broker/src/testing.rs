@@ -113,6 +113,33 @@ impl Harness {
         (consumer, publisher)
     }
 
+    /// `n` messages with `body` from link `i` on channel 1 to the default
+    /// exchange with `routing_key`, handled by the core as one batch (one
+    /// read's worth) at the current time. Outboxes are left to the caller.
+    pub fn publish_batch(&mut self, i: usize, routing_key: &str, body: Bytes, n: usize) {
+        use amqp_codec::types::BasicProperties;
+        use amqp_codec::types::method::BasicPublish;
+        let l = &mut self.links[i];
+        let publish = BasicPublish {
+            routing_key: routing_key.try_into().unwrap_or_default(),
+            ..Default::default()
+        };
+        for _ in 0..n {
+            // A closed channel refuses; the caller's assertions see it.
+            let _ = l.client.publish(
+                1,
+                publish.clone(),
+                &BasicProperties::default(),
+                body.clone(),
+            );
+        }
+        while let Some(b) = l.client.poll_transmit() {
+            l.server.handle_input(b);
+        }
+        let events: Vec<Event> = std::iter::from_fn(|| l.server.poll_event()).collect();
+        self.core.handle(l.id, events, self.now);
+    }
+
     /// Bytes straight into link `i`'s server side, as if its client sent
     /// them (garbage, half frames).
     pub fn inject(&mut self, i: usize, bytes: Bytes) {

@@ -6,9 +6,6 @@
 
 use amqp_broker::core::{FLOW_ACTIVE, FLOW_BACKLOG, FLOW_BATCH, FLOW_HOLD, OUTBOX_LIMIT};
 use amqp_broker::testing::Harness;
-use amqp_codec::Event;
-use amqp_codec::types::BasicProperties;
-use amqp_codec::types::method::*;
 use bytes::Bytes;
 
 const BODY: usize = 1024;
@@ -17,26 +14,8 @@ const BODY: usize = 1024;
 /// read's worth); the consumer's shell takes its output but writes
 /// nothing (no `resume`), so its deliveries stop at the outbox limit.
 fn batch(h: &mut Harness, publisher: usize, consumer: usize, n: usize) {
-    let p = &mut h.links[publisher];
-    for _ in 0..n {
-        p.client
-            .publish(
-                1,
-                BasicPublish {
-                    routing_key: "q".try_into().unwrap(),
-                    ..Default::default()
-                },
-                &BasicProperties::default(),
-                Bytes::from(vec![7; BODY]),
-            )
-            .unwrap();
-    }
-    while let Some(b) = p.client.poll_transmit() {
-        p.server.handle_input(b);
-    }
-    let ev: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
-    let pid = p.id;
-    h.core.handle(pid, ev, h.now);
+    h.publish_batch(publisher, "q", Bytes::from(vec![7; BODY]), n);
+    let pid = h.links[publisher].id;
     let _ = h.core.take_outbox(pid);
     let cid = h.links[consumer].id;
     let _ = h.core.take_outbox(cid);

@@ -9,9 +9,6 @@
 
 use amqp_broker::core::{OUTBOX_LIMIT, Out};
 use amqp_broker::testing::Harness;
-use amqp_codec::Event;
-use amqp_codec::types::BasicProperties;
-use amqp_codec::types::method::*;
 use bytes::Bytes;
 
 const BODY: usize = 1024;
@@ -30,7 +27,7 @@ fn delivered(outs: &[Out]) -> usize {
 fn deliveries_taken_but_not_written_count_against_the_outbox_limit() {
     let mut h = Harness::default();
     let (consumer, publisher) = h.consumer_and_publisher("q", true);
-    let (pid, cid) = (h.links[publisher].id, h.links[consumer].id);
+    let cid = h.links[consumer].id;
 
     // Three times the limit, published in rounds; after each round the
     // consumer's shell takes its outbox (and encodes it) but never
@@ -39,25 +36,7 @@ fn deliveries_taken_but_not_written_count_against_the_outbox_limit() {
     let total = rounds * 100;
     let mut taken = 0;
     for round in 0..rounds {
-        let p = &mut h.links[publisher];
-        for _ in 0..100 {
-            p.client
-                .publish(
-                    1,
-                    BasicPublish {
-                        routing_key: "q".try_into().unwrap(),
-                        ..Default::default()
-                    },
-                    &BasicProperties::default(),
-                    Bytes::from(vec![round as u8; BODY]),
-                )
-                .unwrap();
-        }
-        while let Some(b) = p.client.poll_transmit() {
-            p.server.handle_input(b);
-        }
-        let ev: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
-        h.core.handle(pid, ev, h.now);
+        h.publish_batch(publisher, "q", Bytes::from(vec![round as u8; BODY]), 100);
         let outs = h.core.take_outbox(cid);
         taken += delivered(&outs);
         for out in outs {
