@@ -45,6 +45,10 @@ pub struct Shared {
     timer: Notify,
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
     next_id: AtomicU64,
+    /// Numbers the store batches in the order the core made them (taken
+    /// under the core's lock; they are sent after it is let go, so they
+    /// may reach the store thread in another order).
+    batches: AtomicU64,
     config: ServerConfig,
     /// The message store failed to write or sync: the disk alarm stays.
     pub store_failed: std::sync::atomic::AtomicBool,
@@ -69,6 +73,7 @@ impl Shared {
             timer: Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            batches: AtomicU64::new(1),
             config,
             store_failed: std::sync::atomic::AtomicBool::new(false),
         })
@@ -87,6 +92,7 @@ impl Shared {
         }
         let (records, upto) = records.unwrap_or_default();
         Some(StoreBatch {
+            number: self.batches.fetch_add(1, Ordering::Relaxed),
             records,
             upto,
             definitions,
@@ -507,6 +513,8 @@ async fn write_all<W: AsyncWrite + Unpin>(
 /// new snapshot of the durable topology if it changed.
 #[derive(Debug, Default)]
 pub struct StoreBatch {
+    /// The batch's place in the order the core made them, from 1.
+    pub number: u64,
     /// Records to append.
     pub records: Vec<crate::store::Record>,
     /// The core's number of the last record (for [`Core::durable`]).
@@ -515,11 +523,70 @@ pub struct StoreBatch {
     pub definitions: Option<String>,
 }
 
-/// The store thread: writes what the connections' batches carry, with
-/// one `fdatasync` for all of them (group commit: while it syncs, the next
-/// batches queue up and share the next sync), then releases their
-/// confirms. On a write or sync error it logs and stops: confirms are
-/// withheld from then on rather than given for what may not be on disk.
+impl StoreBatch {
+    /// Appends batch `later` to `to`: its records after, its topology
+    /// snapshot instead.
+    fn join(to: &mut Option<StoreBatch>, later: StoreBatch) {
+        let Some(b) = to else {
+            *to = Some(later);
+            return;
+        };
+        b.number = later.number;
+        b.records.extend(later.records);
+        b.upto = b.upto.max(later.upto);
+        if later.definitions.is_some() {
+            b.definitions = later.definitions;
+        }
+    }
+}
+
+/// Puts store batches back in the order the core made them. Connection
+/// tasks take their batch under the core's lock but send it after letting
+/// the lock go, so two of them can arrive swapped; written as they
+/// arrive, the later batch's sync would release the confirms of the
+/// earlier one before its records are written (and an older topology
+/// snapshot could replace a newer one).
+#[derive(Debug)]
+pub struct InOrder {
+    next: u64,
+    early: std::collections::BTreeMap<u64, StoreBatch>,
+}
+
+impl Default for InOrder {
+    fn default() -> Self {
+        InOrder {
+            next: 1,
+            early: Default::default(),
+        }
+    }
+}
+
+impl InOrder {
+    /// Takes a batch in; returns the batches that now continue the order
+    /// without a gap, merged into one (records in order, the last
+    /// topology snapshot), or `None` while one before them is missing.
+    pub fn push(&mut self, batch: StoreBatch) -> Option<StoreBatch> {
+        self.early.insert(batch.number, batch);
+        let mut out: Option<StoreBatch> = None;
+        while let Some(b) = self.early.remove(&self.next) {
+            self.next += 1;
+            StoreBatch::join(&mut out, b);
+        }
+        out
+    }
+
+    /// Batches held back waiting for an earlier one.
+    pub fn waiting(&self) -> usize {
+        self.early.len()
+    }
+}
+
+/// The store thread: writes what the connections' batches carry, in the
+/// order the core made them ([`InOrder`]), with one `fdatasync` for all
+/// of them (group commit: while it syncs, the next batches queue up and
+/// share the next sync), then releases their confirms. On a write or
+/// sync error it logs and stops: confirms are withheld from then on
+/// rather than given for what may not be on disk.
 /// Returns whether everything sent to it was written and synced.
 pub fn store_thread(
     shared: Arc<Shared>,
@@ -527,15 +594,15 @@ pub fn store_thread(
     definitions: std::path::PathBuf,
     rx: std::sync::mpsc::Receiver<StoreBatch>,
 ) -> bool {
+    let mut order = InOrder::default();
     while let Ok(first) = rx.recv() {
-        let mut b = first;
+        let mut ready = order.push(first);
         while let Ok(more) = rx.try_recv() {
-            b.records.extend(more.records);
-            b.upto = b.upto.max(more.upto);
-            if more.definitions.is_some() {
-                b.definitions = more.definitions;
+            if let Some(m) = order.push(more) {
+                StoreBatch::join(&mut ready, m);
             }
         }
+        let Some(b) = ready else { continue };
         let written = (|| -> std::io::Result<()> {
             if let Some(d) = &b.definitions {
                 crate::store::write_atomically(&definitions, d.as_bytes())?;
@@ -568,5 +635,71 @@ pub fn store_thread(
         };
         shared.wake(&woken);
     }
+    if order.waiting() > 0 {
+        tracing::error!(
+            "message store: {} batches were never written: one before them never arrived",
+            order.waiting()
+        );
+        return false;
+    }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InOrder, StoreBatch};
+    use crate::store::{Record, queue_key};
+
+    fn batch(number: u64, ids: std::ops::RangeInclusive<u64>, defs: Option<&str>) -> StoreBatch {
+        let q = queue_key("/", "q".try_into().unwrap());
+        StoreBatch {
+            number,
+            upto: *ids.end(),
+            records: ids
+                .map(|id| Record::Remove {
+                    id,
+                    queue: q.clone(),
+                })
+                .collect(),
+            definitions: defs.map(str::to_owned),
+        }
+    }
+
+    fn ids(b: &StoreBatch) -> Vec<u64> {
+        b.records
+            .iter()
+            .map(|r| match r {
+                Record::Remove { id, .. } => *id,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_overtakes_an_earlier_one_waits_for_it() {
+        let mut o = InOrder::default();
+        let b1 = o
+            .push(batch(1, 1..=2, None))
+            .expect("the first batch is in order");
+        assert_eq!((ids(&b1), b1.upto), (vec![1, 2], 2));
+        // Batch 3 arrives before batch 2: its sync must not release
+        // batch 2's records, which are not written yet.
+        assert!(o.push(batch(3, 6..=7, Some("new"))).is_none());
+        assert!(o.push(batch(5, 9..=9, None)).is_none());
+        assert_eq!(o.waiting(), 2);
+        let b = o
+            .push(batch(2, 3..=5, Some("old")))
+            .expect("the gap is filled");
+        assert_eq!(ids(&b), vec![3, 4, 5, 6, 7]);
+        assert_eq!(b.upto, 7);
+        assert_eq!(
+            b.definitions.as_deref(),
+            Some("new"),
+            "the later snapshot wins"
+        );
+        assert_eq!(o.waiting(), 1);
+        let b = o.push(batch(4, 8..=8, None)).expect("and the next gap");
+        assert_eq!((ids(&b), b.upto), (vec![8, 9], 9));
+        assert_eq!(o.waiting(), 0);
+    }
 }

@@ -280,6 +280,11 @@ fn trial(seed: u64, port: u16) -> (usize, usize, usize, usize, usize) {
     stop.store(true, Ordering::Relaxed);
     p.join().unwrap();
     c.join().unwrap();
+    // What the kill left, kept (beside the data directory) when the trial
+    // fails, so that a loss can be looked into.
+    let at_kill = data.with_extension("at-kill");
+    let _ = std::fs::remove_dir_all(&at_kill);
+    copy_dir(&data, &at_kill);
     // Restart on the same directory and drain.
     let broker = start(addr, &data);
     let mut l = Link::open(addr).expect("connect after restart");
@@ -358,8 +363,22 @@ fn trial(seed: u64, port: u16) -> (usize, usize, usize, usize, usize) {
     drop(s);
     drop(broker);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&at_kill);
     let _ = std::fs::remove_file(data.with_extension("toml"));
     out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy of the data directory");
+    for e in std::fs::read_dir(from).expect("read the data directory") {
+        let e = e.expect("a directory entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("its type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy a data file");
+        }
+    }
 }
 
 #[test]
