@@ -595,6 +595,9 @@ pub fn store_thread(
     rx: std::sync::mpsc::Receiver<StoreBatch>,
 ) -> bool {
     let mut order = InOrder::default();
+    // The core numbers its records from 1 without a gap: the last one
+    // written, to check that each batch follows it.
+    let mut written_upto = 0u64;
     while let Ok(first) = rx.recv() {
         let mut ready = order.push(first);
         while let Ok(more) = rx.try_recv() {
@@ -608,8 +611,19 @@ pub fn store_thread(
                 crate::store::write_atomically(&definitions, d.as_bytes())?;
             }
             if !b.records.is_empty() {
+                let from = (b.upto + 1).checked_sub(b.records.len() as u64);
+                if from != Some(written_upto + 1) {
+                    // Writing them would let a sync release confirms for
+                    // records that were never written.
+                    return Err(std::io::Error::other(format!(
+                        "records up to {} do not follow record {written_upto} \
+                         (a bug in the broker: please report it)",
+                        b.upto
+                    )));
+                }
                 log.append(&b.records)?;
                 log.sync()?;
+                written_upto = b.upto;
             }
             Ok(())
         })();
@@ -617,7 +631,7 @@ pub fn store_thread(
             tracing::error!(
                 "message store: {e}: no further publisher confirms or transaction commits \
                  will be sent; publishers are blocked (disk alarm); stop the broker and \
-                 free the disk"
+                 fix the cause (a full or failing disk) before restarting it"
             );
             shared.store_failed.store(true, Ordering::Relaxed);
             let woken = {
@@ -647,8 +661,9 @@ pub fn store_thread(
 
 #[cfg(test)]
 mod tests {
-    use super::{InOrder, StoreBatch};
-    use crate::store::{Record, queue_key};
+    use super::{InOrder, Shared, StoreBatch, store_thread};
+    use crate::core::{Alarm, Core, CoreConfig};
+    use crate::store::{Liveness, Log, Record, queue_key};
 
     fn batch(number: u64, ids: std::ops::RangeInclusive<u64>, defs: Option<&str>) -> StoreBatch {
         let q = queue_key("/", "q".try_into().unwrap());
@@ -701,5 +716,45 @@ mod tests {
         let b = o.push(batch(4, 8..=8, None)).expect("and the next gap");
         assert_eq!((ids(&b), b.upto), (vec![8, 9], 9));
         assert_eq!(o.waiting(), 0);
+    }
+
+    /// Runs the store thread on a fresh log over `batches`; returns
+    /// whether it finished cleanly and the alarms the core has then.
+    fn run_store(name: &str, batches: Vec<StoreBatch>) -> (bool, Vec<Alarm>) {
+        let dir =
+            std::env::temp_dir().join(format!("amqp-store-thread-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = Log::open(&dir.join("messages"), Liveness::default()).expect("open the log");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Shared::new(Core::new(CoreConfig::default()), Default::default(), None);
+        let thread = {
+            let shared = shared.clone();
+            let defs = dir.join("definitions.json");
+            std::thread::spawn(move || store_thread(shared, log, defs, rx))
+        };
+        for b in batches {
+            tx.send(b).expect("the store thread takes batches");
+        }
+        drop(tx);
+        let clean = thread.join().expect("the store thread does not panic");
+        let alarms = shared.with_core(|c| c.alarms());
+        let _ = std::fs::remove_dir_all(&dir);
+        (clean, alarms)
+    }
+
+    #[test]
+    fn records_that_do_not_follow_the_last_written_stop_the_store() {
+        // Swapped in the channel, they are put back in order.
+        let (clean, alarms) = run_store(
+            "swapped",
+            vec![batch(2, 3..=4, None), batch(1, 1..=2, None)],
+        );
+        assert!(clean);
+        assert!(alarms.is_empty());
+        // Record 3 never comes: records 4 and 5 are not written, the
+        // store stops and the disk alarm blocks publishers.
+        let (clean, alarms) = run_store("gap", vec![batch(1, 1..=2, None), batch(2, 4..=5, None)]);
+        assert!(!clean);
+        assert_eq!(alarms, vec![Alarm::Disk]);
     }
 }
