@@ -191,6 +191,8 @@ impl Definitions {
         for u in &self.users {
             auth.users.insert(u.name.clone(), Self::user(u)?);
         }
+        config.limits.users.clear();
+        self.user_limits_into(&mut config.limits.users)?;
         config.vhosts.clear();
         for v in &self.vhosts {
             if !config.vhosts.contains(&v.name) {
@@ -302,6 +304,23 @@ impl Definitions {
         Ok(())
     }
 
+    /// Puts the users' limits into `limits` (users without any are left
+    /// out, as the core keeps them).
+    fn user_limits_into(
+        &self,
+        limits: &mut std::collections::HashMap<String, crate::core::UserLimits>,
+    ) -> Result<(), String> {
+        for u in &self.users {
+            match u.limits()? {
+                Some(l) if l != crate::core::UserLimits::default() => {
+                    limits.insert(u.name.clone(), l);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the export's users, vhosts and permissions to `config` (the
     /// export's users replace the first-boot guest when it has any).
     pub fn apply(&self, config: &mut CoreConfig) -> Result<(), String> {
@@ -316,13 +335,8 @@ impl Definitions {
         }
         for u in &self.users {
             config.auth.users.insert(u.name.clone(), Self::user(u)?);
-            match u.limits()? {
-                Some(l) if l != crate::core::UserLimits::default() => {
-                    config.limits.users.insert(u.name.clone(), l);
-                }
-                _ => {}
-            }
         }
+        self.user_limits_into(&mut config.limits.users)?;
         for v in &self.vhosts {
             if !config.vhosts.contains(&v.name) {
                 config.vhosts.push(v.name.clone());
@@ -393,14 +407,26 @@ mod tests {
     fn saved_state_replaces_the_configuration() {
         // The data directory's file: users, vhosts with metadata,
         // permissions; a passwordless user ("" hash) is kept.
-        let text = r#"{"users":[{"name":"ops","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":"administrator"}],
+        let text = r#"{"users":[{"name":"ops","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":"administrator"},
+            {"name":"app","password_hash":"","hashing_algorithm":"rabbit_password_hashing_sha256","tags":[],"limits":{"max-connections":3}}],
             "vhosts":[{"name":"prod","limits":[],"metadata":{"description":"live","tags":["a"]}}],
             "permissions":[{"user":"ops","vhost":"prod","configure":".*","write":".*","read":".*"}]}"#;
         let d = Definitions::from_json(text).unwrap();
         assert!(d.has_auth);
         let mut c = CoreConfig::default();
+        c.limits.users.insert(
+            "ops".into(),
+            crate::core::UserLimits {
+                max_channels: Some(1),
+                ..Default::default()
+            },
+        );
         d.restore(&mut c).unwrap();
         assert_eq!(c.vhosts, ["prod"]);
+        // The users' limits come back with them (a definitions import
+        // set them; the file keeps them across a restart).
+        assert_eq!(c.limits.users["app"].max_connections, Some(3));
+        assert!(!c.limits.users.contains_key("ops"), "saved state replaces");
         assert!(!c.auth.users.contains_key("guest"));
         assert_eq!(c.auth.users["ops"].tags, ["administrator"]);
         assert!(!c.auth.login("ops", "", true));
