@@ -117,6 +117,52 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The message the record is about.
+    pub fn id(&self) -> u64 {
+        match self {
+            Record::Publish { id, .. }
+            | Record::Message { id, .. }
+            | Record::Remove { id, .. }
+            | Record::Delivered { id, .. } => *id,
+        }
+    }
+}
+
+/// The messages that `records` publish and then remove from every queue
+/// they went to ([`Log::append`] writes none of their records).
+fn cancelled(records: &[Record]) -> std::collections::HashSet<u64, crate::core::CoreHasher> {
+    let mut gone = std::collections::HashSet::default();
+    if !records.iter().any(|r| matches!(r, Record::Remove { .. })) {
+        return gone;
+    }
+    // id -> (its queues, a bit per queue it has left); a message of more
+    // than 64 queues is always written.
+    let mut open: HashMap<u64, (&[QueueKey], u64)> = HashMap::default();
+    for r in records {
+        match r {
+            Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
+                if !queues.is_empty() && queues.len() <= 64 {
+                    open.insert(*id, (queues, 0));
+                }
+            }
+            Record::Remove { id, queue } => {
+                if let Some((queues, left)) = open.get_mut(id)
+                    && let Some(at) = queues.iter().position(|q| q == queue)
+                {
+                    *left |= 1 << at;
+                    if *left == u64::MAX >> (64 - queues.len()) {
+                        gone.insert(*id);
+                        open.remove(id);
+                    }
+                }
+            }
+            Record::Delivered { .. } => {}
+        }
+    }
+    gone
+}
+
 const PUBLISH: u8 = 1;
 const REMOVE: u8 = 2;
 const DELIVERED: u8 = 3;
@@ -518,11 +564,14 @@ pub struct Recovered {
 
 /// Which messages are alive where, so segments can be deleted.
 ///
-/// Message ids grow with the log, so each segment holds a contiguous run
-/// of them: a segment keeps, per id from its first, which queues still
+/// Message ids grow with the log, so a segment's ids come in runs: a
+/// segment keeps, per id of each run from its first, which queues still
 /// hold that message (queue keys interned as numbers; one queue inline),
-/// 16 bytes a message. An id out of that order (never written by this
-/// broker) is kept aside in a map, so any log stays correct.
+/// 16 bytes a message. Ids whose records were never written (a message
+/// gone before its batch was: [`Log::append`]) leave gaps; a gap of more
+/// than [`RUN_GAP`] ids starts a new run. An id out of that order (never
+/// written by this broker) is kept aside in a map, so any log stays
+/// correct.
 #[derive(Debug, Default)]
 pub struct Liveness {
     /// Interned queue keys.
@@ -530,8 +579,9 @@ pub struct Liveness {
     index: HashMap<QueueKey, u32>,
     /// Segment → its messages.
     segments: BTreeMap<u64, SegLive>,
-    /// First id of a segment's run → the segment.
-    by_first: BTreeMap<u64, u64>,
+    /// First id of a run → its segment and its place in the segment's
+    /// runs.
+    by_first: BTreeMap<u64, (u64, usize)>,
     /// The highest id placed in a run.
     last_id: Option<u64>,
     /// Ids out of order: id → (segment, queues).
@@ -542,11 +592,17 @@ pub struct Liveness {
 
 #[derive(Debug, Default)]
 struct SegLive {
-    /// The id of `run[0]`.
-    first: u64,
-    run: Vec<Holders>,
+    runs: Vec<Run>,
     /// Messages published in this segment still alive.
     live: u64,
+}
+
+/// Consecutive ids (with gaps of at most [`RUN_GAP`]).
+#[derive(Debug)]
+struct Run {
+    /// The id of `slots[0]`.
+    first: u64,
+    slots: Vec<Holders>,
 }
 
 /// The queues still holding a message.
@@ -608,9 +664,9 @@ impl Holders {
 
 const _: () = assert!(std::mem::size_of::<Holders>() == 16);
 
-/// Ids skipped inside a run beyond which an id is kept aside instead
-/// (a run never grows by more than this at once).
-const MAX_GAP: u64 = 1 << 16;
+/// Ids skipped inside a run (16 bytes each) beyond which a new run
+/// starts instead (about as much again, with its index entry).
+const RUN_GAP: u64 = 4;
 
 impl Liveness {
     fn intern(&mut self, q: &QueueKey) -> u32 {
@@ -632,18 +688,24 @@ impl Liveness {
             return;
         }
         let in_order = self.last_id.is_none_or(|l| id > l);
-        let fits = e.run.is_empty()
-            || id
-                .checked_sub(e.first)
-                .is_some_and(|d| d <= e.run.len() as u64 + MAX_GAP);
-        if in_order && fits && !self.stray.contains_key(&id) {
-            if e.run.is_empty() {
-                e.first = id;
-                self.by_first.insert(id, seg);
+        if in_order && !self.stray.contains_key(&id) {
+            // In order, so at or past the end of the last run.
+            let extends = e
+                .runs
+                .last()
+                .is_some_and(|r| id - r.first <= r.slots.len() as u64 + RUN_GAP);
+            if !extends {
+                e.runs.push(Run {
+                    first: id,
+                    slots: Vec::new(),
+                });
+                self.by_first.insert(id, (seg, e.runs.len() - 1));
             }
-            let at = (id - e.first) as usize;
-            e.run.resize_with(at, Holders::default);
-            e.run.push(Holders::of(qs));
+            if let Some(r) = e.runs.last_mut() {
+                r.slots
+                    .resize_with((id - r.first) as usize, Holders::default);
+                r.slots.push(Holders::of(qs));
+            }
             self.last_id = Some(id);
         } else {
             if let Some((old_seg, _)) = self.stray.insert(id, (seg, qs)) {
@@ -660,12 +722,13 @@ impl Liveness {
         self.alive += 1;
     }
 
-    /// Where message `id`'s holders are: its segment and the slot.
-    fn find(&self, id: u64) -> Option<(u64, usize)> {
-        let (&first, &seg) = self.by_first.range(..=id).next_back()?;
-        let e = self.segments.get(&seg)?;
+    /// Where message `id`'s holders are: its segment, the run and the
+    /// slot.
+    fn find(&self, id: u64) -> Option<(u64, usize, usize)> {
+        let (&first, &(seg, run)) = self.by_first.range(..=id).next_back()?;
+        let r = self.segments.get(&seg)?.runs.get(run)?;
         let at = usize::try_from(id - first).ok()?;
-        (at < e.run.len()).then_some((seg, at))
+        (at < r.slots.len()).then_some((seg, run, at))
     }
 
     fn remove(&mut self, id: u64, queue: &QueueKey) {
@@ -681,11 +744,11 @@ impl Liveness {
                 self.stray.remove(&id);
             }
             (seg, gone)
-        } else if let Some((seg, at)) = self.find(id) {
+        } else if let Some((seg, run, at)) = self.find(id) {
             let gone = self
                 .segments
                 .get_mut(&seg)
-                .is_some_and(|e| e.run[at].remove(q));
+                .is_some_and(|e| e.runs[run].slots[at].remove(q));
             (seg, gone)
         } else {
             return;
@@ -703,7 +766,7 @@ impl Liveness {
         let qs: &[u32] = match self.stray.get(&id) {
             Some((_, qs)) => qs,
             None => match self.find(id) {
-                Some((seg, at)) => self.segments[&seg].run[at].as_slice(),
+                Some((seg, run, at)) => self.segments[&seg].runs[run].slots[at].as_slice(),
                 None => &[],
             },
         };
@@ -727,8 +790,8 @@ impl Liveness {
             if seg >= active || e.live > 0 {
                 break;
             }
-            if !e.run.is_empty() {
-                self.by_first.remove(&e.first);
+            for r in &e.runs {
+                self.by_first.remove(&r.first);
             }
             self.segments.pop_first();
             out.push(seg);
@@ -1177,6 +1240,12 @@ impl<D: Disk> Log<D> {
 
     /// Appends records (not yet durable: call [`sync`](Self::sync)).
     ///
+    /// A message that `records` both publish and remove from every queue
+    /// it went to is not written at all, nor its other records: it is
+    /// gone before it could be recovered (as RabbitMQ's message store
+    /// skips the write of a message removed before it was written). When
+    /// consumers keep up, that is most of them.
+    ///
     /// After an error from `append` or [`sync`](Self::sync), every later
     /// call fails too: a partly written record may end the segment, and
     /// what follows it would be cut off with it at recovery.
@@ -1184,7 +1253,11 @@ impl<D: Disk> Log<D> {
         self.check()?;
         self.failed = true;
         self.buf.clear();
+        let gone = cancelled(records);
         for r in records {
+            if !gone.is_empty() && gone.contains(&r.id()) {
+                continue;
+            }
             r.encode(&mut self.buf);
             match r {
                 Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
@@ -1656,11 +1729,13 @@ mod tests {
             for _ in 0..400 {
                 match rnd(10) {
                     0..=3 => {
-                        // Mostly in order, sometimes a gap, rarely an id
-                        // from the past (kept aside).
+                        // Mostly in order, sometimes a gap (within a
+                        // run or starting one), rarely an id from the
+                        // past (kept aside).
                         let mut this = match rnd(20) {
                             0 => rnd(id) + 1,
                             1 => id + rnd(200_000),
+                            2..=4 => id + rnd(2 * RUN_GAP + 2),
                             _ => id,
                         };
                         // (Never an id used before: a log has none.)
@@ -1716,6 +1791,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_message_gone_within_one_append_is_never_written() {
+        let dir = tmp("cancel");
+        let mut log = Log::open(&dir, Liveness::default()).unwrap();
+        let remove = |id, name| Record::Remove { id, queue: q(name) };
+        log.append(&[
+            publish(1, vec![q("a")], "consumed"),
+            Record::Delivered {
+                id: 1,
+                queue: q("a"),
+            },
+            remove(1, "a"),
+            publish(2, vec![q("a")], "kept"),
+            publish(3, vec![q("a"), q("b")], "still in b"),
+            remove(3, "a"),
+            publish(4, vec![q("a"), q("b")], "gone from both"),
+            remove(4, "b"),
+            remove(4, "a"),
+            // Removed from a queue it never went to: still in a.
+            publish(5, vec![q("a")], "wrong queue"),
+            remove(5, "b"),
+        ])
+        .unwrap();
+        // Message 2 leaves in a later append: its records are written.
+        log.append(&[remove(2, "a")]).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.live_messages(), 2, "3 (in b) and 5");
+        drop(log);
+        let data = fs::read(segment_path(&dir, 1)).unwrap();
+        let mut written = Vec::new();
+        let mut at = 0;
+        while let Ok((r, n)) = decode(&data[at..]) {
+            written.push(r.id());
+            at += n;
+        }
+        assert_eq!(written, [2, 3, 3, 5, 5, 2]);
+        let r = recover(&dir).unwrap();
+        let ids = |name| -> Vec<u64> { r.queues[&q(name)].iter().map(|m| m.id).collect() };
+        assert_eq!(ids("a"), [5]);
+        assert_eq!(ids("b"), [3]);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
