@@ -569,7 +569,7 @@ pub struct Recovered {
 /// hold that message (queue keys interned as numbers; one queue inline),
 /// 16 bytes a message. Ids whose records were never written (a message
 /// gone before its batch was: [`Log::append`]) leave gaps; a gap of more
-/// than [`RUN_GAP`] ids starts a new run. An id out of that order (never
+/// than `RUN_GAP` (4) ids starts a new run. An id out of that order (never
 /// written by this broker) is kept aside in a map, so any log stays
 /// correct.
 #[derive(Debug, Default)]
