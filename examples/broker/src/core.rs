@@ -98,9 +98,9 @@ pub const FLOW_BACKLOG: usize = 1000;
 /// time is never held) ...
 pub const FLOW_BATCH: u32 = 32;
 /// ... holds the publisher (the shell reads nothing more from it) until
-/// one of those queues next delivers to a consumer, or for this long at
-/// most. A queue's consumers are "taking" messages when it delivered
-/// within [`FLOW_ACTIVE`].
+/// the last such queue has delivered to its consumers as many messages as
+/// that batch put in, or for this long at most. A queue's consumers are
+/// "taking" messages when it delivered within [`FLOW_ACTIVE`].
 ///
 /// Without it, a publisher pipelining 1,000 unconfirmed messages outruns
 /// a consumer acking each of its 100 prefetched ones: both compete for
