@@ -418,6 +418,7 @@ impl FrameEncoder {
 
     /// Queues raw bytes (the protocol header).
     pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.room(bytes.len());
         self.scratch.extend_from_slice(bytes);
         self.queued += bytes.len();
     }
@@ -431,7 +432,7 @@ impl FrameEncoder {
                 frame_max: self.frame_max,
             });
         }
-        self.scratch.reserve(len);
+        self.room(len);
         let n = frame.encode(&mut self.scratch)?;
         self.queued += n;
         Ok(n)
@@ -504,6 +505,7 @@ impl FrameEncoder {
         }
         let mut n = self.push_frame(&m)?;
         let len = body.len();
+        self.room(header_len);
         n += amqp_wire::write_header_frame(&mut self.scratch, channel, len as u64, properties);
         self.queued += header_len;
         let max_body = self.limit().saturating_sub(FRAME_OVERHEAD).max(1);
@@ -521,6 +523,7 @@ impl FrameEncoder {
 
     fn push_body_copied(&mut self, channel: u16, piece: &[u8]) -> usize {
         let len = piece.len();
+        self.room(len + FRAME_OVERHEAD);
         write_body_frame_header(&mut self.scratch, channel, len as u32);
         self.scratch.put_slice(piece);
         self.scratch.put_u8(FRAME_END);
@@ -542,10 +545,35 @@ impl FrameEncoder {
         }
     }
 
+    /// Makes room for `need` more bytes in the coalescing buffer without
+    /// moving what it holds: when it is full, it goes out as a segment of
+    /// its own and a new buffer twice its size (up to [`SEAL_AT`]) takes
+    /// over. Growing it in place would copy everything queued at each
+    /// doubling, about once more for every byte a burst of copied bodies
+    /// queues. An empty buffer grows to just `need` (a quiet connection
+    /// keeps little).
+    fn room(&mut self, need: usize) {
+        if self.scratch.capacity() - self.scratch.len() >= need {
+            return;
+        }
+        if self.scratch.is_empty() {
+            self.scratch.reserve(need);
+            return;
+        }
+        let next = (self.scratch.capacity() * 2).min(SEAL_AT).max(need);
+        let full = std::mem::replace(&mut self.scratch, BytesMut::with_capacity(next));
+        self.segments.push_back(full.freeze());
+    }
+
     /// Queues one body frame whose bytes are `piece` (the caller keeps it
     /// within frame_max − 8).
     pub fn push_body(&mut self, channel: u16, piece: Bytes) -> usize {
         let len = piece.len();
+        self.room(if len < COPY_BODY_BELOW {
+            len + FRAME_OVERHEAD
+        } else {
+            FRAME_OVERHEAD
+        });
         write_body_frame_header(&mut self.scratch, channel, len as u32);
         if len < COPY_BODY_BELOW {
             self.scratch.put_slice(&piece);
@@ -646,14 +674,23 @@ mod tests {
         // Many copied bodies leave in segments of about SEAL_AT bytes, in
         // order, not in one buffer that doubles.
         let body = vec![5u8; 1024];
+        // Queued bytes are never moved to grow the buffer: while no
+        // segment is added, what is queued stays where it was written.
         let (mut enc, mut plain) = (FrameEncoder::new(), FrameEncoder::new());
+        let mut moved = 0;
         for _ in 0..1000 {
+            let (before, at) = (enc.segments.len(), enc.scratch.as_ptr());
+            let queued = !enc.scratch.is_empty();
             enc.push_content_encoded(3, &method, &wire, Body::Borrowed(&body))
                 .unwrap();
+            if queued && enc.segments.len() == before && enc.scratch.as_ptr() != at {
+                moved += 1;
+            }
             plain
                 .push_content(3, &method, &props, &Bytes::from(body.clone()))
                 .unwrap();
         }
+        assert_eq!(moved, 0, "pushes that moved the queued bytes to grow");
         let segments = enc.drain();
         assert!(segments.len() > 10, "{} segments", segments.len());
         assert!(segments.iter().all(|s| s.len() < SEAL_AT + 2048));

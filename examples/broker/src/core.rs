@@ -620,6 +620,14 @@ pub struct Core {
     store_ops: Vec<Record>,
     /// Records emitted so far (the number of the last one).
     store_seq: u64,
+    /// The number of the last record taken ([`Core::take_store_ops`]).
+    store_taken: u64,
+    /// The publish records in `store_ops`, by store id: (id, index in
+    /// `store_ops`, a delivery marker followed it). A removal of such a
+    /// message takes its queue off the record instead of being recorded.
+    store_pending: Vec<(u64, usize, bool)>,
+    /// Publish records in `store_ops` left with no queue (not written).
+    store_cancelled: usize,
     /// Confirms waiting for their record to be durable: (record number,
     /// connection, channel, publish sequence number, ack).
     waiting: VecDeque<(u64, ConnId, u16, Settle)>,
@@ -755,6 +763,9 @@ impl Core {
             persistence: false,
             store_ops: Vec::new(),
             store_seq: 0,
+            store_taken: 0,
+            store_pending: Vec::new(),
+            store_cancelled: 0,
             waiting: VecDeque::new(),
             next_persist: 1,
             definitions_dirty: false,
@@ -940,13 +951,35 @@ impl Core {
         self.persistence = true;
     }
 
-    /// The records the store must write, and the number of the last one
-    /// (to hand back to [`durable`](Self::durable) once synced).
-    pub fn take_store_ops(&mut self) -> Option<(Vec<Record>, u64)> {
-        if self.store_ops.is_empty() {
+    /// The records the store must write, and the numbers they cover (hand
+    /// the last to [`durable`](Self::durable) once they are synced).
+    ///
+    /// A persistent message that left all its queues before its publish
+    /// record was taken is not in them, nor its removals: nothing of it
+    /// needs writing (as RabbitMQ's message store skips the write of a
+    /// message removed before it was written). When consumers keep up,
+    /// that is most of them. Its numbers are still covered, so its
+    /// confirm waits, as every confirm does, for the records before it to
+    /// be durable; records may therefore be empty.
+    pub fn take_store_ops(&mut self) -> Option<(Vec<Record>, std::ops::RangeInclusive<u64>)> {
+        if self.store_taken == self.store_seq {
             return None;
         }
-        Some((std::mem::take(&mut self.store_ops), self.store_seq))
+        let mut records = std::mem::take(&mut self.store_ops);
+        if self.store_cancelled > 0 {
+            records.retain(|r| !matches!(r, Record::Message { queues, .. } if queues.is_empty()));
+        }
+        self.store_pending.clear();
+        self.store_cancelled = 0;
+        let first = self.store_taken + 1;
+        self.store_taken = self.store_seq;
+        Some((records, first..=self.store_seq))
+    }
+
+    /// Whether records wait to be taken ([`take_store_ops`](Self::take_store_ops))
+    /// or the durable topology changed ([`take_definitions`](Self::take_definitions)).
+    pub fn has_store_work(&self) -> bool {
+        self.store_taken != self.store_seq || self.definitions_dirty
     }
 
     /// Records up to number `upto` are on disk: their confirms and
@@ -1175,6 +1208,9 @@ impl Core {
                     let _ = amqp_wire::encode_properties(&p, &mut out);
                     Bytes::from(out)
                 });
+                if self.persistence {
+                    self.store_pending.push((id, self.store_ops.len(), false));
+                }
                 self.record(Record::Message {
                     id,
                     queues: keys,
@@ -1184,6 +1220,30 @@ impl Core {
             }
         }
         msg
+    }
+
+    /// Message `id` left `queue`: if its publish record is still waiting
+    /// to be taken (and no delivery marker followed it), the queue comes
+    /// off that record and `true` comes back (nothing to record).
+    fn unpublish(&mut self, id: u64, queue: &QueueKey) -> bool {
+        let Ok(i) = self.store_pending.binary_search_by_key(&id, |p| p.0) else {
+            return false;
+        };
+        let (_, at, marked) = self.store_pending[i];
+        if marked {
+            return false;
+        }
+        let Some(Record::Message { queues, .. }) = self.store_ops.get_mut(at) else {
+            return false;
+        };
+        let Some(k) = queues.iter().position(|k| k == queue) else {
+            return false;
+        };
+        queues.swap_remove(k);
+        if queues.is_empty() {
+            self.store_cancelled += 1;
+        }
+        true
     }
 
     /// Entry `e` left queue `q` for good: the store forgets it there.
@@ -1207,7 +1267,9 @@ impl Core {
             && qs.persists(&e.msg)
         {
             let key = qs.key();
-            self.record(Record::Remove { id, queue: key });
+            if !self.unpublish(id, &key) {
+                self.record(Record::Remove { id, queue: key });
+            }
         }
     }
 
@@ -1220,6 +1282,9 @@ impl Core {
             && qs.persists(&e.msg)
         {
             let key = qs.key();
+            if let Ok(i) = self.store_pending.binary_search_by_key(&id, |p| p.0) {
+                self.store_pending[i].2 = true;
+            }
             self.record(Record::Delivered { id, queue: key });
         }
     }

@@ -428,14 +428,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let shared = Shared::new(core, server, Some(tx));
+    let shared = Shared::new(core, server, true);
     let store = {
         let shared = shared.clone();
         let defs = data.definitions();
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_thread(shared, log, defs, rx))
+            .spawn(move || store_thread(shared, log, defs))
             .expect("spawn the store thread")
     };
     let code = runtime.block_on(run(args, shared.clone(), tls));

@@ -17,8 +17,8 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,17 +38,21 @@ pub const SHUTDOWN_TEXT: &str =
 /// What every connection task shares.
 pub struct Shared {
     core: Mutex<Core>,
-    /// The store thread's queue, when persistence is on (taken away to
-    /// let the thread finish at shutdown).
-    store: Mutex<Option<std::sync::mpsc::Sender<StoreBatch>>>,
+    /// A store thread ([`store_thread`]) takes the core's records.
+    store: bool,
+    /// Wakes the store thread, which waits on it with the core's lock,
+    /// when there is work for it.
+    store_wake: Condvar,
+    /// The store thread waits for work (set and read under the core's
+    /// lock, so that a wake is never lost).
+    store_idle: AtomicBool,
+    /// Shutdown: the store thread finishes what the core has and stops
+    /// (set under the core's lock).
+    store_closed: AtomicBool,
     /// Wakes the timer task when the core's earliest deadline changed.
     timer: Notify,
     wakers: Mutex<HashMap<ConnId, Arc<Notify>>>,
     next_id: AtomicU64,
-    /// Numbers the store batches in the order the core made them (taken
-    /// under the core's lock; they are sent after it is let go, so they
-    /// may reach the store thread in another order).
-    batches: AtomicU64,
     config: ServerConfig,
     /// The message store failed to write or sync: the disk alarm stays.
     pub store_failed: std::sync::atomic::AtomicBool,
@@ -61,63 +65,53 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// State shared by the connections of one broker.
-    pub fn new(
-        core: Core,
-        config: ServerConfig,
-        store: Option<std::sync::mpsc::Sender<StoreBatch>>,
-    ) -> Arc<Self> {
+    /// State shared by the connections of one broker; `store`: a
+    /// [`store_thread`] will take the core's records (without one they
+    /// are dropped).
+    pub fn new(core: Core, config: ServerConfig, store: bool) -> Arc<Self> {
         Arc::new(Shared {
             core: Mutex::new(core),
-            store: Mutex::new(store),
+            store,
+            store_wake: Condvar::new(),
+            store_idle: AtomicBool::new(false),
+            store_closed: AtomicBool::new(false),
             timer: Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            batches: AtomicU64::new(1),
             config,
             store_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// What the core has for the timer and the store after a call, taken
+    /// What the core has for the timer and the store after a call, seen
     /// under its lock; [`Shared::after`] acts on it once the lock is free.
-    fn take_side_work(&self, core: &mut Core) -> Option<StoreBatch> {
+    /// Returns whether the store thread must be woken.
+    fn take_side_work(&self, core: &mut Core) -> bool {
         if core.take_timers_changed() {
             self.timer.notify_one();
         }
-        let records = core.take_store_ops();
-        let definitions = core.take_definitions();
-        if records.is_none() && definitions.is_none() {
-            return None;
+        if !self.store {
+            core.take_store_ops();
+            core.take_definitions();
+            return false;
         }
-        let (records, upto) = records.unwrap_or_default();
-        Some(StoreBatch {
-            number: self.batches.fetch_add(1, Ordering::Relaxed),
-            records,
-            upto,
-            definitions,
-        })
+        core.has_store_work() && self.store_idle.load(Ordering::Relaxed)
     }
 
-    fn after(&self, batch: Option<StoreBatch>) {
-        let Some(b) = batch else { return };
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = &*store {
-            // A closed channel means the store thread stopped on a disk
-            // error (logged there): confirms stay withheld.
-            let _ = tx.send(b);
+    fn after(&self, wake_store: bool) {
+        if wake_store {
+            self.store_wake.notify_one();
         }
     }
 
-    /// Lets the store thread finish what it has (at shutdown): nothing is
-    /// sent to it after this.
+    /// Lets the store thread finish: it writes what the core has, then
+    /// stops.
     pub fn close_store(&self) {
-        let last = {
-            let mut core = self.core();
-            self.take_side_work(&mut core)
-        };
-        self.after(last);
-        self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+        {
+            let _core = self.core();
+            self.store_closed.store(true, Ordering::Relaxed);
+        }
+        self.store_wake.notify_one();
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -509,252 +503,222 @@ async fn write_all<W: AsyncWrite + Unpin>(
     wr.flush().await
 }
 
-/// Records for the store thread, with the number of the last one and a
-/// new snapshot of the durable topology if it changed.
-#[derive(Debug, Default)]
+/// What the store thread writes in one turn: records, the numbers they
+/// cover, a new snapshot of the durable topology if it changed.
+#[derive(Debug)]
 pub struct StoreBatch {
-    /// The batch's place in the order the core made them, from 1.
-    pub number: u64,
-    /// Records to append.
+    /// Records to append (fewer than the numbers they cover where the
+    /// core left out messages gone before they were taken).
     pub records: Vec<crate::store::Record>,
-    /// The core's number of the last record (for [`Core::durable`]).
-    pub upto: u64,
+    /// The core's numbers these records cover (empty: none).
+    pub numbers: std::ops::RangeInclusive<u64>,
     /// The durable topology, as a definitions export.
     pub definitions: Option<String>,
 }
 
-impl StoreBatch {
-    /// Appends batch `later` to `to`: its records after, its topology
-    /// snapshot instead.
-    fn join(to: &mut Option<StoreBatch>, later: StoreBatch) {
-        let Some(b) = to else {
-            *to = Some(later);
-            return;
-        };
-        b.number = later.number;
-        b.records.extend(later.records);
-        b.upto = b.upto.max(later.upto);
-        if later.definitions.is_some() {
-            b.definitions = later.definitions;
-        }
-    }
-}
-
-/// Puts store batches back in the order the core made them. Connection
-/// tasks take their batch under the core's lock but send it after letting
-/// the lock go, so two of them can arrive swapped; written as they
-/// arrive, the later batch's sync would release the confirms of the
-/// earlier one before its records are written (and an older topology
-/// snapshot could replace a newer one).
-#[derive(Debug)]
-pub struct InOrder {
-    next: u64,
-    early: std::collections::BTreeMap<u64, StoreBatch>,
-}
-
-impl Default for InOrder {
+impl Default for StoreBatch {
     fn default() -> Self {
-        InOrder {
-            next: 1,
-            early: Default::default(),
+        StoreBatch {
+            records: Vec::new(),
+            numbers: NO_NUMBERS,
+            definitions: None,
         }
     }
 }
 
-impl InOrder {
-    /// Takes a batch in; returns the batches that now continue the order
-    /// without a gap, merged into one (records in order, the last
-    /// topology snapshot), or `None` while one before them is missing.
-    pub fn push(&mut self, batch: StoreBatch) -> Option<StoreBatch> {
-        self.early.insert(batch.number, batch);
-        let mut out: Option<StoreBatch> = None;
-        while let Some(b) = self.early.remove(&self.next) {
-            self.next += 1;
-            StoreBatch::join(&mut out, b);
+/// An empty range of record numbers.
+#[allow(clippy::reversed_empty_ranges)]
+const NO_NUMBERS: std::ops::RangeInclusive<u64> = 1..=0;
+
+impl StoreBatch {
+    /// Takes what the core has for the store.
+    fn take(core: &mut Core) -> StoreBatch {
+        let (records, numbers) = core.take_store_ops().unwrap_or((Vec::new(), NO_NUMBERS));
+        StoreBatch {
+            records,
+            numbers,
+            definitions: core.take_definitions(),
         }
-        out
     }
 
-    /// Batches held back waiting for an earlier one.
-    pub fn waiting(&self) -> usize {
-        self.early.len()
+    /// Writes it: the topology snapshot, then the records, synced.
+    /// `written` is the number of the last record written before; the
+    /// batch must follow it. Returns the number to hand to
+    /// [`Core::durable`], if any.
+    fn write(
+        &self,
+        log: &mut crate::store::Log,
+        definitions: &std::path::Path,
+        written: &mut u64,
+    ) -> std::io::Result<Option<u64>> {
+        if let Some(d) = &self.definitions {
+            crate::store::write_atomically(definitions, d.as_bytes())?;
+        }
+        if self.numbers.is_empty() {
+            return Ok(None);
+        }
+        let (first, last) = (*self.numbers.start(), *self.numbers.end());
+        if first != *written + 1 {
+            // Writing them would let a sync release confirms for records
+            // that were never written.
+            return Err(std::io::Error::other(format!(
+                "records {first} to {last} do not follow record {written} \
+                 (a bug in the broker: please report it)"
+            )));
+        }
+        if !self.records.is_empty() {
+            log.append(&self.records)?;
+            log.sync()?;
+        }
+        *written = last;
+        Ok(Some(last))
     }
 }
 
-/// The store thread: writes what the connections' batches carry, in the
-/// order the core made them ([`InOrder`]), with one `fdatasync` for all
-/// of them (group commit: while it syncs, the next batches queue up and
-/// share the next sync), then releases their confirms. On a write or
-/// sync error it logs and stops: confirms are withheld from then on
-/// rather than given for what may not be on disk.
-/// Returns whether everything sent to it was written and synced.
+/// The store thread: takes what the core has for the store (under its
+/// lock, so in the order the core made it), writes it with one
+/// `fdatasync` (group commit: while it syncs, the connections' next
+/// records gather in the core and share the next sync), then releases
+/// their confirms. It sleeps while there is nothing to write, woken by
+/// the connection that adds some. On a write or sync
+/// error it logs, raises the disk alarm and writes nothing more: confirms
+/// are withheld from then on rather than given for what may not be on
+/// disk. At shutdown ([`Shared::close_store`]) it writes what is left
+/// and returns whether everything was written and synced.
 pub fn store_thread(
     shared: Arc<Shared>,
     mut log: crate::store::Log,
     definitions: std::path::PathBuf,
-    rx: std::sync::mpsc::Receiver<StoreBatch>,
 ) -> bool {
-    let mut order = InOrder::default();
     // The core numbers its records from 1 without a gap: the last one
     // written, to check that each batch follows it.
-    let mut written_upto = 0u64;
-    while let Ok(first) = rx.recv() {
-        let mut ready = order.push(first);
-        while let Ok(more) = rx.try_recv() {
-            if let Some(m) = order.push(more) {
-                StoreBatch::join(&mut ready, m);
-            }
-        }
-        let Some(b) = ready else { continue };
-        let written = (|| -> std::io::Result<()> {
-            if let Some(d) = &b.definitions {
-                crate::store::write_atomically(&definitions, d.as_bytes())?;
-            }
-            if !b.records.is_empty() {
-                let from = (b.upto + 1).checked_sub(b.records.len() as u64);
-                if from != Some(written_upto + 1) {
-                    // Writing them would let a sync release confirms for
-                    // records that were never written.
-                    return Err(std::io::Error::other(format!(
-                        "records up to {} do not follow record {written_upto} \
-                         (a bug in the broker: please report it)",
-                        b.upto
-                    )));
-                }
-                log.append(&b.records)?;
-                log.sync()?;
-                written_upto = b.upto;
-            }
-            Ok(())
-        })();
-        if let Err(e) = written {
-            tracing::error!(
-                "message store: {e}: no further publisher confirms or transaction commits \
-                 will be sent; publishers are blocked (disk alarm); stop the broker and \
-                 fix the cause (a full or failing disk) before restarting it"
-            );
-            shared.store_failed.store(true, Ordering::Relaxed);
-            let woken = {
-                let mut core = shared.core();
-                core.set_alarm(crate::core::Alarm::Disk, true);
-                core.take_woken()
-            };
-            shared.wake(&woken);
-            return false;
-        }
-        let woken = {
+    let mut written = 0u64;
+    let mut failed = false;
+    loop {
+        let batch = {
             let mut core = shared.core();
-            core.durable(b.upto);
-            core.take_woken()
+            while !core.has_store_work() {
+                if shared.store_closed.load(Ordering::Relaxed) {
+                    return !failed;
+                }
+                shared.store_idle.store(true, Ordering::Relaxed);
+                core = shared
+                    .store_wake
+                    .wait(core)
+                    .unwrap_or_else(|p| p.into_inner());
+                shared.store_idle.store(false, Ordering::Relaxed);
+            }
+            StoreBatch::take(&mut core)
         };
-        shared.wake(&woken);
+        if failed {
+            // Taken only so that they do not pile up in the core.
+            continue;
+        }
+        match batch.write(&mut log, &definitions, &mut written) {
+            Ok(durable) => {
+                let woken = {
+                    let mut core = shared.core();
+                    if let Some(upto) = durable {
+                        core.durable(upto);
+                    }
+                    core.take_woken()
+                };
+                shared.wake(&woken);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "message store: {e}: no further publisher confirms or transaction commits \
+                     will be sent; publishers are blocked (disk alarm); stop the broker and \
+                     fix the cause (a full or failing disk) before restarting it"
+                );
+                shared.store_failed.store(true, Ordering::Relaxed);
+                let woken = {
+                    let mut core = shared.core();
+                    core.set_alarm(crate::core::Alarm::Disk, true);
+                    core.take_woken()
+                };
+                shared.wake(&woken);
+                failed = true;
+            }
+        }
     }
-    if order.waiting() > 0 {
-        tracing::error!(
-            "message store: {} batches were never written: one before them never arrived",
-            order.waiting()
-        );
-        return false;
-    }
-    true
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{InOrder, Shared, StoreBatch, store_thread};
-    use crate::core::{Alarm, Core, CoreConfig};
+    use super::{Shared, StoreBatch, store_thread};
+    use crate::core::{Core, CoreConfig};
     use crate::store::{Liveness, Log, Record, queue_key};
 
-    fn batch(number: u64, ids: std::ops::RangeInclusive<u64>, defs: Option<&str>) -> StoreBatch {
+    fn batch(ids: std::ops::RangeInclusive<u64>) -> StoreBatch {
         let q = queue_key("/", "q".try_into().unwrap());
         StoreBatch {
-            number,
-            upto: *ids.end(),
             records: ids
+                .clone()
                 .map(|id| Record::Remove {
                     id,
                     queue: q.clone(),
                 })
                 .collect(),
-            definitions: defs.map(str::to_owned),
+            numbers: ids,
+            definitions: None,
         }
     }
 
-    fn ids(b: &StoreBatch) -> Vec<u64> {
-        b.records
-            .iter()
-            .map(|r| match r {
-                Record::Remove { id, .. } => *id,
-                _ => unreachable!(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_batch_that_overtakes_an_earlier_one_waits_for_it() {
-        let mut o = InOrder::default();
-        let b1 = o
-            .push(batch(1, 1..=2, None))
-            .expect("the first batch is in order");
-        assert_eq!((ids(&b1), b1.upto), (vec![1, 2], 2));
-        // Batch 3 arrives before batch 2: its sync must not release
-        // batch 2's records, which are not written yet.
-        assert!(o.push(batch(3, 6..=7, Some("new"))).is_none());
-        assert!(o.push(batch(5, 9..=9, None)).is_none());
-        assert_eq!(o.waiting(), 2);
-        let b = o
-            .push(batch(2, 3..=5, Some("old")))
-            .expect("the gap is filled");
-        assert_eq!(ids(&b), vec![3, 4, 5, 6, 7]);
-        assert_eq!(b.upto, 7);
-        assert_eq!(
-            b.definitions.as_deref(),
-            Some("new"),
-            "the later snapshot wins"
-        );
-        assert_eq!(o.waiting(), 1);
-        let b = o.push(batch(4, 8..=8, None)).expect("and the next gap");
-        assert_eq!((ids(&b), b.upto), (vec![8, 9], 9));
-        assert_eq!(o.waiting(), 0);
-    }
-
-    /// Runs the store thread on a fresh log over `batches`; returns
-    /// whether it finished cleanly and the alarms the core has then.
-    fn run_store(name: &str, batches: Vec<StoreBatch>) -> (bool, Vec<Alarm>) {
+    fn temp(name: &str) -> std::path::PathBuf {
         let dir =
             std::env::temp_dir().join(format!("amqp-store-thread-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let log = Log::open(&dir.join("messages"), Liveness::default()).expect("open the log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let shared = Shared::new(Core::new(CoreConfig::default()), Default::default(), None);
-        let thread = {
-            let shared = shared.clone();
-            let defs = dir.join("definitions.json");
-            std::thread::spawn(move || store_thread(shared, log, defs, rx))
-        };
-        for b in batches {
-            tx.send(b).expect("the store thread takes batches");
-        }
-        drop(tx);
-        let clean = thread.join().expect("the store thread does not panic");
-        let alarms = shared.with_core(|c| c.alarms());
-        let _ = std::fs::remove_dir_all(&dir);
-        (clean, alarms)
+        dir
     }
 
     #[test]
-    fn records_that_do_not_follow_the_last_written_stop_the_store() {
-        // Swapped in the channel, they are put back in order.
-        let (clean, alarms) = run_store(
-            "swapped",
-            vec![batch(2, 3..=4, None), batch(1, 1..=2, None)],
-        );
-        assert!(clean);
-        assert!(alarms.is_empty());
-        // Record 3 never comes: records 4 and 5 are not written, the
-        // store stops and the disk alarm blocks publishers.
-        let (clean, alarms) = run_store("gap", vec![batch(1, 1..=2, None), batch(2, 4..=5, None)]);
-        assert!(!clean);
-        assert_eq!(alarms, vec![Alarm::Disk]);
+    fn records_that_do_not_follow_the_last_written_are_refused() {
+        let dir = temp("gap");
+        let mut log = Log::open(&dir.join("messages"), Liveness::default()).expect("open the log");
+        let defs = dir.join("definitions.json");
+        let mut written = 0;
+        let r = batch(1..=2).write(&mut log, &defs, &mut written);
+        assert_eq!(r.expect("in order"), Some(2));
+        // Numbers whose records were all left out: nothing to write, but
+        // their confirms may go.
+        let mut empty = batch(3..=4);
+        empty.records.clear();
+        let r = empty.write(&mut log, &defs, &mut written);
+        assert_eq!(r.expect("in order"), Some(4));
+        // Record 5 never came: 6 and 7 are not written and nothing is
+        // released.
+        let r = batch(6..=7).write(&mut log, &defs, &mut written);
+        assert!(r.is_err(), "a gap must stop the store");
+        assert_eq!(written, 4);
+        // A batch of no numbers (only a topology snapshot) releases none.
+        let r = StoreBatch::default().write(&mut log, &defs, &mut written);
+        assert_eq!(r.expect("nothing to check"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_store_thread_writes_what_is_left_when_closed() {
+        let dir = temp("close");
+        let log = Log::open(&dir.join("messages"), Liveness::default()).expect("open the log");
+        let defs = dir.join("definitions.json");
+        let shared = Shared::new(Core::new(CoreConfig::default()), Default::default(), true);
+        let thread = {
+            let (shared, defs) = (shared.clone(), defs.clone());
+            std::thread::spawn(move || store_thread(shared, log, defs))
+        };
+        let topology: amqp_router::definitions::Topology = serde_json::from_str(
+            r#"{"queues": [{"name": "kept-q", "vhost": "/", "durable": true,
+                "auto_delete": false, "arguments": {}}]}"#,
+        )
+        .expect("a definitions export");
+        shared
+            .with_core(|c| c.load_topology(&topology))
+            .expect("the queue loads");
+        shared.close_store();
+        assert!(thread.join().expect("the store thread does not panic"));
+        let written = std::fs::read_to_string(&defs).expect("the snapshot is written");
+        assert!(written.contains("kept-q"), "{written}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -351,9 +351,10 @@ impl World {
 
     /// What the store thread does with one batch.
     fn sync(&mut self) {
-        let Some((records, upto)) = self.h.core.take_store_ops() else {
+        let Some((records, numbers)) = self.h.core.take_store_ops() else {
             return;
         };
+        let upto = *numbers.end();
         if self.failed {
             return; // the store thread has stopped
         }
