@@ -80,7 +80,15 @@ SCENARIOS = [
     ("fanout50", "fan-out to 50 queues, 1 producer, 50 consumers, auto-ack, 16 B",
      ["-x", "1", "-y", "50", "-a", "-s", "16", "-t", "fanout", "-e", "perf-fanout",
       "-c", "1000"]),
-    ("pairs100", "100 producers and 100 consumers on 100 queues, auto-ack, 16 B",
+    # The scaling goal's baseline: one pair with exactly the per-pair
+    # settings of pairs100 (16B above has no confirm window, and without
+    # one a hundred unconfirmed producers outrun their consumers, so
+    # pairs100 needs it).
+    ("pair1", "1 producer and 1 consumer on 1 queue, confirms (100 outstanding), auto-ack, 16 B",
+     ["-x", "1", "-y", "1", "-a", "-s", "16", "--queue-pattern", "perf-pair-%d",
+      "--queue-pattern-from", "1", "--queue-pattern-to", "1", "-c", "100",
+      "--auto-delete", "true"]),
+    ("pairs100", "100 producers and 100 consumers on 100 queues, confirms (100 outstanding each), auto-ack, 16 B",
      ["-x", "100", "-y", "100", "-a", "-s", "16", "--queue-pattern", "perf-pair-%d",
       "--queue-pattern-from", "1", "--queue-pattern-to", "100", "-c", "100",
       "--auto-delete", "true"]),
