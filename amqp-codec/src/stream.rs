@@ -423,24 +423,64 @@ impl FrameEncoder {
         self.queued += bytes.len();
     }
 
-    /// Encodes one frame (checked against frame_max) and queues it.
+    /// Encodes one frame (checked against frame_max) and queues it; on
+    /// error nothing is queued. The frame is encoded once, straight into
+    /// the coalescing buffer, and measured there.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<usize, SendError> {
-        let len = frame.encoded_len()?;
-        if len > self.limit() {
+        /// Room a method or header frame is encoded into first (most
+        /// need far less; a larger one is encoded again in the room it
+        /// said it needs).
+        const GUESS: usize = 256;
+        let guess = match &frame.payload {
+            amqp_wire::FramePayload::Body(b) => b.len() + FRAME_OVERHEAD,
+            amqp_wire::FramePayload::Heartbeat => FRAME_OVERHEAD,
+            _ => GUESS,
+        };
+        let mut room = guess;
+        let (start, n) = loop {
+            self.room(room);
+            let start = self.scratch.len();
+            self.scratch.resize(start + room, 0);
+            match frame.encode_to_slice(&mut self.scratch[start..]) {
+                Ok(n) => break (start, n),
+                Err(EncodeError::BufferTooSmall { needed, .. }) if needed > room => {
+                    self.scratch.truncate(start);
+                    if needed > self.limit() {
+                        return Err(SendError::FrameTooLarge {
+                            len: needed,
+                            frame_max: self.frame_max,
+                        });
+                    }
+                    room = needed;
+                }
+                Err(e) => {
+                    self.scratch.truncate(start);
+                    return Err(e.into());
+                }
+            }
+        };
+        if n > self.limit() {
+            self.scratch.truncate(start);
             return Err(SendError::FrameTooLarge {
-                len,
+                len: n,
                 frame_max: self.frame_max,
             });
         }
-        self.room(len);
-        let n = frame.encode(&mut self.scratch)?;
+        self.scratch.truncate(start + n);
         self.queued += n;
         Ok(n)
     }
 
     /// Checks that a method frame (and a content header) would fit,
-    /// without queuing anything.
+    /// without queuing anything. A method whose arguments cannot add up to
+    /// more than frame_max (no table, no long string) is not measured.
     pub fn check_fits(&self, frame: &Frame) -> Result<(), SendError> {
+        if let amqp_wire::FramePayload::Method(m) = &frame.payload
+            && let Some(max) = m.kind().info().max_payload_len()
+            && max + FRAME_OVERHEAD <= self.limit()
+        {
+            return Ok(());
+        }
         let len = frame.encoded_len()?;
         if len > self.limit() {
             return Err(SendError::FrameTooLarge {
@@ -871,6 +911,24 @@ mod tests {
             Err(SendError::FrameTooLarge { .. })
         ));
         assert_eq!(enc.queued(), 0);
+        // One that fits but is larger than the first room it is encoded
+        // in, after a small one: the same bytes as encoded on its own.
+        let mut args = amqp_types::FieldTable::new();
+        args.insert("big", amqp_types::LongString::from(vec![7u8; 3000]));
+        let big = Frame::method(
+            2,
+            QueueDeclare {
+                arguments: args,
+                ..Default::default()
+            },
+        );
+        let small = Frame::method(1, BasicAck::default());
+        let n = enc.push_frame(&small).unwrap() + enc.push_frame(&big).unwrap();
+        assert_eq!(enc.queued(), n);
+        let mut expected = Vec::new();
+        small.encode_to_vec(&mut expected).unwrap();
+        big.encode_to_vec(&mut expected).unwrap();
+        assert_eq!(enc.drain().concat(), expected);
     }
 
     #[test]

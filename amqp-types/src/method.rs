@@ -113,6 +113,44 @@ impl MethodInfo {
     pub const fn synchronous(&self) -> bool {
         !self.replies.is_empty()
     }
+
+    /// The most bytes its method payload (class and method ids, then the
+    /// arguments) can take on the wire, or `None` when an argument is a
+    /// `longstr` or a `table` (no bound short of 4 GiB). An encoder can
+    /// skip measuring a method that is sure to fit.
+    ///
+    /// ```
+    /// use amqp_types::method::MethodKind;
+    /// // delivery tag (8) and the packed `multiple` bit (1), after the ids
+    /// assert_eq!(MethodKind::BasicAck.info().max_payload_len(), Some(4 + 8 + 1));
+    /// assert_eq!(MethodKind::QueueDeclare.info().max_payload_len(), None);
+    /// ```
+    pub const fn max_payload_len(&self) -> Option<usize> {
+        let mut n = 4;
+        let mut i = 0;
+        let mut bits = 0;
+        while i < self.fields.len() {
+            let d = self.fields[i].domain;
+            if !matches!(d, Domain::Bit) {
+                bits = 0;
+            }
+            n += match d {
+                Domain::Octet => 1,
+                Domain::Short => 2,
+                Domain::Long => 4,
+                Domain::LongLong => 8,
+                // Up to 8 neighbouring bits share an octet.
+                Domain::Bit => {
+                    bits += 1;
+                    if bits % 8 == 1 { 1 } else { 0 }
+                }
+                Domain::ShortStr => 256,
+                Domain::LongStr | Domain::Table => return None,
+            };
+            i += 1;
+        }
+        Some(n)
+    }
 }
 
 #[doc(hidden)]

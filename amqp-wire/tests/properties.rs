@@ -91,6 +91,30 @@ macro_rules! random_method {
 }
 amqp_types::for_each_method!(random_method);
 
+/// A method's payload never takes more than its kind's bound
+/// (`MethodInfo::max_payload_len`), when it has one.
+fn within_bound(m: &Method) {
+    let len = Frame::method(0, m.clone()).encoded_len().unwrap() - 8;
+    if let Some(max) = m.kind().info().max_payload_len() {
+        assert!(len <= max, "{:?}: {len} bytes, bound {max}", m.kind());
+    }
+}
+
+#[test]
+fn the_payload_bound_is_reached_by_the_longest_arguments() {
+    let long = ShortString::try_from("x".repeat(255).as_str()).unwrap();
+    let m: Method = method::BasicDeliver {
+        consumer_tag: long.clone(),
+        delivery_tag: u64::MAX,
+        redelivered: true,
+        exchange: long.clone(),
+        routing_key: long,
+    }
+    .into();
+    let len = Frame::method(1, m.clone()).encoded_len().unwrap() - 8;
+    assert_eq!(Some(len), m.kind().info().max_payload_len());
+}
+
 #[test]
 fn every_method_roundtrips_with_defaults_and_extremes() {
     for &kind in MethodKind::ALL {
@@ -99,6 +123,7 @@ fn every_method_roundtrips_with_defaults_and_extremes() {
             let mut u = Unstructured::new(&data);
             let m = random_method(kind, &mut u).unwrap();
             assert_eq!(m.kind(), kind);
+            within_bound(&m);
             for channel in [0, 1, u16::MAX] {
                 roundtrip(&Frame::method(channel, m.clone()));
             }
@@ -174,6 +199,7 @@ proptest! {
     fn random_method_of_every_kind_roundtrips(kind in 0..MethodKind::ALL.len(), data in prop::collection::vec(any::<u8>(), 0..2048), channel in any::<u16>()) {
         let mut u = Unstructured::new(&data);
         if let Ok(m) = random_method(MethodKind::ALL[kind], &mut u) {
+            within_bound(&m);
             roundtrip(&Frame::method(channel, m));
         }
     }
