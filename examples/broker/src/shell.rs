@@ -432,9 +432,17 @@ fn run(
     id: ConnId,
     conn: &mut Connection,
 ) -> (Option<amqp_codec::CloseCause>, bool, bool) {
+    thread_local! {
+        /// The events of one turn on their way to the core: kept per
+        /// worker thread (run never waits, so no other connection uses
+        /// it meanwhile), so that a connection's events do not grow a new
+        /// vector every turn, nor leave one behind.
+        static EVENTS: std::cell::Cell<Vec<Event>> = const { std::cell::Cell::new(Vec::new()) };
+    }
     let mut closed = None;
-    loop {
-        let mut events = Vec::new();
+    let mut events = EVENTS.take();
+    let r = loop {
+        events.clear();
         while let Some(e) = conn.poll_event() {
             if let Event::Closed { cause } = &e {
                 closed = Some(cause.clone());
@@ -445,7 +453,7 @@ fn run(
         let (outs, woken, side, blocked, held) = {
             let mut core = shared.core();
             if had_events {
-                core.handle(id, events, Instant::now());
+                core.handle(id, events.drain(..), Instant::now());
             }
             let side = shared.take_side_work(&mut core);
             (
@@ -459,7 +467,7 @@ fn run(
         shared.after(side);
         shared.wake(&woken);
         if !had_events && outs.is_empty() {
-            return (closed, blocked, held);
+            break (closed, blocked, held);
         }
         for out in outs {
             if let Err(e) = out.apply_to(conn) {
@@ -467,8 +475,16 @@ fn run(
                 tracing::debug!(conn = id, "not sent: {e}");
             }
         }
+    };
+    // (A turn of many events leaves a large vector: not kept.)
+    if events.capacity() <= EVENTS_KEPT {
+        EVENTS.set(events);
     }
+    r
 }
+
+/// Events of one turn whose room a worker thread keeps for the next.
+const EVENTS_KEPT: usize = 4096;
 
 /// Writes the segments with vectored writes, then flushes (TLS keeps
 /// what it encrypted until then; TCP has nothing to flush).
