@@ -89,6 +89,12 @@ pub const COMPACT_BELOW: usize = 8 * 1024;
 /// otherwise grow its output without bound while it received nothing.
 pub const OUTBOX_LIMIT: usize = 1024 * 1024;
 
+/// Emptied outboxes the core keeps for reuse, at most ...
+const SPARE_OUTBOXES: usize = 8;
+/// ... of room for at most this many instructions each (a larger one is
+/// freed).
+const SPARE_OUTBOX_MAX: usize = 1024;
+
 /// Consumer bias, RabbitMQ's `consumer_bias` with credit flow in the
 /// shape of this broker: a queue holding more than this many ready
 /// messages while its consumers are taking them ...
@@ -665,6 +671,8 @@ pub struct Core {
     clock: Option<(Instant, u64)>,
     /// Persistence is on (a message store is attached).
     persistence: bool,
+    /// Emptied outboxes to reuse ([`Core::recycle_outbox`]).
+    spare_outboxes: Vec<Vec<Out>>,
     /// Records for the store, not yet taken by the shell.
     store_ops: Vec<Record>,
     /// Records emitted so far (the number of the last one).
@@ -810,6 +818,7 @@ impl Core {
             timers_changed: false,
             clock: None,
             persistence: false,
+            spare_outboxes: Vec::new(),
             store_ops: Vec::new(),
             store_seq: 0,
             store_taken: 0,
@@ -969,6 +978,19 @@ impl Core {
         std::mem::take(&mut c.outbox)
     }
 
+    /// Hands back an outbox the shell has emptied
+    /// ([`take_outbox`](Self::take_outbox)): the next connection to get
+    /// output fills it instead of growing a new one a push at a time.
+    pub fn recycle_outbox(&mut self, mut outbox: Vec<Out>) {
+        outbox.clear();
+        if outbox.capacity() > 0
+            && outbox.capacity() <= SPARE_OUTBOX_MAX
+            && self.spare_outboxes.len() < SPARE_OUTBOXES
+        {
+            self.spare_outboxes.push(outbox);
+        }
+    }
+
     /// The shell wrote everything connection `id` had: the deliveries
     /// handed to it no longer count against [`OUTBOX_LIMIT`], and
     /// dispatch to its consumers resumes if the limit held it back.
@@ -1014,7 +1036,10 @@ impl Core {
         if self.store_taken == self.store_seq {
             return None;
         }
-        let mut records = std::mem::take(&mut self.store_ops);
+        // The next batch is likely as large: room for it at once rather
+        // than a push at a time.
+        let room = self.store_ops.len();
+        let mut records = std::mem::replace(&mut self.store_ops, Vec::with_capacity(room));
         if self.store_cancelled > 0 {
             records.retain(|r| !matches!(r, Record::Message { queues, .. } if queues.is_empty()));
         }
@@ -1805,6 +1830,11 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&id) {
             if let Out::Content { msg, .. } = &out {
                 c.outbox_bytes += msg.size() + 64;
+            }
+            if c.outbox.capacity() == 0
+                && let Some(spare) = self.spare_outboxes.pop()
+            {
+                c.outbox = spare;
             }
             c.outbox.push(out);
             if id != self.current {
@@ -4568,7 +4598,25 @@ pub fn server_properties(product: &str) -> FieldTable {
 
 #[cfg(test)]
 mod tests {
-    use super::Unsettled;
+    use super::{Core, CoreConfig, Out, SPARE_OUTBOX_MAX, SPARE_OUTBOXES, Unsettled};
+
+    /// Emptied outboxes are kept for reuse, but only so many and none too
+    /// large; an empty one (no room) is not worth keeping.
+    #[test]
+    fn spare_outboxes_are_bounded() {
+        let mut core = Core::new(CoreConfig::default());
+        for _ in 0..SPARE_OUTBOXES + 5 {
+            core.recycle_outbox(Vec::<Out>::with_capacity(10));
+        }
+        core.recycle_outbox(Vec::with_capacity(SPARE_OUTBOX_MAX + 1));
+        core.recycle_outbox(Vec::new());
+        assert_eq!(core.spare_outboxes.len(), SPARE_OUTBOXES);
+        assert!(
+            core.spare_outboxes
+                .iter()
+                .all(|v| v.is_empty() && v.capacity() == 10)
+        );
+    }
     use std::collections::BTreeSet;
 
     /// The flag window answers as a set of the unsettled numbers does,

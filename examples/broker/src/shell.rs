@@ -441,6 +441,8 @@ fn run(
     }
     let mut closed = None;
     let mut events = EVENTS.take();
+    // The last turn's emptied outbox, handed back to the core next turn.
+    let mut emptied: Option<Vec<crate::core::Out>> = None;
     let r = loop {
         events.clear();
         while let Some(e) = conn.poll_event() {
@@ -452,6 +454,9 @@ fn run(
         let had_events = !events.is_empty();
         let (outs, woken, side, blocked, held) = {
             let mut core = shared.core();
+            if let Some(v) = emptied.take() {
+                core.recycle_outbox(v);
+            }
             if had_events {
                 core.handle(id, events.drain(..), Instant::now());
             }
@@ -469,12 +474,14 @@ fn run(
         if !had_events && outs.is_empty() {
             break (closed, blocked, held);
         }
-        for out in outs {
+        let mut outs = outs;
+        for out in outs.drain(..) {
             if let Err(e) = out.apply_to(conn) {
                 // The channel or connection closed meanwhile.
                 tracing::debug!(conn = id, "not sent: {e}");
             }
         }
+        emptied = Some(outs);
     };
     // (A turn of many events leaves a large vector: not kept.)
     if events.capacity() <= EVENTS_KEPT {
