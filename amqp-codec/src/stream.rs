@@ -367,6 +367,10 @@ impl Body<'_> {
 /// The coalescing buffer goes out as a segment of its own at this size.
 const SEAL_AT: usize = 64 * 1024;
 
+/// Below this many queued bytes the coalescing buffer grows in place
+/// rather than going out as a segment ([`FrameEncoder::room`]).
+const GROW_IN_PLACE_BELOW: usize = 8 * 1024;
+
 /// Bodies shorter than this are copied into the coalescing buffer rather
 /// than queued as their own segment.
 const COPY_BODY_BELOW: usize = 512;
@@ -585,18 +589,22 @@ impl FrameEncoder {
         }
     }
 
-    /// Makes room for `need` more bytes in the coalescing buffer without
-    /// moving what it holds: when it is full, it goes out as a segment of
-    /// its own and a new buffer twice its size (up to [`SEAL_AT`]) takes
-    /// over. Growing it in place would copy everything queued at each
-    /// doubling, about once more for every byte a burst of copied bodies
-    /// queues. An empty buffer grows to just `need` (a quiet connection
-    /// keeps little).
+    /// Makes room for `need` more bytes in the coalescing buffer. Once it
+    /// holds [`GROW_IN_PLACE_BELOW`] bytes, it does so without moving what
+    /// it holds: the full buffer goes out as a segment of its own and a
+    /// new one twice its size (up to [`SEAL_AT`]) takes over. Growing in
+    /// place would copy everything queued at each doubling, about once
+    /// more for every byte a burst of copied bodies queues. Below that it
+    /// grows in place (a cheap copy), so that a small burst, such as one
+    /// publish, stays one segment: a peer that writes segments one by one
+    /// without `TCP_NODELAY` would otherwise wait on Nagle's algorithm and
+    /// the delayed ack (40 ms) for the second. An empty buffer grows to
+    /// just `need` (a quiet connection keeps little).
     fn room(&mut self, need: usize) {
         if self.scratch.capacity() - self.scratch.len() >= need {
             return;
         }
-        if self.scratch.is_empty() {
+        if self.scratch.len() < GROW_IN_PLACE_BELOW {
             self.scratch.reserve(need);
             return;
         }
@@ -714,13 +722,14 @@ mod tests {
         // Many copied bodies leave in segments of about SEAL_AT bytes, in
         // order, not in one buffer that doubles.
         let body = vec![5u8; 1024];
-        // Queued bytes are never moved to grow the buffer: while no
-        // segment is added, what is queued stays where it was written.
+        // Queued bytes are never moved to grow the buffer once they are
+        // GROW_IN_PLACE_BELOW or more: while no segment is added, what is
+        // queued stays where it was written.
         let (mut enc, mut plain) = (FrameEncoder::new(), FrameEncoder::new());
         let mut moved = 0;
         for _ in 0..1000 {
             let (before, at) = (enc.segments.len(), enc.scratch.as_ptr());
-            let queued = !enc.scratch.is_empty();
+            let queued = enc.scratch.len() >= GROW_IN_PLACE_BELOW;
             enc.push_content_encoded(3, &method, &wire, Body::Borrowed(&body))
                 .unwrap();
             if queued && enc.segments.len() == before && enc.scratch.as_ptr() != at {
@@ -731,6 +740,15 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(moved, 0, "pushes that moved the queued bytes to grow");
+        // And one publish is one segment (a small burst grows in place).
+        let mut one = FrameEncoder::new();
+        one.set_frame_max(131_072);
+        one.push_content(3, &method, &props, &Bytes::from(vec![1u8; 100]))
+            .unwrap();
+        assert_eq!(one.drain().len(), 1, "one publish, one segment");
+        one.push_content_encoded(3, &method, &wire, Body::Borrowed(&[1u8; 2000]))
+            .unwrap();
+        assert_eq!(one.drain().len(), 1, "one copied publish, one segment");
         let segments = enc.drain();
         assert!(segments.len() > 10, "{} segments", segments.len());
         assert!(segments.iter().all(|s| s.len() < SEAL_AT + 2048));
