@@ -435,12 +435,24 @@ impl FrameEncoder {
         /// need far less; a larger one is encoded again in the room it
         /// said it needs).
         const GUESS: usize = 256;
-        let guess = match &frame.payload {
-            amqp_wire::FramePayload::Body(b) => b.len() + FRAME_OVERHEAD,
-            amqp_wire::FramePayload::Heartbeat => FRAME_OVERHEAD,
-            _ => GUESS,
-        };
-        let mut room = guess;
+        if let amqp_wire::FramePayload::Body(_) | amqp_wire::FramePayload::Heartbeat =
+            &frame.payload
+        {
+            // Sized without encoding: written straight in, not over
+            // zeroed room.
+            let len = frame.encoded_len()?;
+            if len > self.limit() {
+                return Err(SendError::FrameTooLarge {
+                    len,
+                    frame_max: self.frame_max,
+                });
+            }
+            self.room(len);
+            let n = frame.encode(&mut self.scratch)?;
+            self.queued += n;
+            return Ok(n);
+        }
+        let mut room = GUESS;
         let (start, n) = loop {
             self.room(room);
             let start = self.scratch.len();
