@@ -75,6 +75,25 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The HTTP listeners asked for are bound after the AMQP one: wait
+        // for them too, or a test's first request may find none.
+        for flag in ["--management", "--prometheus"] {
+            let Some(http) = extra
+                .iter()
+                .position(|a| *a == flag)
+                .and_then(|i| extra.get(i + 1))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            else {
+                continue;
+            };
+            while TcpStream::connect(http).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "amqp-broker did not listen on {http} ({flag}) within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         // What answers must be this broker, not a process of another test
         // run that took the port meanwhile.
         if let Ok(Some(status)) = child.try_wait() {
@@ -349,21 +368,22 @@ pub fn port_range(range: std::ops::Range<u16>) -> std::ops::Range<u16> {
 }
 
 /// Whether port `p` is free on loopback now and was not handed out to
-/// another test of this process that has not bound it yet (the tests of
-/// one file run in parallel: two of them must never pick the same port,
-/// the second then talking to the first's broker).
+/// another test of this process before (the tests of one file run in
+/// parallel: two of them must never pick the same port, the second then
+/// talking to the first's broker).
+///
+/// A claim lasts as long as the process. Checking a claimed port again by
+/// binding it would race with the broker it was handed to: while the
+/// check holds the port, that broker's own bind fails, and the test's
+/// wait-for-listen connects to the check's socket instead, which resets
+/// it (CI, stop 16: `definitions` saw "connection reset by peer").
 fn claim(p: u16) -> bool {
-    static TAKEN: std::sync::Mutex<Vec<(u16, Instant)>> = std::sync::Mutex::new(Vec::new());
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    // A claim lasts until its port is bound (the bind check excludes it
-    // from then on) or 15 s have passed.
-    taken.retain(|(q, at)| {
-        at.elapsed() < Duration::from_secs(15) && TcpListener::bind(("127.0.0.1", *q)).is_ok()
-    });
-    if taken.iter().any(|(q, _)| *q == p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
+    if taken.contains(&p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
         return false;
     }
-    taken.push((p, Instant::now()));
+    taken.push(p);
     true
 }
 
