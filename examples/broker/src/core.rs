@@ -412,7 +412,7 @@ struct Chan {
     /// alike.
     routes: queue::Routes,
     next_tag: u64,
-    unacked: BTreeMap<u64, Unacked>,
+    unacked: crate::tags::TagMap<Unacked>,
     /// Unacked deliveries to consumers (the global limit counts these).
     consumer_unacked: u32,
     consumers: HashMap<ShortString, Consumer>,
@@ -1423,7 +1423,7 @@ impl Core {
                 continue;
             }
             for (&ch, chan) in &c.channels {
-                let Some((_, u)) = chan.unacked.first_key_value() else {
+                let Some((_, u)) = chan.unacked.first() else {
                     continue;
                 };
                 if chan.closing {
@@ -3307,9 +3307,10 @@ impl Core {
         let Some(c) = self.chan(id, ch) else {
             return Ok(Vec::new());
         };
-        let taken: Vec<(u64, Unacked)> = if multiple && tag == 0 {
-            std::mem::take(&mut c.unacked).into_iter().collect()
-        } else if !c.unacked.contains_key(&tag) {
+        let mut taken = Vec::new();
+        if multiple && tag == 0 {
+            c.unacked.take_all(&mut taken);
+        } else if !c.unacked.contains_key(tag) {
             return Err(refused(
                 ch,
                 ReplyCode::PRECONDITION_FAILED,
@@ -3317,17 +3318,10 @@ impl Core {
                 ids,
             ));
         } else if multiple {
-            let rest = c.unacked.split_off(&(tag + 1));
-            std::mem::replace(&mut c.unacked, rest)
-                .into_iter()
-                .collect()
+            c.unacked.take_through(tag, &mut taken);
         } else {
-            c.unacked
-                .remove(&tag)
-                .map(|u| (tag, u))
-                .into_iter()
-                .collect()
-        };
+            taken.extend(c.unacked.remove(tag).map(|u| (tag, u)));
+        }
         for (_, u) in &taken {
             if let Some(t) = &u.consumer {
                 c.consumer_unacked = c.consumer_unacked.saturating_sub(1);
@@ -4323,11 +4317,12 @@ impl Core {
         };
         let mut tags: Vec<ShortString> = c.consumers.keys().cloned().collect();
         tags.extend(c.reply_consumer.as_ref().map(|(t, _)| t.clone()));
-        let unacked = std::mem::take(&mut c.unacked);
+        let mut unacked = Vec::new();
+        c.unacked.take_all(&mut unacked);
         c.consumer_unacked = 0;
         c.tx = None;
         c.confirms.clear();
-        let bytes: u64 = unacked.values().map(|u| held(&u.entry)).sum();
+        let bytes: u64 = unacked.iter().map(|(_, u)| held(&u.entry)).sum();
         self.unacked_bytes = self.unacked_bytes.saturating_sub(bytes);
         let mut touched = Vec::new();
         for (_, u) in unacked {

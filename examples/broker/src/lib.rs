@@ -55,5 +55,6 @@ pub mod policy;
 pub mod queue;
 pub mod shell;
 pub mod store;
+mod tags;
 pub mod testing;
 pub mod tls;
