@@ -210,7 +210,7 @@ mod tests {
                 match rng.next() % 10 {
                     0..=3 => {
                         // Deliveries, sometimes after a gap of no-ack tags.
-                        next += 1 + if rng.next() % 8 == 0 {
+                        next += 1 + if rng.next().is_multiple_of(8) {
                             rng.next() % 200
                         } else {
                             0
@@ -220,7 +220,7 @@ mod tests {
                     }
                     4..=6 => {
                         // A single ack: mostly the oldest, sometimes any.
-                        let tag = if rng.next() % 3 == 0 {
+                        let tag = if rng.next().is_multiple_of(3) {
                             rng.next() % (next + 2)
                         } else {
                             b.keys().next().copied().unwrap_or(0)
@@ -238,7 +238,7 @@ mod tests {
                     _ => {
                         let tag = rng.next() % (next + 2);
                         assert_eq!(a.contains_key(tag), b.contains_key(&tag));
-                        if rng.next() % 50 == 0 {
+                        if rng.next().is_multiple_of(50) {
                             let mut got = Vec::new();
                             a.take_all(&mut got);
                             let want: Vec<_> = std::mem::take(&mut b).into_iter().collect();
