@@ -94,6 +94,9 @@ const SPARE_OUTBOXES: usize = 8;
 /// ... of room for at most this many instructions each (a larger one is
 /// freed).
 const SPARE_OUTBOX_MAX: usize = 1024;
+/// The store's emptied record vector is kept for reuse up to this many
+/// records of room ([`Core::recycle_store_ops`]).
+const SPARE_STORE_OPS_MAX: usize = 16 * 1024;
 
 /// Consumer bias, RabbitMQ's `consumer_bias` with credit flow in the
 /// shape of this broker: a queue holding more than this many ready
@@ -675,6 +678,9 @@ pub struct Core {
     spare_outboxes: Vec<Vec<Out>>,
     /// Records for the store, not yet taken by the shell.
     store_ops: Vec<Record>,
+    /// The vector of the batch the store wrote last, emptied, to take the
+    /// next records ([`Core::recycle_store_ops`]).
+    spare_store_ops: Vec<Record>,
     /// Records emitted so far (the number of the last one).
     store_seq: u64,
     /// The number of the last record taken ([`Core::take_store_ops`]).
@@ -820,6 +826,7 @@ impl Core {
             persistence: false,
             spare_outboxes: Vec::new(),
             store_ops: Vec::new(),
+            spare_store_ops: Vec::new(),
             store_seq: 0,
             store_taken: 0,
             store_pending: Vec::new(),
@@ -1037,9 +1044,14 @@ impl Core {
             return None;
         }
         // The next batch is likely as large: room for it at once rather
-        // than a push at a time.
+        // than a push at a time (the last batch's vector, when it is
+        // large enough).
         let room = self.store_ops.len();
-        let mut records = std::mem::replace(&mut self.store_ops, Vec::with_capacity(room));
+        let next = match std::mem::take(&mut self.spare_store_ops) {
+            v if v.capacity() >= room => v,
+            _ => Vec::with_capacity(room),
+        };
+        let mut records = std::mem::replace(&mut self.store_ops, next);
         if self.store_cancelled > 0 {
             records.retain(|r| !matches!(r, Record::Message { queues, .. } if queues.is_empty()));
         }
@@ -1048,6 +1060,19 @@ impl Core {
         let first = self.store_taken + 1;
         self.store_taken = self.store_seq;
         Some((records, first..=self.store_seq))
+    }
+
+    /// Hands back the vector of a batch the store has written
+    /// ([`take_store_ops`](Self::take_store_ops)), for the batch after
+    /// next: one batch's records are taken without growing a vector a
+    /// push at a time. (Kept up to 16,384 records of room.)
+    pub fn recycle_store_ops(&mut self, mut records: Vec<Record>) {
+        records.clear();
+        if records.capacity() <= SPARE_STORE_OPS_MAX
+            && records.capacity() > self.spare_store_ops.capacity()
+        {
+            self.spare_store_ops = records;
+        }
     }
 
     /// Whether records wait to be taken ([`take_store_ops`](Self::take_store_ops))
@@ -1911,7 +1936,7 @@ impl Core {
                 if self.ignoring(id, channel) {
                     return;
                 }
-                if let Err(e) = self.publish(id, channel, *message, seqno) {
+                if let Err(e) = self.publish(id, channel, message, seqno) {
                     self.fail(id, channel, e);
                 }
             }
@@ -3629,7 +3654,13 @@ impl Core {
 
     // ----- publishing ------------------------------------------------------
 
-    fn publish(&mut self, id: ConnId, ch: u16, message: Message, seqno: Option<u64>) -> Res {
+    fn publish(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        mut message: Box<Message>,
+        seqno: Option<u64>,
+    ) -> Res {
         self.stream_stored = false;
         self.block_if_alarmed(id);
         let ids = (60, 40);
@@ -3638,10 +3669,18 @@ impl Core {
         {
             c.unsettled.insert(seq);
         }
-        let Method::BasicPublish(p) = message.method else {
+        // (Worked on where the codec put it: the message and its
+        // properties are hundreds of bytes, each move a copy.)
+        let Message {
+            method,
+            properties: props,
+            body,
+        } = &mut *message;
+        let Method::BasicPublish(p) = &*method else {
             return Ok(());
         };
-        let size = message.body.len() as u64;
+        let body = std::mem::take(body);
+        let size = body.len() as u64;
         if size > self.limits.max_message_size {
             return Err(refused(
                 ch,
@@ -3661,7 +3700,6 @@ impl Core {
             p.exchange.as_bytes(),
             ids,
         )?;
-        let props = message.properties;
         if let Some(uid) = &props.user_id {
             let user = self
                 .conns
@@ -3680,10 +3718,9 @@ impl Core {
                 ));
             }
         }
-        if let Err(why) = lifecycle::expiration_ms(&props) {
+        if let Err(why) = lifecycle::expiration_ms(props) {
             return Err(refused(ch, ReplyCode::PRECONDITION_FAILED, why, ids));
         }
-        let mut props = props;
         if props
             .reply_to
             .as_ref()
@@ -3710,13 +3747,8 @@ impl Core {
             let target = std::str::from_utf8(suffix)
                 .ok()
                 .and_then(|s| self.reply_to.get(s).copied());
-            let msg = Msg::new(
-                p.exchange.as_bytes(),
-                p.routing_key.as_bytes(),
-                &props,
-                message.body,
-            );
-            self.reply_direct(id, ch, target, &p, msg, seqno);
+            let msg = Msg::new(p.exchange.as_bytes(), p.routing_key.as_bytes(), props, body);
+            self.reply_direct(id, ch, target, p, msg, seqno);
             return Ok(());
         }
         self.check_topic(
@@ -3730,7 +3762,7 @@ impl Core {
         let vh = self.vhost_name(id);
         let v = self.vhosts.get(&*vh).ok_or_else(no_vhost)?;
         let routed = v.router.publish(
-            &Publish::from_method(&p, props.headers.as_ref()),
+            &Publish::from_method(p, props.headers.as_ref()),
             &mut self.scratch,
         )?;
         let returned = routed.returned();
@@ -3740,14 +3772,12 @@ impl Core {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         queues.extend(routed.handles().copied());
-        let bcc = bcc_keys(&props);
-        let props = without_bcc(props);
+        let bcc = bcc_keys(props);
+        without_bcc(props);
         let (exchange, key) = (p.exchange.as_bytes(), p.routing_key.as_bytes());
         let mut msg = match self.chan(id, ch) {
-            Some(c) => c
-                .routes
-                .msg(exchange, key, queue::encode(&props), message.body),
-            None => Msg::new(exchange, key, &props, message.body),
+            Some(c) => c.routes.msg(exchange, key, queue::encode(props), body),
+            None => Msg::new(exchange, key, props, body),
         };
         msg.set_bcc(bcc);
         let ret = returned.then(|| (p.exchange.clone(), p.routing_key.clone()));
@@ -4545,7 +4575,7 @@ fn bcc_keys(p: &BasicProperties) -> Vec<ShortString> {
 
 /// The properties a message is stored with: a `BCC` header is removed
 /// (sender-selected distribution keeps it from the receivers).
-fn without_bcc(mut p: BasicProperties) -> BasicProperties {
+fn without_bcc(p: &mut BasicProperties) {
     if let Some(h) = &mut p.headers
         && h.contains_key("BCC")
     {
@@ -4557,7 +4587,6 @@ fn without_bcc(mut p: BasicProperties) -> BasicProperties {
         }
         *h = t;
     }
-    p
 }
 
 /// RabbitMQ's `server-properties`, with our product name.
@@ -4593,7 +4622,10 @@ pub fn server_properties(product: &str) -> FieldTable {
 
 #[cfg(test)]
 mod tests {
-    use super::{Core, CoreConfig, Out, SPARE_OUTBOX_MAX, SPARE_OUTBOXES, Unsettled};
+    use super::{
+        Core, CoreConfig, Out, Record, SPARE_OUTBOX_MAX, SPARE_OUTBOXES, SPARE_STORE_OPS_MAX,
+        Unsettled,
+    };
 
     /// Emptied outboxes are kept for reuse, but only so many and none too
     /// large; an empty one (no room) is not worth keeping.
@@ -4612,6 +4644,33 @@ mod tests {
                 .all(|v| v.is_empty() && v.capacity() == 10)
         );
     }
+
+    /// The store's emptied record vector takes the next batch when it has
+    /// room enough; one too large is not kept.
+    #[test]
+    fn the_store_record_vector_is_reused() {
+        let mut core = Core::new(CoreConfig::default());
+        core.recycle_store_ops(Vec::with_capacity(SPARE_STORE_OPS_MAX + 1));
+        assert_eq!(core.spare_store_ops.capacity(), 0, "too large to keep");
+        let kept = Vec::with_capacity(100);
+        let ptr = kept.as_ptr();
+        core.recycle_store_ops(kept);
+        core.recycle_store_ops(Vec::with_capacity(10));
+        assert_eq!(core.spare_store_ops.as_ptr(), ptr, "the larger one stays");
+        // A batch of 5 records: the next one takes the spare vector.
+        for id in 1..=5 {
+            core.store_ops.push(Record::Remove {
+                id,
+                queue: crate::store::queue_key("/", "q".try_into().unwrap()),
+            });
+            core.store_seq += 1;
+        }
+        let (records, numbers) = core.take_store_ops().unwrap();
+        assert_eq!((records.len(), numbers), (5, 1..=5));
+        assert_eq!(core.store_ops.as_ptr(), ptr);
+        assert_eq!(core.spare_store_ops.capacity(), 0);
+    }
+
     use std::collections::BTreeSet;
 
     /// The flag window answers as a set of the unsettled numbers does,

@@ -62,6 +62,20 @@ pub trait Disk: Debug {
     /// Writes all of `data` at the end of `file` (it may write a prefix
     /// and fail).
     fn append(&self, file: &mut Self::File, data: &[u8]) -> io::Result<()>;
+    /// [`append`](Self::append)s the bytes `encode` adds to the end of
+    /// the vector it is handed (it must not touch what is there before);
+    /// returns how many. [`RealDisk`] has them encoded straight into its
+    /// direct-I/O buffer; the default encodes into a vector of its own.
+    fn append_with(
+        &self,
+        file: &mut Self::File,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> io::Result<usize> {
+        let mut data = Vec::new();
+        encode(&mut data);
+        self.append(file, &data)?;
+        Ok(data.len())
+    }
     /// Makes the file's data durable (`fdatasync`).
     fn sync_data(&self, file: &mut Self::File) -> io::Result<()>;
     /// Makes the file's data and metadata durable (`fsync`).
@@ -114,6 +128,40 @@ impl Aligned {
         }
         &mut self.v[self.off..self.off + n]
     }
+
+    /// Keeps the first `keep` bytes, appends what `encode` adds after
+    /// them, and pads with zeros to whole blocks: returns the blocks and
+    /// the length before padding. Encoding into the vector itself saves
+    /// copying the bytes in (3% of the broker's instructions with
+    /// persistent 1 KiB messages). If the vector moved while it grew, the
+    /// bytes move to a new aligned one with room to spare, which happens
+    /// only while the appends grow.
+    fn fill(&mut self, keep: usize, encode: &mut dyn FnMut(&mut Vec<u8>)) -> (&mut [u8], usize) {
+        self.v.truncate(self.off + keep);
+        encode(&mut self.v);
+        let total = self.v.len() - self.off;
+        let n = total.div_ceil(BLOCK) * BLOCK;
+        let aligned = (self.v.as_ptr() as usize + self.off).is_multiple_of(BLOCK);
+        if !aligned || self.v.capacity() < self.off + n {
+            let mut v = Vec::with_capacity(2 * n + BLOCK);
+            let off = (BLOCK - v.as_ptr() as usize % BLOCK) % BLOCK;
+            v.resize(off, 0);
+            v.extend_from_slice(&self.v[self.off..]);
+            (self.v, self.off) = (v, off);
+        }
+        // (Within the capacity: the vector does not move.)
+        self.v.resize(self.off + n, 0);
+        (&mut self.v[self.off..], total)
+    }
+
+    /// After [`fill`](Self::fill)'s blocks are written: the partial last
+    /// block of `total` bytes moves to the front, for the next append.
+    fn keep_tail(&mut self, total: usize) {
+        let last = total / BLOCK * BLOCK;
+        self.v
+            .copy_within(self.off + last..self.off + total, self.off);
+        self.v.truncate(self.off + total - last);
+    }
 }
 
 /// Opens `path` with `options` and `O_DIRECT`, or without it where the
@@ -143,6 +191,8 @@ pub struct RealFile {
     /// `Some` with direct I/O: the buffer (its first `len % BLOCK` bytes
     /// are the partial last block).
     direct: Option<Aligned>,
+    /// Without direct I/O: what [`Disk::append_with`] encodes into.
+    scratch: Vec<u8>,
     /// Bytes appended.
     len: u64,
 }
@@ -217,6 +267,7 @@ impl Disk for RealDisk {
         Ok(RealFile {
             file,
             direct: None,
+            scratch: Vec::new(),
             len: 0,
         })
     }
@@ -228,31 +279,37 @@ impl Disk for RealDisk {
         Ok(RealFile {
             file,
             direct: direct.then(Aligned::default),
+            scratch: Vec::new(),
             len: 0,
         })
     }
 
     #[inline]
     fn append(&self, file: &mut RealFile, data: &[u8]) -> io::Result<()> {
+        self.append_with(file, &mut |v| v.extend_from_slice(data))?;
+        Ok(())
+    }
+
+    fn append_with(
+        &self,
+        file: &mut RealFile,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> io::Result<usize> {
         let Some(buf) = &mut file.direct else {
-            file.file.write_all(data)?;
-            file.len += data.len() as u64;
-            return Ok(());
+            file.scratch.clear();
+            encode(&mut file.scratch);
+            file.file.write_all(&file.scratch)?;
+            file.len += file.scratch.len() as u64;
+            return Ok(file.scratch.len());
         };
         use std::os::unix::fs::FileExt;
         let keep = (file.len % BLOCK as u64) as usize;
         let start = file.len - keep as u64;
-        let total = keep + data.len();
-        let blocks = buf.grow(total, keep);
-        blocks[keep..total].copy_from_slice(data);
-        blocks[total..].fill(0);
+        let (blocks, total) = buf.fill(keep, encode);
         file.file.write_all_at(blocks, start)?;
-        file.len += data.len() as u64;
-        // The new partial last block moves to the front for the next
-        // append.
-        let last = total / BLOCK * BLOCK;
-        blocks.copy_within(last..total, 0);
-        Ok(())
+        file.len += (total - keep) as u64;
+        buf.keep_tail(total);
+        Ok(total - keep)
     }
 
     #[inline]
@@ -672,7 +729,8 @@ mod tests {
 
     /// A log segment written with direct I/O holds exactly the bytes
     /// appended, then zeros to the end of the block, whatever the sizes
-    /// of the appends (each rewrites the partial last block).
+    /// of the appends (each rewrites the partial last block), copied in
+    /// or encoded in place (the buffer moving as it grows).
     #[test]
     fn direct_appends_are_the_bytes_appended_then_block_padding() {
         let dir = std::env::temp_dir().join(format!("amqp-broker-direct-{}", std::process::id()));
@@ -695,7 +753,19 @@ mod tests {
             let data: Vec<u8> = (0..n)
                 .map(|k| (k as u8).wrapping_add(i as u8) | 1)
                 .collect();
-            d.append(&mut f, &data).unwrap();
+            if i % 3 == 0 {
+                d.append(&mut f, &data).unwrap();
+            } else {
+                // Encoded in two pieces, straight into the buffer.
+                let (a, b) = data.split_at(n / 2);
+                let wrote = d
+                    .append_with(&mut f, &mut |v| {
+                        v.extend_from_slice(a);
+                        v.extend_from_slice(b);
+                    })
+                    .unwrap();
+                assert_eq!(wrote, n);
+            }
             all.extend_from_slice(&data);
             if i % 50 == 0 {
                 d.sync_data(&mut f).unwrap();

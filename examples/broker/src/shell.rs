@@ -639,11 +639,14 @@ pub fn store_thread(
         }
         match batch.write(&mut log, &definitions, &mut written) {
             Ok(durable) => {
+                let mut records = batch.records;
+                records.clear(); // (outside the lock)
                 let woken = {
                     let mut core = shared.core();
                     if let Some(upto) = durable {
                         core.durable(upto);
                     }
+                    core.recycle_store_ops(records);
                     core.take_woken()
                 };
                 shared.wake(&woken);

@@ -1197,7 +1197,6 @@ pub struct Log<D: Disk = RealDisk> {
     len: u64,
     segment_max: u64,
     live: Liveness,
-    buf: Vec<u8>,
     /// An append or sync failed: the log refuses to go on.
     failed: bool,
 }
@@ -1227,7 +1226,6 @@ impl<D: Disk> Log<D> {
             len: 0,
             segment_max: SEGMENT_MAX,
             live,
-            buf: Vec::new(),
             failed: false,
         })
     }
@@ -1252,23 +1250,24 @@ impl<D: Disk> Log<D> {
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
         self.check()?;
         self.failed = true;
-        self.buf.clear();
         let gone = cancelled(records);
-        for r in records {
-            if !gone.is_empty() && gone.contains(&r.id()) {
-                continue;
-            }
-            r.encode(&mut self.buf);
-            match r {
-                Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
-                    self.live.publish(self.active, *id, queues)
+        let (live, active) = (&mut self.live, self.active);
+        let n = self.disk.append_with(&mut self.file, &mut |out| {
+            for r in records {
+                if !gone.is_empty() && gone.contains(&r.id()) {
+                    continue;
                 }
-                Record::Remove { id, queue } => self.live.remove(*id, queue),
-                Record::Delivered { .. } => {}
+                r.encode(out);
+                match r {
+                    Record::Publish { id, queues, .. } | Record::Message { id, queues, .. } => {
+                        live.publish(active, *id, queues)
+                    }
+                    Record::Remove { id, queue } => live.remove(*id, queue),
+                    Record::Delivered { .. } => {}
+                }
             }
-        }
-        self.disk.append(&mut self.file, &self.buf)?;
-        self.len += self.buf.len() as u64;
+        })?;
+        self.len += n as u64;
         self.failed = false;
         Ok(())
     }
