@@ -10,6 +10,7 @@
 //! cancels). Time comes in as an argument.
 
 use crate::auth::{Access, Auth};
+use crate::consumers::Key as ConsumerKey;
 use crate::lifecycle::{self, Overflow, QueueArgs, Reason};
 use crate::paging::Pager;
 use crate::queue::{self, Entry, Msg, Ready, StreamLog};
@@ -322,7 +323,7 @@ struct Unacked {
     queue: QueueId,
     entry: Entry,
     /// The consumer it was delivered to (`None` for basic.get).
-    consumer: Option<ShortString>,
+    consumer: Option<ConsumerKey>,
     /// When it was delivered (the consumer timeout).
     at: Option<Instant>,
 }
@@ -418,7 +419,7 @@ struct Chan {
     unacked: crate::tags::TagMap<Unacked>,
     /// Unacked deliveries to consumers (the global limit counts these).
     consumer_unacked: u32,
-    consumers: HashMap<ShortString, Consumer>,
+    consumers: crate::consumers::ByTag<Consumer, CoreHasher>,
     prefetch: u16,
     global_prefetch: u16,
     confirm: bool,
@@ -479,6 +480,8 @@ struct QConsumer {
     conn: ConnId,
     ch: u16,
     tag: ShortString,
+    /// Its key on its channel (deliveries find it by this, not the tag).
+    key: ConsumerKey,
     /// `x-priority` (0 by default).
     priority: i64,
     /// Registration order (single active consumer: the oldest receives).
@@ -1788,13 +1791,23 @@ impl Core {
     /// consumers. Returns what is wrong.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (qid, q) in &self.queues {
-            for QConsumer { conn, ch, tag, .. } in &q.consumers {
-                let k = self
+            for QConsumer {
+                conn, ch, tag, key, ..
+            } in &q.consumers
+            {
+                let consumers = self
                     .conns
                     .get(conn)
                     .and_then(|c| c.channels.get(ch))
-                    .and_then(|c| c.consumers.get(tag))
+                    .map(|c| &c.consumers);
+                let k = consumers
+                    .and_then(|c| c.get(*key))
                     .ok_or_else(|| format!("queue {qid} lists a missing consumer {tag:?}"))?;
+                if consumers.and_then(|c| c.tag(*key)) != Some(tag) {
+                    return Err(format!(
+                        "queue {qid} lists consumer {tag:?} by another's key"
+                    ));
+                }
                 if k.queue != *qid {
                     return Err(format!("consumer {tag:?} is listed by the wrong queue"));
                 }
@@ -1802,11 +1815,14 @@ impl Core {
         }
         for (id, c) in &self.conns {
             for (n, ch) in &c.channels {
-                let mut per: HashMap<&ShortString, u32> = HashMap::default();
+                let mut per: Vec<(ConsumerKey, u32)> = Vec::new();
                 let mut total = 0;
                 for u in ch.unacked.values() {
-                    if let Some(t) = &u.consumer {
-                        *per.entry(t).or_default() += 1;
+                    if let Some(key) = u.consumer {
+                        match per.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, n)) => *n += 1,
+                            None => per.push((key, 1)),
+                        }
                         total += 1;
                     }
                 }
@@ -1816,18 +1832,18 @@ impl Core {
                         ch.consumer_unacked
                     ));
                 }
-                for (t, k) in &ch.consumers {
+                for (key, t, k) in ch.consumers.iter() {
                     let q = self.queues.get(&k.queue).ok_or_else(|| {
                         format!("consumer {t:?} of a deleted queue is still on its channel")
                     })?;
                     if !q
                         .consumers
                         .iter()
-                        .any(|k| k.conn == *id && k.ch == *n && k.tag == *t)
+                        .any(|k| k.conn == *id && k.ch == *n && k.tag == *t && k.key == key)
                     {
                         return Err(format!("consumer {t:?} is not listed by its queue"));
                     }
-                    let outstanding = per.get(t).copied().unwrap_or(0);
+                    let outstanding = per.iter().find(|(k, _)| *k == key).map_or(0, |(_, n)| *n);
                     if k.unacked != outstanding {
                         return Err(format!(
                             "consumer {t:?}: {} counted, {outstanding} outstanding",
@@ -2984,7 +3000,7 @@ impl Core {
         let Some(c) = self.chan(id, ch) else {
             return Ok(());
         };
-        if c.consumers.contains_key(&tag) {
+        if c.consumers.contains_tag(&tag) {
             return Err(refused(
                 ch,
                 ReplyCode::NOT_ALLOWED,
@@ -3056,6 +3072,21 @@ impl Core {
         }
         q.exclusive_consumer = m.exclusive;
         q.had_consumers = true;
+        let Some(key) = self.chan(id, ch).map(|c| {
+            c.consumers.insert(
+                tag.clone(),
+                Consumer {
+                    queue: qid,
+                    no_ack: m.no_ack,
+                    prefetch,
+                    unacked: 0,
+                    cursor,
+                },
+            )
+        }) else {
+            return Ok(());
+        };
+        let q = self.queues.get_mut(&qid).ok_or_else(no_vhost)?;
         let at = q
             .consumers
             .iter()
@@ -3067,23 +3098,12 @@ impl Core {
                 conn: id,
                 ch,
                 tag: tag.clone(),
+                key,
                 priority,
                 since: self.next_consumer,
             },
         );
         self.next_consumer += 1;
-        if let Some(c) = self.chan(id, ch) {
-            c.consumers.insert(
-                tag.clone(),
-                Consumer {
-                    queue: qid,
-                    no_ack: m.no_ack,
-                    prefetch,
-                    unacked: 0,
-                    cursor,
-                },
-            );
-        }
         if !m.nowait {
             self.reply(id, ch, BasicConsumeOk { consumer_tag: tag });
         }
@@ -3348,9 +3368,9 @@ impl Core {
             taken.extend(c.unacked.remove(tag).map(|u| (tag, u)));
         }
         for (_, u) in &taken {
-            if let Some(t) = &u.consumer {
+            if let Some(key) = u.consumer {
                 c.consumer_unacked = c.consumer_unacked.saturating_sub(1);
-                if let Some(k) = c.consumers.get_mut(t) {
+                if let Some(k) = c.consumers.get_mut(key) {
                     k.unacked = k.unacked.saturating_sub(1);
                 }
             }
@@ -4122,10 +4142,10 @@ impl Core {
         };
         let consumers = qs.consumers.clone();
         for c in consumers {
-            while self.can_deliver(c.conn, c.ch, &c.tag) {
+            while self.can_deliver(c.conn, c.ch, c.key) {
                 let Some(cursor) = self
                     .chan(c.conn, c.ch)
-                    .and_then(|ch| ch.consumers.get(&c.tag))
+                    .and_then(|ch| ch.consumers.get(c.key))
                     .and_then(|k| k.cursor)
                 else {
                     break;
@@ -4147,11 +4167,11 @@ impl Core {
                 };
                 if let Some(k) = self
                     .chan(c.conn, c.ch)
-                    .and_then(|ch| ch.consumers.get_mut(&c.tag))
+                    .and_then(|ch| ch.consumers.get_mut(c.key))
                 {
                     k.cursor = Some(offset + 1);
                 }
-                self.deliver(c.conn, c.ch, c.tag.clone(), q, entry);
+                self.deliver(c.conn, c.ch, (c.tag.clone(), c.key), q, entry);
             }
         }
     }
@@ -4171,13 +4191,13 @@ impl Core {
                 let Some(c) = qs.consumers.iter().min_by_key(|k| k.since).cloned() else {
                     return;
                 };
-                if !self.can_deliver(c.conn, c.ch, &c.tag) {
+                if !self.can_deliver(c.conn, c.ch, c.key) {
                     return;
                 }
                 let Some(entry) = self.queues.get_mut(&q).and_then(|qs| qs.ready.pop()) else {
                     return;
                 };
-                self.deliver(c.conn, c.ch, c.tag, q, entry);
+                self.deliver(c.conn, c.ch, (c.tag, c.key), q, entry);
                 continue;
             }
             // One priority (the usual case): a rotating start, O(1) when
@@ -4190,7 +4210,7 @@ impl Core {
                 let Some(c) = self.queues.get(&q).map(|qs| qs.consumers[i].clone()) else {
                     return;
                 };
-                if self.can_deliver(c.conn, c.ch, &c.tag) {
+                if self.can_deliver(c.conn, c.ch, c.key) {
                     chosen = Some(i);
                     break;
                 }
@@ -4215,11 +4235,11 @@ impl Core {
             let Some(entry) = qs.ready.pop() else {
                 return;
             };
-            self.deliver(c.conn, c.ch, c.tag, q, entry);
+            self.deliver(c.conn, c.ch, (c.tag, c.key), q, entry);
         }
     }
 
-    fn can_deliver(&mut self, conn: ConnId, ch: u16, tag: &ShortString) -> bool {
+    fn can_deliver(&mut self, conn: ConnId, ch: u16, key: ConsumerKey) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -4236,7 +4256,7 @@ impl Core {
         if chan.closing {
             return false;
         }
-        let Some(k) = chan.consumers.get(tag) else {
+        let Some(k) = chan.consumers.get(key) else {
             return false;
         };
         if k.no_ack {
@@ -4247,7 +4267,14 @@ impl Core {
                 || chan.consumer_unacked < u32::from(chan.global_prefetch))
     }
 
-    fn deliver(&mut self, conn: ConnId, ch: u16, tag: ShortString, q: QueueId, entry: Entry) {
+    fn deliver(
+        &mut self,
+        conn: ConnId,
+        ch: u16,
+        (tag, key): (ShortString, ConsumerKey),
+        q: QueueId,
+        entry: Entry,
+    ) {
         let now = self.now;
         let mut kind = lifecycle::QueueKind::default();
         if let Some(qs) = self.queues.get_mut(&q) {
@@ -4274,10 +4301,14 @@ impl Core {
                 }
             }
         }
-        let no_ack = self
-            .chan(conn, ch)
-            .and_then(|c| c.consumers.get(&tag))
-            .is_none_or(|k| k.no_ack);
+        // (One lookup of the consumer: it counts the delivery now.)
+        let no_ack = match self.chan(conn, ch).and_then(|c| c.consumers.get_mut(key)) {
+            Some(k) if !k.no_ack => {
+                k.unacked += 1;
+                false
+            }
+            _ => true,
+        };
         if no_ack {
             self.gone(q, &entry);
         } else {
@@ -4288,9 +4319,8 @@ impl Core {
         };
         chan.next_tag += 1;
         let dtag = chan.next_tag;
-        let no_ack = chan.consumers.get(&tag).is_none_or(|k| k.no_ack);
         let method = BasicDeliver {
-            consumer_tag: tag.clone(),
+            consumer_tag: tag,
             delivery_tag: dtag,
             redelivered: entry.redelivered,
             exchange: entry.msg.exchange_name(),
@@ -4308,16 +4338,13 @@ impl Core {
         let redelivered = entry.redelivered; // management
         let size = held(&entry);
         if !no_ack {
-            if let Some(k) = chan.consumers.get_mut(&tag) {
-                k.unacked += 1;
-            }
             chan.consumer_unacked += 1;
             chan.unacked.insert(
                 dtag,
                 Unacked {
                     queue: q,
                     entry,
-                    consumer: Some(tag),
+                    consumer: Some(key),
                     at: now,
                 },
             );
@@ -4345,7 +4372,7 @@ impl Core {
         let Some(c) = self.chan(id, ch) else {
             return;
         };
-        let mut tags: Vec<ShortString> = c.consumers.keys().cloned().collect();
+        let mut tags: Vec<ShortString> = c.consumers.tags().cloned().collect();
         tags.extend(c.reply_consumer.as_ref().map(|(t, _)| t.clone()));
         let mut unacked = Vec::new();
         c.unacked.take_all(&mut unacked);

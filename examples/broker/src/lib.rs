@@ -45,6 +45,7 @@
 pub mod alarms;
 pub mod auth;
 pub mod config;
+mod consumers;
 pub mod core;
 pub mod definitions;
 pub mod disk;

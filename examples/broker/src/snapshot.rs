@@ -545,7 +545,7 @@ impl Core {
                     confirm: ch.confirm,
                     transactional: ch.tx.is_some(),
                 });
-                for (tag, k) in &ch.consumers {
+                for (_, tag, k) in ch.consumers.iter() {
                     let Some(qs) = self.queues.get(&k.queue) else {
                         continue;
                     };
