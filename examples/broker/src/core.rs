@@ -130,16 +130,31 @@ pub enum Out {
     Method {
         /// The channel.
         channel: u16,
-        /// The method.
-        method: Method,
+        /// The method (boxed: most instructions are deliveries, which
+        /// should not all take a method's room).
+        method: Box<Method>,
     },
     /// `send_content(channel, method, &msg.properties, msg.body.clone())`:
-    /// a delivery, get-ok or return.
+    /// a get-ok or return (or a Direct Reply-to delivery).
     Content {
         /// The channel.
         channel: u16,
         /// `basic.deliver`, `basic.get-ok` or `basic.return`.
-        method: Method,
+        method: Box<Method>,
+        /// The message.
+        msg: Msg,
+    },
+    /// A `basic.deliver` of `msg` to a consumer (its exchange and
+    /// routing key are the message's, filled in by the shell).
+    Deliver {
+        /// The channel.
+        channel: u16,
+        /// The delivery tag.
+        delivery_tag: u64,
+        /// The redelivered flag.
+        redelivered: bool,
+        /// The consumer's tag.
+        consumer_tag: ShortString,
         /// The message.
         msg: Msg,
     },
@@ -174,6 +189,11 @@ pub enum Out {
     },
 }
 
+/// A method for [`Out::Method`] or [`Out::Content`].
+fn boxed(m: impl Into<Method>) -> Box<Method> {
+    Box::new(m.into())
+}
+
 impl Out {
     /// Carries this instruction out on the connection's codec. An error
     /// means the channel or connection closed meanwhile (nothing to send).
@@ -182,14 +202,36 @@ impl Out {
         conn: &mut amqp_codec::Connection,
     ) -> Result<(), amqp_codec::CommandError> {
         match self {
-            Out::Method { channel, method } => conn.send_method(channel, method),
+            Out::Method { channel, method } => conn.send_method(channel, *method),
             Out::Content {
                 channel,
                 method,
                 msg,
             } => conn
-                .send_content_encoded(channel, method, msg.raw_properties(), msg.body_to_send())
+                .send_content_encoded(channel, *method, msg.raw_properties(), msg.body_to_send())
                 .map(|_| ()),
+            Out::Deliver {
+                channel,
+                delivery_tag,
+                redelivered,
+                consumer_tag,
+                msg,
+            } => {
+                let method = BasicDeliver {
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    exchange: msg.exchange_name(),
+                    routing_key: msg.routing_key_name(),
+                };
+                conn.send_content_encoded(
+                    channel,
+                    method.into(),
+                    msg.raw_properties(),
+                    msg.body_to_send(),
+                )
+                .map(|_| ())
+            }
             Out::Refuse(e) => conn.refuse_error(e.channel_id(), &e),
             Out::Close {
                 channel: 0,
@@ -1869,7 +1911,7 @@ impl Core {
 
     fn push(&mut self, id: ConnId, out: Out) {
         if let Some(c) = self.conns.get_mut(&id) {
-            if let Out::Content { msg, .. } = &out {
+            if let Out::Content { msg, .. } | Out::Deliver { msg, .. } = &out {
                 c.outbox_bytes += msg.size() + 64;
             }
             if c.outbox.capacity() == 0
@@ -2325,7 +2367,7 @@ impl Core {
             id,
             Out::Method {
                 channel,
-                method: method.into(),
+                method: boxed(method),
             },
         );
     }
@@ -3235,11 +3277,10 @@ impl Core {
                         conn,
                         Out::Method {
                             channel: ch,
-                            method: BasicCancel {
+                            method: boxed(BasicCancel {
                                 consumer_tag: tag,
                                 nowait: true,
-                            }
-                            .into(),
+                            }),
                         },
                     );
                 }
@@ -3332,7 +3373,7 @@ impl Core {
             id,
             Out::Content {
                 channel: ch,
-                method: method.into(),
+                method: Box::new(method.into()),
                 msg,
             },
         );
@@ -3396,7 +3437,7 @@ impl Core {
                 if c.caps.connection_blocked && !c.closing {
                     c.outbox.push(Out::Method {
                         channel: 0,
-                        method: ConnectionUnblocked {}.into(),
+                        method: boxed(ConnectionUnblocked {}),
                     });
                 }
                 unblocked.push(id);
@@ -3488,10 +3529,9 @@ impl Core {
         if c.caps.connection_blocked {
             c.outbox.push(Out::Method {
                 channel: 0,
-                method: ConnectionBlocked {
+                method: boxed(ConnectionBlocked {
                     reason: ShortString::try_from(reason.as_str()).unwrap_or_default(),
-                }
-                .into(),
+                }),
             });
         }
     }
@@ -3643,13 +3683,12 @@ impl Core {
                     id,
                     Out::Content {
                         channel: ch,
-                        method: BasicReturn {
+                        method: boxed(BasicReturn {
                             reply_code: ReplyCode::NO_ROUTE.0,
                             reply_text: ShortString::from_static("NO_ROUTE"),
                             exchange,
                             routing_key,
-                        }
-                        .into(),
+                        }),
                         msg: msg.clone(),
                     },
                 );
@@ -3815,13 +3854,12 @@ impl Core {
                 id,
                 Out::Content {
                     channel: ch,
-                    method: BasicReturn {
+                    method: boxed(BasicReturn {
                         reply_code: ReplyCode::NO_ROUTE.0,
                         reply_text: ShortString::from_static("NO_ROUTE"),
                         exchange,
                         routing_key,
-                    }
-                    .into(),
+                    }),
                     msg: msg.clone(),
                 },
             );
@@ -3879,7 +3917,7 @@ impl Core {
                     conn,
                     Out::Content {
                         channel: tch,
-                        method: method.into(),
+                        method: Box::new(method.into()),
                         msg,
                     },
                 );
@@ -3888,13 +3926,12 @@ impl Core {
                 id,
                 Out::Content {
                     channel: ch,
-                    method: BasicReturn {
+                    method: boxed(BasicReturn {
                         reply_code: ReplyCode::NO_ROUTE.0,
                         reply_text: ShortString::from_static("NO_ROUTE"),
                         exchange: p.exchange.clone(),
                         routing_key: p.routing_key.clone(),
-                    }
-                    .into(),
+                    }),
                     msg,
                 },
             ),
@@ -4113,7 +4150,7 @@ impl Core {
                 id,
                 Out::Method {
                     channel: ch,
-                    method,
+                    method: Box::new(method),
                 },
             );
         }
@@ -4319,13 +4356,6 @@ impl Core {
         };
         chan.next_tag += 1;
         let dtag = chan.next_tag;
-        let method = BasicDeliver {
-            consumer_tag: tag,
-            delivery_tag: dtag,
-            redelivered: entry.redelivered,
-            exchange: entry.msg.exchange_name(),
-            routing_key: entry.msg.routing_key_name(),
-        };
         let msg = match kind {
             lifecycle::QueueKind::Quorum if entry.returns > 0 => delivery_counted(&entry),
             lifecycle::QueueKind::Stream => entry.msg.with_properties(&lifecycle::with_header(
@@ -4356,9 +4386,11 @@ impl Core {
         self.count_deliver(q, no_ack, redelivered); // management
         self.push(
             conn,
-            Out::Content {
+            Out::Deliver {
                 channel: ch,
-                method: method.into(),
+                delivery_tag: dtag,
+                redelivered,
+                consumer_tag: tag,
                 msg,
             },
         );

@@ -17,7 +17,7 @@ const BODY: usize = 1024;
 fn delivered(outs: &[Out]) -> usize {
     outs.iter()
         .filter_map(|o| match o {
-            Out::Content { msg, .. } => Some(msg.size()),
+            Out::Deliver { msg, .. } => Some(msg.size()),
             _ => None,
         })
         .sum()

@@ -5,8 +5,8 @@
 use amqp_broker::core::Out;
 use amqp_broker::testing::Harness;
 use amqp_codec::Event;
+use amqp_codec::types::BasicProperties;
 use amqp_codec::types::method::*;
-use amqp_codec::types::{BasicProperties, Method};
 use bytes::{Bytes, BytesMut};
 
 /// Publishes `size` bytes in one input chunk; returns the chunk and the
@@ -38,8 +38,7 @@ fn publish_and_deliver(size: usize) -> (Bytes, (usize, Vec<u8>), Vec<Bytes>) {
     h.core.handle(pid, ev, h.now);
     let mut body = None;
     for out in h.core.take_outbox(cid) {
-        if let Out::Content { msg, method, .. } = &out {
-            assert!(matches!(method, Method::BasicDeliver(_)));
+        if let Out::Deliver { msg, .. } = &out {
             // Where the stored body lies, and its bytes.
             body = Some((msg.body().as_ptr() as usize, msg.body().to_vec()));
         }
