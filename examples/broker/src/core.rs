@@ -95,6 +95,9 @@ const SPARE_OUTBOXES: usize = 8;
 /// ... of room for at most this many instructions each (a larger one is
 /// freed).
 const SPARE_OUTBOX_MAX: usize = 1024;
+/// The vectors an ack settles through are kept for reuse up to this many
+/// entries of room.
+const SETTLE_BUF_MAX: usize = 4096;
 /// The store's emptied record vector is kept for reuse up to this many
 /// records of room ([`Core::recycle_store_ops`]).
 const SPARE_STORE_OPS_MAX: usize = 16 * 1024;
@@ -701,6 +704,9 @@ pub struct Core {
     scratch: RouteScratch,
     /// The queues a publish reached (reused).
     route_buf: Vec<QueueId>,
+    /// The deliveries an ack settles, and the queues it touches (reused:
+    /// two allocations an ack otherwise).
+    settle_buf: (Vec<(u64, Unacked)>, Vec<QueueId>),
     /// Consumers registered so far (their order).
     next_consumer: u64,
     /// Queue deadlines: the head's expiry, or `x-expires`.
@@ -861,6 +867,7 @@ impl Core {
             scratch: RouteScratch::new(),
             reply_to: HashMap::default(),
             route_buf: Vec::new(),
+            settle_buf: (Vec::new(), Vec::new()),
             next_consumer: 0,
             timers: BTreeSet::new(),
             held: VecDeque::new(),
@@ -3390,10 +3397,11 @@ impl Core {
         multiple: bool,
         ids: (u16, u16),
     ) -> Result<Vec<(u64, Unacked)>, ProtocolError> {
+        let mut taken = std::mem::take(&mut self.settle_buf.0);
+        taken.clear();
         let Some(c) = self.chan(id, ch) else {
-            return Ok(Vec::new());
+            return Ok(taken);
         };
-        let mut taken = Vec::new();
         if multiple && tag == 0 {
             c.unacked.take_all(&mut taken);
         } else if !c.unacked.contains_key(tag) {
@@ -3581,21 +3589,27 @@ impl Core {
 
     /// Acknowledges, requeues or drops deliveries (in a transaction: at
     /// commit).
-    fn settle(&mut self, id: ConnId, ch: u16, taken: Vec<(u64, Unacked)>, how: TxAck) {
-        let mut touched: Vec<QueueId> = Vec::new();
+    fn settle(&mut self, id: ConnId, ch: u16, mut taken: Vec<(u64, Unacked)>, how: TxAck) {
+        let mut touched = std::mem::take(&mut self.settle_buf.1);
+        touched.clear();
         if let Some(c) = self.chan(id, ch) {
             // Consumers on this channel may take more now.
             touched.extend(c.consumers.values().map(|k| k.queue));
             if let Some(tx) = &mut c.tx {
-                tx.acks.extend(taken.into_iter().map(|(t, u)| (t, u, how)));
+                // Settled at commit.
+                tx.acks.extend(taken.drain(..).map(|(t, u)| (t, u, how)));
                 return;
             }
         }
-        self.settle_now(taken.into_iter().map(|(_, u)| (u, how)), &mut touched);
+        self.settle_now(taken.drain(..).map(|(_, u)| (u, how)), &mut touched);
         touched.sort_unstable();
         touched.dedup();
-        for q in touched {
+        for &q in &touched {
             self.dispatch(q);
+        }
+        // (A large one is let go rather than kept.)
+        if taken.capacity() <= SETTLE_BUF_MAX && touched.capacity() <= SETTLE_BUF_MAX {
+            self.settle_buf = (taken, touched);
         }
     }
 
