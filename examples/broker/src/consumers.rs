@@ -96,37 +96,27 @@ impl<V, S: BuildHasher> ByTag<V, S> {
         self.vacate(slot)
     }
 
+    /// The slot's tag and consumer, if `key` still names them.
+    fn live(&self, key: Key) -> Option<&(ShortString, V)> {
+        let s = self.slots.get(key.slot as usize)?;
+        (s.generation == key.generation).then_some(s.entry.as_ref()?)
+    }
+
     /// The consumer `key` names, if it still exists.
     pub(crate) fn get(&self, key: Key) -> Option<&V> {
-        match self.slots.get(key.slot as usize)? {
-            Slot {
-                generation,
-                entry: Some((_, v)),
-            } if *generation == key.generation => Some(v),
-            _ => None,
-        }
+        self.live(key).map(|(_, v)| v)
     }
 
     /// The consumer `key` names, if it still exists.
     pub(crate) fn get_mut(&mut self, key: Key) -> Option<&mut V> {
-        match self.slots.get_mut(key.slot as usize)? {
-            Slot {
-                generation,
-                entry: Some((_, v)),
-            } if *generation == key.generation => Some(v),
-            _ => None,
-        }
+        let s = self.slots.get_mut(key.slot as usize)?;
+        let (_, v) = s.entry.as_mut()?;
+        (s.generation == key.generation).then_some(v)
     }
 
     /// The tag of the consumer `key` names, if it still exists.
     pub(crate) fn tag(&self, key: Key) -> Option<&ShortString> {
-        match self.slots.get(key.slot as usize)? {
-            Slot {
-                generation,
-                entry: Some((t, _)),
-            } if *generation == key.generation => Some(t),
-            _ => None,
-        }
+        self.live(key).map(|(t, _)| t)
     }
 
     /// Every consumer with its tag and key.
