@@ -431,10 +431,6 @@ impl FrameEncoder {
     /// error nothing is queued. The frame is encoded once, straight into
     /// the coalescing buffer, and measured there.
     pub fn push_frame(&mut self, frame: &Frame) -> Result<usize, SendError> {
-        /// Room a method or header frame is encoded into first (most
-        /// need far less; a larger one is encoded again in the room it
-        /// said it needs).
-        const GUESS: usize = 256;
         if let amqp_wire::FramePayload::Body(_) | amqp_wire::FramePayload::Heartbeat =
             &frame.payload
         {
@@ -452,12 +448,32 @@ impl FrameEncoder {
             self.queued += n;
             return Ok(n);
         }
+        self.push_small(|out| frame.encode_to_slice(out))
+    }
+
+    /// [`push_frame`](Self::push_frame) for a method frame whose method
+    /// is borrowed (not cloned into a [`Frame`]).
+    pub fn push_method(&mut self, channel: u16, method: &Method) -> Result<usize, SendError> {
+        let frame = amqp_wire::MethodFrame { channel, method };
+        self.push_small(|out| frame.encode_to_slice(out))
+    }
+
+    /// Queues a method or header frame that `encode` writes at the front
+    /// of a slice (or says how much room it needs).
+    fn push_small(
+        &mut self,
+        encode: impl Fn(&mut [u8]) -> Result<usize, EncodeError>,
+    ) -> Result<usize, SendError> {
+        /// Room a method or header frame is encoded into first (most
+        /// need far less; a larger one is encoded again in the room it
+        /// said it needs).
+        const GUESS: usize = 256;
         let mut room = GUESS;
         let (start, n) = loop {
             self.room(room);
             let start = self.scratch.len();
             self.scratch.resize(start + room, 0);
-            match frame.encode_to_slice(&mut self.scratch[start..]) {
+            match encode(&mut self.scratch[start..]) {
                 Ok(n) => break (start, n),
                 Err(EncodeError::BufferTooSmall { needed, .. }) if needed > room => {
                     self.scratch.truncate(start);
@@ -491,13 +507,24 @@ impl FrameEncoder {
     /// without queuing anything. A method whose arguments cannot add up to
     /// more than frame_max (no table, no long string) is not measured.
     pub fn check_fits(&self, frame: &Frame) -> Result<(), SendError> {
-        if let amqp_wire::FramePayload::Method(m) = &frame.payload
-            && let Some(max) = m.kind().info().max_payload_len()
+        if let amqp_wire::FramePayload::Method(m) = &frame.payload {
+            return self.check_method_fits(frame.channel, m);
+        }
+        self.fits(frame.encoded_len()?)
+    }
+
+    /// [`check_fits`](Self::check_fits) for a method frame whose method
+    /// is borrowed.
+    pub fn check_method_fits(&self, channel: u16, method: &Method) -> Result<(), SendError> {
+        if let Some(max) = method.kind().info().max_payload_len()
             && max + FRAME_OVERHEAD <= self.limit()
         {
             return Ok(());
         }
-        let len = frame.encoded_len()?;
+        self.fits(amqp_wire::MethodFrame { channel, method }.encoded_len()?)
+    }
+
+    fn fits(&self, len: usize) -> Result<(), SendError> {
         if len > self.limit() {
             return Err(SendError::FrameTooLarge {
                 len,
@@ -516,14 +543,10 @@ impl FrameEncoder {
         properties: &BasicProperties,
         body: &Bytes,
     ) -> Result<usize, SendError> {
-        let m = Frame {
-            channel,
-            payload: amqp_wire::FramePayload::Method(method.clone()),
-        };
         let h = Frame::header(channel, body.len() as u64, properties.clone());
-        self.check_fits(&m)?;
+        self.check_method_fits(channel, method)?;
         self.check_fits(&h)?;
-        let mut n = self.push_frame(&m)?;
+        let mut n = self.push_method(channel, method)?;
         n += self.push_frame(&h)?;
         let max_body = self.limit().saturating_sub(FRAME_OVERHEAD).max(1);
         let mut off = 0;
@@ -547,11 +570,7 @@ impl FrameEncoder {
         properties: &[u8],
         body: Body<'_>,
     ) -> Result<usize, SendError> {
-        let m = Frame {
-            channel,
-            payload: amqp_wire::FramePayload::Method(method.clone()),
-        };
-        self.check_fits(&m)?;
+        self.check_method_fits(channel, method)?;
         let header_len = properties.len() + 12 + FRAME_OVERHEAD;
         if header_len > self.limit() {
             return Err(SendError::FrameTooLarge {
@@ -559,7 +578,7 @@ impl FrameEncoder {
                 frame_max: self.frame_max,
             });
         }
-        let mut n = self.push_frame(&m)?;
+        let mut n = self.push_method(channel, method)?;
         let len = body.len();
         self.room(header_len);
         n += amqp_wire::write_header_frame(&mut self.scratch, channel, len as u64, properties);

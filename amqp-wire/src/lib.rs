@@ -477,19 +477,40 @@ fn encode_in_scratch<R>(
     })
 }
 
+/// A method or header frame's payload, borrowed.
+#[derive(Clone, Copy)]
+enum Small<'a> {
+    Method(&'a Method),
+    Header(&'a ContentHeader),
+}
+
+impl Frame {
+    fn small(&self) -> Small<'_> {
+        match &self.payload {
+            FramePayload::Method(m) => Small::Method(m),
+            FramePayload::Header(h) => Small::Header(h),
+            _ => unreachable!("bodies and heartbeats are not encoded here"),
+        }
+    }
+}
+
 /// Encodes a method or header frame at the front of `out`: header, payload,
 /// end octet, the payload size patched in last.
-fn encode_small_frame(frame: &Frame, out: &mut [u8]) -> Result<usize, WriteFail> {
-    let [c0, c1] = frame.channel.to_be_bytes();
+fn encode_small_frame(
+    channel: u16,
+    payload: Small<'_>,
+    out: &mut [u8],
+) -> Result<usize, WriteFail> {
+    let [c0, c1] = channel.to_be_bytes();
     let mut w = Writer::new(out, 0);
-    match &frame.payload {
-        FramePayload::Method(m) => {
+    match payload {
+        Small::Method(m) => {
             let [a0, a1] = m.class_id().to_be_bytes();
             let [m0, m1] = m.method_id().to_be_bytes();
             w.raw([FRAME_METHOD, c0, c1, 0, 0, 0, 0, a0, a1, m0, m1]);
             fields::write_method(m, &mut w);
         }
-        FramePayload::Header(h) => {
+        Small::Header(h) => {
             let [k0, k1] = CLASS_BASIC.to_be_bytes();
             let [w0, w1] = h.weight.to_be_bytes();
             let [b0, b1, b2, b3, b4, b5, b6, b7] = h.body_size.to_be_bytes();
@@ -519,7 +540,6 @@ fn encode_small_frame(frame: &Frame, out: &mut [u8]) -> Result<usize, WriteFail>
             ]);
             fields::write_properties(&h.properties, &mut w);
         }
-        _ => unreachable!("bodies and heartbeats are not encoded here"),
     }
     w.raw([FRAME_END]);
     let n = w.finish()?;
@@ -532,6 +552,66 @@ fn encode_small_frame(frame: &Frame, out: &mut [u8]) -> Result<usize, WriteFail>
     })?;
     out[3..7].copy_from_slice(&size.to_be_bytes());
     Ok(n)
+}
+
+/// The size of a method or header frame.
+fn small_len(channel: u16, payload: Small<'_>) -> Result<usize, EncodeError> {
+    encode_in_scratch(
+        |out| encode_small_frame(channel, payload, out),
+        |b| Ok(b.len()),
+    )
+}
+
+/// A method or header frame at the front of `out`, or how much room it
+/// needs.
+fn small_to_slice(channel: u16, payload: Small<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
+    match encode_small_frame(channel, payload, out) {
+        Ok(n) => Ok(n),
+        Err(WriteFail::Encode(e)) => Err(e),
+        Err(WriteFail::Full) => Err(EncodeError::BufferTooSmall {
+            needed: small_len(channel, payload)?,
+            available: out.len(),
+        }),
+    }
+}
+
+/// A method frame that borrows its method: encodes as
+/// `Frame::method(channel, method.clone())` does, without the clone (a
+/// sender that keeps its methods, or builds them per message, need not
+/// give them up to encode them).
+///
+/// ```
+/// use amqp_types::Method;
+/// use amqp_types::method::BasicAck;
+/// use amqp_wire::{Frame, MethodFrame};
+///
+/// let method = Method::from(BasicAck { delivery_tag: 7, multiple: false });
+/// let borrowed = MethodFrame { channel: 1, method: &method };
+/// let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+/// let n = borrowed.encode_to_slice(&mut a)?;
+/// assert_eq!(n, borrowed.encoded_len()?);
+/// assert_eq!(Frame::method(1, method.clone()).encode_to_slice(&mut b)?, n);
+/// assert_eq!(a, b);
+/// # Ok::<(), amqp_wire::EncodeError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct MethodFrame<'a> {
+    /// The channel (0 for the connection).
+    pub channel: u16,
+    /// The method.
+    pub method: &'a Method,
+}
+
+impl MethodFrame<'_> {
+    /// The frame's size on the wire: [`Frame::encoded_len`].
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        small_len(self.channel, Small::Method(self.method))
+    }
+
+    /// Writes the frame at the front of `out`: [`Frame::encode_to_slice`].
+    pub fn encode_to_slice(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        small_to_slice(self.channel, Small::Method(self.method), out)
+    }
 }
 
 fn check_room(dst: &impl BufMut, needed: usize) -> Result<(), EncodeError> {
@@ -804,7 +884,7 @@ impl Frame {
         match &self.payload {
             FramePayload::Body(b) => body_size(b).map(|n| n as usize + FRAME_OVERHEAD),
             FramePayload::Heartbeat => Ok(FRAME_OVERHEAD),
-            _ => encode_in_scratch(|out| encode_small_frame(self, out), |b| Ok(b.len())),
+            _ => small_len(self.channel, self.small()),
         }
     }
 
@@ -834,7 +914,7 @@ impl Frame {
                 Ok(FRAME_OVERHEAD)
             }
             _ => encode_in_scratch(
-                |out| encode_small_frame(self, out),
+                |out| encode_small_frame(self.channel, self.small(), out),
                 |bytes| {
                     check_room(dst, bytes.len())?;
                     dst.put_slice(bytes);
@@ -894,11 +974,7 @@ impl Frame {
                 d.copy_from_slice(&self.heartbeat_bytes());
                 Ok(FRAME_OVERHEAD)
             }
-            _ => match encode_small_frame(self, out) {
-                Ok(n) => Ok(n),
-                Err(WriteFail::Encode(e)) => Err(e),
-                Err(WriteFail::Full) => Err(too_small(self.encoded_len()?, out)),
-            },
+            _ => small_to_slice(self.channel, self.small(), out),
         }
     }
 

@@ -92,12 +92,36 @@ macro_rules! random_method {
 amqp_types::for_each_method!(random_method);
 
 /// A method's payload never takes more than its kind's bound
-/// (`MethodInfo::max_payload_len`), when it has one.
+/// (`MethodInfo::max_payload_len`), when it has one. And a borrowed
+/// `MethodFrame` encodes exactly as the `Frame` that owns the method,
+/// refusing a slice one byte short with the size it needs.
 fn within_bound(m: &Method) {
-    let len = Frame::method(0, m.clone()).encoded_len().unwrap() - 8;
+    let frame = Frame::method(3, m.clone());
+    let len = frame.encoded_len().unwrap();
     if let Some(max) = m.kind().info().max_payload_len() {
-        assert!(len <= max, "{:?}: {len} bytes, bound {max}", m.kind());
+        assert!(
+            len - 8 <= max,
+            "{:?}: {} bytes, bound {max}",
+            m.kind(),
+            len - 8
+        );
     }
+    let borrowed = amqp_wire::MethodFrame {
+        channel: 3,
+        method: m,
+    };
+    assert_eq!(borrowed.encoded_len().unwrap(), len);
+    let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+    assert_eq!(borrowed.encode_to_slice(&mut a).unwrap(), len);
+    assert_eq!(frame.encode_to_slice(&mut b).unwrap(), len);
+    assert_eq!(a, b, "{:?}", m.kind());
+    assert_eq!(
+        borrowed.encode_to_slice(&mut a[..len - 1]),
+        Err(amqp_wire::EncodeError::BufferTooSmall {
+            needed: len,
+            available: len - 1
+        })
+    );
 }
 
 #[test]
