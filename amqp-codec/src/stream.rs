@@ -543,11 +543,17 @@ impl FrameEncoder {
         properties: &BasicProperties,
         body: &Bytes,
     ) -> Result<usize, SendError> {
-        let h = Frame::header(channel, body.len() as u64, properties.clone());
+        // (Borrowed, the method and properties are encoded without being
+        // cloned into frames.)
+        let h = amqp_wire::HeaderFrame {
+            channel,
+            body_size: body.len() as u64,
+            properties,
+        };
         self.check_method_fits(channel, method)?;
-        self.check_fits(&h)?;
+        self.fits(h.encoded_len()?)?;
         let mut n = self.push_method(channel, method)?;
-        n += self.push_frame(&h)?;
+        n += self.push_small(|out| h.encode_to_slice(out))?;
         let max_body = self.limit().saturating_sub(FRAME_OVERHEAD).max(1);
         let mut off = 0;
         while off < body.len() {

@@ -481,14 +481,22 @@ fn encode_in_scratch<R>(
 #[derive(Clone, Copy)]
 enum Small<'a> {
     Method(&'a Method),
-    Header(&'a ContentHeader),
+    Header {
+        weight: u16,
+        body_size: u64,
+        properties: &'a BasicProperties,
+    },
 }
 
 impl Frame {
     fn small(&self) -> Small<'_> {
         match &self.payload {
             FramePayload::Method(m) => Small::Method(m),
-            FramePayload::Header(h) => Small::Header(h),
+            FramePayload::Header(h) => Small::Header {
+                weight: h.weight,
+                body_size: h.body_size,
+                properties: &h.properties,
+            },
             _ => unreachable!("bodies and heartbeats are not encoded here"),
         }
     }
@@ -510,11 +518,15 @@ fn encode_small_frame(
             w.raw([FRAME_METHOD, c0, c1, 0, 0, 0, 0, a0, a1, m0, m1]);
             fields::write_method(m, &mut w);
         }
-        Small::Header(h) => {
+        Small::Header {
+            weight,
+            body_size,
+            properties,
+        } => {
             let [k0, k1] = CLASS_BASIC.to_be_bytes();
-            let [w0, w1] = h.weight.to_be_bytes();
-            let [b0, b1, b2, b3, b4, b5, b6, b7] = h.body_size.to_be_bytes();
-            let [f0, f1] = h.properties.flags().to_be_bytes();
+            let [w0, w1] = weight.to_be_bytes();
+            let [b0, b1, b2, b3, b4, b5, b6, b7] = body_size.to_be_bytes();
+            let [f0, f1] = properties.flags().to_be_bytes();
             w.raw([
                 FRAME_HEADER,
                 c0,
@@ -538,7 +550,7 @@ fn encode_small_frame(
                 f0,
                 f1,
             ]);
-            fields::write_properties(&h.properties, &mut w);
+            fields::write_properties(properties, &mut w);
         }
     }
     w.raw([FRAME_END]);
@@ -611,6 +623,54 @@ impl MethodFrame<'_> {
     /// Writes the frame at the front of `out`: [`Frame::encode_to_slice`].
     pub fn encode_to_slice(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         small_to_slice(self.channel, Small::Method(self.method), out)
+    }
+}
+
+/// A content header frame that borrows its properties: encodes as
+/// `Frame::header(channel, body_size, properties.clone())` does, without
+/// the clone (the properties are hundreds of bytes, and a publisher
+/// usually sends the same ones again and again).
+///
+/// ```
+/// use amqp_types::BasicProperties;
+/// use amqp_wire::{Frame, HeaderFrame};
+///
+/// let props = BasicProperties { delivery_mode: Some(2), ..Default::default() };
+/// let borrowed = HeaderFrame { channel: 1, body_size: 5, properties: &props };
+/// let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+/// let n = borrowed.encode_to_slice(&mut a)?;
+/// assert_eq!(n, borrowed.encoded_len()?);
+/// assert_eq!(Frame::header(1, 5, props.clone()).encode_to_slice(&mut b)?, n);
+/// assert_eq!(a, b);
+/// # Ok::<(), amqp_wire::EncodeError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderFrame<'a> {
+    /// The channel.
+    pub channel: u16,
+    /// Total body size in bytes, over all body frames.
+    pub body_size: u64,
+    /// The message properties.
+    pub properties: &'a BasicProperties,
+}
+
+impl HeaderFrame<'_> {
+    fn small(&self) -> Small<'_> {
+        Small::Header {
+            weight: 0,
+            body_size: self.body_size,
+            properties: self.properties,
+        }
+    }
+
+    /// The frame's size on the wire: [`Frame::encoded_len`].
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        small_len(self.channel, self.small())
+    }
+
+    /// Writes the frame at the front of `out`: [`Frame::encode_to_slice`].
+    pub fn encode_to_slice(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        small_to_slice(self.channel, self.small(), out)
     }
 }
 

@@ -186,6 +186,19 @@ fn every_subset_of_properties_roundtrips() {
         }
         amqp_types::for_each_basic_property!(keep);
         assert_eq!(p.flags(), flags);
+        // Borrowed, the properties encode to the same bytes.
+        let borrowed = amqp_wire::HeaderFrame {
+            channel: 1,
+            body_size: mask as u64 * 1000,
+            properties: &p,
+        };
+        let owned = Frame::header(1, mask as u64 * 1000, p.clone());
+        let len = owned.encoded_len().unwrap();
+        assert_eq!(borrowed.encoded_len().unwrap(), len);
+        let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+        assert_eq!(borrowed.encode_to_slice(&mut a).unwrap(), len);
+        owned.encode_to_slice(&mut b).unwrap();
+        assert_eq!(a, b);
         roundtrip(&Frame {
             channel: 1,
             payload: FramePayload::Header(Box::new(ContentHeader {
