@@ -516,7 +516,7 @@ impl FrameEncoder {
     /// [`check_fits`](Self::check_fits) for a method frame whose method
     /// is borrowed.
     pub fn check_method_fits(&self, channel: u16, method: &Method) -> Result<(), SendError> {
-        if let Some(max) = method.kind().info().max_payload_len()
+        if let Some(max) = method.kind().max_payload_len()
             && max + FRAME_OVERHEAD <= self.limit()
         {
             return Ok(());

@@ -284,6 +284,28 @@ macro_rules! define_methods {
                 }
             }
 
+            /// [`MethodInfo::max_payload_len`], computed at compile time:
+            /// a sender checking each frame against frame_max need not
+            /// add up the arguments at run time.
+            ///
+            /// ```
+            /// use amqp_types::method::MethodKind;
+            /// for &kind in MethodKind::ALL {
+            ///     assert_eq!(kind.max_payload_len(), kind.info().max_payload_len());
+            /// }
+            /// ```
+            #[inline]
+            pub const fn max_payload_len(self) -> Option<usize> {
+                match self {
+                    $(
+                        MethodKind::$Name => {
+                            const N: Option<usize> = MethodKind::$Name.info().max_payload_len();
+                            N
+                        }
+                    )*
+                }
+            }
+
             /// The method's protocol metadata.
             pub const fn info(self) -> &'static MethodInfo {
                 match self {
