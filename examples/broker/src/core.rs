@@ -1864,14 +1864,11 @@ impl Core {
         }
         for (id, c) in &self.conns {
             for (n, ch) in &c.channels {
-                let mut per: Vec<(ConsumerKey, u32)> = Vec::new();
+                let mut per: HashMap<ConsumerKey, u32> = HashMap::default();
                 let mut total = 0;
                 for u in ch.unacked.values() {
                     if let Some(key) = u.consumer {
-                        match per.iter_mut().find(|(k, _)| *k == key) {
-                            Some((_, n)) => *n += 1,
-                            None => per.push((key, 1)),
-                        }
+                        *per.entry(key).or_default() += 1;
                         total += 1;
                     }
                 }
@@ -1892,7 +1889,7 @@ impl Core {
                     {
                         return Err(format!("consumer {t:?} is not listed by its queue"));
                     }
-                    let outstanding = per.iter().find(|(k, _)| *k == key).map_or(0, |(_, n)| *n);
+                    let outstanding = per.get(&key).copied().unwrap_or(0);
                     if k.unacked != outstanding {
                         return Err(format!(
                             "consumer {t:?}: {} counted, {outstanding} outstanding",
