@@ -199,6 +199,9 @@ pub struct RunArgs {
     #[arg(short = 'f', long = "flag", value_parser = ["persistent", "mandatory"])]
     pub flags: Vec<String>,
     /// Producer rate limit, msg/s per producer (unlimited if absent).
+    /// Messages are spread evenly, as PerfTest does: each is sent at its
+    /// own time (a microsecond timer on Linux), not in bursts per
+    /// millisecond.
     #[arg(short = 'r', long = "rate")]
     pub rate: Option<f64>,
     /// Consumer rate limit, msg/s per consumer (unlimited if absent).

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod idle;
 pub mod link;
+pub mod pacer;
 pub mod run;
 pub mod sink;
 pub mod stats;

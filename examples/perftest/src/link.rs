@@ -3,6 +3,7 @@
 //! (one `write` for many frames), reads take large chunks that go to the
 //! codec without copying.
 
+use crate::pacer::Pacer;
 use amqp_codec::types::ReplyCode;
 use amqp_codec::{CloseCause, Connection, Event, Initiator};
 use bytes::BytesMut;
@@ -42,6 +43,9 @@ pub struct Link {
     out_pos: usize,
     eof: bool,
     chunk: usize,
+    /// Set by [`pace`](Self::pace): `until` in [`wait`](Self::wait) is
+    /// met to the microsecond.
+    pacer: Option<Pacer>,
 }
 
 impl Link {
@@ -63,7 +67,15 @@ impl Link {
             out_pos: 0,
             eof: false,
             chunk,
+            pacer: None,
         }
+    }
+
+    /// Makes [`wait`](Self::wait) wake at its `until` to the microsecond
+    /// (a [`Pacer`]), not at tokio's next millisecond tick: for rate
+    /// limits.
+    pub fn pace(&mut self) {
+        self.pacer.get_or_insert_with(Pacer::new);
     }
 
     /// Whether the peer closed its end of the socket.
@@ -160,7 +172,14 @@ impl Link {
             (false, true) => Some(Interest::WRITABLE),
             (false, false) => None,
         };
-        let sleep = tokio::time::sleep_until(deadline.into());
+        let paced = until.filter(|&u| u <= deadline);
+        let pacer = &mut self.pacer;
+        let sleep = async move {
+            match (pacer, paced) {
+                (Some(p), Some(u)) => p.sleep_until(u).await,
+                _ => tokio::time::sleep_until(deadline.into()).await,
+            }
+        };
         let stopped = async {
             let woken = match wake {
                 Wake::Nothing => false,

@@ -559,6 +559,9 @@ impl Producer {
         } else {
             unknown
         };
+        if a.rate.is_some() {
+            link.pace();
+        }
         Ok(Producer {
             link,
             ch,
@@ -818,6 +821,9 @@ impl Consumer {
             &who,
         )
         .await?;
+        if a.consumer_rate.is_some() {
+            link.pace();
+        }
         Ok(Consumer {
             link,
             ch,
