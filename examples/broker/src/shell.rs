@@ -445,7 +445,9 @@ fn run(
     let mut emptied: Option<Vec<crate::core::Out>> = None;
     let r = loop {
         events.clear();
-        while let Some(e) = conn.poll_event() {
+        while events.len() < TURN_EVENTS
+            && let Some(e) = conn.poll_event()
+        {
             if let Event::Closed { cause } = &e {
                 closed = Some(cause.clone());
             }
@@ -489,6 +491,11 @@ fn run(
     }
     r
 }
+
+/// The most events handed to the core under one hold of its lock: the
+/// connections it wakes (consumers of what was published) start writing
+/// while this one goes on, rather than after the whole of a large read.
+const TURN_EVENTS: usize = 256;
 
 /// Events of one turn whose room a worker thread keeps for the next.
 const EVENTS_KEPT: usize = 4096;
