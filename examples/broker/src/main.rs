@@ -418,10 +418,21 @@ fn main() -> ExitCode {
     if let Some(c) = config.channel_max {
         server.channel_max = c;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // A connection task that routes a publish wakes its consumers' tasks;
+    // tokio puts a task woken from a worker in that worker's LIFO slot,
+    // which no other worker may take (tokio-rs/tokio#4941), so the
+    // consumer waited for the publisher's task to yield while the second
+    // worker idled. Without the slot a woken task goes to the worker's
+    // queue, which the other worker steals from: in A/B runs 16 B went
+    // from 481-496k to 545-572k msg/s, 1 KiB from 315k to 349-364k,
+    // confirms from 177-189k to 192-204k. The option is behind tokio's
+    // `tokio_unstable` cfg, which the workspace's `.cargo/config.toml`
+    // sets; a build without it keeps the slot.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("amqp-broker: cannot start the runtime: {e}");
