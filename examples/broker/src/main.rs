@@ -426,8 +426,11 @@ fn main() -> ExitCode {
     // consumer waited for the publisher's task to yield while the second
     // worker idled. Without the slot a woken task goes to the worker's
     // queue, which the other worker steals from: in A/B runs 16 B went
-    // from 481-496k to 545-572k msg/s, 1 KiB from 315k to 349-364k,
-    // confirms from 177-189k to 192-204k. The option is behind tokio's
+    // from 481-503k to 545-572k msg/s, 1 KiB from 315k to 349-364k,
+    // confirms from 177-189k to 192-204k. It costs where each round trip
+    // is small: one producer with 100 unconfirmed publishes lost 14%
+    // (314-322k to 268-277k), the other worker woken for little work
+    // (README, Performance). The option is behind tokio's
     // `tokio_unstable` cfg, which the workspace's `.cargo/config.toml`
     // sets; a build without it keeps the slot.
     #[cfg(tokio_unstable)]
